@@ -1,0 +1,1 @@
+"""Customer AI Analytics: the edge (settings, AWS clients, command line)."""

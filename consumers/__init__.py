@@ -1,0 +1,1 @@
+"""The batch processor (pure core), its adapters and the DynamoDB stores."""

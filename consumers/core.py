@@ -1,0 +1,192 @@
+"""The batch processor: the pure core every adapter (poller, Lambda, KCL) calls.
+
+A list of stream records goes in with the current state of the customers they
+touch; out comes a :class:`BatchResult`: one outcome per record (applied,
+duplicate or rejected with its reason), the new customer states, one
+prediction per touched customer, the dead letters, the feature vectors the
+segment model should learn, and the checkpoint the batch allows. No I/O: the
+adapter loads the states, writes the effects, and only then checkpoints.
+
+>>> from datetime import datetime, timezone
+>>> from models.forecaster import Forecaster, DEFAULT_PRIOR
+>>> from models.segmentation import SegmentModel
+>>> ok = (b'{"event_id":"e1","order_id":"o1","customer_id":"c1","occurred_at":'
+...       b'"2024-01-01T00:00:00Z","currency":"EUR","items":[{"product_id":"p",'
+...       b'"category":"k","quantity":1,"unit_price":"2.50"}],"total":"2.50"}')
+>>> recs = [StreamRecord(ok, "1", "c1", "shard-0"), StreamRecord(b"\\xff", "2", "x", "shard-0"),
+...         StreamRecord(ok, "3", "c1", "shard-0")]
+>>> models = ModelView(SegmentModel(), 0, Forecaster(DEFAULT_PRIOR))
+>>> now = datetime(2024, 1, 2, tzinfo=timezone.utc)
+>>> r = process_batch(decode_batch(recs), {}, models, now=now)
+>>> [o.status for o in r.outcomes], r.states["c1"].purchases, r.checkpoints
+(['applied', 'rejected', 'duplicate'], 1, {'shard-0': '3'})
+>>> r.dead_letters[0].reason
+'not_utf8: invalid UTF-8 at byte 0'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+from models.events import MAX_EVENT_BYTES, EventRejected, PurchaseEvent, decode_event
+from models.features import rfm
+from models.forecaster import Forecaster
+from models.prediction import Prediction, SegmentRef
+from models.segmentation import SegmentModel
+from models.state import CustomerState
+
+Status = Literal["applied", "duplicate", "rejected"]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRecord:
+    """One Kinesis record, as every adapter translates it."""
+
+    data: bytes
+    sequence_number: str
+    partition_key: str
+    shard_id: str
+    stream: str = ""
+    arrived_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    record: StreamRecord
+    kind: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RecordOutcome:
+    sequence_number: str
+    shard_id: str
+    status: Status
+    reason: str = ""
+
+
+@dataclass(slots=True)
+class DecodedBatch:
+    records: list[StreamRecord]
+    events: dict[str, PurchaseEvent]  # by sequence number
+    rejected: dict[str, Rejected]
+
+    @property
+    def customer_ids(self) -> set[str]:
+        return {e.customer_id for e in self.events.values()}
+
+
+@dataclass(frozen=True, slots=True)
+class ModelView:
+    """The models a batch is scored with (read only inside the core)."""
+
+    segmenter: SegmentModel
+    segments_version: int
+    forecaster: Forecaster
+
+
+@dataclass(slots=True)
+class BatchResult:
+    outcomes: list[RecordOutcome]
+    states: dict[str, CustomerState]  # changed states only, version already bumped
+    predictions: list[Prediction]
+    dead_letters: list[Rejected]
+    learn: list[dict[str, float]]
+    watermark: int
+    checkpoints: dict[str, str]  # shard id -> highest sequence number handled
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def failures(self) -> list[RecordOutcome]:
+        return [o for o in self.outcomes if o.status == "rejected"]
+
+
+def decode_batch(
+    records: Sequence[StreamRecord], max_bytes: int = MAX_EVENT_BYTES
+) -> DecodedBatch:
+    events: dict[str, PurchaseEvent] = {}
+    rejected: dict[str, Rejected] = {}
+    for rec in records:
+        try:
+            event = decode_event(rec.data, max_bytes)
+        except EventRejected as exc:
+            rejected[rec.sequence_number] = Rejected(rec, exc.kind, str(exc))
+            continue
+        if rec.partition_key and rec.partition_key != event.customer_id:
+            rejected[rec.sequence_number] = Rejected(
+                rec, "partition_key",
+                f"partition_key: {rec.partition_key!r} is not the event's customer_id "
+                f"{event.customer_id!r} (per-customer order would not hold)",
+            )
+            continue
+        events[rec.sequence_number] = event
+    return DecodedBatch(list(records), events, rejected)
+
+
+def process_batch(
+    batch: DecodedBatch,
+    states: Mapping[str, CustomerState],
+    models: ModelView,
+    *,
+    now: datetime,
+    watermark: int = 0,
+) -> BatchResult:
+    """Apply a decoded batch to copies of ``states``; the inputs are not modified."""
+    working: dict[str, CustomerState] = {}
+    changed: set[str] = set()
+    outcomes: list[RecordOutcome] = []
+    checkpoints: dict[str, str] = {}
+    for rec in batch.records:
+        seq = rec.sequence_number
+        prev = checkpoints.get(rec.shard_id)
+        if prev is None or int(seq) > int(prev):
+            checkpoints[rec.shard_id] = seq
+        bad = batch.rejected.get(seq)
+        if bad is not None:
+            outcomes.append(RecordOutcome(seq, rec.shard_id, "rejected", bad.reason))
+            continue
+        event = batch.events[seq]
+        cid = event.customer_id
+        state = working.get(cid)
+        if state is None:
+            known = states.get(cid)
+            state = working[cid] = known.clone() if known else CustomerState.new(cid)
+        if state.apply(event):
+            changed.add(cid)
+            outcomes.append(RecordOutcome(seq, rec.shard_id, "applied"))
+        else:
+            outcomes.append(RecordOutcome(seq, rec.shard_id, "duplicate"))
+
+    watermark = max([watermark, *(s.last_ts for s in working.values())])
+    names = models.segmenter.segment_names()
+    learn: list[dict[str, float]] = []
+    predictions: list[Prediction] = []
+    for cid in sorted(working):
+        state = working[cid]
+        features = rfm(state, watermark)
+        if cid in changed:
+            state.version += 1
+            learn.append(features)
+        seg = models.segmenter.predict_one(features)
+        predictions.append(
+            models.forecaster.predict(
+                state, SegmentRef(id=seg, name=names.get(seg, f"segment {seg}")),
+                watermark, now, models.segments_version,
+            )
+        )
+    counts = {"applied": 0, "duplicate": 0, "rejected": 0}
+    for o in outcomes:
+        counts[o.status] += 1
+    return BatchResult(
+        outcomes=outcomes,
+        states={cid: working[cid] for cid in sorted(changed)},
+        predictions=predictions,
+        dead_letters=list(batch.rejected.values()),
+        learn=learn,
+        watermark=watermark,
+        checkpoints=checkpoints,
+        counts=counts,
+    )

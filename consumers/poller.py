@@ -1,0 +1,196 @@
+"""The local poller: reads every shard of the stream with aiobotocore.
+
+Shaped like a bytewax input: *list parts* (ListShards, with parent links),
+*resume from state* (the shard's checkpoint, AFTER_SEQUENCE_NUMBER, else
+TRIM_HORIZON), *next batch* (GetRecords). It handles explicitly:
+
+- closed shards: a shard whose ``NextShardIterator`` is gone is checkpointed as
+  ended, and only then are its children started (a parent is drained before its
+  children, so each customer's events stay in order across a reshard);
+- resharding while running: the shard list is re-read periodically;
+- expired iterators: a fresh one is taken from the last checkpoint;
+- throttling: exponential backoff with jitter.
+
+A checkpoint is written only after :meth:`BatchApplier.apply` returned, i.e.
+after the batch's effects are durable. Setting the ``stop`` event (SIGTERM)
+lets each shard finish and checkpoint its batch in flight, then return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from consumers.applier import BatchApplier
+from consumers.core import BatchResult, StreamRecord
+from consumers.stores import Checkpoint, CheckpointStore
+
+
+@dataclass(frozen=True)
+class Shard:
+    shard_id: str
+    parents: tuple[str, ...]
+
+
+class Poller:
+    def __init__(
+        self,
+        kinesis: Any,
+        stream_name: str,
+        checkpoints: CheckpointStore,
+        applier: BatchApplier,
+        *,
+        limit: int = 5000,
+        poll_interval: float = 0.25,
+        min_call_interval: float = 0.2,
+        idle_polls: int = 3,
+        discovery_interval: float = 10.0,
+        on_batch: Callable[[str, BatchResult], None] | None = None,
+        after_batch: Callable[[], Any] | None = None,
+    ) -> None:
+        self.kinesis = kinesis
+        self.stream_name = stream_name
+        self.checkpoints = checkpoints
+        self.applier = applier
+        self.limit = limit
+        self.poll_interval = poll_interval
+        self.min_call_interval = min_call_interval
+        self.idle_polls = idle_polls
+        self.discovery_interval = discovery_interval
+        self.on_batch = on_batch
+        self.after_batch = after_batch
+        self.expired_iterators = 0
+        self.throttled = 0
+
+    async def list_shards(self) -> list[Shard]:
+        shards: list[Shard] = []
+        args: dict[str, Any] = {"StreamName": self.stream_name}
+        while True:
+            resp = await self.kinesis.list_shards(**args)
+            for s in resp["Shards"]:
+                parents = tuple(
+                    p for p in (s.get("ParentShardId"), s.get("AdjacentParentShardId")) if p
+                )
+                shards.append(Shard(s["ShardId"], parents))
+            token = resp.get("NextToken")
+            if not token:
+                return shards
+            args = {"NextToken": token}
+
+    async def _iterator(self, shard_id: str, after: str | None) -> str:
+        kw: dict[str, Any] = {"StreamName": self.stream_name, "ShardId": shard_id}
+        if after:
+            kw.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER", StartingSequenceNumber=after)
+        else:
+            kw.update(ShardIteratorType="TRIM_HORIZON")
+        resp = await self.kinesis.get_shard_iterator(**kw)
+        return str(resp["ShardIterator"])
+
+    async def consume_shard(
+        self, shard_id: str, after: str | None, until_idle: bool, stop: asyncio.Event
+    ) -> str:
+        """Consume one shard; returns "ended", "idle" or "stopped"."""
+        errors = self.kinesis.exceptions
+        iterator: str | None = await self._iterator(shard_id, after)
+        idle = attempt = 0
+        loop = asyncio.get_running_loop()
+        last_call = 0.0
+        while not stop.is_set():
+            wait = self.min_call_interval - (loop.time() - last_call)
+            if wait > 0:
+                await asyncio.sleep(wait)
+            last_call = loop.time()
+            try:
+                resp = await self.kinesis.get_records(ShardIterator=iterator, Limit=self.limit)
+            except errors.ExpiredIteratorException:
+                self.expired_iterators += 1
+                iterator = await self._iterator(shard_id, after)
+                continue
+            except errors.ProvisionedThroughputExceededException:
+                self.throttled += 1
+                attempt += 1
+                await asyncio.sleep(random.uniform(0, min(5.0, 0.1 * 2**attempt)))
+                continue
+            attempt = 0
+            raw = resp.get("Records", [])
+            iterator = resp.get("NextShardIterator")
+            if raw:
+                records = [
+                    StreamRecord(
+                        data=r["Data"], sequence_number=r["SequenceNumber"],
+                        partition_key=r["PartitionKey"], shard_id=shard_id,
+                        stream=self.stream_name,
+                        arrived_at=r.get("ApproximateArrivalTimestamp"),
+                    )
+                    for r in raw
+                ]
+                result = await self.applier.apply(records)  # effects durable from here
+                after = raw[-1]["SequenceNumber"]
+                await self.checkpoints.save(shard_id, after, ended=iterator is None)
+                if self.on_batch:
+                    self.on_batch(shard_id, result)
+                if self.after_batch:
+                    await self.after_batch()
+                idle = 0
+            elif iterator is None:
+                await self.checkpoints.save(shard_id, after, ended=True)
+            if iterator is None:
+                return "ended"
+            if not raw:
+                if resp.get("MillisBehindLatest", 0) == 0:
+                    idle += 1
+                if until_idle and idle >= self.idle_polls:
+                    return "idle"
+                await asyncio.sleep(self.poll_interval)
+        return "stopped"
+
+    def _ready(self, shards: list[Shard], cps: dict[str, Checkpoint],
+               skip: set[str]) -> list[Shard]:
+        known = {s.shard_id for s in shards}
+        ended = {sid for sid, c in cps.items() if c.ended}
+        return [
+            s for s in shards
+            if s.shard_id not in ended and s.shard_id not in skip
+            and all(p in ended or p not in known for p in s.parents)
+        ]
+
+    async def run(self, until_idle: bool = False, stop: asyncio.Event | None = None) -> None:
+        stop = stop or asyncio.Event()
+        running: dict[str, asyncio.Task[str]] = {}
+        finished_idle: set[str] = set()
+        while not stop.is_set():
+            shards = await self.list_shards()
+            cps = await self.checkpoints.all()
+            for s in self._ready(shards, cps, set(running) | finished_idle):
+                cp = cps.get(s.shard_id)
+                running[s.shard_id] = asyncio.create_task(
+                    self.consume_shard(s.shard_id, cp.sequence_number if cp else None,
+                                       until_idle, stop),
+                    name=s.shard_id,
+                )
+            if not running:
+                if until_idle:
+                    return
+                await _wait(stop, self.discovery_interval)
+                continue
+            done, _ = await asyncio.wait(
+                running.values(), timeout=self.discovery_interval,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            for task in done:
+                del running[task.get_name()]
+                if task.result() == "idle":
+                    finished_idle.add(task.get_name())
+        if running:
+            await asyncio.gather(*running.values())
+        print("poller stopped after finishing the batches in flight", file=sys.stderr)
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout)

@@ -1,0 +1,107 @@
+"""The global models every worker shares: the segment model and the BG/NBD parameters.
+
+Each is one versioned JSON snapshot in the models table. A worker scores with
+its local copy, and after a batch's effects are written it learns the batch's
+feature vectors and saves the snapshot with a compare-and-set on the version;
+when another worker got there first it reloads the newest snapshot, re-applies
+the same vectors, and tries again. So every worker's updates land exactly once
+in one global model, whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from caa.settings import Settings
+from consumers.core import ModelView
+from consumers.stores import Conflict, ModelStore
+from models.bgnbd import DEFAULT_PRIOR, BgNbdParams
+from models.forecaster import Forecaster
+from models.segmentation import SegmentModel
+
+SEGMENTS = "segments"
+BGNBD = "bgnbd"
+
+
+class ModelRegistry:
+    def __init__(self, store: ModelStore, settings: Settings, max_conflicts: int = 20) -> None:
+        self._store = store
+        self._settings = settings
+        self._max_conflicts = max_conflicts
+        self._lock = asyncio.Lock()
+        self.segmenter = self._fresh_segmenter()
+        self.segments_version = 0
+        self.bgnbd = DEFAULT_PRIOR
+        self.bgnbd_version = 0
+        self.conflicts = 0
+
+    def _fresh_segmenter(self) -> SegmentModel:
+        s = self._settings
+        return SegmentModel(n_clusters=s.n_segments, seed=s.segment_seed, warmup=s.segment_warmup)
+
+    def view(self) -> ModelView:
+        return ModelView(
+            self.segmenter, self.segments_version, Forecaster(self.bgnbd, self.bgnbd_version)
+        )
+
+    async def load(self) -> None:
+        seg = await self._store.load(SEGMENTS)
+        if seg is not None:
+            self.segments_version, body = seg
+            self.segmenter = SegmentModel.from_dict(body)
+        bg = await self._store.load(BGNBD)
+        if bg is not None:
+            self.bgnbd_version, body = bg
+            self.bgnbd = BgNbdParams.from_dict(body["params"])
+
+    async def learn(self, vectors: Sequence[dict[str, float]]) -> None:
+        """Learn ``vectors`` into the global segment model (compare-and-set, retried)."""
+        if not vectors:
+            return
+        async with self._lock:
+            for _ in range(self._max_conflicts):
+                for x in vectors:
+                    self.segmenter.learn_one(x)
+                try:
+                    self.segments_version = await self._store.save(
+                        SEGMENTS, self.segments_version, self.segmenter.to_dict()
+                    )
+                    return
+                except Conflict:
+                    self.conflicts += 1
+                    latest = await self._store.load(SEGMENTS)
+                    if latest is None:  # deleted under us: start again from scratch
+                        self.segments_version, self.segmenter = 0, self._fresh_segmenter()
+                    else:
+                        self.segments_version = latest[0]
+                        self.segmenter = SegmentModel.from_dict(latest[1])
+            raise Conflict(f"segment model still contended after {self._max_conflicts} tries")
+
+    async def replace_segmenter(self, model: SegmentModel) -> None:
+        """Install a refitted model as the next version (reloading on conflict)."""
+        async with self._lock:
+            while True:
+                try:
+                    self.segments_version = await self._store.save(
+                        SEGMENTS, self.segments_version, model.to_dict()
+                    )
+                    self.segmenter = model
+                    return
+                except Conflict:
+                    latest = await self._store.load(SEGMENTS)
+                    self.segments_version = latest[0] if latest else 0
+
+    async def replace_bgnbd(self, params: BgNbdParams, meta: dict[str, Any]) -> None:
+        async with self._lock:
+            while True:
+                try:
+                    self.bgnbd_version = await self._store.save(
+                        BGNBD, self.bgnbd_version, {"params": params.to_dict(), **meta}
+                    )
+                    self.bgnbd = params
+                    return
+                except Conflict:
+                    latest = await self._store.load(BGNBD)
+                    self.bgnbd_version = latest[0] if latest else 0

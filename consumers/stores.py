@@ -1,0 +1,333 @@
+"""DynamoDB stores for customer state, predictions, dead letters, checkpoints and models.
+
+All take an aiobotocore DynamoDB client. Batch writes retry ``UnprocessedItems``
+with exponential backoff and jitter; a failure that outlasts the retries raises
+:class:`WriteFailed`, so the caller does not checkpoint past effects that were
+not durably written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from consumers.core import Rejected
+from models.prediction import Prediction
+from models.state import CustomerState
+
+Item = dict[str, Any]
+
+
+class WriteFailed(RuntimeError):
+    """Effects could not be written after every retry; do not checkpoint."""
+
+
+class Conflict(RuntimeError):
+    """A compare-and-set lost against another writer."""
+
+
+def to_attr(value: Any) -> dict[str, Any]:
+    """Plain JSON-like value -> DynamoDB AttributeValue."""
+    if value is None:
+        return {"NULL": True}
+    if isinstance(value, bool):
+        return {"BOOL": value}
+    if isinstance(value, int | float):
+        return {"N": repr(value)}
+    if isinstance(value, str):
+        return {"S": value}
+    if isinstance(value, bytes):
+        return {"B": value}
+    if isinstance(value, dict):
+        return {"M": {k: to_attr(v) for k, v in value.items()}}
+    if isinstance(value, list | tuple):
+        return {"L": [to_attr(v) for v in value]}
+    raise TypeError(f"cannot store {type(value).__name__}")
+
+
+def from_attr(av: dict[str, Any]) -> Any:
+    (kind, v), = av.items()
+    if kind == "N":
+        return int(v) if v.lstrip("-").isdigit() else float(v)
+    if kind == "M":
+        return {k: from_attr(x) for k, x in v.items()}
+    if kind == "L":
+        return [from_attr(x) for x in v]
+    if kind == "NULL":
+        return None
+    return v
+
+
+def _chunks(seq: Sequence[Any], n: int) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass
+class Dynamo:
+    """Shared batch helpers over one aiobotocore client."""
+
+    client: Any
+    max_attempts: int = 8
+    concurrency: int = 8
+    base_delay: float = 0.05
+
+    async def _backoff(self, attempt: int) -> None:
+        await asyncio.sleep(random.uniform(0, min(2.0, self.base_delay * 2**attempt)))
+
+    async def batch_write(self, table: str, items: Sequence[Item]) -> None:
+        sem = asyncio.Semaphore(self.concurrency)
+
+        async def one(chunk: Sequence[Item]) -> None:
+            requests: dict[str, Any] = {table: [{"PutRequest": {"Item": i}} for i in chunk]}
+            async with sem:
+                for attempt in range(self.max_attempts):
+                    if attempt:
+                        await self._backoff(attempt)
+                    resp = await self.client.batch_write_item(RequestItems=requests)
+                    requests = resp.get("UnprocessedItems") or {}
+                    if not requests:
+                        return
+            left = sum(len(v) for v in requests.values())
+            raise WriteFailed(f"{left} item(s) still unprocessed in {table} after "
+                              f"{self.max_attempts} attempts")
+
+        await asyncio.gather(*(one(c) for c in _chunks(items, 25)))
+
+    async def batch_get(self, table: str, key: str, ids: Iterable[str]) -> list[Item]:
+        keys = [{key: {"S": i}} for i in sorted(ids)]
+        out: list[Item] = []
+        sem = asyncio.Semaphore(self.concurrency)
+
+        async def one(chunk: Sequence[Item]) -> None:
+            request: dict[str, Any] = {table: {"Keys": list(chunk), "ConsistentRead": True}}
+            async with sem:
+                for attempt in range(self.max_attempts):
+                    if attempt:
+                        await self._backoff(attempt)
+                    resp = await self.client.batch_get_item(RequestItems=request)
+                    out.extend(resp["Responses"].get(table, []))
+                    request = resp.get("UnprocessedKeys") or {}
+                    if not request:
+                        return
+            raise WriteFailed(f"could not read {table} after {self.max_attempts} attempts")
+
+        await asyncio.gather(*(one(c) for c in _chunks(keys, 100)))
+        return out
+
+    async def scan(self, table: str, segments: int = 4, **kw: Any) -> list[Item]:
+        async def part(seg: int) -> list[Item]:
+            items: list[Item] = []
+            args: dict[str, Any] = {"TableName": table, "Segment": seg,
+                                    "TotalSegments": segments, **kw}
+            while True:
+                resp = await self.client.scan(**args)
+                items.extend(resp.get("Items", []))
+                if "LastEvaluatedKey" not in resp:
+                    return items
+                args["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+
+        parts = await asyncio.gather(*(part(s) for s in range(segments)))
+        return [i for p in parts for i in p]
+
+
+def state_to_item(state: CustomerState) -> Item:
+    return {
+        "customer_id": {"S": state.customer_id},
+        "version": {"N": str(state.version)},
+        "purchases": {"N": str(state.purchases)},
+        "spend_cents": {"N": str(state.spend_cents)},
+        "first_at": {"S": datetime.fromtimestamp(state.first_ts, UTC).isoformat()},
+        "last_at": {"S": datetime.fromtimestamp(state.last_ts, UTC).isoformat()},
+        "body": {"S": state.to_json()},
+        "seen": {"B": state.seen_bytes()},
+        "updated_at": {"S": _now()},
+    }
+
+
+def state_from_item(item: Item) -> CustomerState:
+    return CustomerState.from_parts(
+        item["customer_id"]["S"], int(item["version"]["N"]), item["body"]["S"],
+        item["seen"]["B"],
+    )
+
+
+@dataclass
+class CustomerStore:
+    db: Dynamo
+    table: str
+
+    async def load(self, ids: Iterable[str]) -> dict[str, CustomerState]:
+        items = await self.db.batch_get(self.table, "customer_id", ids)
+        return {s.customer_id: s for s in map(state_from_item, items)}
+
+    async def save(self, states: Iterable[CustomerState]) -> None:
+        await self.db.batch_write(self.table, [state_to_item(s) for s in states])
+
+    async def all(self) -> list[CustomerState]:
+        return [state_from_item(i) for i in await self.db.scan(self.table)]
+
+
+@dataclass
+class PredictionStore:
+    db: Dynamo
+    table: str
+
+    async def save(self, predictions: Iterable[Prediction]) -> None:
+        await self.db.batch_write(self.table, [prediction_to_item(p) for p in predictions])
+
+    async def get(self, customer_id: str) -> dict[str, Any] | None:
+        resp = await self.db.client.get_item(
+            TableName=self.table, Key={"customer_id": {"S": customer_id}}, ConsistentRead=True
+        )
+        item = resp.get("Item")
+        return prediction_from_item(item) if item else None
+
+    async def all(self) -> list[dict[str, Any]]:
+        return [prediction_from_item(i) for i in await self.db.scan(self.table)]
+
+
+#: Prediction fields kept as top-level attributes (filterable, projectable); the lists and
+#: maps travel as one JSON string, ``detail``, which is cheaper to write and parse.
+_FLAT = ("schema_version", "customer_id", "p_alive", "expected_purchases_30d",
+         "expected_purchases_90d", "confidence", "data_quality", "data_quality_reason",
+         "purchases", "spend", "source", "fallback_reason", "as_of", "generated_at")
+
+
+def prediction_to_item(p: Prediction) -> Item:
+    d = p.model_dump(mode="json")
+    item = {k: to_attr(d.pop(k)) for k in _FLAT}
+    seg = d.pop("segment")
+    item["segment_id"] = {"N": str(seg["id"])}
+    item["segment_name"] = {"S": seg["name"]}
+    item["detail"] = {"S": json.dumps(d, separators=(",", ":"))}
+    return item
+
+
+def prediction_from_item(item: Item) -> dict[str, Any]:
+    """The item back in the :class:`Prediction` shape (plain JSON values)."""
+    out: dict[str, Any] = {k: from_attr(item[k]) for k in _FLAT if k in item}
+    out["segment"] = {"id": int(item["segment_id"]["N"]), "name": item["segment_name"]["S"]}
+    out.update(json.loads(item["detail"]["S"]))
+    return out
+
+
+def dead_letter_item(r: Rejected) -> Item:
+    rec = r.record
+    return {
+        "id": {"S": f"{rec.stream}/{rec.shard_id}/{rec.sequence_number}"},
+        "stream": {"S": rec.stream},
+        "shard_id": {"S": rec.shard_id},
+        "sequence_number": {"S": rec.sequence_number},
+        "partition_key": {"S": rec.partition_key},
+        "payload": {"B": rec.data},
+        "kind": {"S": r.kind},
+        "reason": {"S": r.reason},
+        "received_at": {"S": _now()},
+        "status": {"S": "open"},
+    }
+
+
+@dataclass
+class DeadLetterStore:
+    """Poison records with their raw payload; keyed by position, so a re-read overwrites."""
+
+    db: Dynamo
+    table: str
+
+    async def save(self, rejected: Sequence[Rejected]) -> None:
+        await self.db.batch_write(self.table, [dead_letter_item(r) for r in rejected])
+
+    async def all(self) -> list[dict[str, Any]]:
+        return [from_attr({"M": i}) for i in await self.db.scan(self.table)]
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    shard_id: str
+    sequence_number: str | None
+    ended: bool
+
+
+@dataclass
+class CheckpointStore:
+    db: Dynamo
+    table: str
+    group: str
+
+    async def all(self) -> dict[str, Checkpoint]:
+        resp_items: list[Item] = []
+        args: dict[str, Any] = {
+            "TableName": self.table,
+            "KeyConditionExpression": "#g = :g",
+            "ExpressionAttributeNames": {"#g": "group"},
+            "ExpressionAttributeValues": {":g": {"S": self.group}},
+            "ConsistentRead": True,
+        }
+        while True:
+            resp = await self.db.client.query(**args)
+            resp_items.extend(resp.get("Items", []))
+            if "LastEvaluatedKey" not in resp:
+                break
+            args["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+        out = {}
+        for i in resp_items:
+            seq = i.get("sequence_number", {}).get("S")
+            out[i["shard_id"]["S"]] = Checkpoint(i["shard_id"]["S"], seq, i["ended"]["BOOL"])
+        return out
+
+    async def save(self, shard_id: str, sequence_number: str | None, ended: bool = False) -> None:
+        item: Item = {
+            "group": {"S": self.group},
+            "shard_id": {"S": shard_id},
+            "ended": {"BOOL": ended},
+            "updated_at": {"S": _now()},
+        }
+        if sequence_number is not None:
+            item["sequence_number"] = {"S": sequence_number}
+        await self.db.client.put_item(TableName=self.table, Item=item)
+
+
+@dataclass
+class ModelStore:
+    """Versioned JSON snapshots with compare-and-set on the version."""
+
+    db: Dynamo
+    table: str
+
+    async def load(self, name: str) -> tuple[int, dict[str, Any]] | None:
+        resp = await self.db.client.get_item(
+            TableName=self.table, Key={"name": {"S": name}}, ConsistentRead=True
+        )
+        item = resp.get("Item")
+        if not item:
+            return None
+        return int(item["version"]["N"]), json.loads(item["body"]["S"])
+
+    async def save(self, name: str, expected_version: int, body: dict[str, Any]) -> int:
+        """Write version ``expected_version + 1``; raise :class:`Conflict` if someone else did."""
+        new = expected_version + 1
+        cond = "attribute_not_exists(#v)" if expected_version == 0 else "#v = :v"
+        values = {} if expected_version == 0 else {":v": {"N": str(expected_version)}}
+        try:
+            await self.db.client.put_item(
+                TableName=self.table,
+                Item={"name": {"S": name}, "version": {"N": str(new)},
+                      "body": {"S": json.dumps(body, separators=(",", ":"))},
+                      "updated_at": {"S": _now()}},
+                ConditionExpression=cond,
+                ExpressionAttributeNames={"#v": "version"},
+                **({"ExpressionAttributeValues": values} if values else {}),
+            )
+        except self.db.client.exceptions.ConditionalCheckFailedException:
+            raise Conflict(f"model {name!r} moved past version {expected_version}") from None
+        return new

@@ -1,0 +1,1 @@
+"""Infrastructure: the local emulator launcher and resource creation."""

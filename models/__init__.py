@@ -1,0 +1,1 @@
+"""The domain, no I/O: wire schemas, customer state and features, segments, forecasts."""

@@ -1,0 +1,128 @@
+"""The purchase event wire schema (version 1) and its decoder.
+
+One event per order, published by the orders service to Kinesis with the
+customer id as partition key. Money is exact (``Decimal``, at most two
+decimals); a total must equal the sum of its line items to the cent.
+
+>>> e = PurchaseEvent.model_validate({
+...     "event_id": "e-1", "order_id": "o-1", "customer_id": "00001",
+...     "occurred_at": "1997-01-01T00:00:00Z", "currency": "USD",
+...     "items": [{"product_id": "cd", "category": "music", "quantity": 2,
+...                "unit_price": "5.50"}],
+...     "total": "11.00", "channel": "web"})
+>>> decode_event(e.to_bytes()).total
+Decimal('11.00')
+>>> decode_event(b'{"schema_version": 9}')  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+...
+models.events.EventRejected: unknown_version: schema_version 9 is not supported (this ...
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+SCHEMA_VERSION = 1
+SUPPORTED_VERSIONS = frozenset({SCHEMA_VERSION})
+#: Default largest encoded event we accept; Kinesis itself allows 1 MiB per record.
+MAX_EVENT_BYTES = 256 * 1024
+
+Money = Annotated[Decimal, Field(ge=0, max_digits=12, decimal_places=2)]
+Identifier = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:@-]+$")]
+Label = Annotated[str, Field(min_length=1, max_length=128)]
+Channel = Literal["web", "app", "store", "phone", "marketplace", "other"]
+
+
+class EventRejected(ValueError):
+    """A record that can never become a valid event; ``kind`` is a short machine code."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+
+
+class LineItem(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    product_id: Identifier
+    category: Label
+    quantity: Annotated[int, Field(gt=0, le=100_000)]
+    unit_price: Money
+
+
+class PurchaseEvent(BaseModel):
+    """One order as the orders service publishes it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: Literal[1] = 1
+    event_id: Identifier
+    order_id: Identifier
+    customer_id: Identifier
+    occurred_at: AwareDatetime
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
+    items: Annotated[list[LineItem], Field(min_length=1, max_length=500)]
+    total: Money
+    channel: Channel = "web"
+    consent: bool | None = None
+
+    @model_validator(mode="after")
+    def _total_matches_items(self) -> PurchaseEvent:
+        expected = sum((i.unit_price * i.quantity for i in self.items), Decimal("0"))
+        if expected != self.total:
+            raise ValueError(f"total {self.total} does not match the sum of its items {expected}")
+        return self
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode()
+
+
+def _describe(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors(include_url=False)[:5]:
+        loc = ".".join(str(p) for p in e["loc"]) or "event"
+        parts.append(f"{loc}: {e['msg']}")
+    return "; ".join(parts)
+
+
+def decode_event(data: bytes, max_bytes: int = MAX_EVENT_BYTES) -> PurchaseEvent:
+    """Decode one record's bytes, or raise :class:`EventRejected` saying why."""
+    if len(data) > max_bytes:
+        raise EventRejected("oversized", f"{len(data)} bytes exceeds the limit of {max_bytes}")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EventRejected("not_utf8", f"invalid UTF-8 at byte {exc.start}") from None
+    try:
+        return PurchaseEvent.model_validate_json(text)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        if first["type"] == "json_invalid":
+            raise EventRejected("not_json", first["msg"]) from None
+        if any(e["loc"][:1] == ("schema_version",) for e in exc.errors(include_url=False)):
+            raise _version_error(text) from None
+        raise EventRejected("schema", _describe(exc)) from None
+
+
+def _version_error(text: str) -> EventRejected:
+    try:
+        version = json.loads(text).get("schema_version")
+    except (ValueError, AttributeError):
+        version = None
+    return EventRejected(
+        "unknown_version",
+        f"schema_version {version} is not supported (this reader knows "
+        f"{', '.join(map(str, sorted(SUPPORTED_VERSIONS)))})",
+    )

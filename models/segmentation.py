@@ -1,0 +1,399 @@
+"""Incremental RFM customer segmentation with a JSON-serialisable snapshot.
+
+Features are the raw, non-negative ``recency_days``, ``frequency`` and ``monetary``
+values of a customer.  Each is mapped to log space with ``log1p``; distances are
+measured after standardising with running (Welford) statistics.  Centres are kept in
+*log* space, not standardised space, so they keep their meaning while the scaler
+statistics drift; the standardisation only weights the distance:
+``sum(((x_log - c_log) / sd) ** 2)``.
+
+Life cycle: (1) warm-up buffers the first ``warmup`` points (log space); when it is full
+the centres come from batch k-means (k-means++ seeding with ``default_rng(seed)``, Lloyd
+iterations, best of 10 by inertia) and the buffer is dropped.  (2) Then sequential
+(MacQueen) k-means: the nearest centre moves towards the point by ``1 / count``, or by
+``max_step`` when that is larger, so mature centres can follow slow drift.  (3) ``refit``
+replaces centres, counts and scaler statistics with a batch k-means over a whole table.
+
+Deterministic: features are visited in ``FEATURES`` order, ties go to the lowest centre
+index and no set/hash ordering is used, so results do not depend on ``PYTHONHASHSEED``.
+
+>>> import random
+>>> rng = random.Random(7)
+>>> model = SegmentModel(n_clusters=5, warmup=50)
+>>> for _ in range(200):
+...     model.learn_one({
+...         "recency_days": rng.expovariate(1 / 30),
+...         "frequency": rng.randint(1, 20),
+...         "monetary": rng.uniform(5, 500),
+...     })
+>>> model.is_ready
+True
+>>> snapshot = model.to_dict()
+>>> customer = {"recency_days": 3.0, "frequency": 12, "monetary": 250.0}
+>>> segment = model.predict_one(customer)
+>>> 0 <= segment < 5
+True
+>>> model.to_dict() == snapshot  # predict_one does not touch the model
+True
+>>> SegmentModel.from_dict(snapshot).predict_one(customer) == segment
+True
+>>> sorted(model.segment_names().values())
+['At risk', 'Champions', 'Hibernating', 'Loyal', 'New customers']
+>>> SegmentModel().predict_one(customer)  # no centres yet: always 0
+0
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from decimal import Decimal
+
+import numpy as np
+import numpy.typing as npt
+from river import base
+
+__all__ = ["FEATURES", "SEGMENT_NAMES", "SegmentModel"]
+
+FEATURES: tuple[str, ...] = ("recency_days", "frequency", "monetary")
+FORMAT_VERSION = 1
+_SD_FLOOR = 1e-6  # smallest standard deviation used for a feature (log units)
+_WARMUP_N_INIT = 10
+_WARMUP_MAX_ITER = 100
+_TOL = 1e-4  # Lloyd stops when the total squared centre shift <= _TOL * mean variance
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.intp]
+
+
+# Greedy naming priority (see ``SegmentModel.segment_names``): name -> score(rz, fz, mz).
+_SCORES: dict[str, Callable[[float, float, float], float]] = {
+    "Champions": lambda r, f, m: -r + f + m,
+    "At risk": lambda r, f, m: r + f + m,
+    "New customers": lambda r, f, m: -r - f,
+    "Hibernating": lambda r, f, m: r - f - m,
+    "Loyal": lambda r, f, m: f - abs(r),
+    "Big spenders": lambda r, f, m: m - f,
+    "Needs attention": lambda r, f, m: 0.0,  # whatever is left
+}
+SEGMENT_NAMES: tuple[str, ...] = tuple(_SCORES)
+
+
+class SegmentModel(base.Clusterer):
+    """Streaming k-means over standardised log RFM features.
+
+    Parameters
+    ----------
+    n_clusters
+        Number of segments, 5 to 7.
+    seed
+        Seed of the ``numpy.random.Generator`` used by every batch k-means
+        (warm-up initialisation and ``refit``).
+    warmup
+        Number of points buffered before the centres are initialised (at least
+        ``n_clusters``).  The buffer is part of the snapshot.
+    max_step
+        Lower bound, in (0, 1], on the MacQueen step ``1 / count``.  ``None`` (default)
+        gives the plain running mean of each centre; e.g. ``0.01`` keeps every centre an
+        exponential moving average over roughly the last 100 assigned points.
+
+    Input dicts must contain every key of ``FEATURES`` with a finite, non-negative
+    number; other keys are ignored.  ``predict_one`` returns 0 until the model
+    ``is_ready`` (has centres).
+    """
+
+    def __init__(
+        self, n_clusters: int = 6, seed: int = 42, warmup: int = 500, max_step: float | None = None
+    ) -> None:
+        if isinstance(n_clusters, bool) or not isinstance(n_clusters, int):
+            raise TypeError(f"n_clusters must be an int, got {n_clusters!r}")
+        if not 5 <= n_clusters <= 7:
+            raise ValueError(f"n_clusters must be between 5 and 7, got {n_clusters}")
+        if warmup < n_clusters:
+            raise ValueError(f"warmup must be >= n_clusters ({n_clusters}), got {warmup}")
+        if max_step is not None and not 0.0 < max_step <= 1.0:
+            raise ValueError(f"max_step must be None or in (0, 1], got {max_step}")
+        self.n_clusters = n_clusters
+        self.seed = seed
+        self.warmup = warmup
+        self.max_step = max_step
+        dim = len(FEATURES)
+        self._n = 0  # points seen by the scaler
+        self._mean = [0.0] * dim  # running mean of log1p features
+        self._m2 = [0.0] * dim  # running sum of squared deviations (Welford)
+        self._centres: list[list[float]] = []  # log space
+        self._counts: list[int] = []
+        self._buffer: list[list[float]] = []  # log space, warm-up only
+
+    @staticmethod
+    def _log(x: Mapping[str, float]) -> list[float]:
+        out = []
+        for name in FEATURES:
+            v = float(x[name])
+            if not (v >= 0.0 and math.isfinite(v)):
+                raise ValueError(f"{name} must be a finite number >= 0, got {x[name]!r}")
+            out.append(math.log1p(v))
+        return out
+
+    def _sd(self) -> list[float]:
+        if self._n == 0:
+            return [1.0] * len(FEATURES)
+        return [max(math.sqrt(m2 / self._n), _SD_FLOOR) for m2 in self._m2]
+
+    def _standardise(self, z: list[float]) -> list[float]:
+        return [(v - m) / s for v, m, s in zip(z, self._mean, self._sd(), strict=True)]
+
+    def _nearest(self, z: list[float]) -> int:
+        """Nearest centre in standardised space; ties go to the lowest index."""
+        (z0, z1, z2), (w0, w1, w2) = z, [1.0 / (s * s) for s in self._sd()]
+        best, best_d = 0, math.inf
+        for j, (c0, c1, c2) in enumerate(self._centres):
+            a, b, c = z0 - c0, z1 - c1, z2 - c2
+            d = a * a * w0 + b * b * w1 + c * c * w2
+            if d < best_d:
+                best, best_d = j, d
+        return best
+
+    def _fit_batch(self, z_log: FloatArray, n_init: int, max_iter: int) -> None:
+        mean = np.asarray(self._mean, dtype=np.float64)
+        sd = np.asarray(self._sd(), dtype=np.float64)
+        centres, labels = _kmeans((z_log - mean) / sd, self.n_clusters, self.seed, n_init, max_iter)
+        self._centres = (centres * sd + mean).tolist()
+        self._counts = np.bincount(labels, minlength=self.n_clusters).tolist()
+        self._buffer = []
+
+    def learn_one(self, x: dict[str, float]) -> None:  # type: ignore[override]
+        """Update the scaler, then the warm-up buffer or the nearest centre."""
+        z = self._log(x)
+        self._n += 1
+        n = self._n
+        mean, m2 = self._mean, self._m2
+        for i, zi in enumerate(z):
+            delta = zi - mean[i]
+            mean[i] += delta / n
+            m2[i] += delta * (zi - mean[i])
+        if not self._centres:
+            self._buffer.append(z)
+            if len(self._buffer) >= self.warmup:
+                self._fit_batch(np.asarray(self._buffer), _WARMUP_N_INIT, _WARMUP_MAX_ITER)
+            return
+        j = self._nearest(z)
+        self._counts[j] += 1
+        step = 1.0 / self._counts[j]
+        if self.max_step is not None and step < self.max_step:
+            step = self.max_step
+        c = self._centres[j]
+        for i, zi in enumerate(z):
+            c[i] += step * (zi - c[i])
+
+    def predict_one(self, x: dict[str, float]) -> int:  # type: ignore[override]
+        """Index of the nearest centre; pure.  Returns 0 before the model is ready."""
+        z = self._log(x)
+        if not self._centres:
+            return 0
+        return self._nearest(z)
+
+    def refit(
+        self, rows: Sequence[Mapping[str, float]], n_init: int = 10, max_iter: int = 100
+    ) -> None:
+        """Batch k-means over ``rows``, replacing centres, counts and scaler statistics.
+
+        Deterministic for given rows and ``seed``.  Drops any warm-up buffer.
+        """
+        if len(rows) < self.n_clusters:
+            raise ValueError(f"refit needs at least {self.n_clusters} rows, got {len(rows)}")
+        if n_init < 1 or max_iter < 1:
+            raise ValueError("n_init and max_iter must be >= 1")
+        z_log = np.asarray([self._log(r) for r in rows], dtype=np.float64)
+        mean = z_log.mean(axis=0)
+        self._n = len(rows)
+        self._mean = mean.tolist()
+        self._m2 = ((z_log - mean) ** 2).sum(axis=0).tolist()
+        self._fit_batch(z_log, n_init, max_iter)
+
+    @property
+    def is_ready(self) -> bool:
+        """True once centres exist (after warm-up or ``refit``)."""
+        return bool(self._centres)
+
+    def transform_one(self, x: Mapping[str, float]) -> tuple[float, ...]:
+        """``log1p`` of each feature in ``FEATURES`` order, standardised (pure).
+
+        With no data seen yet the statistics are mean 0, sd 1.
+        """
+        return tuple(self._standardise(self._log(x)))
+
+    def segment_names(self) -> dict[int, str]:
+        """Human names from the ranks of the standardised centres; {} before ready.
+
+        Names are taken in ``SEGMENT_NAMES`` priority order (the first ``n_clusters``);
+        each goes to the unnamed centre with the highest score, ties to the lowest id.
+        """
+        zc = [self._standardise(c) for c in self._centres]
+        names: dict[int, str] = {}
+        for name in SEGMENT_NAMES[: len(zc)]:
+            best, best_score = -1, -math.inf
+            for j, (rz, fz, mz) in enumerate(zc):
+                if j in names:
+                    continue
+                score = _SCORES[name](rz, fz, mz)
+                if best < 0 or score > best_score:
+                    best, best_score = j, score
+            names[best] = name
+        return dict(sorted(names.items()))
+
+    def describe(self) -> list[dict[str, object]]:
+        """Per centre: id, name, count and the centre in original units."""
+        names = self.segment_names()
+        return [
+            {
+                "id": j,
+                "name": names[j],
+                "count": self._counts[j],
+                "centre": {f: math.expm1(v) for f, v in zip(FEATURES, c, strict=True)},
+            }
+            for j, c in enumerate(self._centres)
+        ]
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-serialisable snapshot (plain ints, floats and lists)."""
+        return {
+            "format": FORMAT_VERSION,
+            "features": list(FEATURES),
+            "n_clusters": self.n_clusters,
+            "seed": self.seed,
+            "warmup": self.warmup,
+            "max_step": self.max_step,
+            "n_seen": self._n,
+            "mean": list(self._mean),
+            "m2": list(self._m2),
+            "centres": [list(c) for c in self._centres],
+            "counts": list(self._counts),
+            "buffer": [list(z) for z in self._buffer],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, object]) -> SegmentModel:
+        """Rebuild a model from ``to_dict()`` output (numbers may be ``Decimal``)."""
+        if d.get("format") != FORMAT_VERSION:
+            raise ValueError(f"unsupported snapshot format {d.get('format')!r}")
+        if _list(d.get("features")) != list(FEATURES):
+            raise ValueError(f"snapshot features {d.get('features')!r} != {list(FEATURES)}")
+        max_step = d.get("max_step")
+        model = cls(
+            n_clusters=_int(d["n_clusters"]),
+            seed=_int(d["seed"]),
+            warmup=_int(d["warmup"]),
+            max_step=None if max_step is None else _float(max_step),
+        )
+        model._n = _int(d["n_seen"])
+        model._mean = _vector(d["mean"])
+        model._m2 = _vector(d["m2"])
+        model._centres = [_vector(c) for c in _list(d["centres"])]
+        model._counts = [_int(c) for c in _list(d["counts"])]
+        model._buffer = [_vector(z) for z in _list(d["buffer"])]
+        if len(model._centres) not in (0, model.n_clusters):
+            raise ValueError(f"snapshot has {len(model._centres)} centres")
+        if len(model._counts) != len(model._centres) or (model._centres and model._buffer):
+            raise ValueError("inconsistent snapshot: counts/centres/buffer")
+        return model
+
+
+def _list(v: object) -> list[object]:
+    if not isinstance(v, list | tuple):
+        raise ValueError(f"expected a list, got {type(v).__name__}")
+    return list(v)
+
+
+def _float(v: object) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float | Decimal):
+        raise ValueError(f"expected a number, got {v!r}")
+    return float(v)
+
+
+def _int(v: object) -> int:
+    f = _float(v)
+    if not f.is_integer():
+        raise ValueError(f"expected an integer, got {v!r}")
+    return int(f)
+
+
+def _vector(v: object) -> list[float]:
+    out = [_float(e) for e in _list(v)]
+    if len(out) != len(FEATURES):
+        raise ValueError(f"expected {len(FEATURES)} values, got {len(out)}")
+    return out
+
+
+def _sq_dists(x: FloatArray, centres: FloatArray) -> FloatArray:
+    """Squared distances, shape (n, k); summed feature by feature in a fixed order."""
+    out = np.zeros((centres.shape[0], x.shape[0]), dtype=np.float64)
+    for j, c in enumerate(centres):
+        for col, ci in zip(x.T, c, strict=True):
+            diff = col - ci
+            out[j] += diff * diff
+    return out.T
+
+
+def _kmeans_pp(x: FloatArray, k: int, rng: np.random.Generator) -> FloatArray:
+    """Greedy k-means++ seeding (2 + log k candidates per centre, as in scikit-learn)."""
+    n = x.shape[0]
+    trials = 2 + int(math.log(k))
+    chosen = [int(rng.integers(n))]
+    closest = _sq_dists(x, x[chosen])[:, 0]
+    for _ in range(1, k):
+        potential = float(closest.sum())
+        if potential > 0.0:
+            cand = np.searchsorted(np.cumsum(closest), rng.random(trials) * potential)
+            cand = np.minimum(cand, n - 1)
+        else:
+            cand = rng.integers(n, size=trials)
+        cand_closest = np.minimum(closest[:, None], _sq_dists(x, x[cand]))
+        best = int(np.argmin(cand_closest.sum(axis=0)))
+        chosen.append(int(cand[best]))
+        closest = cand_closest[:, best]
+    return x[chosen].copy()
+
+
+def _lloyd(
+    x: FloatArray, centres: FloatArray, max_iter: int, tol: float
+) -> tuple[FloatArray, float]:
+    """Lloyd iterations until labels repeat or centres move less than ``tol`` in total."""
+    k = centres.shape[0]
+    rows = np.arange(x.shape[0])
+    prev: IntArray | None = None
+    for _ in range(max_iter):
+        dist = _sq_dists(x, centres)
+        labels = np.argmin(dist, axis=1)  # first minimum: ties to the lowest index
+        if prev is not None and np.array_equal(labels, prev):
+            break
+        counts = np.bincount(labels, minlength=k)
+        sums = np.stack([np.bincount(labels, weights=col, minlength=k) for col in x.T], axis=1)
+        new = sums / np.maximum(counts, 1)[:, None]
+        own = dist[rows, labels]
+        for j in np.flatnonzero(counts == 0):  # empty: move to the worst-served point
+            far = int(np.argmax(own))
+            new[j] = x[far]
+            own[far] = -1.0
+        shift = float(((new - centres) ** 2).sum())
+        centres, prev = new, labels
+        if shift <= tol:
+            break
+    inertia = float(_sq_dists(x, centres).min(axis=1).sum())
+    return centres, inertia
+
+
+def _kmeans(
+    x: FloatArray, k: int, seed: int, n_init: int, max_iter: int
+) -> tuple[FloatArray, IntArray]:
+    """Best of ``n_init`` k-means++ / Lloyd runs by inertia (first wins ties)."""
+    rng = np.random.default_rng(seed)
+    tol = _TOL * float(x.var(axis=0).mean())  # as scikit-learn: relative to the data
+    best: FloatArray | None = None
+    best_inertia = math.inf
+    for _ in range(n_init):
+        centres, inertia = _lloyd(x, _kmeans_pp(x, k, rng), max_iter, tol)
+        if best is None or inertia < best_inertia:
+            best, best_inertia = centres, inertia
+    assert best is not None
+    return best, np.argmin(_sq_dists(x, best), axis=1)

@@ -1,0 +1,1 @@
+"""Publishing to Kinesis: the orders-service publisher and dataset loaders."""

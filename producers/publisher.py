@@ -1,0 +1,160 @@
+"""The orders-service publisher: PutRecords with partial-failure retries.
+
+Batches hold at most 500 records and 5 MiB (data plus partition keys), as
+Kinesis allows. The partition key is the customer id, so one customer's events
+land on one shard in order. When PutRecords acknowledges only part of a batch,
+only the failed entries are sent again, after an exponential backoff with full
+jitter; after the last attempt :class:`PublishError` hands back every event
+that was not acknowledged. Nothing is dropped silently.
+
+(Kinesis may reorder a customer's events when an earlier one fails and a later
+one in the same request succeeds; the consumer's state is order-independent,
+so that reorder is harmless here.)
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from models.events import PurchaseEvent
+
+MAX_RECORDS_PER_CALL = 500
+MAX_BYTES_PER_CALL = 5 * 1024 * 1024
+MAX_RECORD_BYTES = 1024 * 1024
+
+
+class PublishError(RuntimeError):
+    """Raised after the last attempt; ``unacknowledged`` holds every event not written."""
+
+    def __init__(self, unacknowledged: list[PurchaseEvent], reasons: dict[str, int]) -> None:
+        summary = ", ".join(f"{k} x{v}" for k, v in sorted(reasons.items()))
+        super().__init__(
+            f"{len(unacknowledged)} event(s) were not acknowledged by Kinesis after "
+            f"all attempts ({summary}); they are in .unacknowledged"
+        )
+        self.unacknowledged = unacknowledged
+        self.reasons = reasons
+
+
+@dataclass
+class PublishReport:
+    records: int = 0
+    bytes: int = 0
+    calls: int = 0
+    retried_records: int = 0
+    seconds: float = 0.0
+    shards: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def records_per_s(self) -> float:
+        return self.records / self.seconds if self.seconds else 0.0
+
+
+def batches(
+    entries: Iterable[tuple[PurchaseEvent, bytes]],
+    max_records: int = MAX_RECORDS_PER_CALL,
+    max_bytes: int = MAX_BYTES_PER_CALL,
+) -> Iterator[list[tuple[PurchaseEvent, bytes]]]:
+    """Group encoded events into PutRecords-sized batches, keeping their order."""
+    batch: list[tuple[PurchaseEvent, bytes]] = []
+    size = 0
+    for event, data in entries:
+        n = len(data) + len(event.customer_id.encode())
+        if n > MAX_RECORD_BYTES:
+            raise ValueError(f"event {event.event_id} is {n} bytes, over the 1 MiB record limit")
+        if batch and (len(batch) >= max_records or size + n > max_bytes):
+            yield batch
+            batch, size = [], 0
+        batch.append((event, data))
+        size += n
+    if batch:
+        yield batch
+
+
+class Publisher:
+    """Puts events on one stream through a boto3 Kinesis client."""
+
+    def __init__(
+        self,
+        client: Any,
+        stream_name: str,
+        *,
+        max_attempts: int = 8,
+        base_delay: float = 0.05,
+        max_delay: float = 5.0,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._client = client
+        self.stream_name = stream_name
+        self.max_attempts = max_attempts
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+
+    def _backoff(self, attempt: int) -> float:
+        return self._rng.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
+
+    def put_batch(
+        self, batch: Sequence[tuple[PurchaseEvent, bytes]], report: PublishReport
+    ) -> None:
+        pending = list(batch)
+        reasons: dict[str, int] = {}
+        for attempt in range(self.max_attempts):
+            if attempt:
+                report.retried_records += len(pending)
+                self._sleep(self._backoff(attempt))
+            report.calls += 1
+            try:
+                response = self._client.put_records(
+                    StreamName=self.stream_name,
+                    Records=[
+                        {"Data": data, "PartitionKey": event.customer_id}
+                        for event, data in pending
+                    ],
+                )
+            except self._client.exceptions.ProvisionedThroughputExceededException:
+                reasons["ProvisionedThroughputExceededException"] = (
+                    reasons.get("ProvisionedThroughputExceededException", 0) + len(pending)
+                )
+                continue
+            failed: list[tuple[PurchaseEvent, bytes]] = []
+            for entry, result in zip(pending, response["Records"], strict=True):
+                code = result.get("ErrorCode")
+                if code:
+                    failed.append(entry)
+                    reasons[code] = reasons.get(code, 0) + 1
+                else:
+                    shard = result["ShardId"]
+                    report.shards[shard] = report.shards.get(shard, 0) + 1
+                    report.records += 1
+                    report.bytes += len(entry[1])
+            pending = failed
+            if not pending:
+                return
+        raise PublishError([event for event, _ in pending], reasons)
+
+    def publish(
+        self,
+        events: Iterable[PurchaseEvent],
+        progress: Callable[[int], None] | None = None,
+    ) -> PublishReport:
+        """Publish in order; raises :class:`PublishError` with everything not acknowledged."""
+        report = PublishReport()
+        started = time.perf_counter()
+        all_batches = batches((e, e.to_bytes()) for e in events)
+        for batch in all_batches:
+            try:
+                self.put_batch(batch, report)
+            except PublishError as exc:
+                rest = [e for b in all_batches for e, _ in b]
+                raise PublishError(exc.unacknowledged + rest, exc.reasons) from None
+            if progress:
+                progress(len(batch))
+        report.seconds = time.perf_counter() - started
+        return report

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from models.events import EventRejected, PurchaseEvent, decode_event
+
+
+def good(**over: Any) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "schema_version": 1, "event_id": "e-1", "order_id": "o-1", "customer_id": "00042",
+        "occurred_at": "2024-03-01T12:00:00+01:00", "currency": "EUR",
+        "items": [{"product_id": "milk", "category": "dairy", "quantity": 2,
+                   "unit_price": "1.25"},
+                  {"product_id": "bread", "category": "bakery", "quantity": 1,
+                   "unit_price": 2}],
+        "total": "4.50", "channel": "app", "consent": True,
+    }
+    d.update(over)
+    return d
+
+
+def enc(d: dict[str, Any]) -> bytes:
+    return json.dumps(d).encode()
+
+
+def test_round_trip_keeps_everything():
+    e = decode_event(enc(good()))
+    assert decode_event(e.to_bytes()) == e
+    assert e.customer_id == "00042" and str(e.total) == "4.50"
+
+
+@pytest.mark.parametrize(
+    ("change", "kind", "fragment"),
+    [
+        ({"items": [{"product_id": "p", "category": "c", "quantity": 0, "unit_price": "1"}],
+          "total": "0"}, "schema", "items.0.quantity"),
+        ({"items": [{"product_id": "p", "category": "c", "quantity": -1, "unit_price": "1"}],
+          "total": "-1"}, "schema", "greater than 0"),
+        ({"items": [{"product_id": "p", "category": "c", "quantity": 1, "unit_price": "-1"}],
+          "total": "0"}, "schema", "unit_price"),
+        ({"total": "4.51"}, "schema", "does not match the sum of its items 4.50"),
+        ({"occurred_at": "2024-03-01T12:00:00"}, "schema", "timezone"),
+        ({"schema_version": 2}, "unknown_version", "schema_version 2 is not supported"),
+        ({"currency": "euro"}, "schema", "currency"),
+        ({"extra": 1}, "schema", "extra"),
+        ({"items": []}, "schema", "items"),
+        ({"total": "4.505"}, "schema", "decimal places"),
+    ],
+)
+def test_invalid_events_are_rejected_with_a_clear_reason(change, kind, fragment):
+    with pytest.raises(EventRejected) as info:
+        decode_event(enc(good(**change)))
+    assert info.value.kind == kind
+    assert fragment in str(info.value)
+
+
+def test_not_utf8_not_json_and_oversized():
+    with pytest.raises(EventRejected, match="not_utf8: invalid UTF-8 at byte 1"):
+        decode_event(b"{\xff}")
+    with pytest.raises(EventRejected, match="not_json"):
+        decode_event(b"{not json")
+    big = enc(good(order_id="o" * 10))
+    with pytest.raises(EventRejected, match=f"oversized: {len(big)} bytes"):
+        decode_event(big, max_bytes=len(big) - 1)
+    assert decode_event(big, max_bytes=len(big)).order_id == "o" * 10
+
+
+def test_zero_spend_is_a_valid_purchase():
+    e = decode_event(enc(good(items=[{"product_id": "p", "category": "c", "quantity": 1,
+                                      "unit_price": "0.00"}], total="0.00")))
+    assert e.total == 0
+
+
+def test_events_are_immutable():
+    e = PurchaseEvent.model_validate(good())
+    with pytest.raises(ValueError):
+        e.total = 1  # type: ignore[misc,assignment]
