@@ -259,7 +259,7 @@ def _growth(params: BgNbdParams, x: float, T: float, t: float) -> float:
         if abs(a - 1.0) < _DEGENERATE_EPS and a < 1.0:
             da = 2.0 * d  # from just below 1, step clear over it
         near, far = (BgNbdParams(r, alpha, a + s * da, b + s * db) for s in (1.0, 2.0))
-        return 2.0 * _growth(near, x, T, t) - _growth(far, x, T, t)
+        return max(0.0, 2.0 * _growth(near, x, T, t) - _growth(far, x, T, t))
     log_1mz = math.log(alpha + T) - math.log(alpha + T + t)  # log(1 - z) <= 0
     z = t / (alpha + T + t)
     for direct in (a - 1.0 - r - x > 0.0, a - 1.0 - r - x <= 0.0):  # preferred form, then the other

@@ -18,7 +18,7 @@ intervals.
 >>> now = datetime(2024, 1, 1, tzinfo=timezone.utc)
 >>> p = f.predict(s, SegmentRef(id=0, name="Loyal"), 27 * DAY, now)
 >>> [(n.key, str(n.expected_date), n.status) for n in p.next_purchases]
-[('milk', '1970-01-29', 'upcoming'), ('dairy', '1970-01-29', 'upcoming')]
+[('dairy', '1970-01-29', 'upcoming'), ('milk', '1970-01-29', 'upcoming')]
 >>> p.data_quality, p.alerts[0].kind
 ('C', 'replenishment_upcoming')
 """
