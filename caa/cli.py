@@ -8,7 +8,6 @@ import json
 import signal
 import sys
 import time
-from collections import Counter
 from typing import Any
 
 from rich.console import Console
@@ -112,43 +111,49 @@ async def consume(settings: Settings, aws: Aws, until_idle: bool,
             worker = Worker(settings, c["kinesis"], c["dynamodb"],
                             on_batch=lambda _s, r: progress.advance(task, len(r.outcomes)))
             report = await worker.run(until_idle=until_idle, stop=stop)
-        elapsed = time.perf_counter() - started
         t = worker.applier.totals
         summary: dict[str, Any] = {
             "records_read": t.records, "applied": t.applied, "duplicates": t.duplicate,
-            "rejected": t.rejected, "predictions_written": t.predictions
+            "rejected": t.rejected, "batches": t.batches,
+            "predictions_written": t.predictions
             + (report.predictions_rewritten if report else 0),
-            "elapsed_s": round(elapsed, 2),
-            "events_per_s": round(t.records / elapsed, 1) if elapsed else 0.0,
+            "consume_s": round(worker.consume_seconds, 2),
+            "events_per_s": round(t.records / worker.consume_seconds, 1)
+            if worker.consume_seconds else 0.0,
+            "refit_s": round(report.seconds, 2) if report else 0.0,
+            "elapsed_s": round(time.perf_counter() - started, 2),
+            "state_cache_hits": worker.applier.cache.hits,
         }
         if report:
-            summary["bgnbd"] = report.params.to_dict()
-        custs = await worker.customers.all()
-        preds = await worker.predictions.all()
-        summary["table_customers"] = len(custs)
-        summary["table_purchases"] = sum(s.purchases for s in custs)
-        summary["table_spend"] = round(sum(s.spend_cents for s in custs) / 100, 2)
-        summary["segments"] = dict(Counter(p["segment"]["name"] for p in preds).most_common())
-        summary["dead_letters"] = len(await worker.dead_letters.all())
+            summary.update(
+                bgnbd=report.params.to_dict(), table_customers=report.customers,
+                table_purchases=report.purchases, table_spend=report.spend_cents / 100,
+                segments=report.segment_sizes,
+            )
     return summary
 
 
 def print_summary(summary: dict[str, Any]) -> None:
     t = Table(title="customer-ai-analytics: run summary", show_header=False)
-    rows = [
-        ("events in the customer table", f"{summary['table_purchases']:,}"),
-        ("customers", f"{summary['table_customers']:,}"),
-        ("spend", f"{summary['table_spend']:,.2f}"),
+    rows = []
+    if "table_customers" in summary:
+        rows += [
+            ("events in the customer table", f"{summary['table_purchases']:,}"),
+            ("customers", f"{summary['table_customers']:,}"),
+            ("spend", f"{summary['table_spend']:,.2f}"),
+        ]
+    rows += [
         ("records read this run", f"{summary['records_read']:,}"),
         ("  applied / duplicates", f"{summary['applied']:,} / {summary['duplicates']:,}"),
         ("  rejected (dead letters)", f"{summary['rejected']:,}"),
         ("predictions written", f"{summary['predictions_written']:,}"),
+        ("consuming", f"{summary['consume_s']:.1f} s, {summary['events_per_s']:,.0f} events/s"),
+        ("refit + prediction rewrite", f"{summary['refit_s']:.1f} s"),
         ("elapsed", f"{summary['elapsed_s']:.1f} s"),
-        ("events/s (consume)", f"{summary['events_per_s']:,.0f}"),
     ]
     for k, v in rows:
         t.add_row(k, v)
-    for name, n in summary["segments"].items():
+    for name, n in summary.get("segments", {}).items():
         t.add_row(f"segment: {name}", f"{n:,}")
     console.print(t)
 
@@ -196,11 +201,10 @@ def cmd_segments(settings: Settings, aws: Aws, args: argparse.Namespace) -> int:
         print("no segment model yet: run `caa consume` first", file=sys.stderr)
         return 1
     model = SegmentModel.from_dict(json.loads(item["body"]["S"]))
-    sizes: Counter[int] = Counter()
-    for page in ddb.get_paginator("scan").paginate(
-            TableName=settings.table("predictions"), ProjectionExpression="segment_id"):
-        sizes.update(int(i["segment_id"]["N"]) for i in page["Items"])
-    rows = [{**d, "customers": sizes.get(int(str(d["id"])), 0)} for d in model.describe()]
+    sized = ddb.get_item(TableName=settings.table("models"),
+                         Key={"name": {"S": "segment-sizes"}}).get("Item")
+    sizes: dict[str, int] = json.loads(sized["body"]["S"])["sizes"] if sized else {}
+    rows = [{**d, "customers": sizes.get(str(d["name"]), 0)} for d in model.describe()]
     if args.json:
         print(json.dumps({"version": int(item["version"]["N"]), "segments": rows}, indent=2))
         return 0

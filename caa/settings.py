@@ -43,9 +43,13 @@ class Settings(BaseSettings):
     get_records_limit: int = Field(5000, ge=1, le=10_000)
     poll_interval_s: float = Field(0.25, ge=0.0)
     idle_polls: int = Field(3, ge=1)
-    refit_every_events: int = Field(50_000, ge=0)
+    #: seconds between background refits of BG/NBD and segments over the customer table
+    #: (0: only when `consume --until-idle` finishes)
+    refit_interval_s: float = Field(900.0, ge=0.0)
     write_concurrency: int = Field(8, ge=1)
     max_write_attempts: int = Field(8, ge=1)
+    #: states kept in memory by the local poller (it owns its shards); 0 turns it off
+    state_cache_size: int = Field(200_000, ge=0)
 
     n_segments: int = Field(6, ge=5, le=7)
     segment_seed: int = 42

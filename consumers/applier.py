@@ -9,13 +9,15 @@ the batch's effects are durable and the adapter may checkpoint. When it raises
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from consumers.core import BatchResult, StreamRecord, decode_batch, process_batch
 from consumers.registry import ModelRegistry
 from consumers.stores import CustomerStore, DeadLetterStore, PredictionStore
+from models.state import CustomerState
 
 
 @dataclass
@@ -36,6 +38,44 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class StateCache:
+    """Write-through LRU of the states this worker wrote or read (``size`` 0: off).
+
+    Only valid while this process is the single writer of the customers it
+    caches, as the local poller is for the shards it owns for its whole life.
+    Adapters whose batches may run in several processes in turn (Lambda, KCL
+    after a lease handover) run without it.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[str, CustomerState] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def get_many(self, ids: Iterable[str]) -> tuple[dict[str, CustomerState], set[str]]:
+        found: dict[str, CustomerState] = {}
+        missing: set[str] = set()
+        for cid in ids:
+            state = self._items.get(cid)
+            if state is None:
+                missing.add(cid)
+            else:
+                self._items.move_to_end(cid)
+                found[cid] = state
+        self.hits += len(found)
+        self.misses += len(missing)
+        return found, missing
+
+    def put_many(self, states: Iterable[CustomerState]) -> None:
+        if not self.size:
+            return
+        for s in states:
+            self._items[s.customer_id] = s
+            self._items.move_to_end(s.customer_id)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+
 class BatchApplier:
     def __init__(
         self,
@@ -45,6 +85,7 @@ class BatchApplier:
         registry: ModelRegistry,
         max_event_bytes: int,
         clock: Callable[[], datetime] = _utcnow,
+        cache_size: int = 0,
     ) -> None:
         self.customers = customers
         self.predictions = predictions
@@ -54,11 +95,16 @@ class BatchApplier:
         self._clock = clock
         self.watermark = 0
         self.totals = Totals()
+        self.cache = StateCache(cache_size)
 
     async def apply(self, records: Sequence[StreamRecord]) -> BatchResult:
         decoded = decode_batch(records, self.max_event_bytes)
         ids = decoded.customer_ids
-        states = await self.customers.load(ids) if ids else {}
+        states, missing = self.cache.get_many(ids)
+        if missing:
+            loaded = await self.customers.load(missing)
+            self.cache.put_many(loaded.values())
+            states.update(loaded)
         result = process_batch(
             decoded, states, self.registry.view(), now=self._clock(), watermark=self.watermark
         )
@@ -67,6 +113,7 @@ class BatchApplier:
             self.predictions.save(result.predictions),
             self.dead_letters.save(result.dead_letters),
         )
+        self.cache.put_many(result.states.values())
         await self.registry.learn(result.learn)
         self.watermark = max(self.watermark, result.watermark)
         t = self.totals

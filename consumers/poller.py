@@ -51,7 +51,6 @@ class Poller:
         idle_polls: int = 3,
         discovery_interval: float = 10.0,
         on_batch: Callable[[str, BatchResult], None] | None = None,
-        after_batch: Callable[[], Any] | None = None,
     ) -> None:
         self.kinesis = kinesis
         self.stream_name = stream_name
@@ -63,7 +62,6 @@ class Poller:
         self.idle_polls = idle_polls
         self.discovery_interval = discovery_interval
         self.on_batch = on_batch
-        self.after_batch = after_batch
         self.expired_iterators = 0
         self.throttled = 0
 
@@ -134,8 +132,6 @@ class Poller:
                 await self.checkpoints.save(shard_id, after, ended=iterator is None)
                 if self.on_batch:
                     self.on_batch(shard_id, result)
-                if self.after_batch:
-                    await self.after_batch()
                 idle = 0
             elif iterator is None:
                 await self.checkpoints.save(shard_id, after, ended=True)

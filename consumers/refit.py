@@ -25,10 +25,15 @@ from models.forecaster import Forecaster
 from models.prediction import SegmentRef
 from models.segmentation import SegmentModel
 
+SIZES = "segment-sizes"
+
 
 @dataclass(frozen=True)
 class RefitReport:
     customers: int
+    purchases: int
+    spend_cents: int
+    segment_sizes: dict[str, int]
     as_of: datetime
     params: bgnbd.BgNbdParams
     bgnbd_version: int
@@ -59,22 +64,30 @@ async def refit(
     await registry.replace_bgnbd(
         params, {"customers": len(states), "as_of": as_of, "fitted_at": time.time()}
     )
-    features = [rfm(s, as_of) for s in sorted(states, key=lambda s: s.customer_id)]
+    ordered = sorted(states, key=lambda s: s.customer_id)
+    features = [rfm(s, as_of) for s in ordered]
     model = SegmentModel.from_dict(registry.segmenter.to_dict())
     model.refit(features)
     await registry.replace_segmenter(model)
+    names = model.segment_names()
+    segments = [model.predict_one(x) for x in features]
+    sizes = Counter(names[s] for s in segments)
+    await registry.store.put(SIZES, {"version": registry.segments_version, "as_of": as_of,
+                                     "sizes": dict(sizes.most_common())})
     written = 0
     if rewrite:
         forecaster = Forecaster(params, registry.bgnbd_version)
-        names = model.segment_names()
         now = datetime.now(UTC)
-        out = []
-        for s in states:
-            seg = model.predict_one(rfm(s, as_of))
-            out.append(forecaster.predict(s, SegmentRef(id=seg, name=names[seg]), as_of, now,
-                                          registry.segments_version))
+        out = [
+            forecaster.predict(s, SegmentRef(id=seg, name=names[seg]), as_of, now,
+                               registry.segments_version)
+            for s, seg in zip(ordered, segments, strict=True)
+        ]
         await predictions.save(out)
         written = len(out)
-    return RefitReport(len(states), datetime.fromtimestamp(as_of, UTC), params,
-                       registry.bgnbd_version, registry.segments_version, written,
-                       time.perf_counter() - started)
+    return RefitReport(
+        len(states), sum(s.purchases for s in states), sum(s.spend_cents for s in states),
+        dict(sizes.most_common()), datetime.fromtimestamp(as_of, UTC), params,
+        registry.bgnbd_version, registry.segments_version, written,
+        time.perf_counter() - started,
+    )

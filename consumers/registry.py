@@ -27,7 +27,7 @@ BGNBD = "bgnbd"
 
 class ModelRegistry:
     def __init__(self, store: ModelStore, settings: Settings, max_conflicts: int = 20) -> None:
-        self._store = store
+        self.store = store
         self._settings = settings
         self._max_conflicts = max_conflicts
         self._lock = asyncio.Lock()
@@ -47,11 +47,11 @@ class ModelRegistry:
         )
 
     async def load(self) -> None:
-        seg = await self._store.load(SEGMENTS)
+        seg = await self.store.load(SEGMENTS)
         if seg is not None:
             self.segments_version, body = seg
             self.segmenter = SegmentModel.from_dict(body)
-        bg = await self._store.load(BGNBD)
+        bg = await self.store.load(BGNBD)
         if bg is not None:
             self.bgnbd_version, body = bg
             self.bgnbd = BgNbdParams.from_dict(body["params"])
@@ -65,13 +65,13 @@ class ModelRegistry:
                 for x in vectors:
                     self.segmenter.learn_one(x)
                 try:
-                    self.segments_version = await self._store.save(
+                    self.segments_version = await self.store.save(
                         SEGMENTS, self.segments_version, self.segmenter.to_dict()
                     )
                     return
                 except Conflict:
                     self.conflicts += 1
-                    latest = await self._store.load(SEGMENTS)
+                    latest = await self.store.load(SEGMENTS)
                     if latest is None:  # deleted under us: start again from scratch
                         self.segments_version, self.segmenter = 0, self._fresh_segmenter()
                     else:
@@ -84,24 +84,24 @@ class ModelRegistry:
         async with self._lock:
             while True:
                 try:
-                    self.segments_version = await self._store.save(
+                    self.segments_version = await self.store.save(
                         SEGMENTS, self.segments_version, model.to_dict()
                     )
                     self.segmenter = model
                     return
                 except Conflict:
-                    latest = await self._store.load(SEGMENTS)
+                    latest = await self.store.load(SEGMENTS)
                     self.segments_version = latest[0] if latest else 0
 
     async def replace_bgnbd(self, params: BgNbdParams, meta: dict[str, Any]) -> None:
         async with self._lock:
             while True:
                 try:
-                    self.bgnbd_version = await self._store.save(
+                    self.bgnbd_version = await self.store.save(
                         BGNBD, self.bgnbd_version, {"params": params.to_dict(), **meta}
                     )
                     self.bgnbd = params
                     return
                 except Conflict:
-                    latest = await self._store.load(BGNBD)
+                    latest = await self.store.load(BGNBD)
                     self.bgnbd_version = latest[0] if latest else 0

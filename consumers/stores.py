@@ -313,6 +313,15 @@ class ModelStore:
             return None
         return int(item["version"]["N"]), json.loads(item["body"]["S"])
 
+    async def put(self, name: str, body: dict[str, Any]) -> None:
+        """An unversioned companion document (for example segment sizes at a refit)."""
+        await self.db.client.put_item(
+            TableName=self.table,
+            Item={"name": {"S": name}, "version": {"N": "0"},
+                  "body": {"S": json.dumps(body, separators=(",", ":"))},
+                  "updated_at": {"S": _now()}},
+        )
+
     async def save(self, name: str, expected_version: int, body: dict[str, Any]) -> int:
         """Write version ``expected_version + 1``; raise :class:`Conflict` if someone else did."""
         new = expected_version + 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -34,28 +35,36 @@ class Worker:
         self.checkpoints = CheckpointStore(db, s.table("checkpoints"), s.consumer_group)
         self.registry = ModelRegistry(ModelStore(db, s.table("models")), s)
         self.applier = BatchApplier(self.customers, self.predictions, self.dead_letters,
-                                    self.registry, s.max_event_bytes)
+                                    self.registry, s.max_event_bytes,
+                                    cache_size=s.state_cache_size)
         self.poller = Poller(
             kinesis, s.stream_name, self.checkpoints, self.applier,
             limit=s.get_records_limit, poll_interval=s.poll_interval_s,
-            idle_polls=s.idle_polls, on_batch=on_batch, after_batch=self._maybe_refit,
+            idle_polls=s.idle_polls, on_batch=on_batch,
         )
-        self._refit_lock = asyncio.Lock()
+        self.consume_seconds = 0.0
         self._applied_at_refit = 0
 
-    async def _maybe_refit(self) -> None:
-        every = self.settings.refit_every_events
-        applied = self.applier.totals.applied
-        if not every or applied - self._applied_at_refit < every or self._refit_lock.locked():
-            return
-        async with self._refit_lock:
-            self._applied_at_refit = applied
-            await refit(self.customers, self.predictions, self.registry, rewrite=False)
+    async def _refit_periodically(self, stop: asyncio.Event) -> None:
+        """Refit the global models every ``refit_interval_s`` without blocking any shard."""
+        interval = self.settings.refit_interval_s
+        while interval and not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), interval)
+            except TimeoutError:
+                await refit(self.customers, self.predictions, self.registry, rewrite=False)
 
     async def run(self, until_idle: bool = False, stop: asyncio.Event | None = None,
                   final_refit: bool = True) -> RefitReport | None:
         await self.registry.load()
-        await self.poller.run(until_idle=until_idle, stop=stop)
+        stop = stop or asyncio.Event()
+        refitting = asyncio.create_task(self._refit_periodically(stop))
+        started = time.perf_counter()
+        try:
+            await self.poller.run(until_idle=until_idle, stop=stop)
+        finally:
+            self.consume_seconds = time.perf_counter() - started
+            refitting.cancel()
         if final_refit and self.applier.totals.records:
             return await refit(self.customers, self.predictions, self.registry, rewrite=True)
         return None

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import statistics
 from datetime import UTC, date, datetime, timedelta
 
 from models.bgnbd import DEFAULT_PRIOR, BgNbdParams, expected_purchases, p_alive
@@ -91,7 +90,11 @@ class Forecaster:
             return None
         gaps = [b - a for a, b in itertools.pairwise(days)]
         mean = (days[-1] - days[0]) / len(gaps)
-        cv = statistics.pstdev(gaps) / mean if len(gaps) > 1 and mean > 0 else 1.0
+        if len(gaps) > 1 and mean > 0:
+            var = sum((g - mean) ** 2 for g in gaps) / len(gaps)
+            cv = math.sqrt(var) / mean
+        else:
+            cv = 1.0
         confidence = round((1.0 - 1.0 / math.sqrt(len(gaps) + 1)) / (1.0 + cv), 3)
         expected = days[-1] + mean
         status: Status
