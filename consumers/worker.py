@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +21,7 @@ from consumers.stores import (
     CustomerStore,
     DeadLetterStore,
     Dynamo,
+    GroupLease,
     ModelStore,
     PredictionStore,
 )
@@ -43,6 +47,15 @@ class Worker:
             idle_polls=s.idle_polls, on_batch=on_batch,
         )
         self.consume_seconds = 0.0
+        self.lease = GroupLease(db, s.table("checkpoints"), s.consumer_group,
+                                owner=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
+
+    async def _renew(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), self.lease.ttl_s / 3)
+            except TimeoutError:
+                await self.lease.acquire(time.time())
         self._applied_at_refit = 0
 
     async def _refit_periodically(self, stop: asyncio.Event) -> None:
@@ -56,15 +69,19 @@ class Worker:
 
     async def run(self, until_idle: bool = False, stop: asyncio.Event | None = None,
                   final_refit: bool = True) -> RefitReport | None:
+        await self.lease.acquire(time.time())
         await self.registry.load()
         stop = stop or asyncio.Event()
-        refitting = asyncio.create_task(self._refit_periodically(stop))
+        background = [asyncio.create_task(self._refit_periodically(stop)),
+                      asyncio.create_task(self._renew(stop))]
         started = time.perf_counter()
         try:
             await self.poller.run(until_idle=until_idle, stop=stop)
         finally:
             self.consume_seconds = time.perf_counter() - started
-            refitting.cancel()
+            for task in background:
+                task.cancel()
+            await self.lease.release()
         if final_refit and self.applier.totals.records:
             return await refit(self.customers, self.predictions, self.registry, rewrite=True)
         return None

@@ -90,3 +90,24 @@ def test_a_split_mid_stream_loses_nothing(settings: Settings) -> None:
     w, _ = asyncio.run(run_worker(settings, {}))
     assert w.applier.totals.applied == len(events)
     assert w.applier.totals.duplicate == 0
+
+
+def test_a_second_live_poller_in_the_same_group_is_refused(settings: Settings) -> None:
+    from consumers.stores import GroupBusy
+
+    async def scenario() -> None:
+        async with Aws(settings).clients("kinesis", "dynamodb") as c:
+            first = Worker(settings, c["kinesis"], c["dynamodb"])
+            second = Worker(settings, c["kinesis"], c["dynamodb"])
+            await first.lease.acquire(1000.0)
+            with pytest.raises(GroupBusy, match="held by another live worker"):
+                await second.lease.acquire(1001.0)
+            await second.lease.acquire(1000.0 + first.lease.ttl_s + 1)  # expired: taken over
+            await first.lease.release()  # no longer ours: a no-op
+            with pytest.raises(GroupBusy):
+                await first.lease.acquire(1000.0 + first.lease.ttl_s + 2)
+            await second.lease.release()
+            await first.lease.acquire(2000.0)  # free again
+            await first.lease.release()
+
+    asyncio.run(scenario())
