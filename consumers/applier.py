@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from consumers.core import BatchResult, StreamRecord, decode_batch, process_batch
@@ -27,7 +27,6 @@ class Totals:
     duplicate: int = 0
     rejected: int = 0
     predictions: int = 0
-    customers: set[str] = field(default_factory=set)
 
     @property
     def records(self) -> int:
@@ -122,5 +121,4 @@ class BatchApplier:
         t.duplicate += result.counts["duplicate"]
         t.rejected += result.counts["rejected"]
         t.predictions += len(result.predictions)
-        t.customers.update(ids)
         return result

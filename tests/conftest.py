@@ -1,10 +1,14 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 
 import pytest
 
+from caa.aws import Aws
+from caa.settings import Settings
 from deploy.emulator import Emulator, launch
+from deploy.resources import ensure_resources
 
 
 @pytest.fixture(scope="session")
@@ -26,3 +30,24 @@ def aws_env(emulator: Emulator, monkeypatch: pytest.MonkeyPatch, tmp_path) -> st
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     monkeypatch.setenv("CAA_STATE_DIR", str(tmp_path / ".caa"))
     return emulator.endpoint
+
+
+@pytest.fixture
+def fresh_settings(aws_env: str, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Settings]:
+    """Settings from env for a stream and tables of this test's own, created on the emulator."""
+
+    def make(**env: str) -> Settings:
+        run = uuid.uuid4().hex[:8]
+        monkeypatch.setenv("CAA_STREAM_NAME", f"stream-{run}")
+        monkeypatch.setenv("CAA_TABLE_PREFIX", f"t{run}-")
+        monkeypatch.setenv("CAA_POLL_INTERVAL_S", "0.05")
+        monkeypatch.setenv("CAA_IDLE_POLLS", "2")
+        for key, value in env.items():
+            monkeypatch.setenv(f"CAA_{key.upper()}", value)
+        s = Settings()
+        assert s.endpoint_url == aws_env  # taken from the standard variable
+        aws = Aws(s)
+        ensure_resources(s, aws.client("kinesis"), aws.client("dynamodb"))
+        return s
+
+    return make

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -41,18 +41,8 @@ def expected_from_source(n_customers: int) -> dict[str, tuple[int, int]]:
 
 
 @pytest.fixture
-def settings(aws_env: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    run = uuid.uuid4().hex[:8]
-    monkeypatch.setenv("CAA_STREAM_NAME", f"purchases-{run}")
-    monkeypatch.setenv("CAA_TABLE_PREFIX", f"t{run}-")
-    monkeypatch.setenv("CAA_POLL_INTERVAL_S", "0.05")
-    monkeypatch.setenv("CAA_IDLE_POLLS", "2")
-    monkeypatch.setenv("CAA_SEGMENT_WARMUP", "50")
-    s = Settings()
-    assert s.endpoint_url == aws_env  # taken from the standard variable
-    aws = Aws(s)
-    ensure_resources(s, aws.client("kinesis"), aws.client("dynamodb"))
-    return s
+def settings(fresh_settings: Callable[..., Settings]) -> Settings:
+    return fresh_settings(segment_warmup="50")
 
 
 def cdnow_slice() -> list[PurchaseEvent]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -11,7 +11,6 @@ import pytest
 from caa.aws import Aws
 from caa.settings import Settings
 from consumers.worker import Worker
-from deploy.resources import ensure_resources
 from producers.publisher import Publisher
 from producers.synthetic import generate
 
@@ -40,18 +39,8 @@ class Faulty:
 
 
 @pytest.fixture
-def settings(aws_env: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    run = uuid.uuid4().hex[:8]
-    monkeypatch.setenv("CAA_STREAM_NAME", f"poll-{run}")
-    monkeypatch.setenv("CAA_TABLE_PREFIX", f"p{run}-")
-    monkeypatch.setenv("CAA_POLL_INTERVAL_S", "0.05")
-    monkeypatch.setenv("CAA_IDLE_POLLS", "2")
-    monkeypatch.setenv("CAA_SHARD_COUNT", "2")
-    monkeypatch.setenv("CAA_GET_RECORDS_LIMIT", "50")
-    s = Settings()
-    aws = Aws(s)
-    ensure_resources(s, aws.client("kinesis"), aws.client("dynamodb"))
-    return s
+def settings(fresh_settings: Callable[..., Settings]) -> Settings:
+    return fresh_settings(shard_count="2", get_records_limit="50")
 
 
 async def run_worker(s: Settings, fail_on: dict[int, str]) -> tuple[Worker, Faulty]:
