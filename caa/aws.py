@@ -58,16 +58,36 @@ class Aws:
             self.endpoint_url is not None or settings.endpoint_url is not None
         )
 
-    def _kwargs(self) -> dict[str, Any]:
-        kw: dict[str, Any] = {"region_name": self.settings.region, "config": _CONFIG}
+    def _kwargs(self, service: str = "") -> dict[str, Any]:
+        s = self.settings
+        if service == "bedrock-runtime":
+            return self._bedrock_kwargs()
+        kw: dict[str, Any] = {"region_name": s.region, "config": _CONFIG}
         if self.endpoint_url:
             kw["endpoint_url"] = self.endpoint_url
         if self._needs_dummy:
             kw.update(_DUMMY)
         return kw
 
+    def _bedrock_kwargs(self) -> dict[str, Any]:
+        """Bedrock: one attempt per call (the analyzer retries within its deadline), its own
+        read timeout, and never the local AWS emulator (it has no Converse)."""
+        s = self.settings
+        kw: dict[str, Any] = {
+            "region_name": s.bedrock_region or s.region,
+            "config": Config(retries={"total_max_attempts": 1}, read_timeout=s.bedrock_timeout_s,
+                             connect_timeout=5, max_pool_connections=2 * s.bedrock_concurrency),
+        }
+        if s.bedrock_endpoint_url:
+            kw["endpoint_url"] = s.bedrock_endpoint_url
+        if self._session.get_credentials() is None and (
+            s.bedrock_endpoint_url or s.endpoint_url
+        ):
+            kw.update(_DUMMY)
+        return kw
+
     def client(self, service: str) -> Any:
-        return self._session.client(service, **self._kwargs())  # type: ignore[call-overload]
+        return self._session.client(service, **self._kwargs(service))  # type: ignore[call-overload]
 
     @asynccontextmanager
     async def clients(self, *services: str) -> AsyncIterator[dict[str, Any]]:
@@ -78,5 +98,7 @@ class Aws:
         async with AsyncExitStack() as stack:
             out = {}
             for s in services:
-                out[s] = await stack.enter_async_context(session.create_client(s, **self._kwargs()))
+                out[s] = await stack.enter_async_context(
+                    session.create_client(s, **self._kwargs(s))
+                )
             yield out

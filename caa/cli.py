@@ -25,6 +25,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from caa import ai_cli
 from caa.aws import Aws
 from caa.settings import Settings
 
@@ -105,11 +106,13 @@ async def consume(settings: Settings, aws: Aws, until_idle: bool,
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     started = time.perf_counter()
-    async with aws.clients("kinesis", "dynamodb") as c:
+    ai = settings.analyzer == "bedrock"
+    async with aws.clients("kinesis", "dynamodb", *(["bedrock-runtime"] if ai else [])) as c:
         with _progress() as progress:
             task = progress.add_task("consuming", total=expected)
             worker = Worker(settings, c["kinesis"], c["dynamodb"],
-                            on_batch=lambda _s, r: progress.advance(task, len(r.outcomes)))
+                            on_batch=lambda _s, r: progress.advance(task, len(r.outcomes)),
+                            bedrock=c.get("bedrock-runtime"))
             report = await worker.run(until_idle=until_idle, stop=stop)
         t = worker.applier.totals
         summary: dict[str, Any] = {
@@ -124,6 +127,8 @@ async def consume(settings: Settings, aws: Aws, until_idle: bool,
             "elapsed_s": round(time.perf_counter() - started, 2),
             "state_cache_hits": worker.applier.cache.hits,
         }
+        if worker.enricher is not None:
+            summary["ai"] = worker.enricher.summary()
         if report:
             summary.update(
                 bgnbd=report.params.to_dict(), table_customers=report.customers,
@@ -153,6 +158,8 @@ def print_summary(summary: dict[str, Any]) -> None:
     ]
     for k, v in rows:
         t.add_row(k, v)
+    for k, v in summary.get("ai", {}).items():
+        t.add_row(f"ai: {k}", str(v))
     for name, n in summary.get("segments", {}).items():
         t.add_row(f"segment: {name}", f"{n:,}")
     console.print(t)
@@ -255,6 +262,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true")
     d = sub.add_parser("dlq", help="dead letters")
     d.add_argument("action", choices=("list",))
+    ai_cli.add_parsers(sub)
     return p
 
 
@@ -291,6 +299,17 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_show(settings, aws, args)
     if args.command == "segments":
         return cmd_segments(settings, aws, args)
+    if args.command == "costs":
+        return ai_cli.cmd_costs(settings, aws, args)
+    if args.command == "history":
+        return ai_cli.cmd_history(settings, aws, args)
+    if args.command == "analyze":
+        out = asyncio.run(ai_cli.analyze(settings, aws, args.customer_id))
+        if out is None:
+            print(f"no customer {args.customer_id!r}", file=sys.stderr)
+            return 1
+        print(json.dumps(out, indent=2))
+        return 0
     return cmd_dlq(settings, aws)
 
 

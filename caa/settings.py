@@ -10,10 +10,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-TABLES = ("customers", "predictions", "checkpoints", "models", "dead-letters")
+TABLES = ("customers", "predictions", "checkpoints", "models", "dead-letters", "analyses",
+          "analysis-history", "usage")
+
+HAIKU_45_EU = "eu.anthropic.claude-haiku-4-5-20251001-v1:0"
+#: USD per million (input, output) tokens. Haiku 4.5 lists at $1 / $5; geo (eu./us.) inference
+#: profiles are priced 10% above global ones. Override with CAA_BEDROCK_PRICES (JSON).
+DEFAULT_PRICES: dict[str, tuple[float, float]] = {
+    HAIKU_45_EU: (1.10, 5.50),
+    "us.anthropic.claude-haiku-4-5-20251001-v1:0": (1.10, 5.50),
+    "global.anthropic.claude-haiku-4-5-20251001-v1:0": (1.00, 5.00),
+    "anthropic.claude-haiku-4-5-20251001-v1:0": (1.00, 5.00),
+}
 
 
 class Settings(BaseSettings):
@@ -54,6 +65,41 @@ class Settings(BaseSettings):
     n_segments: int = Field(6, ge=5, le=7)
     segment_seed: int = 42
     segment_warmup: int = Field(500, ge=10)
+
+    # -- AI analysis (Bedrock) ---------------------------------------------------------
+    analyzer: Literal["statistical", "bedrock"] = "statistical"
+    bedrock_model_id: str = HAIKU_45_EU
+    #: Bedrock's region; by default the one everything else uses (eu-central-1 by default)
+    bedrock_region: str | None = None
+    bedrock_endpoint_url: str | None = Field(
+        None, validation_alias=AliasChoices("AWS_ENDPOINT_URL_BEDROCK_RUNTIME")
+    )
+    bedrock_max_tokens: int = Field(1024, ge=64, le=8192)
+    bedrock_timeout_s: float = Field(30.0, gt=0)  # read timeout of one attempt
+    bedrock_deadline_s: float = Field(45.0, gt=0)  # all attempts of one analysis
+    bedrock_backoff_base_s: float = Field(0.25, ge=0)
+    bedrock_concurrency: int = Field(4, ge=1, le=256)
+    #: the account's tokens-per-minute quota share of this worker (input + output)
+    bedrock_tpm: int = Field(100_000, ge=1000)
+    bedrock_prices: dict[str, tuple[float, float]] = Field(
+        default_factory=lambda: dict(DEFAULT_PRICES)
+    )
+    daily_budget_usd: float = Field(10.0, ge=0)
+    breaker_failures: int = Field(5, ge=1)
+    breaker_reset_s: float = Field(30.0, gt=0)
+    #: the longest a due analysis waits for the token bucket before falling back
+    rate_wait_max_s: float = Field(30.0, ge=0)
+    analysis_debounce_s: float = Field(60.0, ge=0)
+    analysis_min_change: float = Field(0.25, gt=0)
+    analysis_max_age_days: int = Field(30, ge=1)
+    #: customers who bought within this many days are re-analysed on each scheduled refit
+    analysis_active_days: int = Field(30, ge=0)
+    #: "opt_in": only customers who said yes; "opt_out": everyone who has not said no
+    consent_mode: Literal["opt_in", "opt_out"] = "opt_in"
+    #: HMAC key for the pseudonyms in prompts; by default a random key kept in state_dir
+    pseudonym_key: SecretStr | None = None
+    history_ttl_days: int = Field(90, ge=1)
+    usage_flush_s: float = Field(5.0, gt=0)
 
     def table(self, name: str) -> str:
         if name not in TABLES:

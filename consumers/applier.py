@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from consumers.core import BatchResult, StreamRecord, decode_batch, process_batch
+from consumers.enricher import Enricher
 from consumers.registry import ModelRegistry
 from consumers.stores import CustomerStore, DeadLetterStore, PredictionStore
 from models.state import CustomerState
@@ -85,6 +86,7 @@ class BatchApplier:
         max_event_bytes: int,
         clock: Callable[[], datetime] = _utcnow,
         cache_size: int = 0,
+        enricher: Enricher | None = None,
     ) -> None:
         self.customers = customers
         self.predictions = predictions
@@ -95,6 +97,7 @@ class BatchApplier:
         self.watermark = 0
         self.totals = Totals()
         self.cache = StateCache(cache_size)
+        self.enricher = enricher
 
     async def apply(self, records: Sequence[StreamRecord]) -> BatchResult:
         decoded = decode_batch(records, self.max_event_bytes)
@@ -107,12 +110,17 @@ class BatchApplier:
         result = process_batch(
             decoded, states, self.registry.view(), now=self._clock(), watermark=self.watermark
         )
+        predictions = result.predictions
+        if self.enricher is not None:  # keep the latest AI analysis on the rewritten item
+            predictions = await self.enricher.attach(predictions)
         await asyncio.gather(
             self.customers.save(list(result.states.values())),
-            self.predictions.save(result.predictions),
+            self.predictions.save(predictions),
             self.dead_letters.save(result.dead_letters),
         )
         self.cache.put_many(result.states.values())
+        if self.enricher is not None:  # effects are durable: the AI analysis may follow
+            self.enricher.observe(result)
         await self.registry.learn(result.learn)
         self.watermark = max(self.watermark, result.watermark)
         t = self.totals

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
+from consumers.enricher import Enricher
 from consumers.registry import ModelRegistry
 from consumers.stores import CustomerStore, PredictionStore
 from models import bgnbd
@@ -24,6 +25,7 @@ from models.features import bgnbd_inputs, rfm
 from models.forecaster import Forecaster
 from models.prediction import SegmentRef
 from models.segmentation import SegmentModel
+from models.state import DAY
 
 SIZES = "segment-sizes"
 
@@ -49,7 +51,12 @@ async def refit(
     *,
     rewrite: bool = True,
     as_of_ts: int | None = None,
+    enricher: Enricher | None = None,
+    active_days: int = 0,
 ) -> RefitReport | None:
+    """Refit both models; with ``rewrite`` rewrite every prediction (keeping each one's
+    latest AI analysis) and, with an ``enricher``, queue customers active within
+    ``active_days`` for their scheduled re-analysis."""
     started = time.perf_counter()
     states = await customers.all()
     if not states:
@@ -67,11 +74,12 @@ async def refit(
     ordered = sorted(states, key=lambda s: s.customer_id)
     features = [rfm(s, as_of) for s in ordered]
     model = SegmentModel.from_dict(registry.segmenter.to_dict())
-    model.refit(features)
-    await registry.replace_segmenter(model)
+    if len(features) >= model.n_clusters:  # too few customers: keep the streaming model
+        model.refit(features)
+        await registry.replace_segmenter(model)
     names = model.segment_names()
     segments = [model.predict_one(x) for x in features]
-    sizes = Counter(names[s] for s in segments)
+    sizes = Counter(names.get(s, f"segment {s}") for s in segments)
     await registry.store.put(SIZES, {"version": registry.segments_version, "as_of": as_of,
                                      "sizes": dict(sizes.most_common())})
     written = 0
@@ -79,12 +87,19 @@ async def refit(
         forecaster = Forecaster(params, registry.bgnbd_version)
         now = datetime.now(UTC)
         out = [
-            forecaster.predict(s, SegmentRef(id=seg, name=names[seg]), as_of, now,
-                               registry.segments_version)
+            forecaster.predict(s, SegmentRef(id=seg, name=names.get(seg, f"segment {seg}")),
+                               as_of, now, registry.segments_version)
             for s, seg in zip(ordered, segments, strict=True)
         ]
+        if enricher is not None:
+            out = await enricher.attach(out)
         await predictions.save(out)
         written = len(out)
+        if enricher is not None and active_days:
+            since = as_of - active_days * DAY
+            active = [s for s in ordered if s.last_ts >= since]
+            by_id = {p.customer_id: p for p in out}
+            enricher.schedule(active, by_id, as_of)
     return RefitReport(
         len(states), sum(s.purchases for s in states), sum(s.spend_cents for s in states),
         dict(sizes.most_common()), datetime.fromtimestamp(as_of, UTC), params,

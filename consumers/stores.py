@@ -9,7 +9,6 @@ not durably written.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import random
 from collections.abc import Iterable, Sequence
@@ -22,6 +21,8 @@ from models.prediction import Prediction
 from models.state import CustomerState
 
 Item = dict[str, Any]
+#: the checkpoints row that holds the consumer group's lease (see consumers.lease)
+OWNER_KEY = "__owner__"
 
 
 class WriteFailed(RuntimeError):
@@ -202,6 +203,8 @@ class PredictionStore:
 _FLAT = ("schema_version", "customer_id", "p_alive", "expected_purchases_30d",
          "expected_purchases_90d", "confidence", "data_quality", "data_quality_reason",
          "purchases", "spend", "source", "fallback_reason", "as_of", "generated_at")
+#: the merged AI analysis: own attributes, so the enricher can SET them in place
+_ANALYSIS = ("analysis", "analysis_at", "analysis_model")
 
 
 def prediction_to_item(p: Prediction) -> Item:
@@ -210,6 +213,10 @@ def prediction_to_item(p: Prediction) -> Item:
     seg = d.pop("segment")
     item["segment_id"] = {"N": str(seg["id"])}
     item["segment_name"] = {"S": seg["name"]}
+    for k in _ANALYSIS:
+        v = d.pop(k)
+        if v is not None:
+            item[k] = {"S": json.dumps(v, separators=(",", ":")) if k == "analysis" else v}
     item["detail"] = {"S": json.dumps(d, separators=(",", ":"))}
     return item
 
@@ -219,6 +226,9 @@ def prediction_from_item(item: Item) -> dict[str, Any]:
     out: dict[str, Any] = {k: from_attr(item[k]) for k in _FLAT if k in item}
     out["segment"] = {"id": int(item["segment_id"]["N"]), "name": item["segment_name"]["S"]}
     out.update(json.loads(item["detail"]["S"]))
+    for k in _ANALYSIS:
+        v = item.get(k, {}).get("S")
+        out[k] = json.loads(v) if k == "analysis" and v else v
     return out
 
 
@@ -298,59 +308,6 @@ class CheckpointStore:
         if sequence_number is not None:
             item["sequence_number"] = {"S": sequence_number}
         await self.db.client.put_item(TableName=self.table, Item=item)
-
-
-class GroupBusy(RuntimeError):
-    """Another live worker holds this consumer group's lease."""
-
-
-OWNER_KEY = "__owner__"
-
-
-@dataclass
-class GroupLease:
-    """One live local poller per consumer group: a lease item in the checkpoints table.
-
-    State writes are unconditional batch writes, correct only with one writer per
-    shard; the local poller reads every shard, so it takes the whole group. The lease
-    is taken with a conditional put (absent, expired, or already ours), renewed while
-    running and released on exit; a second poller fails fast with :class:`GroupBusy`.
-    """
-
-    db: Dynamo
-    table: str
-    group: str
-    owner: str
-    ttl_s: float = 30.0
-
-    async def acquire(self, now: float) -> None:
-        try:
-            await self.db.client.put_item(
-                TableName=self.table,
-                Item={"group": {"S": self.group}, "shard_id": {"S": OWNER_KEY},
-                      "owner": {"S": self.owner}, "ended": {"BOOL": False},
-                      "expires": {"N": repr(now + self.ttl_s)}, "updated_at": {"S": _now()}},
-                ConditionExpression="attribute_not_exists(#o) OR #o = :me OR #e < :now",
-                ExpressionAttributeNames={"#o": "owner", "#e": "expires"},
-                ExpressionAttributeValues={":me": {"S": self.owner}, ":now": {"N": repr(now)}},
-            )
-        except self.db.client.exceptions.ConditionalCheckFailedException:
-            raise GroupBusy(
-                f"consumer group {self.group!r} is held by another live worker; stop it or "
-                f"use another CAA_CONSUMER_GROUP (the lease expires {self.ttl_s:.0f} s after "
-                "its holder stops renewing it)"
-            ) from None
-
-    async def release(self) -> None:
-        # a failed condition means it was taken over after expiry: nothing of ours to release
-        with contextlib.suppress(self.db.client.exceptions.ConditionalCheckFailedException):
-            await self.db.client.delete_item(
-                TableName=self.table,
-                Key={"group": {"S": self.group}, "shard_id": {"S": OWNER_KEY}},
-                ConditionExpression="#o = :me",
-                ExpressionAttributeNames={"#o": "owner"},
-                ExpressionAttributeValues={":me": {"S": self.owner}},
-            )
 
 
 @dataclass

@@ -1,9 +1,10 @@
-"""A consumer worker: the stores, models, applier and poller wired from settings."""
+"""A consumer worker: the stores, models, applier, enricher and poller wired from settings."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import socket
 import time
 import uuid
@@ -11,8 +12,14 @@ from collections.abc import Callable
 from typing import Any
 
 from caa.settings import Settings
+from consumers.analysis_store import AnalysisStore
+from consumers.analyzer import PriceTable
 from consumers.applier import BatchApplier
+from consumers.bedrock import BedrockAnalyzer
+from consumers.breaker import CircuitBreaker
 from consumers.core import BatchResult
+from consumers.enricher import Enricher
+from consumers.lease import GroupLease
 from consumers.poller import Poller
 from consumers.refit import RefitReport, refit
 from consumers.registry import ModelRegistry
@@ -21,15 +28,68 @@ from consumers.stores import (
     CustomerStore,
     DeadLetterStore,
     Dynamo,
-    GroupLease,
     ModelStore,
     PredictionStore,
 )
+from consumers.trigger import CacheRules
+from consumers.usage import UsageLedger
+from models.segmentation import SegmentModel
+
+
+def pseudonym_key(settings: Settings) -> bytes:
+    """The configured HMAC key, or a random one kept (0600) in the state directory."""
+    if settings.pseudonym_key is not None:
+        return settings.pseudonym_key.get_secret_value().encode()
+    path = settings.state_dir / "pseudonym.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return path.read_text().strip().encode()
+
+
+def reference_order_value(model: SegmentModel) -> float:
+    """The population's typical order value: segment centres weighted by their sizes."""
+    rows = [(int(str(d["count"])), d["centre"]) for d in model.describe()]
+    total = sum(n for n, _ in rows)
+    if not total:
+        return 0.0
+    return sum(n * float(c["monetary"]) for n, c in rows if isinstance(c, dict)) / total
+
+
+def build_enricher(settings: Settings, db: Dynamo, bedrock: Any,
+                   registry: ModelRegistry) -> Enricher:
+    s = settings
+    prices = PriceTable.parse(s.bedrock_prices)
+    analyzer = BedrockAnalyzer(
+        bedrock, s.bedrock_model_id, max_tokens=s.bedrock_max_tokens, prices=prices,
+        deadline_s=s.bedrock_deadline_s, backoff_base_s=s.bedrock_backoff_base_s,
+    )
+    return Enricher(
+        analyzer=analyzer,
+        store=AnalysisStore(db, s.table("analyses"), s.table("analysis-history"),
+                            s.table("predictions"), s.history_ttl_days),
+        ledger=UsageLedger(db, s.table("usage")),
+        prices=prices,
+        pseudonym_key=pseudonym_key(s),
+        reference_order_value=lambda: reference_order_value(registry.segmenter),
+        debounce_s=s.analysis_debounce_s,
+        concurrency=s.bedrock_concurrency,
+        max_tokens=s.bedrock_max_tokens,
+        daily_budget_usd=s.daily_budget_usd,
+        tokens_per_minute=s.bedrock_tpm,
+        rate_wait_max_s=s.rate_wait_max_s,
+        consent_mode=s.consent_mode,
+        cache_rules=CacheRules(s.analysis_min_change, s.analysis_max_age_days),
+        breaker=CircuitBreaker(s.breaker_failures, s.breaker_reset_s),
+    )
 
 
 class Worker:
     def __init__(self, settings: Settings, kinesis: Any, dynamodb: Any,
-                 on_batch: Callable[[str, BatchResult], None] | None = None) -> None:
+                 on_batch: Callable[[str, BatchResult], None] | None = None,
+                 bedrock: Any = None) -> None:
         s = settings
         self.settings = s
         db = Dynamo(dynamodb, max_attempts=s.max_write_attempts, concurrency=s.write_concurrency)
@@ -38,9 +98,11 @@ class Worker:
         self.dead_letters = DeadLetterStore(db, s.table("dead-letters"))
         self.checkpoints = CheckpointStore(db, s.table("checkpoints"), s.consumer_group)
         self.registry = ModelRegistry(ModelStore(db, s.table("models")), s)
+        self.enricher = (build_enricher(s, db, bedrock, self.registry)
+                         if s.analyzer == "bedrock" and bedrock is not None else None)
         self.applier = BatchApplier(self.customers, self.predictions, self.dead_letters,
                                     self.registry, s.max_event_bytes,
-                                    cache_size=s.state_cache_size)
+                                    cache_size=s.state_cache_size, enricher=self.enricher)
         self.poller = Poller(
             kinesis, s.stream_name, self.checkpoints, self.applier,
             limit=s.get_records_limit, poll_interval=s.poll_interval_s,
@@ -56,7 +118,11 @@ class Worker:
                 await asyncio.wait_for(stop.wait(), self.lease.ttl_s / 3)
             except TimeoutError:
                 await self.lease.acquire(time.time())
-        self._applied_at_refit = 0
+
+    async def _refit(self, rewrite: bool) -> RefitReport | None:
+        return await refit(self.customers, self.predictions, self.registry, rewrite=rewrite,
+                           enricher=self.enricher,
+                           active_days=self.settings.analysis_active_days)
 
     async def _refit_periodically(self, stop: asyncio.Event) -> None:
         """Refit the global models every ``refit_interval_s`` without blocking any shard."""
@@ -65,23 +131,45 @@ class Worker:
             try:
                 await asyncio.wait_for(stop.wait(), interval)
             except TimeoutError:
-                await refit(self.customers, self.predictions, self.registry, rewrite=False)
+                await self._refit(rewrite=self.enricher is not None)
+
+    async def _flush_usage(self, stop: asyncio.Event) -> None:
+        assert self.enricher is not None
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), self.settings.usage_flush_s)
+            except TimeoutError:
+                await self.enricher.flush_counters()
 
     async def run(self, until_idle: bool = False, stop: asyncio.Event | None = None,
                   final_refit: bool = True) -> RefitReport | None:
         await self.lease.acquire(time.time())
         await self.registry.load()
         stop = stop or asyncio.Event()
-        background = [asyncio.create_task(self._refit_periodically(stop)),
-                      asyncio.create_task(self._renew(stop))]
+        quiet = asyncio.Event()  # set when consumption ends: background tasks wind down
+        background = [asyncio.create_task(self._refit_periodically(quiet)),
+                      asyncio.create_task(self._renew(quiet))]
+        if self.enricher is not None:
+            background += [asyncio.create_task(self.enricher.run(quiet)),
+                           asyncio.create_task(self._flush_usage(quiet))]
         started = time.perf_counter()
+        report = None
         try:
             await self.poller.run(until_idle=until_idle, stop=stop)
-        finally:
             self.consume_seconds = time.perf_counter() - started
+            quiet.set()
+            await asyncio.gather(*background)
+            if self.enricher is not None and until_idle:
+                await self.enricher.drain()
+            if final_refit and self.applier.totals.records:
+                report = await self._refit(rewrite=True)
+            if self.enricher is not None:
+                if until_idle:  # a stop signal does not wait for pending analyses
+                    await self.enricher.drain()
+                await self.enricher.flush_counters()
+        finally:
+            self.consume_seconds = self.consume_seconds or time.perf_counter() - started
             for task in background:
                 task.cancel()
             await self.lease.release()
-        if final_refit and self.applier.totals.records:
-            return await refit(self.customers, self.predictions, self.registry, rewrite=True)
-        return None
+        return report

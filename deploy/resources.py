@@ -13,7 +13,12 @@ KEYS: dict[str, tuple[str, str | None]] = {
     "checkpoints": ("group", "shard_id"),
     "models": ("name", None),
     "dead-letters": ("id", None),
+    "analyses": ("customer_id", None),
+    "analysis-history": ("customer_id", "at"),
+    "usage": ("day", None),
 }
+#: tables whose items expire (attribute holding the epoch second)
+TTL = {"analysis-history": "expires_at"}
 
 
 def ensure_stream(kinesis: Any, name: str, shards: int) -> bool:
@@ -60,4 +65,9 @@ def ensure_resources(settings: Settings, kinesis: Any, dynamodb: Any) -> list[st
         name = settings.table(table)
         if ensure_table(dynamodb, name, hk, rk):
             created.append(f"table {name}")
+            if table in TTL:
+                dynamodb.update_time_to_live(
+                    TableName=name,
+                    TimeToLiveSpecification={"Enabled": True, "AttributeName": TTL[table]},
+                )
     return created

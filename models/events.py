@@ -62,6 +62,17 @@ class LineItem(BaseModel):
     unit_price: Money
 
 
+class Contact(BaseModel):
+    """Personal data some orders services attach. Accepted, never stored, never analysed."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: Annotated[str, Field(max_length=256)] | None = None
+    email: Annotated[str, Field(max_length=256)] | None = None
+    phone: Annotated[str, Field(max_length=64)] | None = None
+    address: Annotated[str, Field(max_length=1024)] | None = None
+
+
 class PurchaseEvent(BaseModel):
     """One order as the orders service publishes it."""
 
@@ -77,6 +88,7 @@ class PurchaseEvent(BaseModel):
     total: Money
     channel: Channel = "web"
     consent: bool | None = None
+    contact: Contact | None = None
 
     @model_validator(mode="after")
     def _total_matches_items(self) -> PurchaseEvent:

@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from models.analysis import Analysis
+
 PREDICTION_SCHEMA_VERSION = 1
 
 Grade = Literal["A", "B", "C", "D"]
@@ -71,6 +73,10 @@ class Prediction(_Frozen):
     model_versions: dict[str, int]
     source: Literal["statistical", "bedrock"] = "statistical"
     fallback_reason: str | None = None
+    #: the latest AI (or fallback) analysis merged in after the statistical prediction
+    analysis: Analysis | None = None
+    analysis_at: datetime | None = None
+    analysis_model: str | None = None
     as_of: datetime
     generated_at: datetime
     last_event: LastEvent

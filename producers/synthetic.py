@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from models.events import LineItem, PurchaseEvent
+from models.events import Contact, LineItem, PurchaseEvent
 
 #: (product_id, category, unit price, typical days between purchases)
 CATALOG: tuple[tuple[str, str, str, int], ...] = (
@@ -77,6 +77,10 @@ def _customer_events(cid: str, rng: random.Random, start: datetime, days: int,
     channel = rng.choice(CHANNELS)
     shop_every = rng.choice((2, 3, 4, 7))
     consent = rng.random() < 0.8
+    # personal data as orders services send it: accepted, never stored or analysed
+    contact = Contact(name=f"Shopper {cid}", email=f"shopper.{cid}@example.com",
+                      phone=f"+49 30 {rng.randint(1_000_000, 9_999_999)}",
+                      address=f"{rng.randint(1, 200)} Market Street, Berlin")
     events: list[PurchaseEvent] = []
     day = rng.uniform(0, shop_every)
     while day < days:
@@ -103,6 +107,7 @@ def _customer_events(cid: str, rng: random.Random, start: datetime, days: int,
                     total=sum((i.unit_price * i.quantity for i in items), Decimal("0")),
                     channel=channel,
                     consent=consent,
+                    contact=contact,
                 ))
             for s in due:
                 s.next_day = day + s.cycle * rng.uniform(0.8, 1.25)

@@ -7,6 +7,8 @@ import pytest
 
 from caa.aws import Aws
 from caa.settings import Settings
+from deploy.bedrock_server import BedrockServer
+from deploy.bedrock_server import launch as launch_bedrock
 from deploy.emulator import Emulator, launch
 from deploy.resources import ensure_resources
 
@@ -49,5 +51,31 @@ def fresh_settings(aws_env: str, monkeypatch: pytest.MonkeyPatch) -> Callable[..
         aws = Aws(s)
         ensure_resources(s, aws.client("kinesis"), aws.client("dynamodb"))
         return s
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def bedrock_server() -> Iterator[BedrockServer]:
+    """The Bedrock-protocol test server as a real process on a free loopback port."""
+    server = launch_bedrock()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def ai_settings(fresh_settings: Callable[..., Settings], bedrock_server: BedrockServer,
+                monkeypatch: pytest.MonkeyPatch) -> Callable[..., Settings]:
+    """Fresh settings with the Bedrock analyzer pointed at the test server by the standard
+    ``AWS_ENDPOINT_URL_BEDROCK_RUNTIME`` variable."""
+    bedrock_server.reset()
+    monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", bedrock_server.endpoint)
+
+    def make(**env: str) -> Settings:
+        defaults = {"analyzer": "bedrock", "pseudonym_key": "test-key-0123456789",
+                    "analysis_debounce_s": "0.2", "bedrock_timeout_s": "2",
+                    "bedrock_deadline_s": "3", "bedrock_backoff_base_s": "0.02",
+                    "breaker_reset_s": "60", "segment_warmup": "20"}
+        return fresh_settings(**{**defaults, **env})
 
     return make

@@ -82,7 +82,7 @@ def test_a_split_mid_stream_loses_nothing(settings: Settings) -> None:
 
 
 def test_a_second_live_poller_in_the_same_group_is_refused(settings: Settings) -> None:
-    from consumers.stores import GroupBusy
+    from consumers.lease import GroupBusy
 
     async def scenario() -> None:
         async with Aws(settings).clients("kinesis", "dynamodb") as c:

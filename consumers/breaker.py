@@ -1,0 +1,59 @@
+"""A circuit breaker for the Bedrock analyzer (pure: the caller passes the time).
+
+Closed: calls go through; ``failure_threshold`` consecutive failures open it.
+Open: calls are refused (the work goes to the statistical analyzer) until
+``reset_after_s`` has passed; then it is half-open and lets ``probes`` calls
+through. A probe's success closes it, a failure opens it again.
+
+>>> b = CircuitBreaker(failure_threshold=2, reset_after_s=30.0)
+>>> b.allow(0.0), b.record_failure(0.0), b.record_failure(1.0), b.state
+(True, None, None, 'open')
+>>> b.allow(10.0), b.allow(31.0), b.state, b.allow(31.5)
+(False, True, 'half_open', False)
+>>> b.record_success(32.0); b.state
+'closed'
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+State = Literal["closed", "open", "half_open"]
+
+
+class CircuitBreaker:
+    def __init__(self, failure_threshold: int = 5, reset_after_s: float = 30.0,
+                 probes: int = 1) -> None:
+        self.failure_threshold = failure_threshold
+        self.reset_after_s = reset_after_s
+        self.probes = probes
+        self._state: State = "closed"
+        self._failures = 0
+        self._opened_at = 0.0
+        self._probes_out = 0
+        self.opened = 0  # times it opened, for metrics
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    def allow(self, now: float) -> bool:
+        """May a call start now? (A half-open breaker hands out ``probes`` calls.)"""
+        if self._state == "open" and now - self._opened_at >= self.reset_after_s:
+            self._state, self._probes_out = "half_open", 0
+        if self._state == "closed":
+            return True
+        if self._state == "half_open" and self._probes_out < self.probes:
+            self._probes_out += 1
+            return True
+        return False
+
+    def record_success(self, now: float) -> None:
+        self._state, self._failures = "closed", 0
+
+    def record_failure(self, now: float) -> None:
+        self._failures += 1
+        if self._state == "half_open" or self._failures >= self.failure_threshold:
+            if self._state != "open":
+                self.opened += 1
+            self._state, self._opened_at = "open", now

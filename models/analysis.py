@@ -1,0 +1,166 @@
+"""The AI analysis of one customer: the structured answer every analyzer returns.
+
+Bedrock is forced to answer by calling a tool whose input schema is generated
+from :class:`Analysis` (:func:`tool_spec`), so a valid answer parses into this
+model and anything else is rejected. The statistical analyzer fills the same
+model from the forecast, so downstream readers see one shape whatever the
+source.
+
+By design the analysis never infers demographics (age, income, family size,
+gender, ...): there is no field for them, unknown fields are refused, and free
+text that states such an inference fails validation.
+
+>>> a = Analysis.model_validate({
+...     "profile": {"shopping_frequency": "regular", "price_preference": "mid_range",
+...                 "preferred_categories": ["dairy"],
+...                 "behavioural_insights": [{"label": "planned_shopper",
+...                                           "evidence": "buys milk every 7 days"}]},
+...     "consumption_patterns": [{"product": "milk", "avg_days_between": 7,
+...                               "predicted_next_date": "2024-05-08", "confidence": 0.8}],
+...     "recommendations": [{"product": "milk", "reason": "due for a refill",
+...                          "urgency": "high", "predicted_date": "2024-05-08"}],
+...     "next_best_action": {"action": "replenishment_reminder", "detail": "remind about milk"},
+...     "narrative": "A steady weekly dairy buyer.", "confidence": 0.7})
+>>> a.profile.behavioural_insights[0].label
+'planned_shopper'
+>>> bad = a.model_dump(mode="json") | {"narrative": "Probably 35 years old with a high income."}
+>>> Analysis.model_validate(bad)  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+...
+pydantic_core._pydantic_core.ValidationError: 1 validation error for Analysis
+narrative
+  Value error, sensitive inference refused: ...
+>>> tool_spec()["toolSpec"]["name"]
+'record_customer_analysis'
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+TOOL_NAME = "record_customer_analysis"
+
+#: Free text stating any of these is a demographic inference the product refuses to make.
+_SENSITIVE = re.compile(
+    r"\b(?:ages?|aged|years?[ -]old|income|salary|salaries|earns?|earning|wealth\w*|"
+    r"affluent|low[ -]income|family size|household size|married|marital|divorced|"
+    r"gender|male|female|ethnic\w*|religio\w*|pregnan\w*|nationality|disabilit\w*)\b",
+    re.IGNORECASE,
+)
+
+
+def _no_sensitive_inference(text: str) -> str:
+    found = _SENSITIVE.search(text)
+    if found:
+        raise ValueError(f"sensitive inference refused: mentions {found.group(0)!r}")
+    return text
+
+
+Text = Annotated[str, Field(max_length=300), AfterValidator(_no_sensitive_inference)]
+ItemName = Annotated[str, Field(min_length=1, max_length=64)]
+Confidence = Annotated[float, Field(ge=0.0, le=1.0)]
+
+Frequency = Literal["one_off", "occasional", "regular", "frequent"]
+PricePreference = Literal["budget", "mid_range", "premium", "mixed"]
+InsightLabel = Literal[
+    "planned_shopper", "bulk_buyer", "impulse_buyer", "brand_loyal", "explorer",
+    "seasonal", "lapsing", "new_customer",
+]
+Urgency = Literal["low", "medium", "high"]
+Action = Literal[
+    "replenishment_reminder", "cross_sell", "win_back", "loyalty_reward", "welcome", "no_action",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class BehaviouralInsight(_Strict):
+    label: InsightLabel
+    evidence: Text = Field(description="The purchase facts that support the label.")
+
+
+class Profile(_Strict):
+    shopping_frequency: Frequency
+    price_preference: PricePreference = Field(
+        description="Average order value relative to reference_order_value."
+    )
+    preferred_categories: Annotated[list[ItemName], Field(max_length=5)]
+    behavioural_insights: Annotated[list[BehaviouralInsight], Field(max_length=5)]
+
+
+class ConsumptionPattern(_Strict):
+    product: ItemName
+    avg_days_between: Annotated[float, Field(ge=0.0, le=3650.0)]
+    predicted_next_date: date
+    confidence: Confidence
+
+
+class AnalysisRecommendation(_Strict):
+    product: ItemName
+    reason: Text
+    urgency: Urgency
+    predicted_date: date | None = None
+
+
+class NextBestAction(_Strict):
+    action: Action
+    detail: Text
+
+
+class Analysis(_Strict):
+    """One customer's analysis, as the tool input schema demands it."""
+
+    profile: Profile
+    consumption_patterns: Annotated[list[ConsumptionPattern], Field(max_length=10)]
+    recommendations: Annotated[list[AnalysisRecommendation], Field(max_length=5)]
+    next_best_action: NextBestAction
+    narrative: Annotated[str, Field(max_length=600), AfterValidator(_no_sensitive_inference)]
+    confidence: Confidence
+
+
+def input_schema() -> dict[str, Any]:
+    """The JSON schema Bedrock's tool use is forced to satisfy."""
+    return Analysis.model_json_schema()
+
+
+def tool_spec() -> dict[str, Any]:
+    """The Converse ``toolSpec`` entry for :class:`Analysis`."""
+    return {
+        "toolSpec": {
+            "name": TOOL_NAME,
+            "description": (
+                "Record the analysis of one customer's purchase behaviour. Every field is "
+                "derived from the purchase features provided; demographics are never inferred."
+            ),
+            "inputSchema": {"json": input_schema()},
+        }
+    }
+
+
+Source = Literal["statistical", "bedrock"]
+TriggerKind = Literal["purchase", "schedule", "on_demand"]
+
+
+class AnalysisRecord(_Strict):
+    """One analysis as stored (latest per customer, and in the history with a TTL)."""
+
+    customer_id: str
+    at: datetime
+    as_of: date
+    source: Source
+    model: str
+    trigger: TriggerKind
+    fallback_reason: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    latency_ms: float = 0.0
+    attempts: int = 0
+    analysis: Analysis
+    signature: dict[str, Any] | None = None

@@ -1,0 +1,270 @@
+"""AI analysis end to end: Kinesis and DynamoDB on moto's server, Bedrock on the
+Bedrock-protocol test server; both real processes reached over HTTP by endpoint URL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from caa import cli
+from caa.aws import Aws
+from caa.settings import Settings
+from consumers.core import StreamRecord, decode_batch, process_batch
+from consumers.registry import ModelRegistry
+from consumers.stores import Dynamo, ModelStore, PredictionStore
+from consumers.worker import Worker, build_enricher
+from deploy.bedrock_server import BedrockServer
+from deploy.emulator import free_port
+from models.events import Contact, LineItem, PurchaseEvent
+from models.prompt import pseudonym
+from models.state import CustomerState
+from producers.publisher import Publisher
+from producers.synthetic import generate
+
+pytestmark = pytest.mark.integration
+KEY = b"test-key-0123456789"
+_DATA = re.compile(r"<customer_data>\n(.*)\n</customer_data>", re.S)
+
+
+@dataclass
+class Run:
+    worker: Worker
+    predictions: dict[str, dict[str, Any]]
+    checkpoints: dict[str, str | None]
+
+
+async def _run(s: Settings) -> Run:
+    async with Aws(s).clients("kinesis", "dynamodb", "bedrock-runtime") as c:
+        w = Worker(s, c["kinesis"], c["dynamodb"], bedrock=c["bedrock-runtime"])
+        await w.run(until_idle=True)
+        preds = {p["customer_id"]: p for p in await w.predictions.all()}
+        cps = {k: v.sequence_number for k, v in (await w.checkpoints.all()).items()}
+        return Run(w, preds, cps)
+
+
+def run(s: Settings, events: list[PurchaseEvent]) -> Run:
+    Publisher(Aws(s).client("kinesis"), s.stream_name).publish(events)
+    return asyncio.run(_run(s))
+
+
+def customer_data(request: dict[str, Any]) -> dict[str, Any]:
+    text = request["body"]["messages"][0]["content"][0]["text"]
+    found = _DATA.search(text)
+    assert found, text
+    return dict(json.loads(found.group(1)))
+
+
+def last_sequence_per_shard(s: Settings) -> dict[str, str]:
+    kinesis = Aws(s).client("kinesis")
+    out = {}
+    for shard in kinesis.list_shards(StreamName=s.stream_name)["Shards"]:
+        it = kinesis.get_shard_iterator(StreamName=s.stream_name, ShardId=shard["ShardId"],
+                                        ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+        records = kinesis.get_records(ShardIterator=it, Limit=10_000)["Records"]
+        if records:
+            out[shard["ShardId"]] = records[-1]["SequenceNumber"]
+    return out
+
+
+def test_every_customer_is_analysed_and_no_prompt_carries_personal_data(
+    ai_settings: Callable[..., Settings], bedrock_server: BedrockServer,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    s = ai_settings(consent_mode="opt_in")
+    assert s.bedrock_endpoint_url == bedrock_server.endpoint  # AWS_ENDPOINT_URL_BEDROCK_RUNTIME
+    events = generate(customers=24, days=45, seed=11)
+    out = run(s, events)
+
+    consenting = {e.customer_id for e in events if e.consent}
+    refused = {e.customer_id for e in events} - consenting
+    assert consenting and refused
+    assert set(out.predictions) == consenting | refused
+    for cid, p in out.predictions.items():
+        assert p["analysis"] is not None, cid
+        if cid in consenting:
+            assert (p["source"], p["fallback_reason"]) == ("bedrock", None)
+            assert p["analysis_model"] == s.bedrock_model_id
+        else:
+            assert (p["source"], p["fallback_reason"]) == ("statistical", "no_consent")
+
+    requests = bedrock_server.requests()
+    assert requests and all(r["authorized"] for r in requests)
+    assert {r["model_id"] for r in requests} == {s.bedrock_model_id}
+    subjects = {customer_data(r)["subject"] for r in requests}
+    assert subjects == {pseudonym(KEY, cid) for cid in consenting}  # refusals never sent
+    bodies = "\n".join(json.dumps(r["body"]) for r in requests)
+    for e in events:
+        assert e.contact is not None
+        needles = [e.customer_id, e.contact.name, e.contact.email, e.contact.phone,
+                   e.contact.address]
+        leaked = [n for n in needles if n and n in bodies]
+        assert not leaked, leaked
+    for r in requests:
+        body = r["body"]
+        assert body["inferenceConfig"]["maxTokens"] == s.bedrock_max_tokens
+        assert body["toolConfig"]["toolChoice"] == {"tool": {"name": "record_customer_analysis"}}
+    raw = json.dumps(Aws(s).client("dynamodb").scan(TableName=s.table("customers"))["Items"],
+                     default=repr)
+    assert "@example.com" not in raw and "Market Street" not in raw  # PII is not stored
+
+    # `caa costs` and `caa history` answer from the tables the run wrote.
+    assert cli.main(["costs", "--json"]) == 0
+    days = json.loads(capsys.readouterr().out)
+    assert len(days) == 1
+    assert days[0]["calls"] == len(requests)
+    assert days[0]["spend_usd"] > 0
+    assert days[0]["fallback_reasons"]["no_consent"] >= len(refused)
+    cid = sorted(consenting)[0]
+    assert cli.main(["history", cid, "--json"]) == 0
+    history = json.loads(capsys.readouterr().out)
+    assert history and history[0]["source"] == "bedrock" and history[0]["input_tokens"] > 0
+
+
+def _event(cid: str, day: int, product: str = "milk", consent: bool | None = None,
+           price: str = "2.00") -> PurchaseEvent:
+    return PurchaseEvent(
+        event_id=f"{cid}-{day}-{product}", order_id=f"o-{cid}-{day}-{product}", customer_id=cid,
+        occurred_at=datetime(2024, 1, 1, 10, tzinfo=UTC) + timedelta(days=day), currency="EUR",
+        items=[LineItem(product_id=product, category="food", quantity=1,
+                        unit_price=Decimal(price))],
+        total=Decimal(price), consent=consent,
+        contact=Contact(name="Erika Mustermann", email="erika@example.org"),
+    )
+
+
+@pytest.mark.parametrize(("mode", "analysed"), [("opt_in", {"yes"}), ("opt_out", {"yes", "unk"})])
+def test_consent_modes(ai_settings: Callable[..., Settings], bedrock_server: BedrockServer,
+                       mode: str, analysed: set[str]) -> None:
+    s = ai_settings(consent_mode=mode)
+    events = [_event("yes", 1, consent=True), _event("no", 1, consent=False), _event("unk", 1),
+              _event("no", 2, consent=True), _event("no", 3, consent=False)]  # latest: refused
+    out = run(s, events)
+    sent = {customer_data(r)["subject"] for r in bedrock_server.requests()}
+    assert sent == {pseudonym(KEY, c) for c in analysed}
+    for cid in {"yes", "no", "unk"} - analysed:
+        assert out.predictions[cid]["fallback_reason"] == "no_consent"
+
+
+def test_purchases_inside_the_window_make_one_call_and_small_changes_hit_the_cache(
+    ai_settings: Callable[..., Settings], bedrock_server: BedrockServer,
+) -> None:
+    s = ai_settings(consent_mode="opt_out", analysis_debounce_s="1.0")
+
+    async def scenario() -> list[str]:
+        async with Aws(s).clients("dynamodb", "bedrock-runtime") as c:
+            db = Dynamo(c["dynamodb"])
+            registry = ModelRegistry(ModelStore(db, s.table("models")), s)
+            enricher = build_enricher(s, db, c["bedrock-runtime"], registry)
+            predictions = PredictionStore(db, s.table("predictions"))
+            stop = asyncio.Event()
+            loop = asyncio.create_task(enricher.run(stop))
+            states: dict[str, CustomerState] = {}
+            seq = 0
+
+            async def buy(day: int, product: str = "milk") -> None:
+                nonlocal seq
+                seq += 1
+                rec = StreamRecord(_event("c1", day, product).to_bytes(), str(seq), "c1", "s-0")
+                result = process_batch(decode_batch([rec]), states, registry.view(),
+                                       now=datetime.now(UTC))
+                states.update(result.states)
+                await predictions.save(result.predictions)
+                enricher.observe(result)
+
+            for day in range(5):  # five purchases inside one 1 s window
+                await buy(day)
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(1.6)
+            calls = [len(bedrock_server.requests())]
+            await buy(5)  # one more purchase day of the same product: 5 -> 6 days, < 25 %
+            await asyncio.sleep(1.6)
+            calls.append(len(bedrock_server.requests()))
+            await buy(6, "bread")  # a product the last analysis did not see
+            await asyncio.sleep(1.6)
+            calls.append(len(bedrock_server.requests()))
+            stop.set()
+            await loop
+            assert enricher.counts["cache_hits"] == 1
+            return [str(n) for n in calls]
+
+    assert asyncio.run(scenario()) == ["1", "1", "2"]
+    first, second = bedrock_server.requests()
+    assert customer_data(first)["purchases"] == 5  # the one call reflects all five
+    assert customer_data(second)["purchases"] == 7
+
+
+@pytest.mark.parametrize("failure", [
+    {"kind": "throttle"},
+    {"kind": "error", "status": 503, "type": "ServiceUnavailableException"},
+    "connection refused",
+])
+def test_throttling_storm_or_outage_loses_no_prediction_and_stalls_no_shard(
+    ai_settings: Callable[..., Settings], bedrock_server: BedrockServer,
+    monkeypatch: pytest.MonkeyPatch, failure: dict[str, Any] | str,
+) -> None:
+    if isinstance(failure, dict):
+        bedrock_server.script([], default=failure)
+    else:  # nothing listens there at all
+        monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", f"http://127.0.0.1:{free_port()}")
+    s = ai_settings(consent_mode="opt_out", breaker_failures="3", bedrock_deadline_s="1")
+    events = generate(customers=30, days=30, seed=5)
+    out = run(s, events)
+
+    customers = {e.customer_id for e in events}
+    assert out.worker.applier.totals.applied == len(events)
+    assert set(out.predictions) == customers
+    reasons = Counter(p["fallback_reason"] for p in out.predictions.values())
+    assert all(p["source"] == "statistical" and p["analysis"] for p in out.predictions.values())
+    assert reasons["circuit_open"] > 0  # the breaker stopped the hammering
+    assert set(reasons) <= {"throttled", "unavailable", "timeout", "circuit_open", "no_consent"}
+    assert out.worker.enricher is not None and out.worker.enricher.breaker.opened >= 1
+    assert out.checkpoints == last_sequence_per_shard(s)  # every shard consumed to its end
+    if isinstance(failure, dict):  # most customers' work never reached Bedrock
+        reached = {customer_data(r)["subject"] for r in bedrock_server.requests()}
+        assert len(reached) < len(customers) / 2
+
+
+def test_invalid_answers_are_corrected_once_then_fall_back(
+    ai_settings: Callable[..., Settings], bedrock_server: BedrockServer,
+) -> None:
+    bedrock_server.script([{"kind": "invalid", "input": {"narrative": "x"}},
+                           {"kind": "text"},
+                           {"kind": "text"},
+                           {"kind": "answer"}], default={"kind": "throttle"})
+    s = ai_settings(consent_mode="opt_out", bedrock_concurrency="1", breaker_failures="100",
+                    analysis_active_days="0")  # no scheduled re-analysis after the run
+    out = run(s, [_event("a", 1), _event("b", 1)])
+    by_source = {p["customer_id"]: (p["source"], p["fallback_reason"])
+                 for p in out.predictions.values()}
+    assert sorted(by_source.values()) == [("bedrock", None), ("statistical", "invalid_answer")]
+    reqs = bedrock_server.requests()
+    assert [r["outcome"] for r in reqs] == ["invalid", "text", "text", "answer"]
+    correction = reqs[1]["body"]["messages"]
+    assert correction[-1]["content"][0]["toolResult"]["status"] == "error"
+    assert len(reqs[3]["body"]["messages"]) == 3  # the text answer was sent back once
+
+
+def test_the_daily_budget_is_never_exceeded(
+    ai_settings: Callable[..., Settings], bedrock_server: BedrockServer,
+) -> None:
+    s = ai_settings(consent_mode="opt_out", daily_budget_usd="0.02", bedrock_concurrency="8")
+    events = generate(customers=25, days=20, seed=3)
+    out = run(s, events)
+    assert set(out.predictions) == {e.customer_id for e in events}
+    rows = Aws(s).client("dynamodb").scan(TableName=s.table("usage"))["Items"]
+    assert len(rows) == 1
+    spend, committed = int(rows[0]["spend_micros"]["N"]), int(rows[0]["committed_micros"]["N"])
+    assert 0 < spend <= 20_000 and committed == spend  # reservations all settled
+    e = out.worker.enricher
+    assert e is not None
+    assert e.counts["source_bedrock"] >= 1 and e.counts["fallback_budget_exhausted"] >= 1
+    assert len(bedrock_server.requests()) == e.counts["bedrock_calls"]
