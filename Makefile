@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: setup run stop test lint bench chaos clean show segments
+.PHONY: setup run run-ai stop test lint bench chaos clean show segments
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -16,6 +16,20 @@ setup: $(STAMP)
 ## run: start the local emulator, create resources, publish CDNOW, consume it, summarise
 run: setup
 	$(VENV)/bin/caa run
+
+## run-ai: `make run` with the Bedrock analyzer, pointed at the local Bedrock-protocol test
+## server (deploy/bedrock_server.py) by AWS_ENDPOINT_URL_BEDROCK_RUNTIME; its own stream and
+## tables (prefix caa-ai-); prints `caa costs` and `caa history` at the end. LIMIT=n events.
+AI_ENV := CAA_ANALYZER=bedrock CAA_CONSENT_MODE=opt_out CAA_STREAM_NAME=caa-ai-purchases \
+	CAA_TABLE_PREFIX=caa-ai- CAA_BEDROCK_TPM=5000000 \
+	AWS_ENDPOINT_URL_BEDROCK_RUNTIME=http://127.0.0.1:4599
+run-ai: setup
+	@mkdir -p .caa
+	@rm -f .caa/bedrock.log; $(PY) -m deploy.bedrock_server --port 4599 > .caa/bedrock.log 2>&1 & echo $$! > .caa/bedrock.pid
+	@until grep -q READY .caa/bedrock.log; do sleep 0.1; done
+	$(AI_ENV) $(VENV)/bin/caa run --limit $(or $(LIMIT),5000); rc=$$?; \
+	$(AI_ENV) $(VENV)/bin/caa costs; $(AI_ENV) $(VENV)/bin/caa history 00001; \
+	kill $$(cat .caa/bedrock.pid); rm -f .caa/bedrock.pid; exit $$rc
 
 ## stop: stop the local emulator that `make run` left running
 stop:
@@ -31,6 +45,7 @@ test: lint
 
 bench: setup
 	$(PY) bench/pipeline.py
+	$(PY) bench/analysis_policy.py
 
 clean:
 	rm -rf $(VENV) .caa out .pytest_cache .mypy_cache .ruff_cache

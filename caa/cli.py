@@ -107,12 +107,13 @@ async def consume(settings: Settings, aws: Aws, until_idle: bool,
         loop.add_signal_handler(sig, stop.set)
     started = time.perf_counter()
     ai = settings.analyzer == "bedrock"
-    async with aws.clients("kinesis", "dynamodb", *(["bedrock-runtime"] if ai else [])) as c:
+    extra = ["bedrock-runtime", "cloudwatch"] if ai else []
+    async with aws.clients("kinesis", "dynamodb", *extra) as c:
         with _progress() as progress:
             task = progress.add_task("consuming", total=expected)
             worker = Worker(settings, c["kinesis"], c["dynamodb"],
                             on_batch=lambda _s, r: progress.advance(task, len(r.outcomes)),
-                            bedrock=c.get("bedrock-runtime"))
+                            bedrock=c.get("bedrock-runtime"), cloudwatch=c.get("cloudwatch"))
             report = await worker.run(until_idle=until_idle, stop=stop)
         t = worker.applier.totals
         summary: dict[str, Any] = {

@@ -31,6 +31,7 @@ from consumers.analysis_store import AnalysisStore
 from consumers.analyzer import Analyzer, AnalyzerResult, PriceTable, StatisticalAnalyzer
 from consumers.breaker import CircuitBreaker
 from consumers.core import BatchResult
+from consumers.metrics import Metrics
 from consumers.tokenbucket import TokenBucket
 from consumers.trigger import CacheRules, Pending, Signature, TriggerPolicy, stale_reason
 from consumers.usage import UsageLedger
@@ -65,6 +66,7 @@ class Enricher:
         chars_per_token: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], datetime] = lambda: datetime.now(UTC),
+        metrics: Metrics | None = None,
     ) -> None:
         self.analyzer = analyzer
         self.fallback = StatisticalAnalyzer()
@@ -91,8 +93,12 @@ class Enricher:
         self._inflight: set[str] = set()
         self._tasks: set[asyncio.Task[AnalysisRecord | None]] = set()
         self._wake = asyncio.Event()
+        self._closing = False
         self.counts: Counter[str] = Counter()
         self._unflushed: Counter[str] = Counter()
+        self._metric: Counter[str] = Counter()  # deltas for CloudWatch since the last flush
+        self.metrics = metrics or Metrics(None, {})
+        self._metric_cost = 0.0
         self.freshness_s: list[float] = []  # per purchase: arrival -> analysis reflecting it
         self.errors: list[str] = []
 
@@ -158,6 +164,12 @@ class Enricher:
                 w.cancel()
         await self.settle()
 
+    def abandon_queued(self) -> None:
+        """On a stop signal: analyses waiting for a slot are dropped (their customers keep
+        the statistical prediction and are analysed again on their next trigger); the calls
+        in flight finish."""
+        self._closing = True
+
     async def drain(self) -> None:
         """Analyse everything pending now, debounce or not, and wait for it (end of a run)."""
         self._dispatch(self.policy.flush())
@@ -186,6 +198,9 @@ class Enricher:
                        arrivals: list[float], bypass: bool) -> AnalysisRecord | None:
         try:
             async with self._sem:
+                if self._closing:
+                    self._count("dropped_at_stop")
+                    return None
                 return await self._analyze(cid, x, trigger, arrivals, bypass)
         except Exception as exc:  # noqa: BLE001 -- kept as data: counted, shown in the summary
             self._count("store_errors")
@@ -239,6 +254,11 @@ class Enricher:
             "output_tokens": result.output_tokens, "failed_calls": int(result.failure is not None),
         })
         self.counts["bedrock_calls"] += result.attempts
+        self._metric.update({"bedrock_calls": result.attempts,
+                             "input_tokens": result.input_tokens,
+                             "output_tokens": result.output_tokens,
+                             "failed_analyses": int(result.failure is not None)})
+        self._metric_cost += result.cost_usd
         if result.analysis is not None:
             self.breaker.record_success(self._clock())
             return await self._finish(cid, x, trigger, arrivals, result, None, signature)
@@ -268,7 +288,7 @@ class Enricher:
         await self.store.record(rec)
         self._remember(cid, rec)
         self._count("analyses", shared=True)
-        self._count(f"source_{rec.source}")
+        self._count(f"source_{rec.source}", shared=True)
         if fallback:
             self._count("fallbacks", shared=True)
             self._count(f"fallback_{fallback}", shared=True)
@@ -287,9 +307,14 @@ class Enricher:
             self._unflushed[name] += 1
 
     async def flush_counters(self) -> None:
-        """Add cache hits, fallbacks and analyses to the day's shared counters."""
+        """Add cache hits, fallbacks and analyses to the day's shared counters, and publish
+        them with the calls, tokens and cost as metrics."""
         deltas, self._unflushed = dict(self._unflushed), Counter()
+        metric: dict[str, float] = {**deltas, **self._metric}
+        self._metric = Counter()
+        metric["cost_usd"], self._metric_cost = self._metric_cost, 0.0
         await self.ledger.add(self._wall().date().isoformat(), deltas)
+        await self.metrics.put(metric)
 
     def summary(self) -> dict[str, object]:
         fresh = sorted(self.freshness_s)

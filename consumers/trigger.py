@@ -118,36 +118,52 @@ class CacheRules:
     max_age_days: int = 30  # an analysis older than this (event time) is redone
 
 
+#: purchase-day counts where the depth of history (and so an analysis's confidence) changes
+HISTORY_STEPS = (1, 2, 3, 5, 10, 20)
+
+
+def _history_step(purchase_days: int) -> int:
+    return sum(purchase_days >= n for n in HISTORY_STEPS)
+
+
 @dataclass(frozen=True, slots=True)
 class Signature:
-    """What the last analysis saw, compact enough to keep beside it."""
+    """What the last analysis saw, compact enough to keep beside it.
+
+    Behaviour, not counts: a steady weekly shopper's rate and spend per shopping day stay
+    put from one purchase to the next, so their analysis stays valid.
+    """
 
     version: str  # analyzer model id and prompt version
     purchase_days: int
-    avg_order_value: float
+    rate_30d: float  # purchase days per 30 days of tenure (0 with a single day)
+    spend_per_day: float  # spend per purchase day (split orders do not move it)
     items: frozenset[str]
     segment: str | None
     as_of: date
 
     @classmethod
     def of(cls, x: AnalysisInput, version: str) -> Signature:
+        rate = (x.purchase_days - 1) / max(x.tenure_days, 1) * 30.0 if x.purchase_days > 1 else 0.0
         return cls(
             version=version,
             purchase_days=x.purchase_days,
-            avg_order_value=x.avg_order_value,
+            rate_30d=round(rate, 4),
+            spend_per_day=round(x.total_spend / max(x.purchase_days, 1), 2),
             items=frozenset(f"{i.kind}:{i.name}" for i in (*x.products, *x.categories)),
             segment=x.segment,
             as_of=x.as_of,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"v": self.version, "d": self.purchase_days, "aov": self.avg_order_value,
-                "items": sorted(self.items), "seg": self.segment, "as_of": self.as_of.isoformat()}
+        return {"v": self.version, "d": self.purchase_days, "rate": self.rate_30d,
+                "spd": self.spend_per_day, "items": sorted(self.items), "seg": self.segment,
+                "as_of": self.as_of.isoformat()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Signature:
-        return cls(str(d["v"]), int(d["d"]), float(d["aov"]), frozenset(d["items"]),
-                   d.get("seg"), date.fromisoformat(d["as_of"]))
+        return cls(str(d["v"]), int(d["d"]), float(d["rate"]), float(d["spd"]),
+                   frozenset(d["items"]), d.get("seg"), date.fromisoformat(d["as_of"]))
 
 
 def _moved(old: float, new: float, share: float) -> bool:
@@ -163,15 +179,17 @@ def stale_reason(old: Signature | None, new: Signature, rules: CacheRules) -> st
     2. ``version``: another model or prompt version produced it;
     3. ``new_item``: a product or category it did not see;
     4. ``segment``: the customer moved to another segment;
-    5. ``frequency`` / ``order_value``: purchase days or average order value moved by
-       ``min_relative_change`` or more;
-    6. ``age``: it is ``max_age_days`` or more older than the features (event time).
+    5. ``history``: the history deepened past a step of :data:`HISTORY_STEPS` purchase days
+       (1, 2, 3, 5, 10, 20), where what can be said about a customer changes;
+    6. ``frequency`` / ``spend``: the purchase rate (days per 30 days) or the spend per
+       purchase day moved by ``min_relative_change`` or more;
+    7. ``age``: it is ``max_age_days`` or more older than the features (event time).
 
     Consent changes are handled before the cache: a refusal never reaches a model.
 
     >>> from datetime import date
-    >>> a = Signature("m|p1", 8, 20.0, frozenset({"product:milk"}), "Loyal", date(2024, 1, 1))
-    >>> b = Signature("m|p1", 9, 21.0, frozenset({"product:milk"}), "Loyal", date(2024, 1, 8))
+    >>> a = Signature("m|p1", 6, 4.0, 20.0, frozenset({"product:milk"}), "Loyal", date(2024, 1, 1))
+    >>> b = Signature("m|p1", 7, 4.2, 21.0, frozenset({"product:milk"}), "Loyal", date(2024, 1, 8))
     >>> stale_reason(a, b, CacheRules()), stale_reason(a, b, CacheRules(max_age_days=7))
     (None, 'age')
     """
@@ -183,10 +201,12 @@ def stale_reason(old: Signature | None, new: Signature, rules: CacheRules) -> st
         return "new_item"
     if old.segment != new.segment:
         return "segment"
-    if _moved(old.purchase_days, new.purchase_days, rules.min_relative_change):
+    if _history_step(old.purchase_days) != _history_step(new.purchase_days):
+        return "history"
+    if _moved(old.rate_30d, new.rate_30d, rules.min_relative_change):
         return "frequency"
-    if _moved(old.avg_order_value, new.avg_order_value, rules.min_relative_change):
-        return "order_value"
+    if _moved(old.spend_per_day, new.spend_per_day, rules.min_relative_change):
+        return "spend"
     if (new.as_of - old.as_of).days >= rules.max_age_days:
         return "age"
     return None

@@ -20,6 +20,7 @@ from consumers.breaker import CircuitBreaker
 from consumers.core import BatchResult
 from consumers.enricher import Enricher
 from consumers.lease import GroupLease
+from consumers.metrics import Metrics
 from consumers.poller import Poller
 from consumers.refit import RefitReport, refit
 from consumers.registry import ModelRegistry
@@ -59,7 +60,7 @@ def reference_order_value(model: SegmentModel) -> float:
 
 
 def build_enricher(settings: Settings, db: Dynamo, bedrock: Any,
-                   registry: ModelRegistry) -> Enricher:
+                   registry: ModelRegistry, cloudwatch: Any = None) -> Enricher:
     s = settings
     prices = PriceTable.parse(s.bedrock_prices)
     analyzer = BedrockAnalyzer(
@@ -83,13 +84,14 @@ def build_enricher(settings: Settings, db: Dynamo, bedrock: Any,
         consent_mode=s.consent_mode,
         cache_rules=CacheRules(s.analysis_min_change, s.analysis_max_age_days),
         breaker=CircuitBreaker(s.breaker_failures, s.breaker_reset_s),
+        metrics=Metrics(cloudwatch, {"Stream": s.stream_name, "Model": s.bedrock_model_id}),
     )
 
 
 class Worker:
     def __init__(self, settings: Settings, kinesis: Any, dynamodb: Any,
                  on_batch: Callable[[str, BatchResult], None] | None = None,
-                 bedrock: Any = None) -> None:
+                 bedrock: Any = None, cloudwatch: Any = None) -> None:
         s = settings
         self.settings = s
         db = Dynamo(dynamodb, max_attempts=s.max_write_attempts, concurrency=s.write_concurrency)
@@ -98,7 +100,7 @@ class Worker:
         self.dead_letters = DeadLetterStore(db, s.table("dead-letters"))
         self.checkpoints = CheckpointStore(db, s.table("checkpoints"), s.consumer_group)
         self.registry = ModelRegistry(ModelStore(db, s.table("models")), s)
-        self.enricher = (build_enricher(s, db, bedrock, self.registry)
+        self.enricher = (build_enricher(s, db, bedrock, self.registry, cloudwatch)
                          if s.analyzer == "bedrock" and bedrock is not None else None)
         self.applier = BatchApplier(self.customers, self.predictions, self.dead_letters,
                                     self.registry, s.max_event_bytes,
@@ -119,10 +121,11 @@ class Worker:
             except TimeoutError:
                 await self.lease.acquire(time.time())
 
-    async def _refit(self, rewrite: bool) -> RefitReport | None:
+    async def _refit(self, rewrite: bool, schedule: bool = True) -> RefitReport | None:
+        """Refit; a periodic refit also queues active customers for a scheduled analysis."""
         return await refit(self.customers, self.predictions, self.registry, rewrite=rewrite,
                            enricher=self.enricher,
-                           active_days=self.settings.analysis_active_days)
+                           active_days=self.settings.analysis_active_days if schedule else 0)
 
     async def _refit_periodically(self, stop: asyncio.Event) -> None:
         """Refit the global models every ``refit_interval_s`` without blocking any shard."""
@@ -157,12 +160,14 @@ class Worker:
         try:
             await self.poller.run(until_idle=until_idle, stop=stop)
             self.consume_seconds = time.perf_counter() - started
+            if stop.is_set() and self.enricher is not None:
+                self.enricher.abandon_queued()
             quiet.set()
             await asyncio.gather(*background)
             if self.enricher is not None and until_idle:
                 await self.enricher.drain()
             if final_refit and self.applier.totals.records:
-                report = await self._refit(rewrite=True)
+                report = await self._refit(rewrite=True, schedule=False)
             if self.enricher is not None:
                 if until_idle:  # a stop signal does not wait for pending analyses
                     await self.enricher.drain()

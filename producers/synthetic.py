@@ -15,6 +15,7 @@ True
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -67,7 +68,8 @@ class _Staple:
 
 
 def _customer_events(cid: str, rng: random.Random, start: datetime, days: int,
-                     burst_rate: float) -> list[PurchaseEvent]:
+                     burst_rate: float, burst_gap_s: tuple[int, int] = (120, 900),
+                     burst_orders: int = 2) -> list[PurchaseEvent]:
     n_staples = rng.randint(3, 9)
     staples = [
         _Staple(i, CATALOG[i][3] * rng.uniform(0.7, 1.5), rng.uniform(0, CATALOG[i][3]),
@@ -89,9 +91,10 @@ def _customer_events(cid: str, rng: random.Random, start: datetime, days: int,
             at = start + timedelta(days=int(day), hours=rng.randint(7, 21),
                                    minutes=rng.randint(0, 59), seconds=rng.randint(0, 59))
             baskets = [due]
-            if len(due) > 1 and rng.random() < burst_rate:  # forgot something: 2nd order
-                cut = rng.randint(1, len(due) - 1)
-                baskets = [due[:cut], due[cut:]]
+            if len(due) > 1 and rng.random() < burst_rate:  # forgot something: more orders
+                k = 2 if burst_orders <= 2 else rng.randint(2, min(burst_orders, len(due)))
+                cuts = sorted(rng.sample(range(1, len(due)), k - 1))
+                baskets = [due[a:b] for a, b in itertools.pairwise([0, *cuts, len(due)])]
             for b, basket in enumerate(baskets):
                 n = len(events)
                 items = [LineItem(product_id=CATALOG[s.index][0], category=CATALOG[s.index][1],
@@ -101,7 +104,7 @@ def _customer_events(cid: str, rng: random.Random, start: datetime, days: int,
                     event_id=f"syn-{cid}-{n:05d}",
                     order_id=f"syn-order-{cid}-{n:05d}",
                     customer_id=cid,
-                    occurred_at=at + timedelta(minutes=b * rng.randint(2, 15)),
+                    occurred_at=at + timedelta(seconds=b * rng.randint(*burst_gap_s)),
                     currency="EUR",
                     items=items,
                     total=sum((i.unit_price * i.quantity for i in items), Decimal("0")),
@@ -116,7 +119,9 @@ def _customer_events(cid: str, rng: random.Random, start: datetime, days: int,
 
 
 def generate(customers: int = 1000, days: int = 120, seed: int = 42,
-             start: datetime | None = None, burst_rate: float = 0.3) -> list[PurchaseEvent]:
+             start: datetime | None = None, burst_rate: float = 0.3,
+             burst_gap_s: tuple[int, int] = (120, 900),
+             burst_orders: int = 2) -> list[PurchaseEvent]:
     """Orders of ``customers`` shoppers over ``days`` days, sorted by time."""
     rng = random.Random(seed)
     begin = start or datetime(2024, 1, 1, tzinfo=UTC)
@@ -124,6 +129,6 @@ def generate(customers: int = 1000, days: int = 120, seed: int = 42,
     for c in range(customers):
         cid = f"g{c:07d}"
         events.extend(_customer_events(cid, random.Random(rng.getrandbits(64)), begin, days,
-                                       burst_rate))
+                                       burst_rate, burst_gap_s, burst_orders))
     events.sort(key=lambda e: (e.occurred_at, e.event_id))
     return events

@@ -43,8 +43,9 @@ class Run:
 
 
 async def _run(s: Settings) -> Run:
-    async with Aws(s).clients("kinesis", "dynamodb", "bedrock-runtime") as c:
-        w = Worker(s, c["kinesis"], c["dynamodb"], bedrock=c["bedrock-runtime"])
+    async with Aws(s).clients("kinesis", "dynamodb", "bedrock-runtime", "cloudwatch") as c:
+        w = Worker(s, c["kinesis"], c["dynamodb"], bedrock=c["bedrock-runtime"],
+                   cloudwatch=c["cloudwatch"])
         await w.run(until_idle=True)
         preds = {p["customer_id"]: p for p in await w.predictions.all()}
         cps = {k: v.sequence_number for k, v in (await w.checkpoints.all()).items()}
@@ -127,6 +128,23 @@ def test_every_customer_is_analysed_and_no_prompt_carries_personal_data(
     assert cli.main(["history", cid, "--json"]) == 0
     history = json.loads(capsys.readouterr().out)
     assert history and history[0]["source"] == "bedrock" and history[0]["input_tokens"] > 0
+
+    # ... and the same figures reached CloudWatch as metrics
+    cw = Aws(s).client("cloudwatch")
+    dims = [{"Name": "Model", "Value": s.bedrock_model_id},
+            {"Name": "Stream", "Value": s.stream_name}]
+    now = datetime.now(UTC)
+
+    def total(name: str) -> float:
+        stats = cw.get_metric_statistics(
+            Namespace="CustomerAIAnalytics", MetricName=name, Dimensions=dims,
+            StartTime=now - timedelta(hours=1), EndTime=now + timedelta(minutes=5),
+            Period=3600, Statistics=["Sum"])["Datapoints"]
+        return float(sum(d["Sum"] for d in stats))
+
+    assert total("bedrock_calls") == len(requests)
+    assert total("fallback_no_consent") == days[0]["fallback_reasons"]["no_consent"]
+    assert total("cost_usd") == pytest.approx(days[0]["spend_usd"], abs=1e-5)
 
 
 def _event(cid: str, day: int, product: str = "milk", consent: bool | None = None,
@@ -268,3 +286,44 @@ def test_the_daily_budget_is_never_exceeded(
     assert e is not None
     assert e.counts["source_bedrock"] >= 1 and e.counts["fallback_budget_exhausted"] >= 1
     assert len(bedrock_server.requests()) == e.counts["bedrock_calls"]
+
+
+def test_slow_answers_time_out_within_the_deadline_and_fall_back(
+    ai_settings: Callable[..., Settings], bedrock_server: BedrockServer,
+) -> None:
+    bedrock_server.script([], default={"kind": "slow", "delay_s": 2.0})
+    s = ai_settings(consent_mode="opt_out", bedrock_timeout_s="0.4", bedrock_deadline_s="1.5",
+                    analysis_active_days="0")
+    out = run(s, [_event("slow", 1)])
+    p = out.predictions["slow"]
+    assert (p["source"], p["fallback_reason"]) == ("statistical", "timeout")
+    assert 2 <= len(bedrock_server.requests()) <= 4  # retried, but only inside the deadline
+
+
+def test_a_stop_signal_drops_queued_analyses_and_waits_only_for_calls_in_flight(
+    ai_settings: Callable[..., Settings], bedrock_server: BedrockServer,
+) -> None:
+    bedrock_server.script([], default={"kind": "slow", "delay_s": 0.5})
+    s = ai_settings(consent_mode="opt_out", bedrock_concurrency="2", analysis_debounce_s="0")
+    events = generate(customers=20, days=10, seed=2)
+    Publisher(Aws(s).client("kinesis"), s.stream_name).publish(events)
+
+    async def scenario() -> Run:
+        async with Aws(s).clients("kinesis", "dynamodb", "bedrock-runtime") as c:
+            w = Worker(s, c["kinesis"], c["dynamodb"], bedrock=c["bedrock-runtime"])
+            stop = asyncio.Event()
+            task = asyncio.create_task(w.run(stop=stop, final_refit=False))
+            while w.applier.totals.applied < len(events):
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)  # the analyses are queued and two are in flight
+            stop.set()
+            await task
+            preds = {p["customer_id"]: p for p in await w.predictions.all()}
+            return Run(w, preds, {})
+
+    out = asyncio.run(scenario())
+    e = out.worker.enricher
+    assert e is not None
+    assert e.counts["dropped_at_stop"] > 0
+    assert len(bedrock_server.requests()) <= 4  # only what was in flight, not the queue
+    assert set(out.predictions) == {ev.customer_id for ev in events}  # statistical for all
