@@ -327,3 +327,38 @@ def test_a_stop_signal_drops_queued_analyses_and_waits_only_for_calls_in_flight(
     assert e.counts["dropped_at_stop"] > 0
     assert len(bedrock_server.requests()) <= 4  # only what was in flight, not the queue
     assert set(out.predictions) == {ev.customer_id for ev in events}  # statistical for all
+
+
+def test_scheduled_analyses_respect_the_cache_and_on_demand_bypasses_it(
+    ai_settings: Callable[..., Settings], bedrock_server: BedrockServer,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from consumers.refit import refit
+
+    s = ai_settings(consent_mode="opt_out")
+    events = [_event(c, d) for c in ("a", "b", "c") for d in (1, 8, 15)]
+    run(s, events)
+    after_run = len(bedrock_server.requests())
+    assert after_run == 3
+
+    async def schedule() -> int:
+        async with Aws(s).clients("dynamodb", "bedrock-runtime") as c:
+            w = Worker(s, c["dynamodb"], c["dynamodb"], bedrock=c["bedrock-runtime"])
+            assert w.enricher is not None
+            await w.registry.load()
+            await refit(w.customers, w.predictions, w.registry, enricher=w.enricher,
+                        active_days=30)
+            queued = len(w.enricher.policy)
+            await w.enricher.drain()
+            assert w.enricher.counts["cache_hits"] == queued
+            return queued
+
+    assert asyncio.run(schedule()) == 3  # all three active, none changed: no call
+    assert len(bedrock_server.requests()) == after_run
+
+    assert cli.main(["analyze", "b"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert (answer["trigger"], answer["source"]) == ("on_demand", "bedrock")
+    assert len(bedrock_server.requests()) == after_run + 1
+    assert cli.main(["history", "b", "--json"]) == 0
+    assert [h["trigger"] for h in json.loads(capsys.readouterr().out)] == ["on_demand", "purchase"]
