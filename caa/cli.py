@@ -107,8 +107,8 @@ async def consume(settings: Settings, aws: Aws, until_idle: bool,
         loop.add_signal_handler(sig, stop.set)
     started = time.perf_counter()
     ai = settings.analyzer == "bedrock"
-    extra = ["bedrock-runtime", "cloudwatch"] if ai else []
-    async with aws.clients("kinesis", "dynamodb", *extra) as c:
+    extra = ["bedrock-runtime"] if ai else []
+    async with aws.clients("kinesis", "dynamodb", "cloudwatch", *extra) as c:
         with _progress() as progress:
             task = progress.add_task("consuming", total=expected)
             worker = Worker(settings, c["kinesis"], c["dynamodb"],

@@ -101,6 +101,10 @@ class Settings(BaseSettings):
     history_ttl_days: int = Field(90, ge=1)
     usage_flush_s: float = Field(5.0, gt=0)
 
+    #: crash harness only: SIGKILL at these points (see consumers.chaos) with this probability
+    chaos_points: str = ""
+    chaos_probability: float = Field(0.0, ge=0.0, le=1.0)
+
     def table(self, name: str) -> str:
         if name not in TABLES:
             raise KeyError(f"unknown table {name!r}; known: {', '.join(TABLES)}")

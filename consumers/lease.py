@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 from dataclasses import dataclass
 
 from consumers.stores import OWNER_KEY, Dynamo, _now
@@ -11,6 +13,15 @@ from consumers.stores import OWNER_KEY, Dynamo, _now
 class GroupBusy(RuntimeError):
     """Another live worker holds this consumer group's lease."""
 
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @dataclass
@@ -41,11 +52,41 @@ class GroupLease:
                 ExpressionAttributeValues={":me": {"S": self.owner}, ":now": {"N": repr(now)}},
             )
         except self.db.client.exceptions.ConditionalCheckFailedException:
+            if await self._take_over_dead_holder(now):
+                return
             raise GroupBusy(
                 f"consumer group {self.group!r} is held by another live worker; stop it or "
                 f"use another CAA_CONSUMER_GROUP (the lease expires {self.ttl_s:.0f} s after "
                 "its holder stops renewing it)"
             ) from None
+
+    async def _take_over_dead_holder(self, now: float) -> bool:
+        """A holder on this host whose process is gone (killed) cannot renew: take its
+        lease now instead of waiting for it to expire. Holders elsewhere are left alone."""
+        item = (await self.db.client.get_item(
+            TableName=self.table, Key={"group": {"S": self.group}, "shard_id": {"S": OWNER_KEY}},
+            ConsistentRead=True,
+        )).get("Item")
+        holder = item["owner"]["S"] if item else ""
+        host, _, rest = holder.partition(":")
+        pid = rest.partition(":")[0]
+        if host != self.owner.partition(":")[0] or not pid.isdigit() or _alive(int(pid)):
+            return False
+        try:
+            await self.db.client.put_item(
+                TableName=self.table,
+                Item={"group": {"S": self.group}, "shard_id": {"S": OWNER_KEY},
+                      "owner": {"S": self.owner}, "ended": {"BOOL": False},
+                      "expires": {"N": repr(now + self.ttl_s)}, "updated_at": {"S": _now()}},
+                ConditionExpression="#o = :dead",
+                ExpressionAttributeNames={"#o": "owner"},
+                ExpressionAttributeValues={":dead": {"S": holder}},
+            )
+        except self.db.client.exceptions.ConditionalCheckFailedException:
+            return False  # someone else took it first
+        print(f"took over the lease of {self.group!r} from {holder} (its process is gone)",
+              file=sys.stderr)
+        return True
 
     async def release(self) -> None:
         # a failed condition means it was taken over after expiry: nothing of ours to release

@@ -9,7 +9,11 @@ TRIM_HORIZON), *next batch* (GetRecords). It handles explicitly:
   children, so each customer's events stay in order across a reshard);
 - resharding while running: the shard list is re-read periodically;
 - expired iterators: a fresh one is taken from the last checkpoint;
-- throttling: exponential backoff with jitter.
+- throttling: exponential backoff with jitter;
+- effects that cannot be written (DynamoDB throttling or errors outlasting the
+  store's retries): that shard's checkpoint is held, one line is logged, a
+  metric is raised, and the same records are re-read after a growing pause;
+  the other shards go on.
 
 A checkpoint is written only after :meth:`BatchApplier.apply` returned, i.e.
 after the batch's effects are durable. Setting the ``stop`` event (SIGTERM)
@@ -26,9 +30,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from consumers.applier import BatchApplier
+from consumers.chaos import NO_CHAOS, Chaos
 from consumers.core import BatchResult, StreamRecord
-from consumers.stores import Checkpoint, CheckpointStore
+from consumers.metrics import Metrics
+from consumers.stores import Checkpoint, CheckpointStore, WriteFailed
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,8 @@ class Poller:
         idle_polls: int = 3,
         discovery_interval: float = 10.0,
         on_batch: Callable[[str, BatchResult], None] | None = None,
+        chaos: Chaos = NO_CHAOS,
+        metrics: Metrics | None = None,
     ) -> None:
         self.kinesis = kinesis
         self.stream_name = stream_name
@@ -62,6 +72,10 @@ class Poller:
         self.idle_polls = idle_polls
         self.discovery_interval = discovery_interval
         self.on_batch = on_batch
+        self.chaos = chaos
+        self.metrics = metrics or Metrics(None, {})
+        self.write_failures = 0
+        self._throttle_attempts: dict[str, int] = {}
         self.expired_iterators = 0
         self.throttled = 0
 
@@ -89,13 +103,55 @@ class Poller:
         resp = await self.kinesis.get_shard_iterator(**kw)
         return str(resp["ShardIterator"])
 
+    async def _get_records(self, shard_id: str, iterator: str | None, after: str | None
+                           ) -> tuple[dict[str, Any] | None, str | None]:
+        """One GetRecords; (None, iterator to retry with) after an expired iterator (renewed
+        from the checkpoint) or throttling (after a backoff with jitter)."""
+        errors = self.kinesis.exceptions
+        try:
+            resp = await self.kinesis.get_records(ShardIterator=iterator, Limit=self.limit)
+        except errors.ExpiredIteratorException:
+            self.expired_iterators += 1
+            return None, await self._iterator(shard_id, after)
+        except errors.ProvisionedThroughputExceededException:
+            self.throttled += 1
+            attempt = self._throttle_attempts[shard_id] = self._throttle_attempts.get(
+                shard_id, 0) + 1
+            await asyncio.sleep(random.uniform(0, min(5.0, 0.1 * 2**attempt)))
+            return None, iterator
+        self._throttle_attempts.pop(shard_id, None)
+        return resp, resp.get("NextShardIterator")
+
+    def _records(self, shard_id: str, raw: list[dict[str, Any]]) -> list[StreamRecord]:
+        return [
+            StreamRecord(
+                data=r["Data"], sequence_number=r["SequenceNumber"],
+                partition_key=r["PartitionKey"], shard_id=shard_id, stream=self.stream_name,
+                arrived_at=r.get("ApproximateArrivalTimestamp"),
+            )
+            for r in raw
+        ]
+
+    async def _hold(self, shard_id: str, n: int, after: str | None, exc: Exception,
+                    failures: int, stop: asyncio.Event) -> None:
+        """A batch's effects could not be written: nothing is checkpointed, one line is
+        logged (then every tenth time), a metric raised, and this shard pauses; the other
+        shards go on. Effects written in part are idempotent to redo."""
+        self.write_failures += 1
+        await self.metrics.put({"shard_write_failures": 1})
+        delay = min(30.0, 0.5 * 2 ** (failures - 1))
+        if failures == 1 or failures % 10 == 0:
+            print(f"shard {shard_id}: effects of {n} record(s) after {after or 'TRIM_HORIZON'} "
+                  f"not written ({failures} time(s)): {exc}; checkpoint held, retrying in "
+                  f"{delay:.1f} s", file=sys.stderr, flush=True)
+        await _wait(stop, delay)
+
     async def consume_shard(
         self, shard_id: str, after: str | None, until_idle: bool, stop: asyncio.Event
     ) -> str:
         """Consume one shard; returns "ended", "idle" or "stopped"."""
-        errors = self.kinesis.exceptions
         iterator: str | None = await self._iterator(shard_id, after)
-        idle = attempt = 0
+        idle = failures = 0
         loop = asyncio.get_running_loop()
         last_call = 0.0
         while not stop.is_set():
@@ -103,33 +159,27 @@ class Poller:
             if wait > 0:
                 await asyncio.sleep(wait)
             last_call = loop.time()
-            try:
-                resp = await self.kinesis.get_records(ShardIterator=iterator, Limit=self.limit)
-            except errors.ExpiredIteratorException:
-                self.expired_iterators += 1
-                iterator = await self._iterator(shard_id, after)
+            resp, iterator = await self._get_records(shard_id, iterator, after)
+            if resp is None:
                 continue
-            except errors.ProvisionedThroughputExceededException:
-                self.throttled += 1
-                attempt += 1
-                await asyncio.sleep(random.uniform(0, min(5.0, 0.1 * 2**attempt)))
-                continue
-            attempt = 0
             raw = resp.get("Records", [])
-            iterator = resp.get("NextShardIterator")
             if raw:
-                records = [
-                    StreamRecord(
-                        data=r["Data"], sequence_number=r["SequenceNumber"],
-                        partition_key=r["PartitionKey"], shard_id=shard_id,
-                        stream=self.stream_name,
-                        arrived_at=r.get("ApproximateArrivalTimestamp"),
-                    )
-                    for r in raw
-                ]
-                result = await self.applier.apply(records)  # effects durable from here
+                records = self._records(shard_id, raw)
+                try:
+                    result = await self.applier.apply(records)  # effects durable from here
+                except (WriteFailed, ClientError, BotoCoreError) as exc:
+                    failures += 1
+                    await self._hold(shard_id, len(records), after, exc, failures, stop)
+                    iterator = await self._iterator(shard_id, after)  # re-read the same
+                    continue
+                if failures:
+                    print(f"shard {shard_id}: writes recovered after {failures} failure(s)",
+                          file=sys.stderr, flush=True)
+                    failures = 0
+                self.chaos.point("before_checkpoint")
                 after = raw[-1]["SequenceNumber"]
                 await self.checkpoints.save(shard_id, after, ended=iterator is None)
+                self.chaos.point("after_checkpoint")
                 if self.on_batch:
                     self.on_batch(shard_id, result)
                 idle = 0

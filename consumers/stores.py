@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from consumers.chaos import NO_CHAOS, Chaos
 from consumers.core import Rejected
 from models.prediction import Prediction
 from models.state import CustomerState
@@ -82,6 +83,7 @@ class Dynamo:
     max_attempts: int = 8
     concurrency: int = 8
     base_delay: float = 0.05
+    chaos: Chaos = NO_CHAOS
 
     async def _backoff(self, attempt: int) -> None:
         await asyncio.sleep(random.uniform(0, min(2.0, self.base_delay * 2**attempt)))
@@ -96,6 +98,7 @@ class Dynamo:
                     if attempt:
                         await self._backoff(attempt)
                     resp = await self.client.batch_write_item(RequestItems=requests)
+                    self.chaos.point("mid_batch_write")
                     requests = resp.get("UnprocessedItems") or {}
                     if not requests:
                         return

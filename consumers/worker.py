@@ -17,6 +17,7 @@ from consumers.analyzer import PriceTable
 from consumers.applier import BatchApplier
 from consumers.bedrock import BedrockAnalyzer
 from consumers.breaker import CircuitBreaker
+from consumers.chaos import Chaos
 from consumers.core import BatchResult
 from consumers.enricher import Enricher
 from consumers.lease import GroupLease
@@ -94,7 +95,9 @@ class Worker:
                  bedrock: Any = None, cloudwatch: Any = None) -> None:
         s = settings
         self.settings = s
-        db = Dynamo(dynamodb, max_attempts=s.max_write_attempts, concurrency=s.write_concurrency)
+        chaos = Chaos.parse(s.chaos_points, s.chaos_probability)
+        db = Dynamo(dynamodb, max_attempts=s.max_write_attempts, concurrency=s.write_concurrency,
+                    chaos=chaos)
         self.customers = CustomerStore(db, s.table("customers"))
         self.predictions = PredictionStore(db, s.table("predictions"))
         self.dead_letters = DeadLetterStore(db, s.table("dead-letters"))
@@ -108,7 +111,8 @@ class Worker:
         self.poller = Poller(
             kinesis, s.stream_name, self.checkpoints, self.applier,
             limit=s.get_records_limit, poll_interval=s.poll_interval_s,
-            idle_polls=s.idle_polls, on_batch=on_batch,
+            idle_polls=s.idle_polls, on_batch=on_batch, chaos=chaos,
+            metrics=Metrics(cloudwatch, {"Stream": s.stream_name}),
         )
         self.consume_seconds = 0.0
         self.lease = GroupLease(db, s.table("checkpoints"), s.consumer_group,
@@ -166,7 +170,7 @@ class Worker:
             await asyncio.gather(*background)
             if self.enricher is not None and until_idle:
                 await self.enricher.drain()
-            if final_refit and self.applier.totals.records:
+            if final_refit and self.applier.totals.records and not stop.is_set():
                 report = await self._refit(rewrite=True, schedule=False)
             if self.enricher is not None:
                 if until_idle:  # a stop signal does not wait for pending analyses

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -100,3 +102,94 @@ def test_a_second_live_poller_in_the_same_group_is_refused(settings: Settings) -
             await first.lease.release()
 
     asyncio.run(scenario())
+
+
+def test_a_dead_holder_on_this_host_is_taken_over_at_once(settings: Settings) -> None:
+    import socket
+
+    from consumers.lease import GroupBusy
+    from consumers.stores import OWNER_KEY
+
+    ddb = Aws(settings).client("dynamodb")
+
+    def hold(owner: str) -> None:
+        ddb.put_item(TableName=settings.table("checkpoints"), Item={
+            "group": {"S": settings.consumer_group}, "shard_id": {"S": OWNER_KEY},
+            "owner": {"S": owner}, "expires": {"N": "9e12"}})
+
+    async def acquire() -> None:
+        async with Aws(settings).clients("kinesis", "dynamodb") as c:
+            w = Worker(settings, c["kinesis"], c["dynamodb"])
+            await w.lease.acquire(1000.0)
+            await w.lease.release()
+
+    hold("elsewhere.example:1:abc")  # another host: we cannot tell, so we wait for expiry
+    with pytest.raises(GroupBusy):
+        asyncio.run(acquire())
+    hold(f"{socket.gethostname()}:999999999:abc")  # this host, process gone (SIGKILL)
+    asyncio.run(acquire())
+
+
+class StuckCustomer:
+    """The real DynamoDB client, except that every batch write of one customer's state comes
+    back unprocessed (persistent throttling) for its first ``failing_calls`` calls."""
+
+    def __init__(self, client: Any, table: str, customer: str, failing_calls: int) -> None:
+        self._client = client
+        self.exceptions = client.exceptions
+        self.table, self.customer, self.left = table, customer, failing_calls
+        self.failed_at: list[float] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    async def batch_write_item(self, RequestItems: dict[str, Any], **kw: Any) -> Any:
+        ids = {r["PutRequest"]["Item"].get("customer_id", {}).get("S")
+               for r in RequestItems.get(self.table, [])}
+        if self.left and self.customer in ids:
+            self.left -= 1
+            self.failed_at.append(time.monotonic())
+            return {"UnprocessedItems": RequestItems}
+        return await self._client.batch_write_item(RequestItems=RequestItems, **kw)
+
+
+def test_a_persistent_write_failure_holds_only_that_shards_checkpoint(
+    fresh_settings: Callable[..., Settings], capsys: pytest.CaptureFixture[str],
+) -> None:
+    s = fresh_settings(shard_count="2", get_records_limit="20", max_write_attempts="2")
+    events = generate(customers=30, days=60, seed=4)
+    Publisher(Aws(s).client("kinesis"), s.stream_name).publish(events)
+    stuck = events[0].customer_id  # in the first batch of its shard
+    saves: list[tuple[float, str]] = []
+
+    async def scenario() -> tuple[Worker, StuckCustomer]:
+        async with Aws(s).clients("kinesis", "dynamodb") as c:
+            ddb = StuckCustomer(c["dynamodb"], s.table("customers"), stuck, failing_calls=6)
+            w = Worker(s, c["kinesis"], ddb)
+            real_save = w.checkpoints.save
+
+            async def save(shard_id: str, seq: str | None, ended: bool = False) -> None:
+                saves.append((time.monotonic(), shard_id))
+                await real_save(shard_id, seq, ended)
+
+            w.poller.checkpoints.save = save  # type: ignore[method-assign,assignment]
+            await w.run(until_idle=True, final_refit=False)
+            return w, ddb
+
+    w, ddb = asyncio.run(scenario())
+    assert w.poller.write_failures == 3  # 6 failing calls, 2 attempts per batch write
+    assert w.applier.totals.applied == len(events)  # nothing skipped, nothing twice
+    assert w.applier.totals.duplicate == 0
+    key = int(hashlib.md5(stuck.encode()).hexdigest(), 16)
+    stuck_shard = next(
+        sh["ShardId"] for sh in Aws(s).client("kinesis").list_shards(
+            StreamName=s.stream_name)["Shards"]
+        if int(sh["HashKeyRange"]["StartingHashKey"]) <= key
+        <= int(sh["HashKeyRange"]["EndingHashKey"]))
+    first, healed = ddb.failed_at[0], ddb.failed_at[-1]
+    during = [sid for t, sid in saves if first <= t <= healed]
+    assert stuck_shard not in during  # its checkpoint was held...
+    assert during  # ...while the other shard went on
+    err = capsys.readouterr().err
+    assert f"shard {stuck_shard}: effects of" in err and "checkpoint held" in err
+    assert f"shard {stuck_shard}: writes recovered after 3 failure(s)" in err
