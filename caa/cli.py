@@ -98,7 +98,7 @@ def _progress() -> Progress:
 
 
 async def consume(settings: Settings, aws: Aws, until_idle: bool,
-                  expected: int | None = None) -> dict[str, Any]:
+                  expected: int | None = None, refit: bool = True) -> dict[str, Any]:
     from consumers.worker import Worker
 
     stop = asyncio.Event()
@@ -114,7 +114,7 @@ async def consume(settings: Settings, aws: Aws, until_idle: bool,
             worker = Worker(settings, c["kinesis"], c["dynamodb"],
                             on_batch=lambda _s, r: progress.advance(task, len(r.outcomes)),
                             bedrock=c.get("bedrock-runtime"), cloudwatch=c.get("cloudwatch"))
-            report = await worker.run(until_idle=until_idle, stop=stop)
+            report = await worker.run(until_idle=until_idle, stop=stop, final_refit=refit)
         t = worker.applier.totals
         summary: dict[str, Any] = {
             "records_read": t.records, "applied": t.applied, "duplicates": t.duplicate,
@@ -254,6 +254,8 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("consume", help="consume the stream")
     c.add_argument("--until-idle", action="store_true")
     c.add_argument("--json", action="store_true", help="print the summary as JSON")
+    c.add_argument("--no-refit", action="store_true",
+                   help="skip the refit and prediction rewrite when --until-idle finishes")
     r = sub.add_parser("run", help="emulator + setup + publish CDNOW + consume until idle")
     r.add_argument("--limit", type=int)
     s = sub.add_parser("show", help="a customer's prediction")
@@ -285,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         publish(settings, aws, _events(args))
         return 0
     if args.command == "consume":
-        summary = asyncio.run(consume(settings, aws, args.until_idle))
+        summary = asyncio.run(consume(settings, aws, args.until_idle, refit=not args.no_refit))
         print(json.dumps(summary, indent=2)) if args.json else print_summary(summary)
         return 0
     if args.command == "run":
