@@ -70,8 +70,10 @@ class Aws:
         return kw
 
     def _bedrock_kwargs(self) -> dict[str, Any]:
-        """Bedrock: one attempt per call (the analyzer retries within its deadline), its own
-        read timeout, and never the local AWS emulator (it has no Converse)."""
+        """Bedrock: one attempt per call (the analyzer retries within its deadline) and its
+        own read timeout. The emulator recorded by ``caa emulator start`` is not used (it
+        has no Converse); the endpoint is botocore's choice, so
+        ``AWS_ENDPOINT_URL_BEDROCK_RUNTIME`` (or else ``AWS_ENDPOINT_URL``) applies."""
         s = self.settings
         kw: dict[str, Any] = {
             "region_name": s.bedrock_region or s.region,

@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"no customer {args.customer_id!r}", file=sys.stderr)
             return 1
         print(json.dumps(out, indent=2))
-        return 0
+        return 1 if "error" in out else 0
     return cmd_dlq(settings, aws)
 
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+from pydantic import ValidationError
 
 from consumers.stores import Dynamo, Item
 from models.analysis import AnalysisRecord
@@ -53,8 +54,14 @@ class AnalysisStore:
     history_ttl_days: int = 90
 
     async def latest(self, ids: Iterable[str]) -> dict[str, AnalysisRecord]:
-        items = await self.db.batch_get(self.table, "customer_id", ids)
-        return {r.customer_id: r for r in map(record_from_item, items)}
+        """The latest analyses of these customers; one that no longer parses (an older
+        schema) counts as absent, so the customer is simply analysed afresh."""
+        out = {}
+        for item in await self.db.batch_get(self.table, "customer_id", ids):
+            with contextlib.suppress(ValidationError):
+                rec = record_from_item(item)
+                out[rec.customer_id] = rec
+        return out
 
     async def record(self, rec: AnalysisRecord) -> None:
         """Store one analysis everywhere it belongs (raises if any write fails)."""
@@ -66,10 +73,11 @@ class AnalysisStore:
         await asyncio.gather(
             client.put_item(TableName=self.table, Item=record_item(rec)),
             client.put_item(TableName=self.history_table, Item=history),
-            self._merge(rec),
+            self.merge(rec),
         )
 
-    async def _merge(self, rec: AnalysisRecord) -> None:
+    async def merge(self, rec: AnalysisRecord) -> None:
+        """Set the analysis attributes of the customer's prediction item in place."""
         client = self.db.client
         values: dict[str, Any] = {
             ":a": {"S": rec.analysis.model_dump_json()},
@@ -90,18 +98,3 @@ class AnalysisStore:
                 ExpressionAttributeNames={"#src": "source"},
                 ExpressionAttributeValues=values,
             )
-
-    async def history(self, customer_id: str, limit: int = 20) -> list[dict[str, Any]]:
-        resp = await self.db.client.query(
-            TableName=self.history_table,
-            KeyConditionExpression="customer_id = :c",
-            ExpressionAttributeValues={":c": {"S": customer_id}},
-            ScanIndexForward=False,
-            Limit=limit,
-        )
-        out = []
-        for item in resp.get("Items", []):
-            rec = json.loads(item["record"]["S"])
-            rec.pop("signature", None)
-            out.append(rec)
-        return out

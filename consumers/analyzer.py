@@ -4,7 +4,8 @@ An analyzer turns an :class:`~models.prompt.AnalysisInput` (features only, no
 personal data) into an :class:`AnalyzerResult`: an :class:`~models.analysis.Analysis`
 or a failure with its reason, plus the tokens and cost it took. Failures are
 data; the caller (:mod:`consumers.enricher`) falls back to the statistical
-analyzer, which cannot fail.
+analyzer, which needs no service and whose answers are built from the features
+alone (it is never checked for sensitive terms: it states none).
 
 >>> from datetime import date
 >>> from models.prompt import AnalysisInput, ItemFeature, StatisticalHint
@@ -65,6 +66,10 @@ class AnalyzerResult:
 
 class Analyzer(Protocol):
     model: str
+
+    def worst_case_tokens(self, x: AnalysisInput) -> tuple[int, int]:
+        """(input, output) tokens one analysis can be billed at most."""
+        ...
 
     async def analyze(self, x: AnalysisInput) -> AnalyzerResult: ...
 
@@ -179,6 +184,9 @@ class StatisticalAnalyzer:
     """Always answers; the fallback for every Bedrock failure."""
 
     model = "statistical"
+
+    def worst_case_tokens(self, x: AnalysisInput) -> tuple[int, int]:
+        return 0, 0
 
     async def analyze(self, x: AnalysisInput) -> AnalyzerResult:
         return AnalyzerResult(statistical_analysis(x), "statistical", self.model, attempts=0)

@@ -120,6 +120,7 @@ class BatchApplier:
         )
         self.cache.put_many(result.states.values())
         if self.enricher is not None:  # effects are durable: the AI analysis may follow
+            await self.enricher.reconcile(predictions)
             self.enricher.observe(result)
         await self.registry.learn(result.learn)
         self.watermark = max(self.watermark, result.watermark)

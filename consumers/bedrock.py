@@ -3,9 +3,11 @@
 One call sends the system prompt, the customer's features as a data block
 (:func:`models.prompt.render_user`) and one tool whose input schema is the
 :class:`~models.analysis.Analysis` model, with ``toolChoice`` forcing it and
-``maxTokens`` always set. The answer is validated against the model; an
-invalid answer is sent back once as a tool error (or, for a text answer, a
-reminder to call the tool) and then fails as ``invalid_answer``.
+``maxTokens`` always set. The answer is validated against the model and
+:meth:`~models.analysis.Analysis.problems` (no sensitive inference, products
+only from the customer's items); an invalid answer is sent back once as a tool
+error (or, for a text answer, a reminder to call the tool) and then fails as
+``invalid_answer``.
 
 Throttling, service-unavailable, internal errors, model timeouts and transport
 failures are retried with exponential backoff and full jitter while the
@@ -17,17 +19,20 @@ the caller falls back to the statistical analyzer.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
     ConnectionClosedError,
     ConnectTimeoutError,
     EndpointConnectionError,
+    HTTPClientError,
     ReadTimeoutError,
 )
 from pydantic import ValidationError
@@ -35,6 +40,10 @@ from pydantic import ValidationError
 from consumers.analyzer import AnalyzerResult, FailureKind, PriceTable
 from models.analysis import TOOL_NAME, Analysis, tool_spec
 from models.prompt import SYSTEM_PROMPT, AnalysisInput, render_user
+
+#: attempts that may be billed (answered, or timed out on our side) per analysis: the first
+#: call and one correction; the budget reserves for both (see worst_case_tokens)
+MAX_BILLABLE = 2
 
 #: error code -> failure kind, for the errors worth another attempt
 RETRYABLE: dict[str, FailureKind] = {
@@ -101,12 +110,25 @@ class BedrockAnalyzer:
             "toolConfig": {"tools": [tool_spec()], "toolChoice": {"tool": {"name": TOOL_NAME}}},
         }
 
+    def input_tokens_bound(self, x: AnalysisInput) -> int:
+        """An upper bound of one request's input tokens (2 characters a token, plus the
+        tool-use preamble Bedrock adds)."""
+        return int(len(json.dumps(self.request(x))) / 2) + 600
+
+    def worst_case_tokens(self, x: AnalysisInput) -> tuple[int, int]:
+        """(input, output) tokens of every billable attempt one analysis may make: the
+        first call and one correction, which re-sends the conversation and the answer."""
+        first = self.input_tokens_bound(x)
+        return 2 * first + self.max_tokens + 300, 2 * self.max_tokens
+
     async def analyze(self, x: AnalysisInput) -> AnalyzerResult:
         req = self.request(x)
+        items = {i.name for i in (*x.products, *x.categories)} | {
+            h.name for h in x.statistical_next}
         start = self._clock()
         deadline = start + self.deadline_s
-        attempts = tokens_in = tokens_out = 0
-        corrected = False
+        attempts = billable = tokens_in = tokens_out = 0
+        bound_in = self.input_tokens_bound(x)
 
         def result(analysis: Analysis | None, failure: FailureKind | None = None,
                    detail: str = "") -> AnalyzerResult:
@@ -130,24 +152,35 @@ class BedrockAnalyzer:
                 if retry_as is None:
                     return result(None, "rejected", detail)
                 failure = retry_as
-            except (ReadTimeoutError, ConnectTimeoutError, TimeoutError) as exc:
+            except (ReadTimeoutError, TimeoutError) as exc:
+                # The model may have answered (and billed) after we stopped waiting: count
+                # the worst case, so the budget still holds.
+                billable += 1
+                tokens_in += bound_in
+                tokens_out += self.max_tokens
                 failure, detail = "timeout", f"{type(exc).__name__}: {exc}"
-            except (EndpointConnectionError, ConnectionClosedError) as exc:
+            except (ConnectTimeoutError, EndpointConnectionError, ConnectionClosedError,
+                    HTTPClientError, aiohttp.ClientError) as exc:
                 failure, detail = "unavailable", f"{type(exc).__name__}: {exc}"
             except BotoCoreError as exc:
                 return result(None, "rejected", f"{type(exc).__name__}: {exc}")
             else:
+                billable += 1
                 usage = resp.get("usage", {})
                 tokens_in += int(usage.get("inputTokens", 0))
                 tokens_out += int(usage.get("outputTokens", 0))
                 analysis, why, use = parse_answer(resp)
                 if analysis is not None:
-                    return result(analysis)
-                if corrected or self._clock() >= deadline:
+                    problems = analysis.problems(items)
+                    if not problems:
+                        return result(analysis)
+                    why = "; ".join(problems[:5])
+                if billable >= MAX_BILLABLE or self._clock() >= deadline:
                     return result(None, "invalid_answer", why)
-                corrected = True
                 req = self._correction(req, resp, why, use)
                 continue
+            if billable >= MAX_BILLABLE:
+                return result(None, failure, f"{detail} (after {billable} billable attempts)")
             delay = self._rng.uniform(0.0, min(self.backoff_cap_s,
                                                self.backoff_base_s * 2 ** (attempts - 1)))
             if self._clock() + delay >= deadline:

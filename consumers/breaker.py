@@ -12,6 +12,13 @@ through. A probe's success closes it, a failure opens it again.
 (False, True, 'half_open', False)
 >>> b.record_success(32.0); b.state
 'closed'
+
+A probe that is abandoned hands its turn back; late results while open are ignored:
+
+>>> b.record_failure(40.0); b.record_failure(41.0); b.record_success(42.0); b.state
+'open'
+>>> b.allow(72.0), b.allow(72.0), b.cancel_probe(), b.allow(72.5)
+(True, False, None, True)
 """
 
 from __future__ import annotations
@@ -37,6 +44,12 @@ class CircuitBreaker:
     def state(self) -> State:
         return self._state
 
+    def would_allow(self, now: float) -> bool:
+        """Could a call start now? (Takes no probe: a cheap early check.)"""
+        if self._state == "open":
+            return now - self._opened_at >= self.reset_after_s
+        return self._state == "closed" or self._probes_out < self.probes
+
     def allow(self, now: float) -> bool:
         """May a call start now? (A half-open breaker hands out ``probes`` calls.)"""
         if self._state == "open" and now - self._opened_at >= self.reset_after_s:
@@ -49,11 +62,18 @@ class CircuitBreaker:
         return False
 
     def record_success(self, now: float) -> None:
-        self._state, self._failures = "closed", 0
+        if self._state != "open":  # a call that started before it opened proves nothing
+            self._state, self._failures = "closed", 0
 
     def record_failure(self, now: float) -> None:
+        if self._state == "open":  # late news from before it opened: the window stands
+            return
         self._failures += 1
         if self._state == "half_open" or self._failures >= self.failure_threshold:
-            if self._state != "open":
-                self.opened += 1
+            self.opened += 1
             self._state, self._opened_at = "open", now
+
+    def cancel_probe(self) -> None:
+        """A call allowed by :meth:`allow` did not happen (or was abandoned)."""
+        if self._state == "half_open" and self._probes_out:
+            self._probes_out -= 1

@@ -2,12 +2,11 @@
 
 The enricher hands over deltas since the last flush (analyses, Bedrock calls,
 tokens, cost, fallbacks by reason, cache hits); the dashboard and the daily-cost
-alarm read them. Without a client (tests of the pure parts) it only keeps totals.
+alarm read them. Without a client it publishes nothing.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 NAMESPACE = "CustomerAIAnalytics"
@@ -19,14 +18,11 @@ class Metrics:
         self.client = client
         self.namespace = namespace
         self.dimensions = [{"Name": k, "Value": v} for k, v in sorted(dimensions.items())]
-        self.totals: Counter[str] = Counter()  # whole numbers; cost is kept in micro-USD
 
     async def put(self, deltas: dict[str, float]) -> None:
         data = [{"MetricName": name, "Value": float(v), "Dimensions": self.dimensions,
                  "Unit": "None" if name.endswith("_usd") else "Count"}
                 for name, v in sorted(deltas.items()) if v]
-        for name, v in deltas.items():
-            self.totals[name] += round(v * 1e6) if name.endswith("_usd") else round(v)
         if self.client is None:
             return
         for i in range(0, len(data), 1000):  # PutMetricData takes up to 1,000 values

@@ -94,6 +94,8 @@ async def refit(
         if enricher is not None:
             out = await enricher.attach(out)
         await predictions.save(out)
+        if enricher is not None:
+            await enricher.reconcile(out)
         written = len(out)
         if enricher is not None and active_days:
             since = as_of - active_days * DAY

@@ -28,10 +28,6 @@ class TokenBucket:
             self._level = min(self.capacity, self._level + (now - self._at) * self.rate)
             self._at = now
 
-    def level(self, now: float) -> float:
-        self._refill(now)
-        return self._level
-
     def try_take(self, n: float, now: float) -> bool:
         self._refill(now)
         if n <= self._level:
@@ -47,4 +43,5 @@ class TokenBucket:
         return max(0.0, (n - self._level) / self.rate) if self.rate else float("inf")
 
     def give_back(self, n: float) -> None:
-        self._level = min(self.capacity, self._level + max(0.0, n))
+        """Return unused tokens; a negative ``n`` (a call used more than it took) is debt."""
+        self._level = min(self.capacity, self._level + n)

@@ -101,6 +101,13 @@ class TriggerPolicy(Generic[F]):
                 out.append((cid, p))
         return out
 
+    def expedite(self, now: float) -> None:
+        """Make everything pending due now (end of a bounded run)."""
+        for cid, p in list(self._pending.items()):
+            if p.due_at > now:
+                p.due_at = now
+                heapq.heappush(self._heap, (now, cid))
+
     def flush(self) -> list[tuple[str, Pending[F]]]:
         """Everything pending, due or not (shutdown, end of a bounded run)."""
         out = sorted(self._pending.items(), key=lambda kv: kv[1].due_at)

@@ -13,12 +13,8 @@ counting ``maxTokens`` in full). Amounts are integer micro-dollars.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from consumers.stores import Dynamo, from_attr
-
-COUNTERS = ("calls", "input_tokens", "output_tokens", "spend_micros", "cache_hits",
-            "fallbacks", "analyses", "failed_calls")
+from consumers.stores import Dynamo
 
 
 def micros(usd: float) -> int:
@@ -68,8 +64,3 @@ class UsageLedger:
             UpdateExpression="ADD " + ", ".join(f"#c{i} :v{i}" for i in range(len(counters))),
             ExpressionAttributeNames=names, ExpressionAttributeValues=values,
         )
-
-    async def days(self) -> list[dict[str, Any]]:
-        items = await self.db.scan(self.table, segments=1)
-        rows = [{k: from_attr(v) for k, v in i.items()} for i in items]
-        return sorted(rows, key=lambda r: str(r["day"]))

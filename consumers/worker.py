@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import socket
@@ -20,6 +21,7 @@ from consumers.breaker import CircuitBreaker
 from consumers.chaos import Chaos
 from consumers.core import BatchResult
 from consumers.enricher import Enricher
+from consumers.guard import CallGuard
 from consumers.lease import GroupLease
 from consumers.metrics import Metrics
 from consumers.poller import Poller
@@ -39,16 +41,27 @@ from models.segmentation import SegmentModel
 
 
 def pseudonym_key(settings: Settings) -> bytes:
-    """The configured HMAC key, or a random one kept (0600) in the state directory."""
+    """The configured HMAC key, or a random one kept (0600) in the state directory.
+
+    The file is written whole under a temporary name and linked into place, so
+    concurrent first starts agree on one key and never read a partial file.
+    """
     if settings.pseudonym_key is not None:
         return settings.pseudonym_key.get_secret_value().encode()
     path = settings.state_dir / "pseudonym.key"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        tmp = path.with_name(f".pseudonym.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(32))
-    return path.read_text().strip().encode()
+        with contextlib.suppress(FileExistsError):  # another process was first: use theirs
+            os.link(tmp, path)
+        tmp.unlink()
+    key = path.read_text().strip().encode()
+    if len(key) < 32:
+        raise ValueError(f"{path} holds a pseudonym key shorter than 32 characters")
+    return key
 
 
 def reference_order_value(model: SegmentModel) -> float:
@@ -68,23 +81,22 @@ def build_enricher(settings: Settings, db: Dynamo, bedrock: Any,
         bedrock, s.bedrock_model_id, max_tokens=s.bedrock_max_tokens, prices=prices,
         deadline_s=s.bedrock_deadline_s, backoff_base_s=s.bedrock_backoff_base_s,
     )
+    guard = CallGuard(
+        analyzer, UsageLedger(db, s.table("usage")), prices,
+        daily_budget_usd=s.daily_budget_usd, tokens_per_minute=s.bedrock_tpm,
+        rate_wait_max_s=s.rate_wait_max_s,
+        breaker=CircuitBreaker(s.breaker_failures, s.breaker_reset_s),
+    )
     return Enricher(
-        analyzer=analyzer,
+        guard=guard,
         store=AnalysisStore(db, s.table("analyses"), s.table("analysis-history"),
                             s.table("predictions"), s.history_ttl_days),
-        ledger=UsageLedger(db, s.table("usage")),
-        prices=prices,
         pseudonym_key=pseudonym_key(s),
         reference_order_value=lambda: reference_order_value(registry.segmenter),
         debounce_s=s.analysis_debounce_s,
         concurrency=s.bedrock_concurrency,
-        max_tokens=s.bedrock_max_tokens,
-        daily_budget_usd=s.daily_budget_usd,
-        tokens_per_minute=s.bedrock_tpm,
-        rate_wait_max_s=s.rate_wait_max_s,
         consent_mode=s.consent_mode,
         cache_rules=CacheRules(s.analysis_min_change, s.analysis_max_age_days),
-        breaker=CircuitBreaker(s.breaker_failures, s.breaker_reset_s),
         metrics=Metrics(cloudwatch, {"Stream": s.stream_name, "Model": s.bedrock_model_id}),
     )
 
@@ -141,6 +153,8 @@ class Worker:
                 await self._refit(rewrite=self.enricher is not None)
 
     async def _flush_usage(self, stop: asyncio.Event) -> None:
+        """Flush the enricher's counters now and then (a failed flush keeps them for the
+        next one; it never ends this loop)."""
         assert self.enricher is not None
         while not stop.is_set():
             try:

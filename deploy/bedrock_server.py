@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import operator
 import os
 import re
 import select
@@ -38,102 +37,15 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
 
-JsonObj = dict[str, Any]
+from deploy.schema_answer import JsonObj, generate, grounding
+
+__all__ = ["BedrockServer", "generate", "launch", "main", "serve"]
+
 KINDS = frozenset({"answer", "throttle", "error", "slow", "text", "invalid"})
 CONVERSE_PATH = re.compile(r"^/model/([^/]+)/converse$")
 TEXT_ANSWER = "I think this customer is likely to buy again soon, but I am not certain."
-FORMATS = {"date": "2026-12-01", "date-time": "2026-12-01T00:00:00Z", "time": "00:00:00",
-           "email": "sample@example.com", "uri": "https://example.com/sample",
-           "uuid": "00000000-0000-4000-8000-000000000000", "duration": "P1D"}
 ERRORS = {"throttle": (429, "ThrottlingException", "Too many requests, please wait."),
           "error": (500, "InternalServerException", "Scripted error")}
-BOUND_CHECKS = (("minimum", operator.ge), ("exclusiveMinimum", operator.gt),
-                ("maximum", operator.le), ("exclusiveMaximum", operator.lt))
-
-
-def generate(schema: JsonObj, defs: JsonObj | None = None, name: str = "value",
-             refs: frozenset[str] = frozenset(), deep: bool = False) -> Any:
-    """A deterministic instance valid against ``schema`` (pydantic v2 JSON-schema subset).
-
-    Inside a recursive ``$ref`` (``deep``) only required properties, null if allowed, [].
-    """
-    if defs is None:
-        defs = cast(JsonObj, schema.get("$defs", schema.get("definitions", {})))
-    if "const" in schema:
-        return schema["const"]
-    if schema.get("enum"):
-        return schema["enum"][0]
-    if "$ref" in schema:
-        ref = str(schema["$ref"])
-        rest = {k: v for k, v in schema.items() if k != "$ref"}
-        target = {**defs.get(ref.rsplit("/", 1)[-1], {}), **rest}
-        return generate(target, defs, name, refs | {ref}, deep or ref in refs)
-    if "allOf" in schema:
-        merged: JsonObj = {k: v for k, v in schema.items() if k != "allOf"}
-        for part in schema["allOf"]:
-            merged.update(part)
-        return generate(merged, defs, name, refs, deep)
-    branches = schema.get("anyOf") or schema.get("oneOf")
-    if branches:
-        non_null = [b for b in branches if b.get("type") != "null"]
-        if deep and len(non_null) < len(branches):
-            return None
-        return generate(non_null[0] if non_null else branches[0], defs, name, refs, deep)
-    kind = schema.get("type")
-    if isinstance(kind, list):
-        kind = next((k for k in kind if k != "null"), "null")
-    if kind is None and "default" in schema:
-        return schema["default"]
-    if kind == "object" or (kind is None and "properties" in schema):
-        required = set(schema.get("required", []))
-        out: JsonObj = {prop: generate(sub, defs, prop, refs, deep)
-                        for prop, sub in schema.get("properties", {}).items()
-                        if not deep or prop in required}
-        extra = schema.get("additionalProperties")
-        if isinstance(extra, dict) and not out and not deep:
-            out[f"sample_{name}"] = generate(extra, defs, name, refs, deep)
-        return out
-    if kind == "array":
-        prefix = [generate(s, defs, name, refs, deep) for s in schema.get("prefixItems", [])]
-        count = max(int(schema.get("minItems", 0)), 0 if deep else 1)
-        count = min(count, int(schema.get("maxItems", count))) - len(prefix)
-        item = schema.get("items")
-        if not isinstance(item, dict):
-            return prefix
-        return prefix + [generate(item, defs, name, refs, deep) for _ in range(max(count, 0))]
-    if kind in ("number", "integer"):
-        return _number(schema, integer=kind == "integer")
-    return {"boolean": True, "null": None}.get(str(kind), _string(schema, name))
-
-
-def _fits(value: float, schema: JsonObj) -> bool:
-    return all(op(value, schema[k]) for k, op in BOUND_CHECKS if schema.get(k) is not None)
-
-
-def _number(schema: JsonObj, *, integer: bool) -> int | float:
-    """Midpoint of the bounds when bounded on both sides, else 1 (or just inside the bound)."""
-    lo = max((schema[k] for k in ("minimum", "exclusiveMinimum") if schema.get(k) is not None),
-             default=None)
-    hi = min((schema[k] for k in ("maximum", "exclusiveMaximum") if schema.get(k) is not None),
-             default=None)
-    if lo is not None and hi is not None:
-        mid: float = (lo + hi) / 2
-        if not integer:
-            return mid
-        return math.floor(mid) if _fits(math.floor(mid), schema) else math.ceil(mid)
-    if _fits(1, schema):
-        return 1 if integer else 1.0
-    value = lo + 1 if lo is not None else (hi if hi is not None else 2) - 1
-    if integer:
-        return math.ceil(value) if lo is not None else math.floor(value)
-    return float(value)
-
-
-def _string(schema: JsonObj, name: str) -> str:
-    if schema.get("format") in FORMATS:
-        return FORMATS[str(schema["format"])]
-    text = f"sample {name}".ljust(int(schema.get("minLength", 0)), "x")
-    return text[: int(schema.get("maxLength", len(text)))]
 
 
 def _tokens(text: str | bytes) -> int:
@@ -285,7 +197,7 @@ class _Handler(BaseHTTPRequestHandler):
                 tool_input = step.get("input", {})
             else:
                 try:
-                    tool_input = generate(schema)
+                    tool_input = generate(schema, grounded=tuple(grounding(body)))
                 except (LookupError, TypeError, ValueError, AttributeError, RecursionError) as e:
                     self._error(500, "InternalServerException", f"schema not understood: {e!r}")
                     return

@@ -7,8 +7,11 @@ model from the forecast, so downstream readers see one shape whatever the
 source.
 
 By design the analysis never infers demographics (age, income, family size,
-gender, ...): there is no field for them, unknown fields are refused, and free
-text that states such an inference fails validation.
+gender, ...): there is no field for them and unknown fields are refused.
+:meth:`Analysis.problems` then checks a model's answer against what it was
+given: free text that states such an inference (item names masked out, so
+"Aged Gouda" is fine) and products that are not among the customer's items
+(nothing injected or invented flows into stored analyses).
 
 >>> a = Analysis.model_validate({
 ...     "profile": {"shopping_frequency": "regular", "price_preference": "mid_range",
@@ -23,13 +26,13 @@ text that states such an inference fails validation.
 ...     "narrative": "A steady weekly dairy buyer.", "confidence": 0.7})
 >>> a.profile.behavioural_insights[0].label
 'planned_shopper'
->>> bad = a.model_dump(mode="json") | {"narrative": "Probably 35 years old with a high income."}
->>> Analysis.model_validate(bad)  # doctest: +ELLIPSIS
-Traceback (most recent call last):
-...
-pydantic_core._pydantic_core.ValidationError: 1 validation error for Analysis
-narrative
-  Value error, sensitive inference refused: ...
+>>> items = {"milk", "dairy", "Aged Gouda"}
+>>> a.model_copy(update={"narrative": "Probably 35 years old, high income."}).problems(items)
+["narrative: sensitive inference refused (mentions 'years old')"]
+>>> a.model_copy(update={"narrative": "Loves Aged Gouda."}).problems(items)
+[]
+>>> a.model_copy(update={"recommendations": []}).problems({"dairy"})
+["consumption_patterns[0].product: 'milk' is not one of the customer's items"]
 >>> tool_spec()["toolSpec"]["name"]
 'record_customer_analysis'
 """
@@ -37,10 +40,11 @@ narrative
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 TOOL_NAME = "record_customer_analysis"
 
@@ -53,14 +57,16 @@ _SENSITIVE = re.compile(
 )
 
 
-def _no_sensitive_inference(text: str) -> str:
+def sensitive_mention(text: str, labels: Iterable[str] = ()) -> str | None:
+    """The demographic term ``text`` states, with the given item names masked out."""
+    for label in sorted(labels, key=len, reverse=True):
+        if label:
+            text = text.replace(label, " ")
     found = _SENSITIVE.search(text)
-    if found:
-        raise ValueError(f"sensitive inference refused: mentions {found.group(0)!r}")
-    return text
+    return found.group(0) if found else None
 
 
-Text = Annotated[str, Field(max_length=300), AfterValidator(_no_sensitive_inference)]
+Text = Annotated[str, Field(max_length=300)]
 ItemName = Annotated[str, Field(min_length=1, max_length=64)]
 Confidence = Annotated[float, Field(ge=0.0, le=1.0)]
 
@@ -120,8 +126,31 @@ class Analysis(_Strict):
     consumption_patterns: Annotated[list[ConsumptionPattern], Field(max_length=10)]
     recommendations: Annotated[list[AnalysisRecommendation], Field(max_length=5)]
     next_best_action: NextBestAction
-    narrative: Annotated[str, Field(max_length=600), AfterValidator(_no_sensitive_inference)]
+    narrative: Annotated[str, Field(max_length=600)]
     confidence: Confidence
+
+    def problems(self, items: set[str]) -> list[str]:
+        """What makes this answer unacceptable for a customer with these item names."""
+        out: list[str] = []
+        texts = [("narrative", self.narrative), ("next_best_action.detail",
+                                                  self.next_best_action.detail)]
+        texts += [(f"profile.behavioural_insights[{i}].evidence", b.evidence)
+                  for i, b in enumerate(self.profile.behavioural_insights)]
+        texts += [(f"recommendations[{i}].reason", r.reason)
+                  for i, r in enumerate(self.recommendations)]
+        for where, text in texts:
+            term = sensitive_mention(text, items)
+            if term:
+                out.append(f"{where}: sensitive inference refused (mentions {term!r})")
+        named = [(f"consumption_patterns[{i}].product", c.product)
+                 for i, c in enumerate(self.consumption_patterns)]
+        named += [(f"recommendations[{i}].product", r.product)
+                  for i, r in enumerate(self.recommendations)]
+        named += [(f"profile.preferred_categories[{i}]", c)
+                  for i, c in enumerate(self.profile.preferred_categories)]
+        out += [f"{where}: {name!r} is not one of the customer's items"
+                for where, name in named if name not in items]
+        return out
 
 
 def input_schema() -> dict[str, Any]:

@@ -56,6 +56,10 @@ order value).
 (data_quality A is rich, D is a single purchase)."""
 
 _STRIP = re.compile(r"[<>`{}\[\]\\]")
+#: personal data that has no place in a product label: e-mail addresses, long digit runs
+#: (phone, card or account numbers)
+_EMAIL = re.compile(r"\S+@\S+\.\w+")
+_DIGITS = re.compile(r"\+?\d[\d ()./-]{6,}\d")
 _SPACES = re.compile(r"\s+")
 
 
@@ -65,11 +69,17 @@ def pseudonym(key: bytes, customer_id: str) -> str:
 
 
 def sanitize(text: str, limit: int = MAX_NAME_CHARS) -> str:
-    """Untrusted label → plain printable text of at most ``limit`` characters."""
+    """Untrusted label → plain printable text of at most ``limit`` characters, with
+    e-mail addresses and long digit runs (phone or card numbers) masked.
+
+    >>> sanitize("Gift for ann@example.com, call +49 30 1234567")
+    'Gift for email, call number'
+    """
     kept = "".join(
         ch for ch in unicodedata.normalize("NFKC", text)
         if unicodedata.category(ch)[0] != "C"  # control, format (bidi overrides), unassigned
     )
+    kept = _DIGITS.sub("[number]", _EMAIL.sub("[email]", kept))
     kept = _SPACES.sub(" ", _STRIP.sub("", kept)).strip()
     return kept[:limit] or "unnamed"
 

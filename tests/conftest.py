@@ -72,7 +72,7 @@ def ai_settings(fresh_settings: Callable[..., Settings], bedrock_server: Bedrock
     monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", bedrock_server.endpoint)
 
     def make(**env: str) -> Settings:
-        defaults = {"analyzer": "bedrock", "pseudonym_key": "test-key-0123456789",
+        defaults = {"analyzer": "bedrock", "pseudonym_key": "test-key-0123456789abcdef0123456789",
                     "analysis_debounce_s": "0.2", "bedrock_timeout_s": "2",
                     "bedrock_deadline_s": "3", "bedrock_backoff_base_s": "0.02",
                     "breaker_reset_s": "60", "segment_warmup": "20"}

@@ -52,9 +52,18 @@ def test_the_tool_schema_has_no_room_for_demographics() -> None:
     "Buys like a female shopper.",
 ])
 def test_free_text_stating_a_sensitive_inference_is_refused(text: str) -> None:
-    base = statistical_analysis(_input(_state("c", [("milk", 1), ("milk", 8)])))
-    with pytest.raises(ValidationError, match="sensitive inference refused"):
-        Analysis.model_validate(base.model_dump(mode="json") | {"narrative": text})
+    x = _input(_state("c", [("Aged Gouda", 1), ("Aged Gouda", 8)]))
+    base = statistical_analysis(x)
+    items = {i.name for i in (*x.products, *x.categories)}
+    assert base.problems(items) == []  # naming an item ("Aged Gouda") is no inference
+    problems = base.model_copy(update={"narrative": text}).problems(items)
+    assert len(problems) == 1 and "sensitive inference refused" in problems[0]
+
+
+def test_unknown_fields_are_refused() -> None:
+    base = statistical_analysis(_input(_state("c", [("milk", 1)])))
+    with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
+        Analysis.model_validate(base.model_dump(mode="json") | {"age_band": "30-39"})
 
 
 @given(st.text(max_size=400))
@@ -97,7 +106,9 @@ def test_prompts_never_carry_the_customer_id_and_fallback_always_validates(
     assert "consent" not in data
     for item in data["categories"]:
         assert "</customer_data>" not in item["name"]
-    Analysis.model_validate(statistical_analysis(x).model_dump(mode="json"))
+    fallback = Analysis.model_validate(statistical_analysis(x).model_dump(mode="json"))
+    names = {i.name for i in (*x.products, *x.categories)} | {h.name for h in x.statistical_next}
+    assert all("not one of the customer's items" not in p for p in fallback.problems(names))
 
 
 def test_policy_schedule_defer_and_flush() -> None:
