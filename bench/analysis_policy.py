@@ -11,7 +11,8 @@ over two streams:
 
 Calls take ``--latency-s`` seconds (Claude Haiku 4.5 answering a ~500-token tool call is a
 few seconds) and share ``--concurrency`` slots and a token bucket of ``--tpm`` tokens per
-minute (input estimated at 4 characters per token, ``--output-tokens`` out). The naive
+minute, taken as the enricher takes them and squared up to the tokens used (4 characters a
+token in, ``output_tokens`` out). Cache hits count as fresh when the cache decides. The naive
 policy calls once per purchase, immediately. Freshness is, per purchase, the time from its
 arrival to the end of the first analysis (or cache decision) that reflects it.
 
@@ -38,6 +39,7 @@ from producers.cdnow import load_events, time_ordered
 from producers.synthetic import generate
 
 KEY = b"bench"
+MAX_TOKENS = 1024
 _FIXED_CHARS = len(SYSTEM_PROMPT) + len(json.dumps(tool_spec()))
 
 
@@ -66,10 +68,16 @@ class _Calls:
 
     def run(self, t: float, x: AnalysisInput) -> float:
         """Start a call for ``x`` no earlier than ``t``; returns when it completes."""
-        tokens = (_FIXED_CHARS + len(render_user(x))) / 4 + self.p.output_tokens
+        chars = _FIXED_CHARS + len(render_user(x))
+        used = chars / 4 + self.p.output_tokens
+        # as consumers.guard does: take half the worst case of two billable attempts
+        # (input bounded at 2 characters a token + 600, maxTokens out), give back the rest
+        bound_in = chars / 2 + 600
+        take = (2 * bound_in + MAX_TOKENS + 300 + 2 * MAX_TOKENS) / 2
         start = max(t, heapq.heappop(self.slots))
-        start += self.bucket.wait_s(tokens, start)
-        self.bucket.try_take(tokens, start)
+        start += self.bucket.wait_s(take, start)
+        self.bucket.try_take(take, start)
+        self.bucket.give_back(take - used)
         end = start + self.p.latency_s
         heapq.heappush(self.slots, end)
         self.n += 1

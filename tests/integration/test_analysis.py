@@ -7,7 +7,8 @@ import asyncio
 import json
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -19,6 +20,7 @@ from caa import cli
 from caa.aws import Aws
 from caa.settings import Settings
 from consumers.core import StreamRecord, decode_batch, process_batch
+from consumers.enricher import Enricher
 from consumers.registry import ModelRegistry
 from consumers.stores import Dynamo, ModelStore, PredictionStore
 from consumers.worker import Worker, build_enricher
@@ -55,6 +57,24 @@ async def _run(s: Settings) -> Run:
 def run(s: Settings, events: list[PurchaseEvent]) -> Run:
     Publisher(Aws(s).client("kinesis"), s.stream_name).publish(events)
     return asyncio.run(_run(s))
+
+
+@asynccontextmanager
+async def running_enricher(
+    s: Settings,
+) -> AsyncIterator[tuple[Enricher, ModelRegistry, PredictionStore]]:
+    """An enricher on the real clients, its loop running for the duration."""
+    async with Aws(s).clients("dynamodb", "bedrock-runtime") as c:
+        db = Dynamo(c["dynamodb"])
+        registry = ModelRegistry(ModelStore(db, s.table("models")), s)
+        enricher = build_enricher(s, db, c["bedrock-runtime"], registry)
+        stop = asyncio.Event()
+        loop = asyncio.create_task(enricher.run(stop))
+        try:
+            yield enricher, registry, PredictionStore(db, s.table("predictions"))
+        finally:
+            stop.set()
+            await loop
 
 
 def customer_data(request: dict[str, Any]) -> dict[str, Any]:
@@ -178,13 +198,7 @@ def test_purchases_inside_the_window_make_one_call_and_small_changes_hit_the_cac
     s = ai_settings(consent_mode="opt_out", analysis_debounce_s="1.0")
 
     async def scenario() -> list[str]:
-        async with Aws(s).clients("dynamodb", "bedrock-runtime") as c:
-            db = Dynamo(c["dynamodb"])
-            registry = ModelRegistry(ModelStore(db, s.table("models")), s)
-            enricher = build_enricher(s, db, c["bedrock-runtime"], registry)
-            predictions = PredictionStore(db, s.table("predictions"))
-            stop = asyncio.Event()
-            loop = asyncio.create_task(enricher.run(stop))
+        async with running_enricher(s) as (enricher, registry, predictions):
             states: dict[str, CustomerState] = {}
             seq = 0
 
@@ -209,8 +223,6 @@ def test_purchases_inside_the_window_make_one_call_and_small_changes_hit_the_cac
             await buy(6, "bread")  # a product the last analysis did not see
             await asyncio.sleep(1.6)
             calls.append(len(bedrock_server.requests()))
-            stop.set()
-            await loop
             assert enricher.counts["cache_hits"] == 1
             return [str(n) for n in calls]
 
@@ -383,13 +395,7 @@ def test_the_breaker_opens_in_an_outage_and_closes_when_bedrock_recovers(
                     breaker_reset_s="0.5", bedrock_deadline_s="0.2", bedrock_concurrency="1")
 
     async def scenario() -> tuple[list[str], str, int]:
-        async with Aws(s).clients("dynamodb", "bedrock-runtime") as c:
-            db = Dynamo(c["dynamodb"])
-            registry = ModelRegistry(ModelStore(db, s.table("models")), s)
-            enricher = build_enricher(s, db, c["bedrock-runtime"], registry)
-            predictions = PredictionStore(db, s.table("predictions"))
-            stop = asyncio.Event()
-            loop = asyncio.create_task(enricher.run(stop))
+        async with running_enricher(s) as (enricher, registry, predictions):
             for n in range(24):  # a customer every 0.15 s for 3.6 s
                 cid = f"r{n:02d}"
                 rec = StreamRecord(_event(cid, 1).to_bytes(), str(n + 1), cid, "s-0")
@@ -399,8 +405,6 @@ def test_the_breaker_opens_in_an_outage_and_closes_when_bedrock_recovers(
                 enricher.observe(result)
                 await asyncio.sleep(0.15)
             await enricher.drain()
-            stop.set()
-            await loop
             latest = await enricher.store.latest([f"r{n:02d}" for n in range(24)])
             order = [latest[f"r{n:02d}"].fallback_reason or "bedrock" for n in range(24)]
             return order, enricher.breaker.state, enricher.breaker.opened
