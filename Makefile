@@ -43,6 +43,11 @@ lint: setup
 test: lint
 	$(VENV)/bin/pytest
 
+## chaos: the crash harness on the whole CDNOW log (>= 10 SIGKILLs); last line
+## lost=<n> double_counted=<n> kills=<n> rejected=<n>
+chaos: setup
+	$(PY) -m tests.chaos --kills $(or $(KILLS),12)
+
 bench: setup
 	$(PY) bench/pipeline.py
 	$(PY) bench/analysis_policy.py

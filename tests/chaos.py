@@ -163,10 +163,11 @@ class Harness:
             r.kills_by_point[point] += 1
             self.note(f"  run {r.runs}: killed itself at {point}")
         elif rc == 0:  # it finished first: replay part of the log to crash on
-            start = self.rng.randrange(0, max(1, len(self.events) - 2000))
-            self.publisher.publish(self.events[start:start + 2000])
+            size = max(1, len(self.events) // 5)
+            start = self.rng.randrange(0, max(1, len(self.events) - size))
+            self.publisher.publish(self.events[start:start + size])
             r.replays += 1
-            self.note(f"  run {r.runs}: finished; replaying events {start}..{start + 2000}")
+            self.note(f"  run {r.runs}: finished; replaying events {start}..{start + size}")
         else:
             raise RuntimeError(f"consumer failed with exit code {rc}; see {path}")
 
@@ -195,7 +196,7 @@ class Harness:
 
 
 def run_chaos(endpoint: str, *, limit: int | None, kills: int, seed: int = 1,
-              delay_s: tuple[float, float] = (3.0, 25.0), probability: float = 1.0,
+              delay_s: tuple[float, float] = (2.0, 15.0), probability: float = 1.0,
               get_records_limit: int = 2000, workdir: Path | None = None,
               say: bool = True) -> ChaosReport:
     started = time.monotonic()
