@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,7 +22,7 @@ from producers.publisher import Publisher
 pytestmark = pytest.mark.integration
 
 
-def _summary(stdout: str) -> dict[str, int]:
+def _summary(stdout: str) -> dict[str, Any]:
     """The JSON summary ``caa consume --json`` prints last."""
     return json.loads(stdout[stdout.index("\n{") + 1:] if not stdout.startswith("{")
                       else stdout)
