@@ -24,8 +24,9 @@ pytestmark = pytest.mark.integration
 
 def _summary(stdout: str) -> dict[str, Any]:
     """The JSON summary ``caa consume --json`` prints last."""
-    return json.loads(stdout[stdout.index("\n{") + 1:] if not stdout.startswith("{")
-                      else stdout)
+    summary: dict[str, Any] = json.loads(stdout[stdout.index("\n{") + 1:]
+                                         if not stdout.startswith("{") else stdout)
+    return summary
 
 
 def _checkpoints(s: Settings) -> int:
