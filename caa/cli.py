@@ -30,6 +30,8 @@ from caa.aws import Aws
 from caa.settings import Settings
 
 console = Console(stderr=False)
+#: progress bars go to stderr, so `--json` output on stdout stays parseable
+progress_console = Console(stderr=True)
 
 
 def _events(args: argparse.Namespace) -> list[Any]:
@@ -94,7 +96,7 @@ class TransferSpeedless(ProgressColumn):
 def _progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TaskProgressColumn(), TransferSpeedless(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), console=console)
+                    TimeRemainingColumn(), console=progress_console)
 
 
 async def consume(settings: Settings, aws: Aws, until_idle: bool,
@@ -228,15 +230,34 @@ def cmd_segments(settings: Settings, aws: Aws, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_dlq(settings: Settings, aws: Aws) -> int:
+def cmd_dlq(settings: Settings, aws: Aws, args: argparse.Namespace) -> int:
     ddb = aws.client("dynamodb")
-    n = 0
-    for page in ddb.get_paginator("scan").paginate(TableName=settings.table("dead-letters")):
-        for i in page["Items"]:
-            n += 1
-            print(f"{i['id']['S']}  {i['received_at']['S']}  {i['reason']['S']}")
-    print(f"{n} dead letter(s)", file=sys.stderr)
+    rows = [i for page in ddb.get_paginator("scan").paginate(
+        TableName=settings.table("dead-letters")) for i in page["Items"]
+        if args.all or i.get("status", {}).get("S") == "open"]
+    rows.sort(key=lambda i: i["received_at"]["S"])
+    if args.json:
+        print(json.dumps([{k: (v.get("S") or v.get("N") or len(v.get("B", b"")))
+                           for k, v in i.items()} for i in rows], indent=2))
+        return 0
+    for i in rows:
+        payload: bytes = i["payload"]["B"]
+        print(f"{i['received_at']['S']}  {i['status']['S']:<8}  {i['stream']['S']}  "
+              f"{i['shard_id']['S']}  {i['sequence_number']['S']}  {len(payload):>7} B  "
+              f"{i['reason']['S']}")
+    print(f"{len(rows)} dead letter(s)" + ("" if args.all else " open"), file=sys.stderr)
     return 0
+
+
+async def dlq_redrive(settings: Settings, aws: Aws, dry_run: bool) -> dict[str, Any]:
+    from consumers.redrive import redrive
+    from consumers.stores import Dynamo
+
+    async with aws.clients("kinesis", "dynamodb") as c:
+        report = await redrive(Dynamo(c["dynamodb"]), settings.table("dead-letters"),
+                               c["kinesis"], settings.stream_name, settings.max_event_bytes,
+                               dry_run=dry_run)
+    return report.as_dict()
 
 
 def parser() -> argparse.ArgumentParser:
@@ -264,7 +285,12 @@ def parser() -> argparse.ArgumentParser:
     g = sub.add_parser("segments", help="segment sizes and centres")
     g.add_argument("--json", action="store_true")
     d = sub.add_parser("dlq", help="dead letters")
-    d.add_argument("action", choices=("list",))
+    d.add_argument("action", choices=("list", "redrive"),
+                   help="list: open dead letters; redrive: re-check them with the current "
+                        "decoder and put the ones that now decode back on the stream")
+    d.add_argument("--all", action="store_true", help="list: redriven ones too")
+    d.add_argument("--json", action="store_true")
+    d.add_argument("--dry-run", action="store_true", help="redrive: only report")
     ai_cli.add_parsers(sub)
     return p
 
@@ -313,7 +339,11 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(json.dumps(out, indent=2))
         return 1 if "error" in out else 0
-    return cmd_dlq(settings, aws)
+    if args.action == "redrive":
+        out = asyncio.run(dlq_redrive(settings, aws, args.dry_run))
+        print(json.dumps(out, indent=2))
+        return 0
+    return cmd_dlq(settings, aws, args)
 
 
 if __name__ == "__main__":

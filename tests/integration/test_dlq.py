@@ -1,0 +1,98 @@
+"""Dead letters: listed with their position and reason, redriven after a fix, counted once."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from decimal import Decimal
+
+import pytest
+
+from caa import cli
+from caa.aws import Aws
+from caa.settings import Settings
+from models.events import LineItem, PurchaseEvent
+from producers.cdnow import load_events, time_ordered
+from producers.publisher import Publisher
+
+pytestmark = pytest.mark.integration
+
+
+def _big_order(like: PurchaseEvent) -> PurchaseEvent:
+    """A valid order of 60 lines: about 5 kB encoded."""
+    items = [LineItem(product_id=f"sku-{i:04d}", category="box set", quantity=1,
+                      unit_price=Decimal("1.25")) for i in range(60)]
+    return PurchaseEvent(event_id="big-order-1", order_id="big-order-1",
+                         customer_id=like.customer_id, occurred_at=like.occurred_at,
+                         currency="USD", items=items, total=Decimal("75.00"))
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> object:
+    capsys.readouterr()
+    assert cli.main(list(argv)) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def _customer(s: Settings, cid: str) -> tuple[int, int]:
+    item = Aws(s).client("dynamodb").get_item(TableName=s.table("customers"),
+                                              Key={"customer_id": {"S": cid}})["Item"]
+    return int(item["purchases"]["N"]), int(item["spend_cents"]["N"])
+
+
+def test_redrive_after_a_fix_applies_the_record_once(
+    fresh_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    s = fresh_settings(max_event_bytes="2048", refit_interval_s="0")
+    events = time_ordered(load_events(limit=300))
+    big = _big_order(events[0])
+    assert len(big.to_bytes()) > 2048
+    cid = big.customer_id
+    before = [e for e in events if e.customer_id == cid]
+    kinesis = Aws(s).client("kinesis")
+    Publisher(kinesis, s.stream_name).publish([*events, big])
+    kinesis.put_record(StreamName=s.stream_name, Data=b"{oops", PartitionKey="bad-1")
+
+    first = _run(capsys, "consume", "--until-idle", "--json", "--no-refit")
+    assert isinstance(first, dict) and first["rejected"] == 2
+    assert _customer(s, cid) == (len(before), sum(int(e.total * 100) for e in before))
+
+    listed = _run(capsys, "dlq", "list", "--json")
+    assert isinstance(listed, list)
+    assert sorted(d["kind"] for d in listed) == ["not_json", "oversized"]
+    for d in listed:
+        assert d["stream"] == s.stream_name and d["shard_id"].startswith("shardId-")
+        assert d["sequence_number"] and d["received_at"] and d["status"] == "open"
+        assert d["payload"] > 0  # its size: the raw payload is kept
+    oversized = next(d for d in listed if d["kind"] == "oversized")
+    assert "exceeds the limit of 2048" in oversized["reason"]
+
+    # Before the fix nothing decodes: nothing is re-sent.
+    assert _run(capsys, "dlq", "redrive") == {
+        "checked": 2, "redriven": 0, "still_rejected": {"not_json": 1, "oversized": 1},
+        "dry_run": False}
+
+    monkeypatch.setenv("CAA_MAX_EVENT_BYTES", "65536")  # the fix
+    dry = _run(capsys, "dlq", "redrive", "--dry-run")
+    assert dry == {"checked": 2, "redriven": 1, "still_rejected": {"not_json": 1},
+                   "dry_run": True}
+    assert _run(capsys, "dlq", "redrive") == {**dry, "dry_run": False}
+    # An interrupted redrive (put done, mark lost) re-sends it on the next redrive.
+    Aws(s).client("dynamodb").update_item(
+        TableName=s.table("dead-letters"), Key={"id": {"S": oversized["id"]}},
+        UpdateExpression="SET #s = :o", ExpressionAttributeNames={"#s": "status"},
+        ExpressionAttributeValues={":o": {"S": "open"}})
+    assert _run(capsys, "dlq", "redrive")["redriven"] == 1  # type: ignore[index]
+
+    second = _run(capsys, "consume", "--until-idle", "--json", "--no-refit")
+    assert isinstance(second, dict)
+    assert (second["applied"], second["duplicates"], second["rejected"]) == (1, 1, 0)
+    assert _customer(s, cid) == (len(before) + 1,
+                                 sum(int(e.total * 100) for e in before) + 7500)
+    still = _run(capsys, "dlq", "list", "--json")
+    assert isinstance(still, list) and [d["kind"] for d in still] == ["not_json"]
+    everything = _run(capsys, "dlq", "list", "--all", "--json")
+    assert isinstance(everything, list)
+    redriven = [d for d in everything if d["status"] == "redriven"]
+    assert [d["id"] for d in redriven] == [oversized["id"]]
+    assert redriven[0]["redriven_to"].startswith("shardId-")
