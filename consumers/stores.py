@@ -1,6 +1,7 @@
 """DynamoDB stores for customer state, predictions, dead letters, checkpoints and models.
 
-All take an aiobotocore DynamoDB client. Batch writes retry ``UnprocessedItems``
+All take an aiobotocore DynamoDB client. Batch reads and writes retry
+``UnprocessedItems``/``UnprocessedKeys`` and throttling errors
 with exponential backoff and jitter; a failure that outlasts the retries raises
 :class:`WriteFailed`, so the caller does not checkpoint past effects that were
 not durably written.
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from consumers.chaos import NO_CHAOS, Chaos
 from consumers.core import Rejected
 from models.prediction import Prediction
@@ -24,6 +27,16 @@ from models.state import CustomerState
 Item = dict[str, Any]
 #: the checkpoints row that holds the consumer group's lease (see consumers.lease)
 OWNER_KEY = "__owner__"
+
+
+#: errors DynamoDB answers when a table or partition is over its capacity; retried here
+#: (after botocore's own retries) like ``UnprocessedItems``
+THROTTLED = frozenset({"ProvisionedThroughputExceededException", "ThrottlingException",
+                       "RequestLimitExceeded"})
+
+
+def _throttled(exc: ClientError) -> bool:
+    return exc.response.get("Error", {}).get("Code") in THROTTLED
 
 
 class WriteFailed(RuntimeError):
@@ -84,6 +97,8 @@ class Dynamo:
     concurrency: int = 8
     base_delay: float = 0.05
     chaos: Chaos = NO_CHAOS
+    #: throttling errors absorbed by the retries below
+    throttled: int = 0
 
     async def _backoff(self, attempt: int) -> None:
         await asyncio.sleep(random.uniform(0, min(2.0, self.base_delay * 2**attempt)))
@@ -97,7 +112,13 @@ class Dynamo:
                 for attempt in range(self.max_attempts):
                     if attempt:
                         await self._backoff(attempt)
-                    resp = await self.client.batch_write_item(RequestItems=requests)
+                    try:
+                        resp = await self.client.batch_write_item(RequestItems=requests)
+                    except ClientError as exc:
+                        if not _throttled(exc):
+                            raise
+                        self.throttled += 1
+                        continue  # the whole chunk is still to write
                     self.chaos.point("mid_batch_write")
                     requests = resp.get("UnprocessedItems") or {}
                     if not requests:
@@ -119,7 +140,13 @@ class Dynamo:
                 for attempt in range(self.max_attempts):
                     if attempt:
                         await self._backoff(attempt)
-                    resp = await self.client.batch_get_item(RequestItems=request)
+                    try:
+                        resp = await self.client.batch_get_item(RequestItems=request)
+                    except ClientError as exc:
+                        if not _throttled(exc):
+                            raise
+                        self.throttled += 1
+                        continue
                     out.extend(resp["Responses"].get(table, []))
                     request = resp.get("UnprocessedKeys") or {}
                     if not request:

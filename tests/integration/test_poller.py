@@ -193,3 +193,61 @@ def test_a_persistent_write_failure_holds_only_that_shards_checkpoint(
     err = capsys.readouterr().err
     assert f"shard {stuck_shard}: effects of" in err and "checkpoint held" in err
     assert f"shard {stuck_shard}: writes recovered after 3 failure(s)" in err
+
+
+class Throttled:
+    """The real DynamoDB client, except that its first batch reads and writes fail with
+    DynamoDB's own throttling error (as raised once botocore's retries gave up)."""
+
+    def __init__(self, client: Any, writes: int, reads: int) -> None:
+        self._client = client
+        self.exceptions = client.exceptions
+        self.writes, self.reads = writes, reads
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def _error(self, op: str) -> Exception:
+        cls = self._client.exceptions.ProvisionedThroughputExceededException
+        err: Exception = cls({"Error": {"Code": "ProvisionedThroughputExceededException",
+                                        "Message": "injected"}}, op)
+        return err
+
+    async def batch_write_item(self, **kw: Any) -> Any:
+        if self.writes:
+            self.writes -= 1
+            raise self._error("BatchWriteItem")
+        return await self._client.batch_write_item(**kw)
+
+    async def batch_get_item(self, **kw: Any) -> Any:
+        if self.reads:
+            self.reads -= 1
+            raise self._error("BatchGetItem")
+        return await self._client.batch_get_item(**kw)
+
+
+def test_dynamodb_throttling_is_retried_with_backoff_and_loses_nothing(
+    fresh_settings: Callable[..., Settings],
+) -> None:
+    s = fresh_settings(shard_count="2", get_records_limit="40")
+    events = generate(customers=25, days=40, seed=5)
+    Publisher(Aws(s).client("kinesis"), s.stream_name).publish(events)
+
+    async def scenario() -> Worker:
+        async with Aws(s).clients("kinesis", "dynamodb") as c:
+            w = Worker(s, c["kinesis"], Throttled(c["dynamodb"], writes=5, reads=3))
+            await w.run(until_idle=True, final_refit=False)
+            return w
+
+    w = asyncio.run(scenario())
+    assert w.customers.db.throttled == 8  # every injected error absorbed by a retry
+    assert w.poller.write_failures == 0  # no batch had to be held for it
+    assert w.applier.totals.applied == len(events)
+    assert w.applier.totals.duplicate == 0
+    states = asyncio.run(_states(s))
+    assert sum(x.purchases for x in states) == len(events)
+
+
+async def _states(s: Settings) -> list[Any]:
+    async with Aws(s).clients("kinesis", "dynamodb") as c:
+        return await Worker(s, c["kinesis"], c["dynamodb"]).customers.all()
