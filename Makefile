@@ -13,6 +13,11 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# kinesis-mock (npm kinesis-local, plain JS): the Kinesis fidelity tier of the tests
+KINESIS_MOCK := $(VENV)/node/node_modules/kinesis-local/main.js
+$(KINESIS_MOCK):
+	npm install --no-audit --no-fund --silent --prefix $(VENV)/node kinesis-local@0.6.2
+
 ## run: start the local emulator, create resources, publish CDNOW, consume it, summarise
 run: setup
 	$(VENV)/bin/caa run
@@ -40,7 +45,7 @@ lint: setup
 	$(VENV)/bin/mypy .
 
 ## test: lint, type-check, unit + integration tests (starts its own emulator)
-test: lint
+test: lint $(KINESIS_MOCK)
 	$(VENV)/bin/pytest
 
 ## chaos: the crash harness on the whole CDNOW log (>= 10 SIGKILLs); last line

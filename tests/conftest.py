@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +11,8 @@ from caa.settings import Settings
 from deploy.bedrock_server import BedrockServer
 from deploy.bedrock_server import launch as launch_bedrock
 from deploy.emulator import Emulator, launch
+from deploy.kinesis_mock import PACKAGE as KINESIS_MOCK
+from deploy.kinesis_mock import launch as launch_kinesis_mock
 from deploy.resources import ensure_resources
 
 
@@ -20,6 +23,16 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
     emu = launch("127.0.0.1", log=log)
     yield emu
     emu.stop()
+
+
+@pytest.fixture(scope="session")
+def kinesis_mock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
+    """kinesis-mock (npm kinesis-local) as a real process: Kinesis as AWS validates it."""
+    log = tmp_path_factory.mktemp("kinesis-mock") / "kinesis-mock.log"
+    root = Path(__file__).resolve().parent.parent
+    km = launch_kinesis_mock(root / KINESIS_MOCK, log=log)
+    yield km
+    km.stop()
 
 
 @pytest.fixture
