@@ -118,6 +118,13 @@ class Harness:
         self.events = time_ordered(load_events(limit=limit))
         self.publisher = Publisher(self.kinesis, self.settings.stream_name)
         self.report = ChaosReport()
+        self.modes = sorted(MODES)
+        self.rng.shuffle(self.modes)
+
+    def done(self, kills: int) -> bool:
+        """At least ``kills`` kills, and at least one at each place there is to die."""
+        r = self.report
+        return r.kills >= kills and set(MODES) <= set(r.kills_by_point)
 
     def note(self, msg: str) -> None:
         if self.say:
@@ -137,7 +144,7 @@ class Harness:
         r = self.report
         r.runs += 1
         path = self.work / f"run-{r.runs:02d}.log"
-        mode = self.rng.choice(sorted(MODES))
+        mode = self.modes[(r.runs - 1) % len(self.modes)]  # each way to die in turn
         env = {**self.env, "CAA_CHAOS_POINTS": "" if mode == "external" else mode,
                "CAA_CHAOS_PROBABILITY": str(min(1.0, MODES[mode] * self.scale))}
         with path.open("wb") as log:
@@ -203,7 +210,10 @@ def run_chaos(endpoint: str, *, limit: int | None, kills: int, seed: int = 1,
     h = Harness(endpoint, limit=limit, seed=seed, delay_s=delay_s, probability=probability,
                 get_records_limit=get_records_limit, workdir=workdir, say=say)
     h.publish()
-    while h.report.kills < kills:
+    while not h.done(kills):
+        if h.report.runs >= 20 * max(kills, len(MODES)):
+            raise RuntimeError(f"no kill at every point after {h.report.runs} runs: "
+                               f"{dict(h.report.kills_by_point)}")
         h.crash_once()
     h.finish()
     h.verify()
@@ -219,7 +229,7 @@ def main() -> int:
     ap.add_argument("--kills", type=int, default=12)
     ap.add_argument("--limit", type=int, help="events (default: the whole CDNOW log)")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--probability", type=float, default=0.2,
+    ap.add_argument("--probability", type=float, default=1.0,
                     help="scales the per-point kill probabilities of MODES")
     args = ap.parse_args()
     emu = launch("127.0.0.1")

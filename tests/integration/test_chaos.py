@@ -22,6 +22,8 @@ def test_sigkill_at_random_points_loses_nothing_and_counts_nothing_twice(
     report = run_chaos(emulator.endpoint, limit=4000, kills=4, seed=7, delay_s=(1.5, 4.0),
                        probability=3.0, get_records_limit=200, workdir=tmp_path, say=False)
     assert report.kills >= 4
+    assert set(report.kills_by_point) == {"external", "mid_batch_write", "before_checkpoint",
+                                          "after_checkpoint"}
     assert report.runs >= report.kills
     assert (report.lost, report.double_counted, report.spend_mismatches) == (0, 0, 0), \
         report.line()
