@@ -101,6 +101,23 @@ def build_enricher(settings: Settings, db: Dynamo, bedrock: Any,
     )
 
 
+def build_applier(settings: Settings, dynamodb: Any, *, cache_size: int,
+                  bedrock: Any = None, cloudwatch: Any = None,
+                  chaos: Chaos | None = None) -> BatchApplier:
+    """The stores, models and (with ``CAA_ANALYZER=bedrock`` and a client) the enricher
+    every adapter shares, around one :class:`BatchApplier`."""
+    s = settings
+    db = Dynamo(dynamodb, max_attempts=s.max_write_attempts, concurrency=s.write_concurrency,
+                chaos=chaos or Chaos.parse(s.chaos_points, s.chaos_probability))
+    registry = ModelRegistry(ModelStore(db, s.table("models")), s)
+    enricher = (build_enricher(s, db, bedrock, registry, cloudwatch)
+                if s.analyzer == "bedrock" and bedrock is not None else None)
+    return BatchApplier(CustomerStore(db, s.table("customers")),
+                        PredictionStore(db, s.table("predictions")),
+                        DeadLetterStore(db, s.table("dead-letters")),
+                        registry, s.max_event_bytes, cache_size=cache_size, enricher=enricher)
+
+
 class Worker:
     def __init__(self, settings: Settings, kinesis: Any, dynamodb: Any,
                  on_batch: Callable[[str, BatchResult], None] | None = None,
@@ -108,18 +125,15 @@ class Worker:
         s = settings
         self.settings = s
         chaos = Chaos.parse(s.chaos_points, s.chaos_probability)
-        db = Dynamo(dynamodb, max_attempts=s.max_write_attempts, concurrency=s.write_concurrency,
-                    chaos=chaos)
-        self.customers = CustomerStore(db, s.table("customers"))
-        self.predictions = PredictionStore(db, s.table("predictions"))
-        self.dead_letters = DeadLetterStore(db, s.table("dead-letters"))
+        self.applier = build_applier(s, dynamodb, cache_size=s.state_cache_size,
+                                     bedrock=bedrock, cloudwatch=cloudwatch, chaos=chaos)
+        self.customers = self.applier.customers
+        self.predictions = self.applier.predictions
+        self.dead_letters = self.applier.dead_letters
+        self.registry = self.applier.registry
+        self.enricher = self.applier.enricher
+        db = self.customers.db
         self.checkpoints = CheckpointStore(db, s.table("checkpoints"), s.consumer_group)
-        self.registry = ModelRegistry(ModelStore(db, s.table("models")), s)
-        self.enricher = (build_enricher(s, db, bedrock, self.registry, cloudwatch)
-                         if s.analyzer == "bedrock" and bedrock is not None else None)
-        self.applier = BatchApplier(self.customers, self.predictions, self.dead_letters,
-                                    self.registry, s.max_event_bytes,
-                                    cache_size=s.state_cache_size, enricher=self.enricher)
         self.poller = Poller(
             kinesis, s.stream_name, self.checkpoints, self.applier,
             limit=s.get_records_limit, poll_interval=s.poll_interval_s,
