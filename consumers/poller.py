@@ -75,6 +75,7 @@ class Poller:
         self.chaos = chaos
         self.metrics = metrics or Metrics(None, {})
         self.write_failures = 0
+        self.metric_failures = 0
         self._throttle_attempts: dict[str, int] = {}
         self.expired_iterators = 0
         self.throttled = 0
@@ -132,13 +133,20 @@ class Poller:
             for r in raw
         ]
 
+    async def _metric(self, deltas: dict[str, float]) -> None:
+        """Metrics are best effort: a CloudWatch failure is counted, never stops a shard."""
+        try:
+            await self.metrics.put(deltas)
+        except (ClientError, BotoCoreError):
+            self.metric_failures += 1
+
     async def _hold(self, shard_id: str, n: int, after: str | None, exc: Exception,
                     failures: int, stop: asyncio.Event) -> None:
         """A batch's effects could not be written: nothing is checkpointed, one line is
         logged (then every tenth time), a metric raised, and this shard pauses; the other
         shards go on. Effects written in part are idempotent to redo."""
         self.write_failures += 1
-        await self.metrics.put({"shard_write_failures": 1})
+        await self._metric({"shard_write_failures": 1})
         delay = min(30.0, 0.5 * 2 ** (failures - 1))
         if failures == 1 or failures % 10 == 0:
             print(f"shard {shard_id}: effects of {n} record(s) after {after or 'TRIM_HORIZON'} "
@@ -176,6 +184,8 @@ class Poller:
                     print(f"shard {shard_id}: writes recovered after {failures} failure(s)",
                           file=sys.stderr, flush=True)
                     failures = 0
+                if result.counts["rejected"]:
+                    await self._metric({"dead_letters": result.counts["rejected"]})
                 self.chaos.point("before_checkpoint")
                 after = raw[-1]["SequenceNumber"]
                 await self.checkpoints.save(shard_id, after, ended=iterator is None)
