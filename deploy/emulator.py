@@ -17,6 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,16 +76,22 @@ def launch(host: str = "127.0.0.1", port: int | None = None, log: Path | None = 
         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
+    return wait_ready("moto server", proc, endpoint, healthy, timeout, log)
+
+
+def wait_ready(name: str, proc: subprocess.Popen[bytes], endpoint: str,
+               check: Callable[[str], bool], timeout: float, log: Path | None) -> Emulator:
+    """Wait until the server process ``proc`` answers ``check(endpoint)``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise EmulatorError(f"moto server exited with code {proc.returncode}"
+            raise EmulatorError(f"{name} exited with code {proc.returncode}"
                                 + (f"; see {log}" if log else ""))
-        if healthy(endpoint):
+        if check(endpoint):
             return Emulator(proc.pid, endpoint, proc)
         time.sleep(0.1)
     proc.kill()
-    raise EmulatorError(f"moto server did not answer on {endpoint} within {timeout:.0f} s")
+    raise EmulatorError(f"{name} did not answer on {endpoint} within {timeout:.0f} s")
 
 
 def start(state_file: Path, host: str, port: int) -> tuple[Emulator, bool]:

@@ -16,12 +16,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from deploy.emulator import Emulator, EmulatorError, free_port
+from deploy.emulator import Emulator, EmulatorError, free_port, wait_ready
 
 #: where ``make setup`` installs the npm package, relative to the checkout
 PACKAGE = Path(".venv/node/node_modules/kinesis-local")
@@ -62,14 +61,4 @@ def launch(package: Path, log: Path | None = None, timeout: float = 60.0,
     out = log.open("ab") if log else subprocess.DEVNULL
     proc = subprocess.Popen(["node", str(main)], env=env, stdout=out, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True)
-    endpoint = f"http://127.0.0.1:{plain}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise EmulatorError(f"kinesis-mock exited with code {proc.returncode}"
-                                + (f"; see {log}" if log else ""))
-        if healthy(endpoint):
-            return Emulator(proc.pid, endpoint, proc)
-        time.sleep(0.1)
-    proc.kill()
-    raise EmulatorError(f"kinesis-mock did not answer on {endpoint} within {timeout:.0f} s")
+    return wait_ready("kinesis-mock", proc, f"http://127.0.0.1:{plain}", healthy, timeout, log)
