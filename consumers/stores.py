@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -100,6 +100,17 @@ class Dynamo:
     #: throttling errors absorbed by the retries below
     throttled: int = 0
 
+    async def _unless_throttled(self, call: Callable[..., Awaitable[Item]],
+                                **kw: Any) -> Item | None:
+        """``call(**kw)``, or None when DynamoDB answered with a throttling error."""
+        try:
+            return await call(**kw)
+        except ClientError as exc:
+            if not _throttled(exc):
+                raise
+            self.throttled += 1
+            return None
+
     async def _backoff(self, attempt: int) -> None:
         await asyncio.sleep(random.uniform(0, min(2.0, self.base_delay * 2**attempt)))
 
@@ -112,13 +123,10 @@ class Dynamo:
                 for attempt in range(self.max_attempts):
                     if attempt:
                         await self._backoff(attempt)
-                    try:
-                        resp = await self.client.batch_write_item(RequestItems=requests)
-                    except ClientError as exc:
-                        if not _throttled(exc):
-                            raise
-                        self.throttled += 1
-                        continue  # the whole chunk is still to write
+                    resp = await self._unless_throttled(self.client.batch_write_item,
+                                                        RequestItems=requests)
+                    if resp is None:
+                        continue  # throttled: the whole chunk is still to write
                     self.chaos.point("mid_batch_write")
                     requests = resp.get("UnprocessedItems") or {}
                     if not requests:
@@ -140,12 +148,9 @@ class Dynamo:
                 for attempt in range(self.max_attempts):
                     if attempt:
                         await self._backoff(attempt)
-                    try:
-                        resp = await self.client.batch_get_item(RequestItems=request)
-                    except ClientError as exc:
-                        if not _throttled(exc):
-                            raise
-                        self.throttled += 1
+                    resp = await self._unless_throttled(self.client.batch_get_item,
+                                                        RequestItems=request)
+                    if resp is None:
                         continue
                     out.extend(resp["Responses"].get(table, []))
                     request = resp.get("UnprocessedKeys") or {}

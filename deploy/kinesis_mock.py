@@ -3,7 +3,7 @@
 moto's Kinesis is fast but lenient: a split parent keeps taking writes and is
 never closed. kinesis-mock validates like AWS, closes split and merged parents
 (a null ``NextShardIterator`` once they are drained) and supports enhanced
-fan-out. ``make setup`` installs it with npm into ``.venv/node``; tests start it
+fan-out. ``make test`` installs it with npm into ``.venv/node``; tests start it
 on free ports and point only the Kinesis client at it with the standard
 ``AWS_ENDPOINT_URL_KINESIS``, DynamoDB staying on moto.
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from deploy.emulator import Emulator, EmulatorError, free_port, wait_ready
 
-#: where ``make setup`` installs the npm package, relative to the checkout
+#: where ``make test`` installs the npm package, relative to the checkout
 PACKAGE = Path(".venv/node/node_modules/kinesis-local")
 
 
@@ -49,7 +49,7 @@ def launch(package: Path, log: Path | None = None, timeout: float = 60.0,
     (AWS takes seconds; the package's default is 500 ms)."""
     main = package / "main.js"
     if not main.exists():
-        raise EmulatorError(f"{main} not found: run `make setup` (npm install kinesis-local)")
+        raise EmulatorError(f"{main} not found: run `make test` (it npm-installs kinesis-local)")
     plain, tls = free_port(), free_port()
     env = {**os.environ, "KINESIS_MOCK_CERT_PATH": str(package / "server.json"),
            "KINESIS_MOCK_PLAIN_PORT": str(plain), "KINESIS_MOCK_TLS_PORT": str(tls),
