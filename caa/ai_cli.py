@@ -5,13 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
 from caa.aws import Aws
 from caa.settings import Settings
+
+if TYPE_CHECKING:
+    from consumers.enricher import Enricher
+    from consumers.registry import ModelRegistry
+    from consumers.stores import Dynamo
+    from models.analysis import AnalysisRecord
 
 console = Console()
 
@@ -101,36 +107,69 @@ def cmd_history(settings: Settings, aws: Aws, args: argparse.Namespace) -> int:
     return 0
 
 
-async def analyze(settings: Settings, aws: Aws, customer_id: str) -> dict[str, Any] | None:
-    from consumers.analyzer import statistical_analysis
-    from consumers.registry import ModelRegistry
-    from consumers.stores import CustomerStore, Dynamo, ModelStore, PredictionStore
-    from consumers.worker import build_enricher, pseudonym_key, reference_order_value
-    from models.prediction import Prediction
-    from models.prompt import build_input
+class OnDemandFailed(RuntimeError):
+    """The analysis ran but could not be stored; ``errors`` says why."""
 
-    services = ["dynamodb"] + (["bedrock-runtime"] if settings.analyzer == "bedrock" else [])
-    async with aws.clients(*services) as c:
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("; ".join(errors) or "the analysis failed")
+        self.errors = errors
+
+
+async def analyze(settings: Settings, aws: Aws, customer_id: str) -> dict[str, Any] | None:
+    from consumers.registry import ModelRegistry
+    from consumers.stores import Dynamo, ModelStore
+    from consumers.worker import build_enricher
+
+    ai = settings.analyzer == "bedrock"
+    async with aws.clients("dynamodb", *(["bedrock-runtime"] if ai else [])) as c:
         db = Dynamo(c["dynamodb"])
-        states = await CustomerStore(db, settings.table("customers")).load([customer_id])
-        stored = await PredictionStore(db, settings.table("predictions")).get(customer_id)
-        if customer_id not in states or stored is None:
-            return None
         registry = ModelRegistry(ModelStore(db, settings.table("models")), settings)
-        await registry.load()
-        prediction = Prediction.model_validate(stored)
-        state = states[customer_id]
-        x = build_input(state, prediction, as_of_ts=int(prediction.as_of.timestamp()),
-                        key=pseudonym_key(settings),
-                        reference_order_value=reference_order_value(registry.segmenter))
-        if settings.analyzer != "bedrock":
-            return {"source": "statistical", "analysis":
-                    statistical_analysis(x).model_dump(mode="json")}
-        enricher = build_enricher(settings, db, c["bedrock-runtime"], registry)
-        rec = await enricher.analyze_now(customer_id, x)
-        await enricher.flush_counters()
+        enricher = build_enricher(settings, db, c["bedrock-runtime"], registry) if ai else None
+        try:
+            rec = await on_demand(settings, db, registry, enricher, customer_id)
+        except OnDemandFailed as exc:
+            return {"error": exc.errors}
         if rec is None:
-            return {"error": enricher.errors}
+            return None
+        if enricher is None:
+            return {"source": "statistical", "analysis": rec.analysis.model_dump(mode="json")}
         out = rec.model_dump(mode="json")
         out.pop("signature", None)
         return out
+
+
+async def on_demand(settings: Settings, db: Dynamo, registry: ModelRegistry,
+                    enricher: Enricher | None, customer_id: str) -> AnalysisRecord | None:
+    """Analyse one customer now, bypassing debounce and cache (consent, breaker, budget and
+    limits still hold): an ``AnalysisRecord``, or None for an unknown customer. With no
+    enricher (``CAA_ANALYZER=statistical``) the statistical analysis, not stored. Shared by
+    ``caa analyze`` and the HTTP API (``caa.api``), which keeps one enricher for its life."""
+    from datetime import UTC, datetime
+
+    from consumers.analyzer import statistical_analysis
+    from consumers.stores import CustomerStore, PredictionStore
+    from consumers.worker import pseudonym_key, reference_order_value
+    from models.analysis import AnalysisRecord
+    from models.prediction import Prediction
+    from models.prompt import build_input
+
+    states = await CustomerStore(db, settings.table("customers")).load([customer_id])
+    stored = await PredictionStore(db, settings.table("predictions")).get(customer_id)
+    if customer_id not in states or stored is None:
+        return None
+    await registry.load()
+    prediction = Prediction.model_validate(stored)
+    x = build_input(states[customer_id], prediction, as_of_ts=int(prediction.as_of.timestamp()),
+                    key=pseudonym_key(settings),
+                    reference_order_value=reference_order_value(registry.segmenter))
+    if enricher is None:
+        return AnalysisRecord(customer_id=customer_id, at=datetime.now(UTC), as_of=x.as_of,
+                              source="statistical", model="statistical", trigger="on_demand",
+                              analysis=statistical_analysis(x))
+    errors_before = enricher.counts["errors"]
+    rec = await enricher.analyze_now(customer_id, x)
+    await enricher.flush_counters()
+    if rec is None:
+        new = enricher.counts["errors"] - errors_before
+        raise OnDemandFailed(enricher.errors[-new:] if new > 0 else [])
+    return rec

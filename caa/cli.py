@@ -292,12 +292,20 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true")
     d.add_argument("--dry-run", action="store_true", help="redrive: only report")
     ai_cli.add_parsers(sub)
+    sv = sub.add_parser("serve", help="the HTTP API for downstream services (caa.api)")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--print-openapi", action="store_true", help="print docs/openapi.json")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     settings = Settings()
+    if args.command == "serve":
+        from caa import api
+
+        return api.serve(settings, args)
     if args.command == "emulator":
         return cmd_emulator(settings, args)
     if args.command == "run":

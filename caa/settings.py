@@ -7,11 +7,12 @@ and ``AWS_ENDPOINT_URL_<SERVICE>`` (the last two are read by botocore itself).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 TABLES = ("customers", "predictions", "checkpoints", "models", "dead-letters", "analyses",
           "analysis-history", "usage")
@@ -54,6 +55,14 @@ class Settings(BaseSettings):
     get_records_limit: int = Field(5000, ge=1, le=10_000)
     poll_interval_s: float = Field(0.25, ge=0.0)
     idle_polls: int = Field(3, ge=1)
+    #: how the local poller reads shards: "polling" (GetRecords) or "fanout" (enhanced
+    #: fan-out: a registered stream consumer and SubscribeToShard, 2 MB/s per shard of its own)
+    read_mode: Literal["polling", "fanout"] = "polling"
+    #: fanout: the registered stream consumer's name (default: the consumer group)
+    efo_consumer_name: str | None = Field(None, min_length=1, max_length=128,
+                                          pattern=r"^[a-zA-Z0-9_.-]+$")
+    #: fanout: a subscription is renewed after this many seconds (AWS ends one at 300 s)
+    efo_renewal_s: float = Field(270.0, gt=0, lt=300)
     #: seconds between background refits of BG/NBD and segments over the customer table
     #: (0: only when `consume --until-idle` finishes)
     refit_interval_s: float = Field(900.0, ge=0.0)
@@ -101,14 +110,38 @@ class Settings(BaseSettings):
     history_ttl_days: int = Field(90, ge=1)
     usage_flush_s: float = Field(5.0, gt=0)
 
+    # -- HTTP API (`caa serve`, caa.api) -------------------------------------------------
+    #: keys accepted in the ``x-api-key`` header (comma-separated or a JSON list); with none,
+    #: every route but /health answers 401
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    #: requests about one customer per minute, and on-demand analyses per customer per hour
+    #: (counted per API process: each replica keeps its own windows)
+    api_customer_requests_per_minute: int = Field(10, ge=1)
+    api_analyses_per_hour: int = Field(5, ge=1)
+    api_health_timeout_s: float = Field(3.0, gt=0)
+
     #: crash harness only: SIGKILL at these points (see consumers.chaos) with this probability
     chaos_points: str = ""
     chaos_probability: float = Field(0.0, ge=0.0, le=1.0)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_api_keys(cls, v: Any) -> Any:
+        """``CAA_API_KEYS``: a JSON list, or keys separated by commas (blanks ignored)."""
+        if isinstance(v, str):
+            keys = json.loads(v) if v.lstrip().startswith("[") else v.split(",")
+            return [str(k).strip() for k in keys if str(k).strip()]
+        return v
 
     def table(self, name: str) -> str:
         if name not in TABLES:
             raise KeyError(f"unknown table {name!r}; known: {', '.join(TABLES)}")
         return f"{self.table_prefix}{name}"
+
+    @property
+    def efo_consumer(self) -> str:
+        """The stream consumer fanout mode registers (and reuses)."""
+        return self.efo_consumer_name or self.consumer_group
 
     @property
     def emulator_file(self) -> Path:

@@ -14,6 +14,10 @@ reports each record's outcome:
   of the batch is a failure, so ``batchItemFailures`` makes Lambda retry the batch
   from its first record; the digests make the retry count once.
 
+Each invocation prints its counts (records applied, duplicates, dead letters, or a
+shard write failure) to stdout in CloudWatch Embedded Metric Format, under the
+names the dashboard reads; Lambda's log group turns them into metrics.
+
 The handler is ``consumers.lambda_handler.handler``. Settings, clients and the
 event loop are built on the first invocation and reused while the environment
 is warm. No state cache: a shard's batches may run in another environment next.
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -41,6 +46,7 @@ from aws_lambda_powertools.utilities.data_classes.kinesis_stream_event import (
 from caa.settings import Settings
 from consumers.applier import BatchApplier
 from consumers.core import RecordOutcome, StreamRecord
+from consumers.metrics import EmfMetrics, MetricSink, batch_deltas
 
 
 class EffectsNotWritten(RuntimeError):
@@ -62,10 +68,12 @@ def stream_record(raw: Mapping[str, Any]) -> StreamRecord:
 class CoreBatchProcessor(BatchProcessor):
     """powertools' Kinesis batch processor whose batch goes through the core once."""
 
-    def __init__(self, applier: BatchApplier, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, applier: BatchApplier, loop: asyncio.AbstractEventLoop,
+                 metrics: MetricSink | None = None) -> None:
         super().__init__(EventType.KinesisDataStreams, raise_on_entire_batch_failure=False)
         self.applier = applier
         self.loop = loop
+        self.metrics = metrics
         self.outcomes: dict[str, RecordOutcome] = {}
         self.failure: Exception | None = None
 
@@ -77,8 +85,14 @@ class CoreBatchProcessor(BatchProcessor):
             result = self.loop.run_until_complete(self.applier.apply(records))
         except Exception as exc:  # noqa: BLE001 - becomes each record's failure below
             self.failure = exc
+            self._metric({"shard_write_failures": 1})
             return
         self.outcomes = {o.sequence_number: o for o in result.outcomes}
+        self._metric(batch_deltas(result.counts))
+
+    def _metric(self, deltas: dict[str, float]) -> None:
+        if self.metrics is not None:  # EMF is a print: it cannot fail the batch
+            self.loop.run_until_complete(self.metrics.put(deltas))
 
     def report(self, record: KinesisStreamRecord) -> str:
         """The record handler: this record's outcome, or the batch's failure raised."""
@@ -102,7 +116,8 @@ class Runtime:
             dynamodb = wrap_dynamodb(dynamodb)
         applier = build_applier(settings, dynamodb, cache_size=0)
         self.loop.run_until_complete(applier.registry.load())
-        self.processor = CoreBatchProcessor(applier, self.loop)
+        self.processor = CoreBatchProcessor(
+            applier, self.loop, EmfMetrics(sys.stdout, {"Stream": settings.stream_name}))
 
     def handle(self, event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
         return dict(process_partial_response(

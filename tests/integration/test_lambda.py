@@ -5,6 +5,7 @@ cannot be written put every record in ``batchItemFailures``; a redelivery counts
 from __future__ import annotations
 
 import base64
+import json
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -71,8 +72,23 @@ def published(fresh_settings: Callable[..., Settings]) -> tuple[Settings, dict[s
     return s, {c: (count[c], spend[c]) for c in count}
 
 
+def emf_totals(stdout: str) -> Counter[str]:
+    """The EMF metrics the handler printed, summed by name (dimension: the stream)."""
+    out: Counter[str] = Counter()
+    for line in stdout.splitlines():
+        if line.startswith('{"_aws"'):
+            blob = json.loads(line)
+            (directive,) = blob["_aws"]["CloudWatchMetrics"]
+            assert directive["Namespace"] == "CustomerAIAnalytics"
+            assert directive["Dimensions"] == [["Stream"]]
+            for m in directive["Metrics"]:
+                out[m["Name"]] += int(sum(blob[m["Name"]]))
+    return out
+
+
 def test_handler_applies_the_batch_and_dead_letters_poison(
     published: tuple[Settings, dict[str, Any]], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     s, expected = published
     monkeypatch.setattr(lambda_handler, "_runtime", [])  # a cold start, settings from env
@@ -86,10 +102,13 @@ def test_handler_applies_the_batch_and_dead_letters_poison(
         ("not_utf8", b"\xff not utf-8")]
     assert dead[0]["stream"]["S"] == s.stream_name
     assert dead[0]["shard_id"]["S"].startswith("shardId-")
+    assert emf_totals(capsys.readouterr().out) == {"records_applied": 400, "dead_letters": 1}
 
     for event in events:  # Lambda delivers at least once: a redelivery changes nothing
         assert lambda_handler.handler(event) == {"batchItemFailures": []}
     assert totals(s) == expected
+    # the dead letter is rewritten on redelivery (same key) and reported again
+    assert emf_totals(capsys.readouterr().out) == {"records_duplicate": 400, "dead_letters": 1}
     lambda_handler._runtime[0].close()
 
 
@@ -109,7 +128,7 @@ class Unwritable:
 
 
 def test_unwritten_effects_report_every_record_and_the_retry_counts_once(
-    published: tuple[Settings, dict[str, Any]],
+    published: tuple[Settings, dict[str, Any]], capsys: pytest.CaptureFixture[str],
 ) -> None:
     s, expected = published
     s = s.model_copy(update={"max_write_attempts": 2})
@@ -128,5 +147,6 @@ def test_unwritten_effects_report_every_record_and_the_retry_counts_once(
     failed = deliver(broken=True)
     assert failed == [[r["kinesis"]["sequenceNumber"] for r in e["Records"]] for e in events]
     assert totals(s) == {}  # nothing written, nothing checkpointed past
+    assert emf_totals(capsys.readouterr().out) == {"shard_write_failures": len(events)}
     assert deliver(broken=False) == [[] for _ in events]
     assert totals(s) == expected
