@@ -116,8 +116,9 @@ class OnDemandFailed(RuntimeError):
 
 
 async def analyze(settings: Settings, aws: Aws, customer_id: str) -> dict[str, Any] | None:
+    from consumers.model_store import ModelStore
     from consumers.registry import ModelRegistry
-    from consumers.stores import Dynamo, ModelStore
+    from consumers.stores import Dynamo
     from consumers.worker import build_enricher
 
     ai = settings.analyzer == "bedrock"

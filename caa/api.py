@@ -9,8 +9,9 @@ analyses. Consent is never rate limited. ``POST .../analyze`` is ``caa analyze``
 (:func:`caa.ai_cli.on_demand`) on one enricher kept for the life of the process, so its
 circuit breaker, token bucket and budget ledger hold across requests; when Bedrock cannot
 answer it is 503, and the body is the statistical analysis that was stored instead, with its
-fallback reason. ``PUT .../consent`` writes consent where events put it, into the customer's
-state (compare-and-set on its version), as a statement made now: the latest one wins.
+fallback reason. ``PUT .../consent`` publishes a consent event on the stream under the
+customer's partition key (202): the consumer, the single writer of customer states, applies
+it in order with the customer's purchases, and the next analysis after that honours it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import json
 import math
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -43,10 +45,12 @@ from caa.ratelimit import SlidingWindow, take
 from caa.settings import Settings
 from consumers.analysis_store import record_from_item
 from consumers.enricher import Enricher
+from consumers.model_store import ModelStore
 from consumers.refit import SIZES
 from consumers.registry import SEGMENTS, ModelRegistry
-from consumers.stores import Conflict, Dynamo, ModelStore, PredictionStore, state_from_item
+from consumers.stores import Dynamo, PredictionStore
 from models.analysis import AnalysisRecord
+from models.events import ConsentEvent
 from models.prediction import Prediction
 from models.segmentation import SegmentModel
 
@@ -78,8 +82,10 @@ class ConsentIn(BaseModel):
 class ConsentOut(BaseModel):
     customer_id: str
     analysis: bool
-    stated_at: datetime = Field(description="when the consent took effect (later statements, "
+    stated_at: datetime = Field(description="when the statement was made (later statements, "
                                             "from events or this API, replace it)")
+    event_id: str = Field(description="the consent event published on the stream")
+    sequence_number: str = Field(description="its position on the stream")
 
 
 class Centre(BaseModel):
@@ -120,6 +126,7 @@ class _Ctx:
     hour: SlidingWindow
     clock: Callable[[], float]
     db: Dynamo | None = None
+    kinesis: Any = None
     registry: ModelRegistry | None = None
     enricher: Enricher | None = None
 
@@ -233,22 +240,26 @@ async def analyze(customer_id: CustomerId, live: Live) -> Any:
                         headers={"Retry-After": str(retry)})
 
 
-@router.put("/customers/{customer_id}/consent", response_model=ConsentOut,
-            responses={400: _COMMON[400], 401: _COMMON[401], 404: _COMMON[404],
-                       503: _error("the customer's state kept changing; try again")})
+@router.put("/customers/{customer_id}/consent", response_model=ConsentOut, status_code=202,
+            responses={400: _COMMON[400], 401: _COMMON[401], 404: _COMMON[404]})
 async def consent(customer_id: CustomerId, body: ConsentIn, live: Live) -> ConsentOut:
-    """Record whether the customer's features may be analysed by the AI model, from the next
-    analysis on (on demand or after a purchase). Not rate limited."""
+    """Whether the customer's features may be analysed by the AI model: published on the
+    stream, it holds from the next analysis after the consumer applied it (on demand or
+    after a purchase). Not rate limited."""
     c, db = live
-    try:
-        at = await set_consent(db, c.settings.table("customers"), customer_id, body.analysis,
-                               int(time.time()))
-    except Conflict as exc:
-        raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from exc
-    if at is None:
+    found = await db.client.get_item(TableName=c.settings.table("customers"),
+                                     Key={"customer_id": {"S": customer_id}},
+                                     ProjectionExpression="customer_id")
+    if "Item" not in found:
         raise HTTPException(404, f"no customer {customer_id!r}")
+    event = ConsentEvent(type="consent", event_id=f"consent-{uuid.uuid4().hex}",
+                         customer_id=customer_id, occurred_at=datetime.now(UTC),
+                         analysis=body.analysis)
+    put = await c.kinesis.put_record(StreamName=c.settings.stream_name, Data=event.to_bytes(),
+                                     PartitionKey=customer_id)
     return ConsentOut(customer_id=customer_id, analysis=body.analysis,
-                      stated_at=datetime.fromtimestamp(at, UTC))
+                      stated_at=event.occurred_at, event_id=event.event_id,
+                      sequence_number=put["SequenceNumber"])
 
 
 @router.get("/segments", response_model=Segments, responses={401: _COMMON[401]})
@@ -286,35 +297,6 @@ async def health(request: Request) -> Any:
     return Health(status="ok", dynamodb="ok")
 
 
-async def set_consent(db: Dynamo, table: str, customer_id: str, consent: bool, now_ts: int,
-                      attempts: int = 8) -> int | None:
-    """Write consent into the customer's state as an event stating it at ``now_ts`` would
-    (later than any statement so far); compare-and-set on the state's version, retried.
-    Returns the statement's time, or None for an unknown customer."""
-    client, key = db.client, {"customer_id": {"S": customer_id}}
-    for _ in range(attempts):
-        item = (await client.get_item(TableName=table, Key=key, ConsistentRead=True)).get("Item")
-        if item is None:
-            return None
-        state = state_from_item(item)
-        state.consent, state.consent_ts = consent, max(now_ts, state.consent_ts + 1)
-        try:
-            await client.update_item(
-                TableName=table, Key=key,
-                UpdateExpression="SET body = :b, #v = :new, updated_at = :u",
-                ConditionExpression="#v = :old",
-                ExpressionAttributeNames={"#v": "version"},
-                ExpressionAttributeValues={
-                    ":b": {"S": state.to_json()}, ":new": {"N": str(state.version + 1)},
-                    ":old": {"N": str(state.version)},
-                    ":u": {"S": datetime.now(UTC).isoformat(timespec="milliseconds")}},
-            )
-        except client.exceptions.ConditionalCheckFailedException:
-            continue  # the consumer wrote this customer meanwhile: read again
-        return state.consent_ts
-    raise Conflict(f"customer {customer_id!r} kept changing during {attempts} attempts")
-
-
 def _seconds_to_utc_midnight() -> int:
     now = datetime.now(UTC)
     return max(1, math.ceil((datetime.combine(now.date() + timedelta(days=1),
@@ -337,9 +319,10 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.monotonic) 
         from consumers.worker import build_enricher
 
         ai = s.analyzer == "bedrock"
-        async with Aws(s, quiet=True).clients("dynamodb", *(["bedrock-runtime"] if ai else [])
-                                              ) as c:
+        async with Aws(s, quiet=True).clients("dynamodb", "kinesis",
+                                              *(["bedrock-runtime"] if ai else [])) as c:
             ctx.db = Dynamo(c["dynamodb"], max_attempts=s.max_write_attempts)
+            ctx.kinesis = c["kinesis"]
             ctx.registry = ModelRegistry(ModelStore(ctx.db, s.table("models")), s)
             ctx.enricher = (build_enricher(s, ctx.db, c["bedrock-runtime"], ctx.registry)
                             if ai else None)
@@ -348,7 +331,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.monotonic) 
             finally:
                 if ctx.enricher is not None:
                     await ctx.enricher.flush_counters()
-                ctx.db = ctx.registry = ctx.enricher = None
+                ctx.db = ctx.registry = ctx.enricher = ctx.kinesis = None
 
     app = FastAPI(title="customer-ai-analytics", version="1", lifespan=lifespan,
                   description="Predictions, segments and AI analyses of customers.")

@@ -15,7 +15,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 TABLES = ("customers", "predictions", "checkpoints", "models", "dead-letters", "analyses",
-          "analysis-history", "usage")
+          "analysis-history", "usage", "audit")
 
 HAIKU_45_EU = "eu.anthropic.claude-haiku-4-5-20251001-v1:0"
 #: USD per million (input, output) tokens. Haiku 4.5 lists at $1 / $5; geo (eu./us.) inference

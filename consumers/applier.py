@@ -66,6 +66,10 @@ class StateCache:
         self.misses += len(missing)
         return found, missing
 
+    def forget(self, ids: Iterable[str]) -> None:
+        for cid in ids:
+            self._items.pop(cid, None)
+
     def put_many(self, states: Iterable[CustomerState]) -> None:
         if not self.size:
             return
@@ -118,6 +122,10 @@ class BatchApplier:
             self.predictions.save(predictions),
             self.dead_letters.save(result.dead_letters),
         )
+        if result.erased:  # after the saves: an erased customer re-created later is saved
+            await asyncio.gather(self.customers.delete(result.erased),
+                                 self.predictions.delete(result.erased))
+            self.cache.forget(result.erased)
         self.cache.put_many(result.states.values())
         if self.enricher is not None:  # effects are durable: the AI analysis may follow
             await self.enricher.reconcile(predictions)

@@ -31,7 +31,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from models.events import MAX_EVENT_BYTES, EventRejected, PurchaseEvent, decode_event
+from models.events import (
+    MAX_EVENT_BYTES,
+    ConsentEvent,
+    ErasureEvent,
+    EventRejected,
+    StreamEvent,
+    decode_event,
+)
 from models.features import rfm
 from models.forecaster import Forecaster
 from models.prediction import Prediction, SegmentRef
@@ -71,7 +78,7 @@ class RecordOutcome:
 @dataclass(slots=True)
 class DecodedBatch:
     records: list[StreamRecord]
-    events: dict[str, PurchaseEvent]  # by sequence number
+    events: dict[str, StreamEvent]  # by sequence number
     rejected: dict[str, Rejected]
 
     @property
@@ -98,6 +105,9 @@ class BatchResult:
     watermark: int
     checkpoints: dict[str, str]  # shard id -> highest sequence number handled
     counts: dict[str, int] = field(default_factory=dict)
+    #: customers an erasure event forgot (and nothing re-created in this batch): their
+    #: state and prediction are to be deleted
+    erased: set[str] = field(default_factory=set)
 
     @property
     def failures(self) -> list[RecordOutcome]:
@@ -107,7 +117,7 @@ class BatchResult:
 def decode_batch(
     records: Sequence[StreamRecord], max_bytes: int = MAX_EVENT_BYTES
 ) -> DecodedBatch:
-    events: dict[str, PurchaseEvent] = {}
+    events: dict[str, StreamEvent] = {}
     rejected: dict[str, Rejected] = {}
     for rec in records:
         try:
@@ -126,6 +136,62 @@ def decode_batch(
     return DecodedBatch(list(records), events, rejected)
 
 
+@dataclass(slots=True)
+class _Fold:
+    """The records of a batch folded into working copies of the states."""
+
+    working: dict[str, CustomerState] = field(default_factory=dict)
+    changed: set[str] = field(default_factory=set)
+    erased: set[str] = field(default_factory=set)
+    bought: set[str] = field(default_factory=set)
+    outcomes: list[RecordOutcome] = field(default_factory=list)
+    checkpoints: dict[str, str] = field(default_factory=dict)
+
+    def state(self, cid: str, states: Mapping[str, CustomerState]) -> CustomerState:
+        state = self.working.get(cid)
+        if state is None:
+            known = states.get(cid)
+            state = self.working[cid] = known.clone() if known else CustomerState.new(cid)
+        return state
+
+    def apply(self, event: StreamEvent,
+              states: Mapping[str, CustomerState]) -> Status:
+        cid = event.customer_id
+        if isinstance(event, ErasureEvent):
+            self.working[cid] = CustomerState.new(cid)
+            self.erased.add(cid)
+            self.changed.discard(cid)
+            self.bought.discard(cid)
+            return "applied"
+        state = self.state(cid, states)
+        if isinstance(event, ConsentEvent):
+            fresh = state.apply_consent(event)
+        else:
+            fresh = state.apply(event)
+            if fresh:
+                self.bought.add(cid)
+        if not fresh:
+            return "duplicate"
+        self.changed.add(cid)
+        return "applied"
+
+
+def _fold(batch: DecodedBatch, states: Mapping[str, CustomerState]) -> _Fold:
+    f = _Fold()
+    for rec in batch.records:
+        seq = rec.sequence_number
+        prev = f.checkpoints.get(rec.shard_id)
+        if prev is None or int(seq) > int(prev):
+            f.checkpoints[rec.shard_id] = seq
+        bad = batch.rejected.get(seq)
+        if bad is not None:
+            f.outcomes.append(RecordOutcome(seq, rec.shard_id, "rejected", bad.reason))
+            continue
+        status = f.apply(batch.events[seq], states)
+        f.outcomes.append(RecordOutcome(seq, rec.shard_id, status))
+    return f
+
+
 def process_batch(
     batch: DecodedBatch,
     states: Mapping[str, CustomerState],
@@ -134,41 +200,26 @@ def process_batch(
     now: datetime,
     watermark: int = 0,
 ) -> BatchResult:
-    """Apply a decoded batch to copies of ``states``; the inputs are not modified."""
-    working: dict[str, CustomerState] = {}
-    changed: set[str] = set()
-    outcomes: list[RecordOutcome] = []
-    checkpoints: dict[str, str] = {}
-    for rec in batch.records:
-        seq = rec.sequence_number
-        prev = checkpoints.get(rec.shard_id)
-        if prev is None or int(seq) > int(prev):
-            checkpoints[rec.shard_id] = seq
-        bad = batch.rejected.get(seq)
-        if bad is not None:
-            outcomes.append(RecordOutcome(seq, rec.shard_id, "rejected", bad.reason))
-            continue
-        event = batch.events[seq]
-        cid = event.customer_id
-        state = working.get(cid)
-        if state is None:
-            known = states.get(cid)
-            state = working[cid] = known.clone() if known else CustomerState.new(cid)
-        if state.apply(event):
-            changed.add(cid)
-            outcomes.append(RecordOutcome(seq, rec.shard_id, "applied"))
-        else:
-            outcomes.append(RecordOutcome(seq, rec.shard_id, "duplicate"))
+    """Apply a decoded batch to copies of ``states``; the inputs are not modified.
 
+    Consent events change only the consent (a customer not seen yet gets a state with no
+    purchases and no prediction); an erasure event starts the customer afresh, so what
+    follows it on the shard makes a new customer and what came before is gone.
+    """
+    f = _fold(batch, states)
+    working, changed, outcomes = f.working, f.changed, f.outcomes
     watermark = max([watermark, *(s.last_ts for s in working.values())])
     names = models.segmenter.segment_names()
     learn: list[dict[str, float]] = []
     predictions: list[Prediction] = []
     for cid in sorted(working):
         state = working[cid]
-        features = rfm(state, watermark)
         if cid in changed:
             state.version += 1
+        if not state.purchases:  # consent only, or erased: no prediction
+            continue
+        features = rfm(state, watermark)
+        if cid in f.bought:
             learn.append(features)
         seg = models.segmenter.predict_one(features)
         predictions.append(
@@ -187,6 +238,7 @@ def process_batch(
         dead_letters=list(batch.rejected.values()),
         learn=learn,
         watermark=watermark,
-        checkpoints=checkpoints,
+        checkpoints=f.checkpoints,
         counts=counts,
+        erased=f.erased - changed,
     )

@@ -7,7 +7,7 @@ import os
 import sys
 from dataclasses import dataclass
 
-from consumers.stores import OWNER_KEY, Dynamo, _now
+from consumers.stores import OWNER_KEY, Dynamo, now_iso
 
 
 class GroupBusy(RuntimeError):
@@ -46,7 +46,7 @@ class GroupLease:
                 TableName=self.table,
                 Item={"group": {"S": self.group}, "shard_id": {"S": OWNER_KEY},
                       "owner": {"S": self.owner}, "ended": {"BOOL": False},
-                      "expires": {"N": repr(now + self.ttl_s)}, "updated_at": {"S": _now()}},
+                      "expires": {"N": repr(now + self.ttl_s)}, "updated_at": {"S": now_iso()}},
                 ConditionExpression="attribute_not_exists(#o) OR #o = :me OR #e < :now",
                 ExpressionAttributeNames={"#o": "owner", "#e": "expires"},
                 ExpressionAttributeValues={":me": {"S": self.owner}, ":now": {"N": repr(now)}},
@@ -77,7 +77,7 @@ class GroupLease:
                 TableName=self.table,
                 Item={"group": {"S": self.group}, "shard_id": {"S": OWNER_KEY},
                       "owner": {"S": self.owner}, "ended": {"BOOL": False},
-                      "expires": {"N": repr(now + self.ttl_s)}, "updated_at": {"S": _now()}},
+                      "expires": {"N": repr(now + self.ttl_s)}, "updated_at": {"S": now_iso()}},
                 ConditionExpression="#o = :dead",
                 ExpressionAttributeNames={"#o": "owner"},
                 ExpressionAttributeValues={":dead": {"S": holder}},

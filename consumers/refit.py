@@ -58,7 +58,7 @@ async def refit(
     latest AI analysis) and, with an ``enricher``, queue customers active within
     ``active_days`` for their scheduled re-analysis."""
     started = time.perf_counter()
-    states = await customers.all()
+    states = [s for s in await customers.all() if s.purchases]  # not consent-only states
     if not states:
         return None
     as_of = as_of_ts if as_of_ts is not None else max(s.last_ts for s in states)

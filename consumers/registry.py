@@ -16,7 +16,7 @@ from typing import Any
 
 from caa.settings import Settings
 from consumers.core import ModelView
-from consumers.stores import Conflict, ModelStore
+from consumers.model_store import Conflict, ModelStore
 from models.bgnbd import DEFAULT_PRIOR, BgNbdParams
 from models.forecaster import Forecaster
 from models.segmentation import SegmentModel

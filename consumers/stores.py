@@ -43,10 +43,6 @@ class WriteFailed(RuntimeError):
     """Effects could not be written after every retry; do not checkpoint."""
 
 
-class Conflict(RuntimeError):
-    """A compare-and-set lost against another writer."""
-
-
 def to_attr(value: Any) -> dict[str, Any]:
     """Plain JSON-like value -> DynamoDB AttributeValue."""
     if value is None:
@@ -84,7 +80,7 @@ def _chunks(seq: Sequence[Any], n: int) -> Iterable[Sequence[Any]]:
         yield seq[i : i + n]
 
 
-def _now() -> str:
+def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
@@ -115,10 +111,16 @@ class Dynamo:
         await asyncio.sleep(random.uniform(0, min(2.0, self.base_delay * 2**attempt)))
 
     async def batch_write(self, table: str, items: Sequence[Item]) -> None:
+        await self._batch(table, [{"PutRequest": {"Item": i}} for i in items])
+
+    async def batch_delete(self, table: str, keys: Sequence[Item]) -> None:
+        await self._batch(table, [{"DeleteRequest": {"Key": k}} for k in keys])
+
+    async def _batch(self, table: str, writes: Sequence[Item]) -> None:
         sem = asyncio.Semaphore(self.concurrency)
 
         async def one(chunk: Sequence[Item]) -> None:
-            requests: dict[str, Any] = {table: [{"PutRequest": {"Item": i}} for i in chunk]}
+            requests: dict[str, Any] = {table: list(chunk)}
             async with sem:
                 for attempt in range(self.max_attempts):
                     if attempt:
@@ -135,7 +137,7 @@ class Dynamo:
             raise WriteFailed(f"{left} item(s) still unprocessed in {table} after "
                               f"{self.max_attempts} attempts")
 
-        await asyncio.gather(*(one(c) for c in _chunks(items, 25)))
+        await asyncio.gather(*(one(c) for c in _chunks(writes, 25)))
 
     async def batch_get(self, table: str, key: str, ids: Iterable[str]) -> list[Item]:
         keys = [{key: {"S": i}} for i in sorted(ids)]
@@ -187,7 +189,7 @@ def state_to_item(state: CustomerState) -> Item:
         "last_at": {"S": datetime.fromtimestamp(state.last_ts, UTC).isoformat()},
         "body": {"S": state.to_json()},
         "seen": {"B": state.seen_bytes()},
-        "updated_at": {"S": _now()},
+        "updated_at": {"S": now_iso()},
     }
 
 
@@ -210,6 +212,9 @@ class CustomerStore:
     async def save(self, states: Iterable[CustomerState]) -> None:
         await self.db.batch_write(self.table, [state_to_item(s) for s in states])
 
+    async def delete(self, ids: Iterable[str]) -> None:
+        await self.db.batch_delete(self.table, [{"customer_id": {"S": c}} for c in ids])
+
     async def all(self) -> list[CustomerState]:
         return [state_from_item(i) for i in await self.db.scan(self.table)]
 
@@ -221,6 +226,9 @@ class PredictionStore:
 
     async def save(self, predictions: Iterable[Prediction]) -> None:
         await self.db.batch_write(self.table, [prediction_to_item(p) for p in predictions])
+
+    async def delete(self, ids: Iterable[str]) -> None:
+        await self.db.batch_delete(self.table, [{"customer_id": {"S": c}} for c in ids])
 
     async def get(self, customer_id: str) -> dict[str, Any] | None:
         resp = await self.db.client.get_item(
@@ -278,7 +286,7 @@ def dead_letter_item(r: Rejected) -> Item:
         "payload": {"B": rec.data},
         "kind": {"S": r.kind},
         "reason": {"S": r.reason},
-        "received_at": {"S": _now()},
+        "received_at": {"S": now_iso()},
         "status": {"S": "open"},
     }
 
@@ -338,53 +346,8 @@ class CheckpointStore:
             "group": {"S": self.group},
             "shard_id": {"S": shard_id},
             "ended": {"BOOL": ended},
-            "updated_at": {"S": _now()},
+            "updated_at": {"S": now_iso()},
         }
         if sequence_number is not None:
             item["sequence_number"] = {"S": sequence_number}
         await self.db.client.put_item(TableName=self.table, Item=item)
-
-
-@dataclass
-class ModelStore:
-    """Versioned JSON snapshots with compare-and-set on the version."""
-
-    db: Dynamo
-    table: str
-
-    async def load(self, name: str) -> tuple[int, dict[str, Any]] | None:
-        resp = await self.db.client.get_item(
-            TableName=self.table, Key={"name": {"S": name}}, ConsistentRead=True
-        )
-        item = resp.get("Item")
-        if not item:
-            return None
-        return int(item["version"]["N"]), json.loads(item["body"]["S"])
-
-    async def put(self, name: str, body: dict[str, Any]) -> None:
-        """An unversioned companion document (for example segment sizes at a refit)."""
-        await self.db.client.put_item(
-            TableName=self.table,
-            Item={"name": {"S": name}, "version": {"N": "0"},
-                  "body": {"S": json.dumps(body, separators=(",", ":"))},
-                  "updated_at": {"S": _now()}},
-        )
-
-    async def save(self, name: str, expected_version: int, body: dict[str, Any]) -> int:
-        """Write version ``expected_version + 1``; raise :class:`Conflict` if someone else did."""
-        new = expected_version + 1
-        cond = "attribute_not_exists(#v)" if expected_version == 0 else "#v = :v"
-        values = {} if expected_version == 0 else {":v": {"N": str(expected_version)}}
-        try:
-            await self.db.client.put_item(
-                TableName=self.table,
-                Item={"name": {"S": name}, "version": {"N": str(new)},
-                      "body": {"S": json.dumps(body, separators=(",", ":"))},
-                      "updated_at": {"S": _now()}},
-                ConditionExpression=cond,
-                ExpressionAttributeNames={"#v": "version"},
-                **({"ExpressionAttributeValues": values} if values else {}),
-            )
-        except self.db.client.exceptions.ConditionalCheckFailedException:
-            raise Conflict(f"model {name!r} moved past version {expected_version}") from None
-        return new

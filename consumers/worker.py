@@ -26,13 +26,13 @@ from consumers.lease import GroupLease
 from consumers.metrics import Metrics
 from consumers.poller import Poller
 from consumers.refit import RefitReport, refit
+from consumers.model_store import ModelStore
 from consumers.registry import ModelRegistry
 from consumers.stores import (
     CheckpointStore,
     CustomerStore,
     DeadLetterStore,
     Dynamo,
-    ModelStore,
     PredictionStore,
 )
 from consumers.trigger import CacheRules

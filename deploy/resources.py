@@ -16,6 +16,7 @@ KEYS: dict[str, tuple[str, str | None]] = {
     "analyses": ("customer_id", None),
     "analysis-history": ("customer_id", "at"),
     "usage": ("day", None),
+    "audit": ("id", None),
 }
 #: tables whose items expire (attribute holding the epoch second)
 TTL = {"analysis-history": "expires_at"}

@@ -1,7 +1,12 @@
-"""The purchase event wire schema (version 1) and its decoder.
+"""The wire schema (version 1) of what the stream carries, and its decoder.
 
-One event per order, published by the orders service to Kinesis with the
-customer id as partition key. Money is exact (``Decimal``, at most two
+One :class:`PurchaseEvent` per order, published by the orders service to Kinesis with
+the customer id as partition key. Beside orders, the same stream carries the
+customer's privacy statements, so the consumer stays the single writer of a
+customer's state and they apply in order with the purchases: a
+:class:`ConsentEvent` (``"type": "consent"``, published by the API or the
+orders service) and an :class:`ErasureEvent` (``"type": "erasure"``, published by
+``caa erase``). Money is exact (``Decimal``, at most two
 decimals); a total must equal the sum of its line items to the cent.
 
 >>> e = PurchaseEvent.model_validate({
@@ -16,6 +21,14 @@ Decimal('11.00')
 Traceback (most recent call last):
 ...
 models.events.EventRejected: unknown_version: schema_version 9 is not supported (this ...
+>>> c = decode_event(b'{"type": "consent", "event_id": "c-1", "customer_id": "00001", '
+...                  b'"occurred_at": "1997-01-02T00:00:00Z", "analysis": false}')
+>>> type(c).__name__, c.analysis
+('ConsentEvent', False)
+>>> decode_event(b'{"type": "consent", "event_id": "c-1"}')  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+...
+models.events.EventRejected: schema: customer_id: Field required; ...
 """
 
 from __future__ import annotations
@@ -101,6 +114,42 @@ class PurchaseEvent(BaseModel):
         return self.model_dump_json(exclude_none=True).encode()
 
 
+class ConsentEvent(BaseModel):
+    """The customer's statement on AI analysis of their features; the latest one wins."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: Literal["consent"]
+    schema_version: Literal[1] = 1
+    event_id: Identifier
+    customer_id: Identifier
+    occurred_at: AwareDatetime
+    analysis: bool
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+class ErasureEvent(BaseModel):
+    """Forget the customer: state and prediction go; later events start a new customer."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: Literal["erasure"]
+    schema_version: Literal[1] = 1
+    event_id: Identifier
+    customer_id: Identifier
+    occurred_at: AwareDatetime
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+StreamEvent = PurchaseEvent | ConsentEvent | ErasureEvent
+_STATEMENTS: dict[str, type[ConsentEvent] | type[ErasureEvent]] = {
+    "consent": ConsentEvent, "erasure": ErasureEvent}
+
+
 def _describe(err: ValidationError) -> str:
     parts = []
     for e in err.errors(include_url=False)[:5]:
@@ -109,7 +158,26 @@ def _describe(err: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def decode_event(data: bytes, max_bytes: int = MAX_EVENT_BYTES) -> PurchaseEvent:
+def _statement(text: str, exc: ValidationError) -> ConsentEvent | ErasureEvent | None:
+    """A consent or erasure event, when the purchase schema refused only its ``type``."""
+    if not any(e["loc"] == ("type",) and e["type"] == "extra_forbidden"
+               for e in exc.errors(include_url=False)):
+        return None
+    try:
+        kind = json.loads(text).get("type")
+    except (ValueError, AttributeError):
+        return None
+    model = _STATEMENTS.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        raise EventRejected("schema", f"type: {str(kind)[:40]!r} is not one of "
+                                      f"purchase (no type), {', '.join(_STATEMENTS)}")
+    try:
+        return model.model_validate_json(text)
+    except ValidationError as inner:
+        raise EventRejected("schema", _describe(inner)) from None
+
+
+def decode_event(data: bytes, max_bytes: int = MAX_EVENT_BYTES) -> StreamEvent:
     """Decode one record's bytes, or raise :class:`EventRejected` saying why."""
     if len(data) > max_bytes:
         raise EventRejected("oversized", f"{len(data)} bytes exceeds the limit of {max_bytes}")
@@ -125,6 +193,9 @@ def decode_event(data: bytes, max_bytes: int = MAX_EVENT_BYTES) -> PurchaseEvent
             raise EventRejected("not_json", first["msg"]) from None
         if any(e["loc"][:1] == ("schema_version",) for e in exc.errors(include_url=False)):
             raise _version_error(text) from None
+        statement = _statement(text, exc)
+        if statement is not None:
+            return statement
         raise EventRejected("schema", _describe(exc)) from None
 
 

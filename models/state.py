@@ -28,7 +28,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-from models.events import PurchaseEvent
+from models.events import ConsentEvent, PurchaseEvent
 
 DAY = 86_400
 
@@ -107,8 +107,30 @@ class CustomerState:
             seen=set(self.seen),
         )
 
-    def has_seen(self, event_id: str) -> bool:
-        return event_digest(event_id) in self.seen
+    def state_consent(self, consent: bool, ts: int) -> None:
+        """A consent statement made at ``ts``: the latest wins; at the same instant a refusal
+        wins, in any order."""
+        if self.consent is None or ts > self.consent_ts:
+            self.consent, self.consent_ts = consent, ts
+        elif ts == self.consent_ts:
+            self.consent = self.consent and consent
+
+    def apply_consent(self, event: ConsentEvent) -> bool:
+        """A consent event; False (nothing changed) for a duplicate.
+
+        >>> from models.events import decode_event
+        >>> s = CustomerState.new("c1")
+        >>> no = decode_event(b'{"type": "consent", "event_id": "k1", "customer_id": "c1", '
+        ...                   b'"occurred_at": "2024-05-02T00:00:00Z", "analysis": false}')
+        >>> s.apply_consent(no), s.apply_consent(no), s.consent, s.purchases
+        (True, False, False, 0)
+        """
+        digest = event_digest(event.event_id)
+        if digest in self.seen:
+            return False
+        self.seen.add(digest)
+        self.state_consent(event.analysis, int(event.occurred_at.timestamp()))
+        return True
 
     def apply(self, event: PurchaseEvent) -> bool:
         """Fold one event in; returns False (and changes nothing) for a duplicate."""
@@ -129,10 +151,7 @@ class CustomerState:
         _add_day(self.days, day)
         self.channels[event.channel] = self.channels.get(event.channel, 0) + 1
         if event.consent is not None:
-            if self.consent is None or ts > self.consent_ts:
-                self.consent, self.consent_ts = event.consent, ts
-            elif ts == self.consent_ts:  # same instant: the refusal wins, in any order
-                self.consent = self.consent and event.consent
+            self.state_consent(event.consent, ts)
         touched_products: set[str] = set()
         touched_categories: set[str] = set()
         for item in event.items:

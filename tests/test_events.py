@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from models.events import EventRejected, PurchaseEvent, decode_event
+from models.events import ConsentEvent, ErasureEvent, EventRejected, PurchaseEvent, decode_event
 
 
 def good(**over: Any) -> dict[str, Any]:
@@ -28,6 +28,7 @@ def enc(d: dict[str, Any]) -> bytes:
 
 def test_round_trip_keeps_everything():
     e = decode_event(enc(good()))
+    assert isinstance(e, PurchaseEvent)
     assert decode_event(e.to_bytes()) == e
     assert e.customer_id == "00042" and str(e.total) == "4.50"
 
@@ -65,16 +66,31 @@ def test_not_utf8_not_json_and_oversized():
     big = enc(good(order_id="o" * 10))
     with pytest.raises(EventRejected, match=f"oversized: {len(big)} bytes"):
         decode_event(big, max_bytes=len(big) - 1)
-    assert decode_event(big, max_bytes=len(big)).order_id == "o" * 10
+    decoded = decode_event(big, max_bytes=len(big))
+    assert isinstance(decoded, PurchaseEvent) and decoded.order_id == "o" * 10
 
 
 def test_zero_spend_is_a_valid_purchase():
     e = decode_event(enc(good(items=[{"product_id": "p", "category": "c", "quantity": 1,
                                       "unit_price": "0.00"}], total="0.00")))
-    assert e.total == 0
+    assert isinstance(e, PurchaseEvent) and e.total == 0
 
 
 def test_events_are_immutable():
     e = PurchaseEvent.model_validate(good())
     with pytest.raises(ValueError):
         e.total = 1  # type: ignore[misc,assignment]
+
+
+def test_consent_and_erasure_events_decode_and_bad_types_are_rejected():
+    base = {"event_id": "k1", "customer_id": "00042", "occurred_at": "2024-01-01T00:00:00Z"}
+    consent = decode_event(json.dumps({**base, "type": "consent", "analysis": False}).encode())
+    assert isinstance(consent, ConsentEvent) and consent.analysis is False
+    erasure = decode_event(json.dumps({**base, "type": "erasure"}).encode())
+    assert isinstance(erasure, ErasureEvent) and erasure.customer_id == "00042"
+    with pytest.raises(EventRejected, match="schema: type: 'refund' is not one of"):
+        decode_event(json.dumps({**base, "type": "refund"}).encode())
+    with pytest.raises(EventRejected, match="schema: analysis"):
+        decode_event(json.dumps({**base, "type": "consent", "analysis": "maybe"}).encode())
+    with pytest.raises(EventRejected, match="schema: "):  # a purchase may not carry a type
+        decode_event(enc(good(type="purchase")))

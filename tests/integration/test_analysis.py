@@ -21,8 +21,9 @@ from caa.aws import Aws
 from caa.settings import Settings
 from consumers.core import StreamRecord, decode_batch, process_batch
 from consumers.enricher import Enricher
+from consumers.model_store import ModelStore
 from consumers.registry import ModelRegistry
-from consumers.stores import Dynamo, ModelStore, PredictionStore
+from consumers.stores import Dynamo, PredictionStore
 from consumers.worker import Worker, build_enricher
 from deploy.bedrock_server import BedrockServer
 from deploy.emulator import free_port

@@ -37,7 +37,7 @@ KEY = "api-key-for-tests-0123456789"
 PSEUDONYM_KEY = "test-key-0123456789abcdef0123456789"
 #: customers and their purchase count; every one said yes to analysis (CAA_CONSENT_MODE opt_in)
 CUSTOMERS = {"api-pred": 3, "api-cache": 2, "api-rate": 2, "api-hourly": 2, "api-consent": 2,
-             "api-throttle": 2, "api-down": 2}
+             "api-throttle": 2, "api-down": 2, "api-erase": 2}
 H = {"x-api-key": KEY}
 
 
@@ -179,7 +179,7 @@ def test_rate_limits_per_customer(world: World) -> None:
         assert r.status_code == 429, r.text
         assert 1 <= int(r.headers["Retry-After"]) <= 60
     assert world.post("/customers/api-rate/analyze").status_code == 429
-    assert world.put("/customers/api-rate/consent", json={"analysis": True}).status_code == 200
+    assert world.put("/customers/api-rate/consent", json={"analysis": True}).status_code == 202
     assert world.get("/customers/api-pred/history").status_code == 200  # others unaffected
 
     hourly = world.settings.api_analyses_per_hour
@@ -196,8 +196,10 @@ def test_consent_withdrawn_by_the_api_holds_for_the_next_analysis(
 ) -> None:
     cid, before = "api-consent", calls_for(bedrock_server, "api-consent")
     r = world.put(f"/customers/{cid}/consent", json={"analysis": False})
-    assert r.status_code == 200, r.text
+    assert r.status_code == 202, r.text
     assert (r.json()["customer_id"], r.json()["analysis"]) == (cid, False)
+    assert r.json()["event_id"] and r.json()["sequence_number"]
+    run(world.settings, [])  # the consumer, the single writer of states, applies it
     item = Aws(world.settings).client("dynamodb").get_item(
         TableName=world.settings.table("customers"), Key={"customer_id": {"S": cid}})["Item"]
     state = state_from_item(item)
@@ -208,12 +210,29 @@ def test_consent_withdrawn_by_the_api_holds_for_the_next_analysis(
     assert (r.json()["source"], r.json()["fallback_reason"]) == ("statistical", "no_consent")
     assert calls_for(bedrock_server, cid) == before  # nothing about them reached Bedrock
 
-    assert world.put(f"/customers/{cid}/consent", json={"analysis": True}).status_code == 200
+    assert world.put(f"/customers/{cid}/consent", json={"analysis": True}).status_code == 202
+    run(world.settings, [])  # the consumer may analyse them itself now consent is back
+    granted = calls_for(bedrock_server, cid)
     r = world.post(f"/customers/{cid}/analyze")
     assert (r.status_code, r.json()["source"]) == (200, "bedrock")
-    assert calls_for(bedrock_server, cid) == before + 1
+    assert calls_for(bedrock_server, cid) == granted + 1
     for bad in ({"analysis": "no"}, {}, {"analysis": True, "extra": 1}, [True]):
         assert world.put(f"/customers/{cid}/consent", json=bad).status_code == 400, bad
+
+
+def test_an_erased_customer_is_not_found(world: World) -> None:
+    from caa import cli
+
+    cid = "api-erase"
+    assert world.get(f"/customers/{cid}/prediction").status_code == 200
+    assert world.post(f"/customers/{cid}/analyze").status_code == 200  # history and cache
+    assert world.get(f"/customers/{cid}/history").json()
+    assert cli.main(["erase", cid]) == 0
+    for path in ("prediction", "history"):
+        assert world.get(f"/customers/{cid}/{path}").status_code == 404, path
+    assert world.put(f"/customers/{cid}/consent", json={"analysis": True}).status_code == 404
+    run(world.settings, [])  # the consumer applies the erasure event: still not found
+    assert world.get(f"/customers/{cid}/prediction").status_code == 404
 
 
 def _statistical_503(r: httpx.Response, reason: str) -> None:

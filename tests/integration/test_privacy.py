@@ -1,0 +1,140 @@
+"""Consent and erasure, through the stream and the real consumer on the emulator.
+
+Consent events change only consent and take effect for the next analysis; `caa erase`
+removes a customer from every table, the history, the dead letters and the analysis
+cache, writes an audit entry without personal data, and a consumer holding the
+customer's state in its cache cannot bring them back. A second consumer group
+re-reading the whole stream ends in the same place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from caa import cli
+from caa.aws import Aws
+from caa.settings import Settings
+from consumers.worker import Worker
+from models.events import ConsentEvent, PurchaseEvent
+from models.state import CustomerState
+from producers.cdnow import load_events, time_ordered
+from producers.publisher import Publisher
+
+pytestmark = pytest.mark.integration
+
+
+def _consent(cid: str, analysis: bool, like: PurchaseEvent, n: int) -> ConsentEvent:
+    return ConsentEvent(type="consent", event_id=f"consent-{cid}-{n}", customer_id=cid,
+                        occurred_at=like.occurred_at + timedelta(hours=1), analysis=analysis)
+
+
+async def _states(w: Worker) -> dict[str, CustomerState]:
+    return {s.customer_id: s for s in await w.customers.all()}
+
+
+def _items(s: Settings, table: str) -> list[dict[str, Any]]:
+    return list(Aws(s).client("dynamodb").scan(TableName=s.table(table))["Items"])
+
+
+def test_consent_and_erasure_hold_through_the_consumer(
+    fresh_settings: Callable[..., Settings], capsys: pytest.CaptureFixture[str],
+) -> None:
+    s = fresh_settings(shard_count="2", refit_interval_s="0")
+    events = time_ordered([e for e in load_events(limit=600) if int(e.customer_id) <= 60])
+    by_cid: dict[str, list[PurchaseEvent]] = {}
+    for e in events:
+        by_cid.setdefault(e.customer_id, []).append(e)
+    keep, gone = sorted(c for c in by_cid if len(by_cid[c]) >= 2)[:2]
+    kinesis = Aws(s).client("kinesis")
+    publisher = Publisher(kinesis, s.stream_name)
+    publisher.publish(events)
+    kinesis.put_record(StreamName=s.stream_name, Data=b"{broken " + gone.encode(),
+                       PartitionKey=gone)  # a dead letter holding the customer's key
+    # consent: withdrawn for `keep`; stated by a customer who has not bought yet
+    for event in (_consent(keep, False, by_cid[keep][-1], 1),
+                  _consent("newcomer", True, events[0], 1)):
+        kinesis.put_record(StreamName=s.stream_name, Data=event.to_bytes(),
+                           PartitionKey=event.customer_id)
+    db = Aws(s).client("dynamodb")
+    for table, item in (("analyses", {"customer_id": {"S": gone}, "x": {"S": "cached"}}),
+                        ("analysis-history", {"customer_id": {"S": gone},
+                                              "at": {"S": "2024-01-01T00:00:00Z"}}),
+                        ("analysis-history", {"customer_id": {"S": gone},
+                                              "at": {"S": "2024-01-02T00:00:00Z"}})):
+        db.put_item(TableName=s.table(table), Item=item)
+    later = by_cid[gone][-1].model_copy(update={
+        "event_id": f"after-erasure-{gone}",
+        "occurred_at": by_cid[gone][-1].occurred_at + timedelta(days=1)})
+
+    async def scenario() -> tuple[dict[str, CustomerState], dict[str, CustomerState],
+                                  int, int]:
+        async with Aws(s).clients("kinesis", "dynamodb") as c:
+            w = Worker(s, c["kinesis"], c["dynamodb"])
+            await w.run(until_idle=True, final_refit=False)
+            before = await _states(w)
+            cached, _ = w.applier.cache.get_many([gone])
+            assert gone in cached  # the consumer holds the state it is about to lose
+            loop = asyncio.get_running_loop()  # the CLI runs its own event loop
+            assert await loop.run_in_executor(None, cli.main, ["erase", gone, "--json"]) == 0
+            # a purchase after the erasure, then an old one re-published (a replay)
+            publisher.publish([later, by_cid[gone][0]])
+            await w.run(until_idle=True, final_refit=False)
+            return before, await _states(w), w.applier.totals.applied, \
+                w.applier.totals.duplicate
+
+    before, after, applied, duplicate = asyncio.run(scenario())
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    assert (before[keep].consent, before[keep].purchases) == (False, len(by_cid[keep]))
+    assert before["newcomer"].purchases == 0 and before["newcomer"].consent is True
+    assert before[gone].purchases == len(by_cid[gone])
+    assert report["deleted"] == {"customers": 1, "predictions": 1, "analyses": 1,
+                                 "analysis-history": 2, "dead-letters": 1}
+    # erased: only what was published after the erasure makes the new customer
+    assert (after[gone].purchases, after[gone].last_event_id) == (2, later.event_id)
+    assert applied == len(events) + 2 + 1 + 2  # purchases, consents, erasure, two after
+    assert duplicate == 0
+    for cid, bought in by_cid.items():
+        if cid != gone:
+            assert after[cid].purchases == len(bought)
+
+    assert _items(s, "analyses") == [] and _items(s, "analysis-history") == []
+    assert not [d for d in _items(s, "dead-letters") if d["partition_key"]["S"] == gone]
+    (audit,) = _items(s, "audit")
+    assert gone not in json.dumps(audit)  # no personal data in the audit entry
+    assert audit["id"]["S"] == report["request_id"] and audit["action"]["S"] == "erase"
+    assert "newcomer" not in {p["customer_id"]["S"] for p in _items(s, "predictions")}
+
+
+def test_erased_customer_is_not_found_and_a_reread_agrees(
+    fresh_settings: Callable[..., Settings], capsys: pytest.CaptureFixture[str],
+) -> None:
+    s = fresh_settings(shard_count="1", refit_interval_s="0")
+    events = time_ordered([e for e in load_events(limit=200) if int(e.customer_id) <= 20])
+    gone = events[0].customer_id
+    Publisher(Aws(s).client("kinesis"), s.stream_name).publish(events)
+
+    async def consume(group: str) -> dict[str, CustomerState]:
+        t = s.model_copy(update={"consumer_group": group})
+        async with Aws(t).clients("kinesis", "dynamodb") as c:
+            w = Worker(t, c["kinesis"], c["dynamodb"])
+            await w.run(until_idle=True, final_refit=False)
+            return await _states(w)
+
+    assert gone in asyncio.run(consume("first"))
+    assert cli.main(["show", gone]) == 0
+    assert cli.main(["erase", gone]) == 0
+    assert cli.main(["show", gone]) == 1  # gone at once, even before the consumer ran
+    capsys.readouterr()
+    first = asyncio.run(consume("first"))
+    reread = asyncio.run(consume("second"))  # the whole stream again, erasure included
+    assert gone not in first and gone not in reread
+    assert {c: x.purchases for c, x in first.items()} == \
+        {c: x.purchases for c, x in reread.items()}
+    assert cli.main(["show", gone]) == 1
