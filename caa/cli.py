@@ -25,7 +25,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from caa import ai_cli, erase_cli
+from caa import ai_cli, erase_cli, kcl_cli
 from caa.aws import Aws
 from caa.settings import Settings
 
@@ -293,6 +293,7 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--dry-run", action="store_true", help="redrive: only report")
     ai_cli.add_parsers(sub)
     erase_cli.add_parser(sub)
+    kcl_cli.add_parser(sub)
     sv = sub.add_parser("serve", help="the HTTP API for downstream services (caa.api)")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
@@ -303,6 +304,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     settings = Settings()
+    if args.command == "kcl":
+        return kcl_cli.cmd_kcl(settings, args)
     if args.command == "erase":
         return erase_cli.cmd_erase(settings, args)
     if args.command == "serve":

@@ -107,3 +107,14 @@ def test_event_source_mapping_reports_item_failures_and_bounds_retries() -> None
     assert res["ConsumerFunction"]["Properties"]["Handler"] == "consumers.lambda_handler.handler"
     stream = res["PurchaseStream"]["Properties"]
     assert stream["StreamEncryption"]["EncryptionType"] == "KMS"
+
+
+def test_the_dashboard_reads_every_metric_the_adapters_emit() -> None:
+    from consumers.metrics import NAMESPACE, batch_deltas
+
+    body = template()["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"][0]
+    emitted = {*batch_deltas({"applied": 1, "duplicate": 1, "rejected": 1}),
+               "shard_write_failures", "bedrock_calls", "fallbacks", "cache_hits",
+               "analyses", "input_tokens", "output_tokens", "cost_usd"}
+    for name in sorted(emitted):
+        assert f'["{NAMESPACE}", "{name}", ' in body, name
