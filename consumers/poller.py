@@ -18,6 +18,9 @@ TRIM_HORIZON), *next batch* (GetRecords). It handles explicitly:
 A checkpoint is written only after :meth:`BatchApplier.apply` returned, i.e.
 after the batch's effects are durable. Setting the ``stop`` event (SIGTERM)
 lets each shard finish and checkpoint its batch in flight, then return.
+
+``CAA_READ_MODE=fanout`` reads by enhanced fan-out instead (:mod:`consumers.fanout`):
+only ``consume_shard`` differs; its records go through the same :meth:`Poller.apply_batch`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ import asyncio
 import contextlib
 import random
 import sys
+import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -35,14 +40,28 @@ from botocore.exceptions import BotoCoreError, ClientError
 from consumers.applier import BatchApplier
 from consumers.chaos import NO_CHAOS, Chaos
 from consumers.core import BatchResult, StreamRecord
-from consumers.metrics import Metrics
+from consumers.metrics import MetricSink, Metrics, batch_deltas
 from consumers.stores import Checkpoint, CheckpointStore, WriteFailed
+
+#: seconds between PutMetricData calls for the batch counts (one call, not one per batch)
+METRICS_FLUSH_S = 10.0
 
 
 @dataclass(frozen=True)
 class Shard:
     shard_id: str
     parents: tuple[str, ...]
+    closed: bool = False  # ListShards gave it an EndingSequenceNumber
+
+
+@dataclass
+class Progress:
+    """One shard's position: its last checkpointed sequence number and the failed writes
+    in a row (the shard is held while they last)."""
+
+    shard_id: str
+    after: str | None
+    failures: int = 0
 
 
 class Poller:
@@ -60,7 +79,7 @@ class Poller:
         discovery_interval: float = 10.0,
         on_batch: Callable[[str, BatchResult], None] | None = None,
         chaos: Chaos = NO_CHAOS,
-        metrics: Metrics | None = None,
+        metrics: MetricSink | None = None,
     ) -> None:
         self.kinesis = kinesis
         self.stream_name = stream_name
@@ -73,12 +92,14 @@ class Poller:
         self.discovery_interval = discovery_interval
         self.on_batch = on_batch
         self.chaos = chaos
-        self.metrics = metrics or Metrics(None, {})
+        self.metrics: MetricSink = metrics or Metrics(None, {})
         self.write_failures = 0
         self.metric_failures = 0
         self._throttle_attempts: dict[str, int] = {}
         self.expired_iterators = 0
         self.throttled = 0
+        self._counts: Counter[str] = Counter()
+        self._counted_since = time.monotonic()
 
     async def list_shards(self) -> list[Shard]:
         shards: list[Shard] = []
@@ -89,7 +110,8 @@ class Poller:
                 parents = tuple(
                     p for p in (s.get("ParentShardId"), s.get("AdjacentParentShardId")) if p
                 )
-                shards.append(Shard(s["ShardId"], parents))
+                closed = "EndingSequenceNumber" in s.get("SequenceNumberRange", {})
+                shards.append(Shard(s["ShardId"], parents, closed))
             token = resp.get("NextToken")
             if not token:
                 return shards
@@ -133,6 +155,19 @@ class Poller:
             for r in raw
         ]
 
+    async def _count(self, deltas: dict[str, float]) -> None:
+        """Batch counts add up here and go out at most every ``METRICS_FLUSH_S``."""
+        self._counts.update(deltas)
+        if time.monotonic() - self._counted_since >= METRICS_FLUSH_S:
+            await self._flush_counts()
+
+    async def _flush_counts(self) -> None:
+        counts = {k: float(v) for k, v in self._counts.items()}
+        self._counts = Counter()
+        self._counted_since = time.monotonic()
+        if counts:
+            await self._metric(counts)
+
     async def _metric(self, deltas: dict[str, float]) -> None:
         """Metrics are best effort: a CloudWatch failure is counted, never stops a shard."""
         try:
@@ -154,12 +189,45 @@ class Poller:
                   f"{delay:.1f} s", file=sys.stderr, flush=True)
         await _wait(stop, delay)
 
+    async def apply_batch(self, p: Progress, raw: list[dict[str, Any]], ended: bool,
+                          stop: asyncio.Event) -> bool:
+        """The one apply-then-checkpoint path of every read mode (GetRecords, SubscribeToShard).
+
+        Writes the records' effects, then checkpoints the last one (``ended``: the shard is
+        closed and this was its last batch). False when the effects could not be written:
+        nothing was checkpointed, the shard was held, and the caller re-reads after
+        ``p.after``."""
+        if not raw:
+            if ended:
+                await self.checkpoints.save(p.shard_id, p.after, ended=True)
+            return True
+        records = self._records(p.shard_id, raw)
+        try:
+            result = await self.applier.apply(records)  # effects durable from here
+        except (WriteFailed, ClientError, BotoCoreError) as exc:
+            p.failures += 1
+            await self._hold(p.shard_id, len(records), p.after, exc, p.failures, stop)
+            return False
+        if p.failures:
+            print(f"shard {p.shard_id}: writes recovered after {p.failures} failure(s)",
+                  file=sys.stderr, flush=True)
+            p.failures = 0
+        await self._count(batch_deltas(result.counts))
+        self.chaos.point("before_checkpoint")
+        p.after = raw[-1]["SequenceNumber"]
+        await self.checkpoints.save(p.shard_id, p.after, ended=ended)
+        self.chaos.point("after_checkpoint")
+        if self.on_batch:
+            self.on_batch(p.shard_id, result)
+        return True
+
     async def consume_shard(
         self, shard_id: str, after: str | None, until_idle: bool, stop: asyncio.Event
     ) -> str:
         """Consume one shard; returns "ended", "idle" or "stopped"."""
+        p = Progress(shard_id, after)
         iterator: str | None = await self._iterator(shard_id, after)
-        idle = failures = 0
+        idle = 0
         loop = asyncio.get_running_loop()
         last_call = 0.0
         while not stop.is_set():
@@ -167,37 +235,18 @@ class Poller:
             if wait > 0:
                 await asyncio.sleep(wait)
             last_call = loop.time()
-            resp, iterator = await self._get_records(shard_id, iterator, after)
+            resp, iterator = await self._get_records(shard_id, iterator, p.after)
             if resp is None:
                 continue
             raw = resp.get("Records", [])
-            if raw:
-                records = self._records(shard_id, raw)
-                try:
-                    result = await self.applier.apply(records)  # effects durable from here
-                except (WriteFailed, ClientError, BotoCoreError) as exc:
-                    failures += 1
-                    await self._hold(shard_id, len(records), after, exc, failures, stop)
-                    iterator = await self._iterator(shard_id, after)  # re-read the same
-                    continue
-                if failures:
-                    print(f"shard {shard_id}: writes recovered after {failures} failure(s)",
-                          file=sys.stderr, flush=True)
-                    failures = 0
-                if result.counts["rejected"]:
-                    await self._metric({"dead_letters": result.counts["rejected"]})
-                self.chaos.point("before_checkpoint")
-                after = raw[-1]["SequenceNumber"]
-                await self.checkpoints.save(shard_id, after, ended=iterator is None)
-                self.chaos.point("after_checkpoint")
-                if self.on_batch:
-                    self.on_batch(shard_id, result)
-                idle = 0
-            elif iterator is None:
-                await self.checkpoints.save(shard_id, after, ended=True)
+            if not await self.apply_batch(p, raw, iterator is None, stop):
+                iterator = await self._iterator(shard_id, p.after)  # re-read the same
+                continue
             if iterator is None:
                 return "ended"
-            if not raw:
+            if raw:
+                idle = 0
+            else:
                 if resp.get("MillisBehindLatest", 0) == 0:
                     idle += 1
                 if until_idle and idle >= self.idle_polls:
@@ -216,7 +265,12 @@ class Poller:
         ]
 
     async def run(self, until_idle: bool = False, stop: asyncio.Event | None = None) -> None:
-        stop = stop or asyncio.Event()
+        try:
+            await self._run(until_idle, stop or asyncio.Event())
+        finally:
+            await self._flush_counts()
+
+    async def _run(self, until_idle: bool, stop: asyncio.Event) -> None:
         running: dict[str, asyncio.Task[str]] = {}
         finished_idle: set[str] = set()
         while not stop.is_set():

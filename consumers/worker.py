@@ -21,12 +21,13 @@ from consumers.breaker import CircuitBreaker
 from consumers.chaos import Chaos
 from consumers.core import BatchResult
 from consumers.enricher import Enricher
+from consumers.fanout import FanoutPoller
 from consumers.guard import CallGuard
 from consumers.lease import GroupLease
 from consumers.metrics import Metrics
+from consumers.model_store import ModelStore
 from consumers.poller import Poller
 from consumers.refit import RefitReport, refit
-from consumers.model_store import ModelStore
 from consumers.registry import ModelRegistry
 from consumers.stores import (
     CheckpointStore,
@@ -134,12 +135,16 @@ class Worker:
         self.enricher = self.applier.enricher
         db = self.customers.db
         self.checkpoints = CheckpointStore(db, s.table("checkpoints"), s.consumer_group)
-        self.poller = Poller(
-            kinesis, s.stream_name, self.checkpoints, self.applier,
-            limit=s.get_records_limit, poll_interval=s.poll_interval_s,
-            idle_polls=s.idle_polls, on_batch=on_batch, chaos=chaos,
-            metrics=Metrics(cloudwatch, {"Stream": s.stream_name}),
-        )
+        common: dict[str, Any] = {
+            "limit": s.get_records_limit, "poll_interval": s.poll_interval_s,
+            "idle_polls": s.idle_polls, "on_batch": on_batch, "chaos": chaos,
+            "metrics": Metrics(cloudwatch, {"Stream": s.stream_name}),
+        }
+        self.poller: Poller = (
+            FanoutPoller(kinesis, s.stream_name, self.checkpoints, self.applier,
+                         consumer_name=s.efo_consumer, renew_after_s=s.efo_renewal_s, **common)
+            if s.read_mode == "fanout"
+            else Poller(kinesis, s.stream_name, self.checkpoints, self.applier, **common))
         self.consume_seconds = 0.0
         self.lease = GroupLease(db, s.table("checkpoints"), s.consumer_group,
                                 owner=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")

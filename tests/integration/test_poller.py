@@ -251,3 +251,35 @@ def test_dynamodb_throttling_is_retried_with_backoff_and_loses_nothing(
 async def _states(s: Settings) -> list[Any]:
     async with Aws(s).clients("kinesis", "dynamodb") as c:
         return await Worker(s, c["kinesis"], c["dynamodb"]).customers.all()
+
+
+def test_batch_counts_reach_cloudwatch_under_the_dashboards_names(settings: Settings) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    events = generate(customers=30, days=20, seed=9)
+    kinesis = Aws(settings).client("kinesis")
+    Publisher(kinesis, settings.stream_name).publish(events)
+    for i in range(2):
+        kinesis.put_record(StreamName=settings.stream_name, Data=b"{bad", PartitionKey=f"x{i}")
+    Publisher(kinesis, settings.stream_name).publish(events[:10])  # replayed: duplicates
+
+    async def consume() -> None:
+        async with Aws(settings).clients("kinesis", "dynamodb", "cloudwatch") as c:
+            w = Worker(settings, c["kinesis"], c["dynamodb"], cloudwatch=c["cloudwatch"])
+            await w.run(until_idle=True, final_refit=False)
+
+    asyncio.run(consume())
+    cw = Aws(settings).client("cloudwatch")
+    now = datetime.now(UTC)
+
+    def total(name: str) -> float:
+        points = cw.get_metric_statistics(
+            Namespace="CustomerAIAnalytics", MetricName=name,
+            Dimensions=[{"Name": "Stream", "Value": settings.stream_name}],
+            StartTime=now - timedelta(hours=1), EndTime=now + timedelta(minutes=5),
+            Period=3600, Statistics=["Sum"])["Datapoints"]
+        return sum(p["Sum"] for p in points)
+
+    assert total("records_applied") == len(events)
+    assert total("records_duplicate") == 10
+    assert total("dead_letters") == 2
