@@ -40,7 +40,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from consumers.applier import BatchApplier
 from consumers.chaos import NO_CHAOS, Chaos
 from consumers.core import BatchResult, StreamRecord
-from consumers.metrics import MetricSink, Metrics, batch_deltas
+from consumers.metrics import Metrics, MetricSink, batch_deltas
 from consumers.stores import Checkpoint, CheckpointStore, WriteFailed
 
 #: seconds between PutMetricData calls for the batch counts (one call, not one per batch)
