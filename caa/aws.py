@@ -63,7 +63,10 @@ class Aws:
         if service == "bedrock-runtime":
             return self._bedrock_kwargs()
         kw: dict[str, Any] = {"region_name": s.region, "config": _CONFIG}
-        if self.endpoint_url:
+        if service == "bedrock":  # control plane (batch jobs) in Bedrock's region; never the
+            # local emulator, which has no model invocation jobs: AWS_ENDPOINT_URL_BEDROCK applies
+            kw["region_name"] = s.bedrock_region or s.region
+        elif self.endpoint_url:
             kw["endpoint_url"] = self.endpoint_url
         if self._needs_dummy:
             kw.update(_DUMMY)

@@ -25,7 +25,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from caa import ai_cli, erase_cli, kcl_cli
+from caa import ai_cli, batch_cli, erase_cli, evaluate_cli, feed_cli, kcl_cli, replay_cli
 from caa.aws import Aws
 from caa.settings import Settings
 
@@ -293,7 +293,11 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--dry-run", action="store_true", help="redrive: only report")
     ai_cli.add_parsers(sub)
     erase_cli.add_parser(sub)
+    feed_cli.add_parser(sub)
+    batch_cli.add_parser(sub)
     kcl_cli.add_parser(sub)
+    replay_cli.add_parser(sub)
+    evaluate_cli.add_parser(sub)
     sv = sub.add_parser("serve", help="the HTTP API for downstream services (caa.api)")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
@@ -308,6 +312,10 @@ def main(argv: list[str] | None = None) -> int:
         return kcl_cli.cmd_kcl(settings, args)
     if args.command == "erase":
         return erase_cli.cmd_erase(settings, args)
+    if args.command == "evaluate":
+        return evaluate_cli.cmd_evaluate(settings, args)
+    if args.command == "replay":
+        return replay_cli.cmd_replay(settings, args)
     if args.command == "serve":
         from caa import api
 
@@ -342,6 +350,10 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_show(settings, aws, args)
     if args.command == "segments":
         return cmd_segments(settings, aws, args)
+    if args.command == "watch":
+        return feed_cli.cmd_watch(settings, aws, args)
+    if args.command == "batch":
+        return batch_cli.cmd_batch(settings, aws, args)
     if args.command == "costs":
         return ai_cli.cmd_costs(settings, aws, args)
     if args.command == "history":

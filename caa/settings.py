@@ -110,6 +110,18 @@ class Settings(BaseSettings):
     history_ttl_days: int = Field(90, ge=1)
     usage_flush_s: float = Field(5.0, gt=0)
 
+    # -- daily batch (`caa batch`, consumers.batch) ---------------------------------------
+    #: S3 bucket and key prefix of Bedrock batch inference jobs: input JSONL, output, and the
+    #: job records (which map record ids back to customers)
+    batch_bucket: str | None = None
+    batch_prefix: str = "caa-batch/"
+    #: the service role Bedrock assumes to read the job's input and write its output
+    batch_role_arn: str | None = None
+    #: batch inference is billed at this share of the on-demand price (50% today)
+    bedrock_batch_price_factor: float = Field(0.5, gt=0, le=1)
+    #: Bedrock refuses smaller jobs (its per-model quota; 100 records for most models)
+    batch_min_records: int = Field(100, ge=1)
+
     # -- HTTP API (`caa serve`, caa.api) -------------------------------------------------
     #: keys accepted in the ``x-api-key`` header (comma-separated or a JSON list); with none,
     #: every route but /health answers 401
@@ -119,6 +131,13 @@ class Settings(BaseSettings):
     api_customer_requests_per_minute: int = Field(10, ge=1)
     api_analyses_per_hour: int = Field(5, ge=1)
     api_health_timeout_s: float = Field(3.0, gt=0)
+
+    # -- A/B variants of the analysis (models.variant) ------------------------------------
+    #: experiment name (the assignment's salt; empty: no experiment) and "name=weight,..."
+    #: variants, e.g. "bedrock=50,statistical=50" (statistical: the control, never analysed
+    #: by a model); every prediction records its customer's variant
+    ab_experiment: str = ""
+    ab_variants: str = ""
 
     #: crash harness only: SIGKILL at these points (see consumers.chaos) with this probability
     chaos_points: str = ""

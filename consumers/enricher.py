@@ -37,8 +37,13 @@ from models.analysis import AnalysisRecord, TriggerKind
 from models.prediction import Prediction
 from models.prompt import PROMPT_VERSION, AnalysisInput, build_input
 from models.state import CustomerState
+from models.variant import NO_EXPERIMENT, VariantPlan
 
 MAX_ERRORS_KEPT = 100
+
+
+#: the fallback reason of the A/B control variant's analyses
+AB_CONTROL = "ab_control"
 
 
 class Enricher:
@@ -57,8 +62,10 @@ class Enricher:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], datetime] = lambda: datetime.now(UTC),
         metrics: Metrics | None = None,
+        variants: VariantPlan = NO_EXPERIMENT,
     ) -> None:
         self.guard = guard
+        self.variants = variants
         self.analyzer = guard.analyzer
         self.breaker = guard.breaker
         self.fallback = StatisticalAnalyzer()
@@ -237,6 +244,8 @@ class Enricher:
         signature = Signature.of(x, self.version)
         if not self._consented(x):
             return await self._finish(cid, x, trigger, arrivals, None, "no_consent", None)
+        if self.variants.is_control(cid):  # A/B control: the statistical analysis, by design
+            return await self._finish(cid, x, trigger, arrivals, None, AB_CONTROL, None)
         if not bypass:
             prev = await self._previous(cid)
             old = Signature.from_dict(prev.signature) if prev and prev.signature else None
@@ -280,7 +289,9 @@ class Enricher:
         await self.store.record(rec)
         self._count("analyses", shared=True)
         self._count(f"source_{rec.source}", shared=True)
-        if fallback:
+        if fallback == AB_CONTROL:
+            self._count(AB_CONTROL, shared=True)  # not a fallback: the dashboard's rate
+        elif fallback:
             self._count("fallbacks", shared=True)
             self._count(f"fallback_{fallback}", shared=True)
         self._fresh(arrivals)

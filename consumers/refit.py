@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -23,9 +24,9 @@ from consumers.stores import CustomerStore, PredictionStore
 from models import bgnbd
 from models.features import bgnbd_inputs, rfm
 from models.forecaster import Forecaster
-from models.prediction import SegmentRef
+from models.prediction import Prediction, SegmentRef
 from models.segmentation import SegmentModel
-from models.state import DAY
+from models.state import DAY, CustomerState
 
 SIZES = "segment-sizes"
 
@@ -42,6 +43,27 @@ class RefitReport:
     segments_version: int
     predictions_rewritten: int
     seconds: float
+
+
+async def rewrite_predictions(
+    states: Sequence[CustomerState], segments: Sequence[int], names: dict[int, str],
+    forecaster: Forecaster, segments_version: int, as_of: int, predictions: PredictionStore,
+    enricher: Enricher | None = None,
+) -> list[Prediction]:
+    """Write one prediction per state with these models as of ``as_of`` (keeping each
+    customer's latest AI analysis); the refit and the daily batch (consumers.batch) share it."""
+    now = datetime.now(UTC)
+    out = [
+        forecaster.predict(s, SegmentRef(id=seg, name=names.get(seg, f"segment {seg}")),
+                           as_of, now, segments_version)
+        for s, seg in zip(states, segments, strict=True)
+    ]
+    if enricher is not None:
+        out = await enricher.attach(out)
+    await predictions.save(out)
+    if enricher is not None:
+        await enricher.reconcile(out)
+    return out
 
 
 async def refit(
@@ -84,18 +106,10 @@ async def refit(
                                      "sizes": dict(sizes.most_common())})
     written = 0
     if rewrite:
-        forecaster = Forecaster(params, registry.bgnbd_version)
-        now = datetime.now(UTC)
-        out = [
-            forecaster.predict(s, SegmentRef(id=seg, name=names.get(seg, f"segment {seg}")),
-                               as_of, now, registry.segments_version)
-            for s, seg in zip(ordered, segments, strict=True)
-        ]
-        if enricher is not None:
-            out = await enricher.attach(out)
-        await predictions.save(out)
-        if enricher is not None:
-            await enricher.reconcile(out)
+        out = await rewrite_predictions(ordered, segments, names, Forecaster(
+            params, registry.bgnbd_version, variants=registry.variants),
+            registry.segments_version, as_of, predictions,
+            enricher)
         written = len(out)
         if enricher is not None and active_days:
             since = as_of - active_days * DAY

@@ -20,6 +20,7 @@ from consumers.model_store import Conflict, ModelStore
 from models.bgnbd import DEFAULT_PRIOR, BgNbdParams
 from models.forecaster import Forecaster
 from models.segmentation import SegmentModel
+from models.variant import VariantPlan
 
 SEGMENTS = "segments"
 BGNBD = "bgnbd"
@@ -36,6 +37,7 @@ class ModelRegistry:
         self.bgnbd = DEFAULT_PRIOR
         self.bgnbd_version = 0
         self.conflicts = 0
+        self.variants = VariantPlan.parse(settings.ab_experiment, settings.ab_variants)
 
     def _fresh_segmenter(self) -> SegmentModel:
         s = self._settings
@@ -43,7 +45,8 @@ class ModelRegistry:
 
     def view(self) -> ModelView:
         return ModelView(
-            self.segmenter, self.segments_version, Forecaster(self.bgnbd, self.bgnbd_version)
+            self.segmenter, self.segments_version,
+            Forecaster(self.bgnbd, self.bgnbd_version, variants=self.variants)
         )
 
     async def load(self) -> None:

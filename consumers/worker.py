@@ -99,6 +99,7 @@ def build_enricher(settings: Settings, db: Dynamo, bedrock: Any,
         consent_mode=s.consent_mode,
         cache_rules=CacheRules(s.analysis_min_change, s.analysis_max_age_days),
         metrics=Metrics(cloudwatch, {"Stream": s.stream_name, "Model": s.bedrock_model_id}),
+        variants=registry.variants,
     )
 
 

@@ -12,6 +12,10 @@ step | null}`` replaces the script: steps are consumed FIFO, one per converse re
 (``input``?); ``"times": n`` repeats a step. Denied (unsigned) requests consume no step.
 ``GET /_control/requests`` lists every converse request since the last reset;
 ``POST /_control/reset`` clears script and records; ``GET /_control/health`` answers ok.
+Batch inference (control plane, for ``caa batch``): ``POST /model-invocation-job``
+(CreateModelInvocationJob) records the job as ``Submitted`` and ``GET
+/model-invocation-job/{id or ARN}`` describes it; nothing runs. ``GET /_control/jobs`` lists
+the jobs, ``POST /_control/job-status`` ``{"status", "jobArn"?}`` moves them on.
 ``python -m deploy.bedrock_server --port 0`` prints ``READY http://host:port`` and serves.
 """
 
@@ -43,6 +47,8 @@ __all__ = ["BedrockServer", "generate", "launch", "main", "serve"]
 
 KINDS = frozenset({"answer", "throttle", "error", "slow", "text", "invalid"})
 CONVERSE_PATH = re.compile(r"^/model/([^/]+)/converse$")
+JOBS_PATH = "/model-invocation-job"
+_JOB_FIELDS = ("jobName", "roleArn", "modelId", "inputDataConfig", "outputDataConfig")
 TEXT_ANSWER = "I think this customer is likely to buy again soon, but I am not certain."
 ERRORS = {"throttle": (429, "ThrottlingException", "Too many requests, please wait."),
           "error": (500, "InternalServerException", "Scripted error")}
@@ -59,6 +65,8 @@ class _State:
     default: JsonObj = field(default_factory=lambda: {"kind": "answer"})
     records: list[JsonObj] = field(default_factory=list)
     seq: int = 0
+    jobs: dict[str, JsonObj] = field(default_factory=dict)  # batch jobs by job id
+    tokens: dict[str, str] = field(default_factory=dict)  # clientRequestToken -> job id
 
     def load(self, payload: Any) -> None:
         """Replace the script; ``None`` resets the script and forgets the records."""
@@ -74,6 +82,8 @@ class _State:
             self.default = _checked(default) if default is not None else {"kind": "answer"}
             if reset:
                 self.records.clear()
+                self.jobs.clear()
+                self.tokens.clear()
 
     def take(self, record: JsonObj, refuse: str | None) -> tuple[JsonObj | None, int]:
         """Record the request; unless refused, pop the step that answers it. Returns its seq."""
@@ -153,6 +163,19 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, {"ok": True})
         elif match and self.command == "POST":
             self._converse(urllib.parse.unquote(match.group(1)), path, raw, started)
+        elif route == "GET /_control/jobs":
+            with self.state.lock:
+                jobs = list(self.state.jobs.values())
+            self._send(200, {"jobs": jobs})
+        elif route == "POST /_control/job-status":
+            change = json.loads(raw or b"{}")
+            with self.state.lock:
+                for job in self.state.jobs.values():
+                    if change.get("jobArn") in (None, job["jobArn"]):
+                        job.update(status=change["status"], lastModifiedTime=time.time())
+            self._send(200, {"ok": True})
+        elif path == JOBS_PATH or path.startswith(JOBS_PATH + "/"):
+            self._job(path, raw)
         else:
             self._error(404, "UnknownOperationException", f"Unknown operation {route}")
 
@@ -216,6 +239,46 @@ class _Handler(BaseHTTPRequestHandler):
         })
 
 
+    def _job(self, path: str, raw: bytes) -> None:
+        """CreateModelInvocationJob / GetModelInvocationJob (bedrock control plane): jobs are
+        recorded, never run; a test writes the output and sets the status (control API)."""
+        auth = self.headers.get("Authorization", "")
+        if not auth.startswith("AWS4-HMAC-SHA256"):
+            self._error(403, "AccessDeniedException", "Missing Authentication Token")
+            return
+        if self.command == "GET":
+            ident = urllib.parse.unquote(path.removeprefix(JOBS_PATH + "/")).rsplit("/", 1)[-1]
+            with self.state.lock:
+                found = dict(self.state.jobs[ident]) if ident in self.state.jobs else None
+            if found is None:
+                self._error(404, "ResourceNotFoundException", f"no job {ident}")
+            else:
+                self._send(200, found)
+            return
+        try:
+            body = json.loads(raw)
+            missing = [k for k in _JOB_FIELDS if not body.get(k)]
+        except (ValueError, AttributeError):
+            body, missing = {}, ["a JSON object"]
+        if missing:
+            self._error(400, "ValidationException", f"missing {', '.join(missing)}")
+            return
+        scope = re.search(r"Credential=[^/]+/\d+/([^/]+)/", auth)
+        region = scope.group(1) if scope else "us-east-1"
+        with self.state.lock:
+            job_id = self.state.tokens.get(str(body.get("clientRequestToken")))
+            if job_id is None:  # a repeated token is the same job (idempotency)
+                job_id = uuid.uuid4().hex[:12]
+                now = time.time()
+                self.state.jobs[job_id] = {
+                    **body, "status": "Submitted", "submitTime": now, "lastModifiedTime": now,
+                    "jobArn": f"arn:aws:bedrock:{region}:123456789012:model-invocation-job/"
+                              f"{job_id}"}
+                self.state.tokens[str(body.get("clientRequestToken", job_id))] = job_id
+            arn = self.state.jobs[job_id]["jobArn"]
+        self._send(200, {"jobArn": arn})
+
+
 def serve(host: str = "127.0.0.1", port: int = 0) -> tuple[ThreadingHTTPServer, str]:
     """Serve on a background thread of this process (stop: ``shutdown(); server_close()``)."""
     server = _Server((host, port), _Handler)
@@ -266,6 +329,13 @@ class BedrockServer:
 
     def requests(self) -> list[dict[str, Any]]:
         return cast(list[dict[str, Any]], _control(self.endpoint, "GET", "requests")["requests"])
+
+    def jobs(self) -> list[dict[str, Any]]:
+        """The batch inference jobs created since the last reset."""
+        return cast(list[dict[str, Any]], _control(self.endpoint, "GET", "jobs")["jobs"])
+
+    def set_job_status(self, status: str, job_arn: str | None = None) -> None:
+        _control(self.endpoint, "POST", "job-status", {"status": status, "jobArn": job_arn})
 
     def reset(self) -> None:
         _control(self.endpoint, "POST", "reset", {})

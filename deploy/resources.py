@@ -20,6 +20,9 @@ KEYS: dict[str, tuple[str, str | None]] = {
 }
 #: tables whose items expire (attribute holding the epoch second)
 TTL = {"analysis-history": "expires_at"}
+#: tables with a DynamoDB stream (its view type): the predictions change feed for downstream
+#: consumers (docs/change-feed.md, `caa watch`)
+STREAMS = {"predictions": "NEW_AND_OLD_IMAGES"}
 
 
 def ensure_stream(kinesis: Any, name: str, shards: int) -> bool:
@@ -57,6 +60,26 @@ def ensure_table(dynamodb: Any, name: str, hash_key: str, range_key: str | None)
     return created
 
 
+def ensure_table_stream(dynamodb: Any, name: str, view_type: str) -> bool:
+    """Enable the table's stream with ``view_type`` unless it is on; True if enabled now.
+
+    A stream already on with another view type is left alone and reported: switching means
+    a new stream, and every reader of the old one would lose its place.
+    """
+    spec = dynamodb.describe_table(TableName=name)["Table"].get("StreamSpecification") or {}
+    if spec.get("StreamEnabled"):
+        if spec.get("StreamViewType") != view_type:
+            raise RuntimeError(f"table {name} streams {spec.get('StreamViewType')}, not "
+                               f"{view_type}: disable its stream, then run setup again")
+        return False
+    dynamodb.update_table(TableName=name, StreamSpecification={
+        "StreamEnabled": True, "StreamViewType": view_type})
+    dynamodb.get_waiter("table_exists").wait(
+        TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 120}
+    )
+    return True
+
+
 def ensure_resources(settings: Settings, kinesis: Any, dynamodb: Any) -> list[str]:
     """Everything the consumer and publisher need; returns what was created now."""
     created = []
@@ -71,4 +94,6 @@ def ensure_resources(settings: Settings, kinesis: Any, dynamodb: Any) -> list[st
                     TableName=name,
                     TimeToLiveSpecification={"Enabled": True, "AttributeName": TTL[table]},
                 )
+        if table in STREAMS and ensure_table_stream(dynamodb, name, STREAMS[table]):
+            created.append(f"stream on {name} ({STREAMS[table]})")
     return created

@@ -42,6 +42,7 @@ from models.prediction import (
     Status,
 )
 from models.state import DAY, CustomerState, ItemStats
+from models.variant import NO_EXPERIMENT, VariantPlan
 
 __all__ = ["DEFAULT_PRIOR", "Forecaster"]
 
@@ -76,9 +77,11 @@ class Forecaster:
         params_version: int = 0,
         horizons_days: tuple[int, int] = (30, 90),
         max_items: int = 5,
+        variants: VariantPlan = NO_EXPERIMENT,
     ) -> None:
         self.params = params
         self.params_version = params_version
+        self.variants = variants
         self.horizons_days = horizons_days
         self.max_items = max_items
 
@@ -143,6 +146,7 @@ class Forecaster:
         ]
         return Prediction(
             customer_id=state.customer_id,
+            variant=self.variants.assign(state.customer_id),
             segment=segment,
             p_alive=round(p_alive(self.params, x, t_x, big_t), 4),
             expected_purchases_30d=round(expected_purchases(self.params, h30, x, t_x, big_t), 4),

@@ -71,6 +71,8 @@ class Prediction(_Frozen):
     purchases: int
     spend: float
     model_versions: dict[str, int]
+    #: the customer's A/B variant (models.variant), when an experiment runs
+    variant: str | None = None
     source: Literal["statistical", "bedrock"] = "statistical"
     fallback_reason: str | None = None
     #: the latest AI (or fallback) analysis merged in after the statistical prediction

@@ -10,6 +10,10 @@ that was not acknowledged. Nothing is dropped silently.
 (Kinesis may reorder a customer's events when an earlier one fails and a later
 one in the same request succeeds; the consumer's state is order-independent,
 so that reorder is harmless here.)
+
+With a ``limiter`` (:class:`producers.ratelimit.AimdLimiter`, as ``caa replay`` uses)
+every call first waits for its share of the stream's write capacity, and each answer
+tells the limiter whether Kinesis throttled it.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from models.events import PurchaseEvent
+from models.events import StreamEvent
+from producers.ratelimit import AimdLimiter
 
 MAX_RECORDS_PER_CALL = 500
 MAX_BYTES_PER_CALL = 5 * 1024 * 1024
@@ -30,7 +35,7 @@ MAX_RECORD_BYTES = 1024 * 1024
 class PublishError(RuntimeError):
     """Raised after the last attempt; ``unacknowledged`` holds every event not written."""
 
-    def __init__(self, unacknowledged: list[PurchaseEvent], reasons: dict[str, int]) -> None:
+    def __init__(self, unacknowledged: list[StreamEvent], reasons: dict[str, int]) -> None:
         summary = ", ".join(f"{k} x{v}" for k, v in sorted(reasons.items()))
         super().__init__(
             f"{len(unacknowledged)} event(s) were not acknowledged by Kinesis after "
@@ -46,6 +51,8 @@ class PublishReport:
     bytes: int = 0
     calls: int = 0
     retried_records: int = 0
+    #: entries Kinesis refused with ProvisionedThroughputExceeded (then retried)
+    throttled_records: int = 0
     seconds: float = 0.0
     shards: dict[str, int] = field(default_factory=dict)
 
@@ -55,12 +62,12 @@ class PublishReport:
 
 
 def batches(
-    entries: Iterable[tuple[PurchaseEvent, bytes]],
+    entries: Iterable[tuple[StreamEvent, bytes]],
     max_records: int = MAX_RECORDS_PER_CALL,
     max_bytes: int = MAX_BYTES_PER_CALL,
-) -> Iterator[list[tuple[PurchaseEvent, bytes]]]:
+) -> Iterator[list[tuple[StreamEvent, bytes]]]:
     """Group encoded events into PutRecords-sized batches, keeping their order."""
-    batch: list[tuple[PurchaseEvent, bytes]] = []
+    batch: list[tuple[StreamEvent, bytes]] = []
     size = 0
     for event, data in entries:
         n = len(data) + len(event.customer_id.encode())
@@ -88,6 +95,8 @@ class Publisher:
         max_delay: float = 5.0,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
+        limiter: AimdLimiter | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
         self.stream_name = stream_name
@@ -96,19 +105,32 @@ class Publisher:
         self.max_delay = max_delay
         self._sleep = sleep
         self._rng = rng or random.Random()
+        self.limiter = limiter
+        self._clock = clock
 
     def _backoff(self, attempt: int) -> float:
         return self._rng.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
 
+    def _feedback(self, throttled: bool) -> None:
+        if self.limiter is not None:
+            if throttled:
+                self.limiter.throttled(self._clock())
+            else:
+                self.limiter.succeeded(self._clock())
+
     def put_batch(
-        self, batch: Sequence[tuple[PurchaseEvent, bytes]], report: PublishReport
+        self, batch: Sequence[tuple[StreamEvent, bytes]], report: PublishReport
     ) -> None:
         pending = list(batch)
         reasons: dict[str, int] = {}
+        throttled = "ProvisionedThroughputExceededException"
         for attempt in range(self.max_attempts):
             if attempt:
                 report.retried_records += len(pending)
                 self._sleep(self._backoff(attempt))
+            if self.limiter is not None:
+                size = sum(len(data) + len(event.customer_id.encode()) for event, data in pending)
+                self._sleep(self.limiter.reserve(len(pending), size, self._clock()))
             report.calls += 1
             try:
                 response = self._client.put_records(
@@ -119,21 +141,25 @@ class Publisher:
                     ],
                 )
             except self._client.exceptions.ProvisionedThroughputExceededException:
-                reasons["ProvisionedThroughputExceededException"] = (
-                    reasons.get("ProvisionedThroughputExceededException", 0) + len(pending)
-                )
+                reasons[throttled] = reasons.get(throttled, 0) + len(pending)
+                report.throttled_records += len(pending)
+                self._feedback(throttled=True)
                 continue
-            failed: list[tuple[PurchaseEvent, bytes]] = []
+            failed: list[tuple[StreamEvent, bytes]] = []
+            refused = 0
             for entry, result in zip(pending, response["Records"], strict=True):
                 code = result.get("ErrorCode")
                 if code:
                     failed.append(entry)
                     reasons[code] = reasons.get(code, 0) + 1
+                    refused += int(code == throttled)
                 else:
                     shard = result["ShardId"]
                     report.shards[shard] = report.shards.get(shard, 0) + 1
                     report.records += 1
                     report.bytes += len(entry[1])
+            report.throttled_records += refused
+            self._feedback(throttled=refused > 0)
             pending = failed
             if not pending:
                 return
@@ -141,7 +167,7 @@ class Publisher:
 
     def publish(
         self,
-        events: Iterable[PurchaseEvent],
+        events: Iterable[StreamEvent],
         progress: Callable[[int], None] | None = None,
     ) -> PublishReport:
         """Publish in order; raises :class:`PublishError` with everything not acknowledged."""

@@ -278,7 +278,7 @@ def test_batch_counts_reach_cloudwatch_under_the_dashboards_names(settings: Sett
             Dimensions=[{"Name": "Stream", "Value": settings.stream_name}],
             StartTime=now - timedelta(hours=1), EndTime=now + timedelta(minutes=5),
             Period=3600, Statistics=["Sum"])["Datapoints"]
-        return sum(p["Sum"] for p in points)
+        return float(sum(p["Sum"] for p in points))
 
     assert total("records_applied") == len(events)
     assert total("records_duplicate") == 10

@@ -1,0 +1,233 @@
+"""Where a replay sends its records: back onto the stream, or straight into the processor.
+
+:class:`StreamTarget` publishes the valid events with the orders service's publisher
+(``producers.publisher``), paced to the stream's write capacity by an AIMD limiter:
+1,000 records and 1 MiB a second per open shard (DescribeStreamSummary, re-read every
+30 s, so a reshard or an on-demand scale-out is followed), times ``share`` when live
+producers need the rest. Invalid records are not published: they are counted in the
+report and written whole to a local log (``<state_dir>/replay/<job>.rejected.jsonl``).
+
+:class:`DirectTarget` is a bulk backfill that bypasses Kinesis: the consumer's own
+:class:`~consumers.applier.BatchApplier` (from ``consumers.worker.build_applier``), fed
+the records of a chunk grouped by customer (each customer's in source order) within
+each part, in batches of about ``group_size``, so one state write covers many of a
+customer's events.
+Invalid records become dead letters, as the consumer makes them (keyed by their
+position, so a replay again overwrites them). When the job ends it refits the models
+and rewrites every prediction with the function ``caa consume --until-idle`` ends
+with (``consumers.refit.refit``). It holds the consumer group's lease meanwhile, so a
+local ``caa consume`` cannot write the same customers at the same time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+from consumers.applier import BatchApplier
+from consumers.core import Rejected, StreamRecord
+from consumers.lease import GroupLease
+from consumers.refit import RefitReport, refit
+from producers.publisher import Publisher, PublishReport, batches
+from producers.ratelimit import AimdLimiter, Capacity
+from producers.report import Checked, ReplayReport
+from producers.sources import SourceRecord
+
+CAPACITY_REFRESH_S = 30.0
+
+
+class Target(ABC):
+    #: what a job records as its target (a resumed job must name the same)
+    name: str
+
+    async def start(self) -> None:  # noqa: B027 (optional hook)
+        pass
+
+    @abstractmethod
+    async def send(self, chunk: list[Checked], report: ReplayReport) -> None:
+        """Returns once every record of ``chunk`` is acknowledged (published, applied or
+        dead-lettered); raises when that cannot be had."""
+
+    async def finish(self) -> RefitReport | None:
+        """After the last chunk of a job."""
+        return None
+
+    async def close(self) -> None:  # noqa: B027 (optional hook)
+        pass
+
+
+class RejectedLog:
+    """Invalid records a stream replay skipped, one JSON object a line, whole payload kept.
+
+    Truncated to its committed length when a job resumes, so it lists each record once.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh: IO[bytes] | None = None
+
+    def open(self, committed: int) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = self.path.open("ab")
+        self._fh.truncate(committed)
+        self._fh.seek(committed)
+
+    @property
+    def size(self) -> int:
+        return self._fh.tell() if self._fh else 0
+
+    def write(self, rejected: list[Checked]) -> None:
+        if self._fh is None or not rejected:
+            return
+        for c in rejected:
+            r = c.record
+            entry: dict[str, Any] = {"where": r.where, "part": r.part, "position": r.position,
+                                     "line": r.line, "kind": c.kind, "reason": c.reason}
+            try:
+                entry["data"] = r.data.decode("utf-8")
+            except UnicodeDecodeError:
+                entry["data_base64"] = base64.b64encode(r.data).decode()
+            self._fh.write(json.dumps(entry).encode() + b"\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+class StreamTarget(Target):
+    def __init__(self, kinesis: Any, stream: str, *, share: float = 1.0,
+                 log: RejectedLog | None = None, max_attempts: int = 20,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.kinesis = kinesis
+        self.stream = stream
+        self.name = f"stream:{stream}"
+        self.limiter = AimdLimiter(Capacity.for_shards(1), ceiling=share)
+        self.publisher = Publisher(kinesis, stream, max_attempts=max_attempts,
+                                   limiter=self.limiter, clock=clock)
+        self.log = log
+        self.shards = 0
+        self._clock = clock
+        self._refreshed = float("-inf")
+
+    def _refresh(self) -> None:
+        summary = self.kinesis.describe_stream_summary(StreamName=self.stream)
+        self.shards = int(summary["StreamDescriptionSummary"]["OpenShardCount"])
+        self.limiter.set_capacity(Capacity.for_shards(max(1, self.shards)))
+        self._refreshed = self._clock()
+
+    @property
+    def capacity_records_per_s(self) -> float:
+        return self.limiter.capacity.records_per_s
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._refresh)
+
+    async def send(self, chunk: list[Checked], report: ReplayReport) -> None:
+        if self._clock() - self._refreshed >= CAPACITY_REFRESH_S:
+            await asyncio.to_thread(self._refresh)
+        entries = [(c.event, c.event.to_bytes()) for c in chunk if c.event is not None]
+        published = PublishReport()
+
+        def put() -> None:
+            for batch in batches(entries):
+                self.publisher.put_batch(batch, published)
+
+        try:
+            await asyncio.to_thread(put)
+        finally:
+            report.throttled += published.throttled_records
+        report.published += published.records
+        if self.log is not None:
+            self.log.write([c for c in chunk if c.event is None])
+
+    async def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
+
+
+def by_customer(records: list[SourceRecord], size: int) -> list[list[SourceRecord]]:
+    """Batches of about ``size`` records holding whole customers (each customer's records
+    in their order; a customer with more than ``size`` records fills a batch alone).
+
+    >>> recs = [SourceRecord("f", str(i), 1, b"", k) for i, k in enumerate("abacbd")]
+    >>> [[r.key + r.position for r in b] for b in by_customer(recs, 3)]
+    [['a0', 'a2'], ['b1', 'b4', 'c3'], ['d5']]
+    """
+    groups: dict[str, list[SourceRecord]] = {}
+    for r in records:
+        groups.setdefault(r.key, []).append(r)
+    out: list[list[SourceRecord]] = []
+    batch: list[SourceRecord] = []
+    for recs in groups.values():
+        if batch and len(batch) + len(recs) > size:
+            out.append(batch)
+            batch = []
+        batch.extend(recs)
+    if batch:
+        out.append(batch)
+    return out
+
+
+class DirectTarget(Target):
+    def __init__(self, applier: BatchApplier, table_prefix: str, *, origin: str,
+                 lease: GroupLease | None = None, group_size: int = 300,
+                 refit: bool = True) -> None:
+        self.applier = applier
+        self.name = f"direct:{table_prefix}"
+        self.origin = origin
+        self.lease = lease
+        self.group_size = group_size
+        self.refit = refit
+        self._renewed = 0.0
+
+    async def start(self) -> None:
+        if self.lease is not None:
+            await self.lease.acquire(time.time())
+            self._renewed = time.time()
+        await self.applier.registry.load()
+
+    def _record(self, r: SourceRecord) -> StreamRecord:
+        return StreamRecord(r.data, r.position, r.key, r.part, self.origin)
+
+    async def send(self, chunk: list[Checked], report: ReplayReport) -> None:
+        unframed = [Rejected(self._record(c.record), c.kind, c.reason)
+                    for c in chunk if c.record.problem is not None]
+        if unframed:
+            await self.applier.dead_letters.save(unframed)
+            report.dead_lettered += len(unframed)
+        # the core tells records apart by sequence number, unique only within a part
+        parts: dict[str, list[SourceRecord]] = {}
+        for c in chunk:
+            if c.record.problem is None:
+                parts.setdefault(c.record.part, []).append(c.record)
+        for batch in (b for records in parts.values()
+                      for b in by_customer(records, self.group_size)):
+            result = await self.applier.apply([self._record(r) for r in batch])
+            report.applied += result.counts["applied"]
+            report.duplicates += result.counts["duplicate"]
+            report.dead_lettered += result.counts["rejected"]
+        now = time.time()
+        if self.lease is not None and now - self._renewed >= self.lease.ttl_s / 3:
+            await self.lease.acquire(now)
+            self._renewed = now
+
+    async def finish(self) -> RefitReport | None:
+        """The refit ``caa consume --until-idle`` ends with: both models over the customer
+        table, every prediction rewritten as of the latest event."""
+        if not self.refit:
+            return None
+        a = self.applier
+        return await refit(a.customers, a.predictions, a.registry, rewrite=True,
+                           enricher=a.enricher, active_days=0)
+
+    async def close(self) -> None:
+        if self.lease is not None:
+            await self.lease.release()
