@@ -44,8 +44,17 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy .
 
+# headless Chromium (Debian's package) renders the report in a test; installed when missing
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null || \
+	   (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -q chromium >/dev/null)) || \
+	  echo "chromium missing: install Debian's chromium package for the report test"
+
 ## test: lint, type-check, unit + integration tests (starts its own emulator)
-test: lint $(KINESIS_MOCK)
+test: lint $(KINESIS_MOCK) $(CHROMIUM)
 	$(VENV)/bin/pytest
 
 ## chaos: the crash harness on the whole CDNOW log (>= 10 SIGKILLs); last line
