@@ -114,35 +114,31 @@ class PurchaseEvent(BaseModel):
         return self.model_dump_json(exclude_none=True).encode()
 
 
-class ConsentEvent(BaseModel):
+class _Statement(BaseModel):
+    """What consent and erasure events share: a customer's statement at an instant."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: Literal[1] = 1
+    event_id: Identifier
+    customer_id: Identifier
+    occurred_at: AwareDatetime
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+class ConsentEvent(_Statement):
     """The customer's statement on AI analysis of their features; the latest one wins."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
     type: Literal["consent"]
-    schema_version: Literal[1] = 1
-    event_id: Identifier
-    customer_id: Identifier
-    occurred_at: AwareDatetime
     analysis: bool
 
-    def to_bytes(self) -> bytes:
-        return self.model_dump_json().encode()
 
-
-class ErasureEvent(BaseModel):
+class ErasureEvent(_Statement):
     """Forget the customer: state and prediction go; later events start a new customer."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
     type: Literal["erasure"]
-    schema_version: Literal[1] = 1
-    event_id: Identifier
-    customer_id: Identifier
-    occurred_at: AwareDatetime
-
-    def to_bytes(self) -> bytes:
-        return self.model_dump_json().encode()
 
 
 StreamEvent = PurchaseEvent | ConsentEvent | ErasureEvent

@@ -9,9 +9,6 @@ holds a subscription for a few seconds after its connection is gone."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
-import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Sequence
@@ -22,14 +19,15 @@ import pytest
 
 from caa.aws import Aws
 from caa.settings import Settings
-from consumers.core import BatchResult, StreamRecord
+from consumers.core import BatchResult
 from consumers.fanout import INITIAL_RESPONSE, FanoutPoller, _WithInitialResponse
 from consumers.worker import Worker
 from deploy.emulator import Emulator
 from models.events import PurchaseEvent
 from producers.publisher import Publisher
 from producers.synthetic import generate
-from tests.integration.test_poller import StuckCustomer
+from tests.integration.test_poller import assert_held_then_recovered, run_with_a_stuck_customer
+from tests.integration.test_reshard import record_applied
 
 pytestmark = pytest.mark.integration
 
@@ -107,19 +105,7 @@ async def run_worker(s: Settings, scenario: Callable[[Run], Awaitable[None]] | N
         pollers.append(w.poller)
         run = Run(w, spy, applied, batches)
         w.poller.discovery_interval = 0.5
-        real_apply = w.applier.apply
-
-        async def apply(records: Sequence[StreamRecord]) -> BatchResult:
-            result = await real_apply(records)
-            done = {(o.shard_id, o.sequence_number) for o in result.outcomes
-                    if o.status == "applied"}
-            for r in records:
-                if (r.shard_id, r.sequence_number) in done:
-                    e = json.loads(r.data)
-                    applied[e["customer_id"]].append(e["event_id"])
-            return result
-
-        w.applier.apply = apply  # type: ignore[method-assign]
+        record_applied(w, applied)
         if scenario is None:
             await w.run(until_idle=True, final_refit=False)
         else:
@@ -321,39 +307,7 @@ def test_a_write_failure_holds_the_shard_and_resubscribes_from_its_checkpoint(
     efo_settings: Callable[..., Settings], capsys: pytest.CaptureFixture[str],
 ) -> None:
     s = efo_settings(get_records_limit="20", max_write_attempts="2")
-    events = generate(customers=30, days=60, seed=4)
-    Publisher(Aws(s).client("kinesis"), s.stream_name).publish(events)
-    stuck = events[0].customer_id  # in the first batch of its shard
-    saves: list[tuple[float, str]] = []
-
-    async def scenario() -> tuple[Worker, StuckCustomer]:
-        async with Aws(s).clients("kinesis", "dynamodb") as c:
-            ddb = StuckCustomer(c["dynamodb"], s.table("customers"), stuck, failing_calls=6)
-            w = Worker(s, c["kinesis"], ddb)
-            real_save = w.checkpoints.save
-
-            async def save(shard_id: str, seq: str | None, ended: bool = False) -> None:
-                saves.append((time.monotonic(), shard_id))
-                await real_save(shard_id, seq, ended)
-
-            w.poller.checkpoints.save = save  # type: ignore[method-assign,assignment]
-            await w.run(until_idle=True, final_refit=False)
-            return w, ddb
-
-    w, ddb = asyncio.run(scenario())
-    assert isinstance(w.poller, FanoutPoller)
-    assert w.poller.write_failures == 3  # 6 failing calls, 2 attempts per batch write
-    assert w.poller.subscriptions >= s.shard_count + 3  # each hold re-subscribes
-    assert w.applier.totals.applied == len(events)  # nothing skipped, nothing twice
-    assert w.applier.totals.duplicate == 0
-    key = int(hashlib.md5(stuck.encode()).hexdigest(), 16)
-    stuck_shard = next(
-        sh["ShardId"] for sh in Aws(s).client("kinesis").list_shards(
-            StreamName=s.stream_name)["Shards"]
-        if int(sh["HashKeyRange"]["StartingHashKey"]) <= key
-        <= int(sh["HashKeyRange"]["EndingHashKey"]))
-    first, healed = ddb.failed_at[0], ddb.failed_at[-1]
-    assert stuck_shard not in [sid for t, sid in saves if first <= t <= healed]  # held
-    err = capsys.readouterr().err
-    assert f"shard {stuck_shard}: effects of" in err and "checkpoint held" in err
-    assert f"shard {stuck_shard}: writes recovered after 3 failure(s)" in err
+    run = run_with_a_stuck_customer(s)
+    assert isinstance(run.worker.poller, FanoutPoller)
+    assert_held_then_recovered(run, capsys.readouterr().err)
+    assert run.worker.poller.subscriptions >= s.shard_count + 3  # each hold re-subscribes

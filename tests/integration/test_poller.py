@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -144,7 +145,7 @@ class StuckCustomer:
         return getattr(self._client, name)
 
     async def batch_write_item(self, RequestItems: dict[str, Any], **kw: Any) -> Any:
-        ids = {r["PutRequest"]["Item"].get("customer_id", {}).get("S")
+        ids = {r.get("PutRequest", {}).get("Item", {}).get("customer_id", {}).get("S")
                for r in RequestItems.get(self.table, [])}
         if self.left and self.customer in ids:
             self.left -= 1
@@ -153,18 +154,25 @@ class StuckCustomer:
         return await self._client.batch_write_item(RequestItems=RequestItems, **kw)
 
 
-def test_a_persistent_write_failure_holds_only_that_shards_checkpoint(
-    fresh_settings: Callable[..., Settings], capsys: pytest.CaptureFixture[str],
-) -> None:
-    s = fresh_settings(shard_count="2", get_records_limit="20", max_write_attempts="2")
+@dataclass
+class StuckRun:
+    worker: Worker
+    ddb: StuckCustomer
+    saves: list[tuple[float, str]]  # (when, shard) of every checkpoint saved
+    stuck_shard: str
+
+
+def run_with_a_stuck_customer(s: Settings, failing_calls: int = 6) -> StuckRun:
+    """Consume synthetic events while one customer's state writes fail ``failing_calls``
+    times (the first customer: in the first batch of its shard)."""
     events = generate(customers=30, days=60, seed=4)
     Publisher(Aws(s).client("kinesis"), s.stream_name).publish(events)
-    stuck = events[0].customer_id  # in the first batch of its shard
+    stuck = events[0].customer_id
     saves: list[tuple[float, str]] = []
 
     async def scenario() -> tuple[Worker, StuckCustomer]:
         async with Aws(s).clients("kinesis", "dynamodb") as c:
-            ddb = StuckCustomer(c["dynamodb"], s.table("customers"), stuck, failing_calls=6)
+            ddb = StuckCustomer(c["dynamodb"], s.table("customers"), stuck, failing_calls)
             w = Worker(s, c["kinesis"], ddb)
             real_save = w.checkpoints.save
 
@@ -177,7 +185,6 @@ def test_a_persistent_write_failure_holds_only_that_shards_checkpoint(
             return w, ddb
 
     w, ddb = asyncio.run(scenario())
-    assert w.poller.write_failures == 3  # 6 failing calls, 2 attempts per batch write
     assert w.applier.totals.applied == len(events)  # nothing skipped, nothing twice
     assert w.applier.totals.duplicate == 0
     key = int(hashlib.md5(stuck.encode()).hexdigest(), 16)
@@ -186,13 +193,28 @@ def test_a_persistent_write_failure_holds_only_that_shards_checkpoint(
             StreamName=s.stream_name)["Shards"]
         if int(sh["HashKeyRange"]["StartingHashKey"]) <= key
         <= int(sh["HashKeyRange"]["EndingHashKey"]))
-    first, healed = ddb.failed_at[0], ddb.failed_at[-1]
-    during = [sid for t, sid in saves if first <= t <= healed]
-    assert stuck_shard not in during  # its checkpoint was held...
-    assert during  # ...while the other shard went on
-    err = capsys.readouterr().err
-    assert f"shard {stuck_shard}: effects of" in err and "checkpoint held" in err
-    assert f"shard {stuck_shard}: writes recovered after 3 failure(s)" in err
+    return StuckRun(w, ddb, saves, stuck_shard)
+
+
+def assert_held_then_recovered(run: StuckRun, err: str, failures: int = 3) -> list[str]:
+    """The stuck shard's checkpoint was held while its writes failed, one line said so, one
+    said they recovered; returns the shards checkpointed meanwhile."""
+    assert run.worker.poller.write_failures == failures
+    first, healed = run.ddb.failed_at[0], run.ddb.failed_at[-1]
+    during = [sid for t, sid in run.saves if first <= t <= healed]
+    assert run.stuck_shard not in during
+    assert f"shard {run.stuck_shard}: effects of" in err and "checkpoint held" in err
+    assert f"shard {run.stuck_shard}: writes recovered after {failures} failure(s)" in err
+    return during
+
+
+def test_a_persistent_write_failure_holds_only_that_shards_checkpoint(
+    fresh_settings: Callable[..., Settings], capsys: pytest.CaptureFixture[str],
+) -> None:
+    s = fresh_settings(shard_count="2", get_records_limit="20", max_write_attempts="2")
+    run = run_with_a_stuck_customer(s)  # 6 failing calls, 2 attempts per batch write: 3
+    during = assert_held_then_recovered(run, capsys.readouterr().err)
+    assert during  # the other shard went on meanwhile
 
 
 class Throttled:

@@ -34,6 +34,23 @@ def _wait_active(kinesis: Any, stream: str) -> None:
                                              WaiterConfig={"Delay": 1, "MaxAttempts": 60})
 
 
+def record_applied(w: Worker, applied: dict[str, list[str]]) -> None:
+    """Wrap the worker's applier: each customer's event ids, in the order they were applied."""
+    real_apply = w.applier.apply
+
+    async def apply(records: Sequence[StreamRecord]) -> BatchResult:
+        result = await real_apply(records)
+        done = {(o.shard_id, o.sequence_number) for o in result.outcomes
+                if o.status == "applied"}
+        for r in records:
+            if (r.shard_id, r.sequence_number) in done:
+                e = json.loads(r.data)
+                applied[e["customer_id"]].append(e["event_id"])
+        return result
+
+    w.applier.apply = apply  # type: ignore[method-assign]
+
+
 def test_split_and_merge_mid_stream_apply_every_event_once_and_in_order(
     kinesis_mock: Emulator, fresh_settings: Callable[..., Settings],
     monkeypatch: pytest.MonkeyPatch,
@@ -52,19 +69,7 @@ def test_split_and_merge_mid_stream_apply_every_event_once_and_in_order(
         async with Aws(s).clients("kinesis", "dynamodb") as c:
             w = Worker(s, c["kinesis"], c["dynamodb"])
             w.poller.discovery_interval = 0.5
-            real_apply = w.applier.apply
-
-            async def apply(records: Sequence[StreamRecord]) -> BatchResult:
-                result = await real_apply(records)
-                done = {(o.shard_id, o.sequence_number) for o in result.outcomes
-                        if o.status == "applied"}
-                for r in records:
-                    if (r.shard_id, r.sequence_number) in done:
-                        e = json.loads(r.data)
-                        applied[e["customer_id"]].append(e["event_id"])
-                return result
-
-            w.applier.apply = apply  # type: ignore[method-assign]
+            record_applied(w, applied)
             stop = asyncio.Event()
             task = asyncio.create_task(w.run(stop=stop, final_refit=False))
             loop = asyncio.get_running_loop()
