@@ -27,10 +27,11 @@ import json
 import math
 import secrets
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import date
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -64,6 +65,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     e.add_argument("--limit-customers", type=int, metavar="N",
                    help="only the first N customers of the log (fast runs)")
     e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--by-variant", action="store_true",
+                   help="also score each A/B variant's customers (CAA_AB_EXPERIMENT/_VARIANTS)")
+    e.add_argument("--customers-csv", type=Path, default=Path("out/evaluation-customers.csv"),
+                   help="per-customer predicted and actual holdout purchases, for `caa report`")
     e.add_argument("--keep", action="store_true",
                    help="keep the evaluation's stream and tables (their names go to stderr)")
 
@@ -131,8 +136,10 @@ async def replay(s: Settings, aws: Aws, holdout: Holdout, published: int) -> Rep
                   SegmentModel.from_dict(streaming[1]))
 
 
-def score(run: Replay, events: list[PurchaseEvent], holdout: Holdout) -> dict[str, Any]:
-    """Everything ``--json`` prints (raises :class:`EvaluationError` on inconsistent data)."""
+def score(run: Replay, events: list[PurchaseEvent], holdout: Holdout
+          ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Everything ``--json`` prints, and one row per customer (raises
+    :class:`EvaluationError` on inconsistent data)."""
     from models import evaluation as ev
     from models.features import rfm
     from models.segmentation import SEGMENT_NAMES
@@ -173,7 +180,16 @@ def score(run: Replay, events: list[PurchaseEvent], holdout: Holdout) -> dict[st
         streaming_ari=ev.adjusted_rand(unrefitted, [int(g["id"]) for g in stored]),
         sizes=dict(sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0]))),
     )
+    variants = [run.predictions[c].get("variant") for c in ids]
+    models: dict[str, Sequence[float] | ev.FloatArray] = {
+        "ours": ours, "bgnbd": anchors.bgnbd, "pareto_nbd": anchors.pareto_nbd,
+        "naive": anchors.naive}
+    rows = [{"customer_id": c, "predicted": ours[i], "actual": float(actual[i]),
+             "score": ours[i], "bgnbd": float(anchors.bgnbd[i]),
+             "pareto_nbd": float(anchors.pareto_nbd[i]), "variant": variants[i] or ""}
+            for i, c in enumerate(ids)]
     return {
+        "by_variant": ev.by_group(variants, models, actual),
         "ours": ev.score(ours, actual).as_dict(),
         "bgnbd": ev.score(anchors.bgnbd, actual).as_dict(),
         "pareto_nbd": ev.score(anchors.pareto_nbd, actual).as_dict(),
@@ -188,7 +204,7 @@ def score(run: Replay, events: list[PurchaseEvent], holdout: Holdout) -> dict[st
         "inputs_differ": len(ev.inputs_differ(summary, run.states, holdout)),
         "params": {"ours": run.params.to_dict(), "bgnbd": anchors.bgnbd_params,
                    "pareto_nbd": anchors.pareto_nbd_params},
-    }
+    }, rows
 
 
 def _progress() -> Progress:
@@ -220,7 +236,7 @@ def evaluation_resources(settings: Settings, aws: Aws, keep: bool) -> Iterator[S
 
 
 def evaluate(settings: Settings, holdout: Holdout, limit_customers: int | None,
-             keep: bool = False) -> dict[str, Any]:
+             keep: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     from producers.cdnow import time_ordered
     from producers.publisher import Publisher
 
@@ -236,6 +252,17 @@ def evaluate(settings: Settings, holdout: Holdout, limit_customers: int | None,
                 calibration, progress=lambda n: progress.advance(task, n))
         run = asyncio.run(replay(s, aws, holdout, len(calibration)))
     return score(run, events, holdout)
+
+
+def write_customers(path: Path, rows: list[dict[str, Any]]) -> None:
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["customer_id"])
+        w.writeheader()
+        w.writerows(rows)
+    err.print(f"per-customer figures in {path}")
 
 
 def _fmt(v: float | None, digits: int = 4) -> str:
@@ -268,6 +295,15 @@ def print_report(out: dict[str, Any]) -> None:
     for name, n in g["sizes"].items():
         s.add_row(f"segment: {name}", f"{n:,}")
     console.print(s)
+    if "by_variant" in out:
+        v = Table(title="by A/B variant (ours; anchors in --json)")
+        for col in ("variant", "customers", "MAE", "AUC", "predicted", "actual"):
+            v.add_column(col, justify="left" if col == "variant" else "right")
+        for name, g in out["by_variant"].items():
+            m = g["ours"]
+            v.add_row(name, f"{g['customers']:,}", _fmt(m["mae"]), _fmt(m["auc"]),
+                      _fmt(m["total_predicted"], 0), _fmt(g["total_actual"], 0))
+        console.print(v)
 
 
 def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
@@ -287,7 +323,10 @@ def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
     from models.evaluation import Holdout
 
     holdout = Holdout(args.calibration_end, args.holdout_weeks)
-    out = evaluate(settings, holdout, args.limit_customers, keep=args.keep)
+    out, rows = evaluate(settings, holdout, args.limit_customers, keep=args.keep)
+    write_customers(args.customers_csv, rows)
+    if not args.by_variant:
+        out.pop("by_variant")
     if args.json:
         print(json.dumps(out, indent=2))
     else:

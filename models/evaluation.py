@@ -362,3 +362,23 @@ def changed_share(before: Sequence[str], after: Sequence[str]) -> float:
     if len(before) != len(after) or not before:
         raise ValueError("need two non-empty lists of one length")
     return sum(a != b for a, b in zip(before, after, strict=True)) / len(before)
+
+
+def by_group(groups: Sequence[str | None], models: dict[str, Sequence[float] | FloatArray],
+             actual: Sequence[float] | FloatArray) -> dict[str, dict[str, Any]]:
+    """Each model's :func:`score` within each group (an A/B variant), on the same customers.
+
+    >>> out = by_group(["a", "b", "a", "b"], {"m": [1.0, 0.0, 2.0, 1.0]}, [1, 0, 3, 0])
+    >>> out["a"]["customers"], out["a"]["m"]["mae"], out["b"]["m"]["mae"]
+    (2, 0.5, 0.5)
+    """
+    labels = ["(none)" if g is None else g for g in groups]
+    act = np.asarray(actual, dtype=float)
+    out: dict[str, dict[str, Any]] = {}
+    for label in sorted(set(labels)):
+        idx = np.array([i for i, g in enumerate(labels) if g == label])
+        entry: dict[str, Any] = {"customers": len(idx), "total_actual": float(act[idx].sum())}
+        for name, predicted in models.items():
+            entry[name] = score(np.asarray(predicted, dtype=float)[idx], act[idx]).as_dict()
+        out[label] = entry
+    return out

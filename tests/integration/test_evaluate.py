@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 from caa.aws import Aws
 from caa.settings import Settings
 from models.segmentation import SEGMENT_NAMES
+from models.variant import VariantPlan
 from producers.cdnow import iter_rows
 
 pytestmark = pytest.mark.integration
@@ -47,13 +49,17 @@ def from_source(n_customers: int) -> tuple[set[str], int]:
 
 
 def test_evaluate_json_on_a_cdnow_slice(fresh_settings: Callable[..., Settings],
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+                                        capsys: pytest.CaptureFixture[str],
+                                        tmp_path: Path) -> None:
     from caa import cli
 
     # small reads: several batches per shard, so the streaming model segments some
     # customers at their last purchase before the final refit
-    settings = fresh_settings(segment_warmup="50", get_records_limit="200")
-    assert cli.main(["evaluate", "--json", "--limit-customers", "1000"]) == 0
+    settings = fresh_settings(segment_warmup="50", get_records_limit="200",
+                              ab_experiment="eval-ab", ab_variants="a=1,b=1")
+    rows_csv = tmp_path / "customers.csv"
+    assert cli.main(["evaluate", "--json", "--limit-customers", "1000", "--by-variant",
+                     "--customers-csv", str(rows_csv)]) == 0
     out = json.loads(capsys.readouterr().out)
     customers, actual = from_source(1000)
     assert out["customers"] == len(customers)
@@ -74,6 +80,19 @@ def test_evaluate_json_on_a_cdnow_slice(fresh_settings: Callable[..., Settings],
         out["bgnbd"]["total_predicted"], rel=1e-3)
     for k, v in out["params"]["ours"].items():
         assert v == pytest.approx(out["params"]["bgnbd"][k], rel=1e-3)
+    # per customer, for the report; per A/B variant, the same customers split by assignment
+    with rows_csv.open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["customer_id"] for r in rows} == set(customers)
+    assert sum(float(r["actual"]) for r in rows) == actual
+    plan = VariantPlan.parse("eval-ab", "a=1,b=1")
+    assert all(r["variant"] == plan.assign(r["customer_id"]) for r in rows)
+    groups = out["by_variant"]
+    assert set(groups) == {"a", "b"}
+    assert sum(g["customers"] for g in groups.values()) == len(customers)
+    assert sum(g["total_actual"] for g in groups.values()) == actual
+    assert sum(g["ours"]["total_predicted"] for g in groups.values()) == pytest.approx(
+        out["ours"]["total_predicted"])
     seg = out["segments"]
     assert 0.5 <= seg["ari"] <= 1
     assert 0 < seg["silhouette"] <= 1
