@@ -13,8 +13,10 @@
    analysis, ``no_consent``, and so does the control, ``ab_control``; unchanged customers
    keep theirs). The rest go to a Bedrock batch inference job instead of on-demand calls:
    the exact Converse request the on-demand analyzer builds (pseudonymised prompt, forced
-   tool), one JSONL line each, written to S3 with the job record, then
-   CreateModelInvocationJob. :mod:`consumers.ingestion` reads the answers back.
+   tool) in the model's native format (:func:`models.batch.messages_body`: Converse-type
+   jobs do not support tool use), one JSONL line each, written to S3 with the job record,
+   then CreateModelInvocationJob of the InvokeModel type. :mod:`consumers.ingestion` reads
+   the answers back.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from consumers.stores import Dynamo, PredictionStore, state_from_item
 from consumers.trigger import Signature, stale_reason
 from consumers.usage import UsageLedger
 from models.analysis import AnalysisRecord
-from models.batch import BatchEntry, BatchJob, input_line, record_id, s3_uri
+from models.batch import INVOCATION_TYPE, BatchEntry, BatchJob, input_line, record_id, s3_uri
 from models.features import rfm
 from models.prediction import Prediction
 from models.prompt import AnalysisInput, build_input
@@ -107,7 +109,8 @@ async def store_all(store: AnalysisStore, records: Sequence[AnalysisRecord],
 async def plan(settings: Settings, enricher: Enricher, states: Sequence[CustomerState],
                predictions: Sequence[Prediction], as_of: int, now: datetime) -> Plan:
     """Consent and cache first (settled now, written like the enricher writes them); the
-    rest become input lines with the on-demand analyzer's exact request."""
+    rest become input lines with the on-demand analyzer's exact request (in the model's
+    native format)."""
     analyzer = enricher.analyzer
     assert isinstance(analyzer, BedrockAnalyzer), "the batch needs the Bedrock analyzer"
     by_id = {p.customer_id: p for p in predictions}
@@ -179,7 +182,7 @@ async def submit(settings: Settings, s3: Any, bedrock: Any, work: Plan, now: dat
     try:
         resp = await bedrock.create_model_invocation_job(
             jobName=name, roleArn=settings.batch_role_arn, clientRequestToken=name,
-            modelId=job.model_id, modelInvocationType="Converse",
+            modelId=job.model_id, modelInvocationType=INVOCATION_TYPE,
             inputDataConfig={"s3InputDataConfig": {"s3InputFormat": "JSONL",
                                                    "s3Uri": job.input_uri}},
             outputDataConfig={"s3OutputDataConfig": {"s3Uri": job.output_uri}},

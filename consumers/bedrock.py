@@ -9,6 +9,10 @@ only from the customer's items); an invalid answer is sent back once as a tool
 error (or, for a text answer, a reminder to call the tool) and then fails as
 ``invalid_answer``.
 
+The daily batch sends this same request in the model's native format
+(:func:`models.batch.messages_body`; batch jobs support tool use only with InvokeModel)
+and reads its answers with :func:`parse_native_answer`, through the same validation.
+
 Throttling, service-unavailable, internal errors, model timeouts and transport
 failures are retried with exponential backoff and full jitter while the
 deadline allows; botocore's own retries are off (the client is built with one
@@ -57,19 +61,34 @@ RETRYABLE: dict[str, FailureKind] = {
 }
 
 
-def parse_answer(resp: dict[str, Any]) -> tuple[Analysis | None, str, dict[str, Any] | None]:
-    """(analysis, why it is invalid, the tool-use block) from a Converse response."""
-    content = resp.get("output", {}).get("message", {}).get("content", [])
-    uses = [c["toolUse"] for c in content if "toolUse" in c]
+def _validated(uses: list[dict[str, Any]], stop: str,
+               ) -> tuple[Analysis | None, str, dict[str, Any] | None]:
     use = next((u for u in uses if u.get("name") == TOOL_NAME), None)
     if use is None:
-        return None, f"no {TOOL_NAME} tool call (stopReason {resp.get('stopReason')})", None
+        return None, f"no {TOOL_NAME} tool call ({stop})", None
     try:
         return Analysis.model_validate(use.get("input")), "", use
     except ValidationError as exc:
         errors = exc.errors(include_url=False)[:5]
         why = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'input'}: {e['msg']}" for e in errors)
         return None, why, use
+
+
+def parse_answer(resp: dict[str, Any]) -> tuple[Analysis | None, str, dict[str, Any] | None]:
+    """(analysis, why it is invalid, the tool-use block) from a Converse response."""
+    content = resp.get("output", {}).get("message", {}).get("content", [])
+    uses = [c["toolUse"] for c in content if isinstance(c, dict) and "toolUse" in c]
+    return _validated(uses, f"stopReason {resp.get('stopReason')}")
+
+
+def parse_native_answer(resp: dict[str, Any],
+                        ) -> tuple[Analysis | None, str, dict[str, Any] | None]:
+    """The same from an Anthropic Messages response (InvokeModel, as batch jobs answer):
+    ``content`` blocks of ``type`` ``tool_use`` with ``name`` and ``input``."""
+    content = resp.get("content")
+    uses = [c for c in content if isinstance(c, dict) and c.get("type") == "tool_use"] \
+        if isinstance(content, list) else []
+    return _validated(uses, f"stop_reason {resp.get('stop_reason')}")
 
 
 class BedrockAnalyzer:

@@ -1,14 +1,18 @@
 """Read a Bedrock batch inference job's answers back (``caa batch --ingest JOB``).
 
 Once the job has ended (Completed, PartiallyCompleted, Stopped, Expired or Failed), every
-``<input name>.out`` object under its output prefix is read line by line. Every record of the
+``<input name>.out`` object under its output prefix is read line by line; an answer is the
+model's native response (the job is of the InvokeModel type, see :mod:`models.batch`): an
+Anthropic Messages ``modelOutput`` whose ``tool_use`` block is validated as the on-demand
+analyzer validates its ``toolUse`` (:func:`~consumers.bedrock.parse_native_answer`), tokens
+from its ``usage`` (``input_tokens``, ``output_tokens``). Every record of the
 job gets exactly one analysis, stored through the same :class:`AnalysisStore` path as
 on-demand analyses (latest, history, merged into the prediction), with trigger ``schedule``:
 
 * a valid answer: source ``bedrock``, its tokens priced at the batch rate
   (``CAA_BEDROCK_BATCH_PRICE_FACTOR`` of the on-demand price);
-* an answer that fails validation (billed, not corrected: a batch has no second turn):
-  statistical, ``invalid_answer``;
+* an answer that fails validation, a text-only answer or another tool (billed, not
+  corrected: a batch has no second turn): statistical, ``invalid_answer``;
 * an ``error`` line: statistical, ``batch_error``; a line with a record id but neither
   answer nor error: ``batch_malformed``; no line at all (an unreadable line, a failed job):
   ``batch_missing``.
@@ -34,7 +38,7 @@ from caa.settings import Settings
 from consumers.analysis_store import AnalysisStore
 from consumers.analyzer import PriceTable
 from consumers.batch import statistical_record, store_all
-from consumers.bedrock import parse_answer
+from consumers.bedrock import parse_native_answer
 from consumers.usage import UsageLedger, micros
 from models.analysis import AnalysisRecord
 from models.batch import BatchEntry, BatchJob, OutputLine, parse_output_line, split_s3_uri
@@ -82,10 +86,11 @@ def analysis_of(entry: BatchEntry, line: OutputLine, prices: PriceTable, model: 
         return statistical_record(entry.customer_id, x, at, "batch_error")
     if line.kind == "malformed" or line.output is None:
         return statistical_record(entry.customer_id, x, at, "batch_malformed")
-    usage = line.output.get("usage", {})
-    tin, tout = int(usage.get("inputTokens", 0)), int(usage.get("outputTokens", 0))
+    usage = line.output.get("usage")
+    usage = usage if isinstance(usage, dict) else {}
+    tin, tout = int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0))
     cost = round(prices.cost(model, tin, tout) * factor, 9)
-    analysis, _why, _use = parse_answer(line.output)
+    analysis, _why, _use = parse_native_answer(line.output)
     if analysis is not None and not analysis.problems(_items(x)):
         return AnalysisRecord(
             customer_id=entry.customer_id, at=at, as_of=x.as_of, source="bedrock", model=model,

@@ -13,7 +13,8 @@ step | null}`` replaces the script: steps are consumed FIFO, one per converse re
 ``GET /_control/requests`` lists every converse request since the last reset;
 ``POST /_control/reset`` clears script and records; ``GET /_control/health`` answers ok.
 Batch inference (control plane, for ``caa batch``): ``POST /model-invocation-job``
-(CreateModelInvocationJob) records the job as ``Submitted`` and ``GET
+(CreateModelInvocationJob; ``modelInvocationType``, when given, ``InvokeModel`` or
+``Converse``) records the job as ``Submitted`` and ``GET
 /model-invocation-job/{id or ARN}`` describes it; nothing runs. ``GET /_control/jobs`` lists
 the jobs, ``POST /_control/job-status`` ``{"status", "jobArn"?}`` moves them on.
 ``python -m deploy.bedrock_server --port 0`` prints ``READY http://host:port`` and serves.
@@ -49,6 +50,7 @@ KINDS = frozenset({"answer", "throttle", "error", "slow", "text", "invalid"})
 CONVERSE_PATH = re.compile(r"^/model/([^/]+)/converse$")
 JOBS_PATH = "/model-invocation-job"
 _JOB_FIELDS = ("jobName", "roleArn", "modelId", "inputDataConfig", "outputDataConfig")
+INVOCATION_TYPES = frozenset({"InvokeModel", "Converse"})  # the API's modelInvocationType
 TEXT_ANSWER = "I think this customer is likely to buy again soon, but I am not certain."
 ERRORS = {"throttle": (429, "ThrottlingException", "Too many requests, please wait."),
           "error": (500, "InternalServerException", "Scripted error")}
@@ -260,8 +262,10 @@ class _Handler(BaseHTTPRequestHandler):
             missing = [k for k in _JOB_FIELDS if not body.get(k)]
         except (ValueError, AttributeError):
             body, missing = {}, ["a JSON object"]
-        if missing:
-            self._error(400, "ValidationException", f"missing {', '.join(missing)}")
+        invocation = body.get("modelInvocationType", "InvokeModel")  # optional in the API
+        if missing or invocation not in INVOCATION_TYPES:
+            self._error(400, "ValidationException", f"missing {', '.join(missing)}" if missing
+                        else f"modelInvocationType must be one of {sorted(INVOCATION_TYPES)}")
             return
         scope = re.search(r"Credential=[^/]+/\d+/([^/]+)/", auth)
         region = scope.group(1) if scope else "us-east-1"

@@ -1,6 +1,7 @@
 """The daily batch end to end: customers consumed on moto's server, `caa batch` recomputes
-the active ones and, with Bedrock on, writes a batch inference job's input to moto's S3 and
-creates the job on the Bedrock-protocol test server (moto has no model invocation jobs); the
+the active ones and, with Bedrock on, writes a batch inference job's input (the on-demand
+request in Anthropic's native format) to moto's S3 and creates the InvokeModel-type job on the
+Bedrock-protocol test server (moto has no model invocation jobs); the
 test then writes the job's output as Bedrock would and `caa batch --ingest` stores it."""
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ from consumers.bedrock import BedrockAnalyzer
 from consumers.worker import Worker
 from deploy.bedrock_server import BedrockServer
 from deploy.schema_answer import generate, grounding
-from models.analysis import TOOL_NAME, tool_spec
+from models.analysis import TOOL_NAME, input_schema, tool_spec
 from models.batch import BatchJob, split_s3_uri
 from models.events import LineItem, PurchaseEvent
-from models.prompt import pseudonym
+from models.prompt import SYSTEM_PROMPT, AnalysisInput, pseudonym, render_user
 from producers.publisher import Publisher
 from tests.integration.test_analysis import KEY, customer_data
 
@@ -51,12 +52,16 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, Any]:
 
 
 def answer(model_input: dict[str, Any], tool_input: Any, tokens: tuple[int, int]) -> Any:
-    """A Converse response forced through the request's tool, as Bedrock returns it."""
-    return {"output": {"message": {"role": "assistant", "content": [{"toolUse": {
-        "toolUseId": "tooluse_1", "name": TOOL_NAME, "input": tool_input}}]}},
-        "stopReason": "tool_use",
-        "usage": {"inputTokens": tokens[0], "outputTokens": tokens[1],
-                  "totalTokens": sum(tokens)}}
+    """An Anthropic Messages response forced through the request's tool, as an
+    InvokeModel-type batch job writes it."""
+    (choice,) = [t["name"] for t in model_input["tools"]
+                 if t["name"] == model_input["tool_choice"]["name"]]
+    return {"id": "msg_bdrk_1", "type": "message", "role": "assistant",
+            "model": "claude-haiku-4-5-20251001",
+            "content": [{"type": "tool_use", "id": "toolu_bdrk_1", "name": choice,
+                         "input": tool_input}],
+            "stop_reason": "tool_use", "stop_sequence": None,
+            "usage": {"input_tokens": tokens[0], "output_tokens": tokens[1]}}
 
 
 def consume(s: Settings, events: list[PurchaseEvent]) -> None:
@@ -92,7 +97,7 @@ def write_output(s: Settings, job: dict[str, Any], by_cid: dict[str, Any]) -> No
 
     def valid(cid: str) -> str:
         body = by_cid[cid]["modelInput"]
-        schema = body["toolConfig"]["tools"][0]["toolSpec"]["inputSchema"]["json"]
+        schema = body["tools"][0]["input_schema"]
         tool_input = generate(schema, grounded=tuple(grounding(body)))
         return json.dumps({**by_cid[cid], "modelOutput": answer(body, tool_input, (1000, 200))})
 
@@ -108,6 +113,30 @@ def write_output(s: Settings, job: dict[str, Any], by_cid: dict[str, Any]) -> No
     bucket, prefix = split_s3_uri(job["output_uri"])
     Aws(s).client("s3").put_object(Bucket=bucket, Key=f"{prefix}{job_id}/{job['job']}.jsonl.out",
                                    Body="\n".join(out_lines).encode())
+
+
+def check_native_request(s: Settings, ln: dict[str, Any], x: AnalysisInput, cid: str) -> None:
+    """The line's model input is the on-demand request, pseudonymised, in Anthropic's native
+    format (an InvokeModel-type job: Converse-type jobs refuse toolConfig)."""
+    conv = BedrockAnalyzer(None, s.bedrock_model_id, max_tokens=s.bedrock_max_tokens,
+                           prices=PriceTable.parse(s.bedrock_prices)).request(x)
+    spec = tool_spec()["toolSpec"]
+    assert ln["modelInput"] == {
+        "anthropic_version": "bedrock-2023-05-31",
+        "max_tokens": conv["inferenceConfig"]["maxTokens"],
+        "temperature": conv["inferenceConfig"]["temperature"],
+        "system": conv["system"][0]["text"],
+        "messages": [{"role": "user", "content": [
+            {"type": "text", "text": conv["messages"][0]["content"][0]["text"]}]}],
+        "tools": [{"name": spec["name"], "description": spec["description"],
+                   "input_schema": spec["inputSchema"]["json"]}],
+        "tool_choice": {"type": "tool", "name": TOOL_NAME},
+    }
+    assert (ln["modelInput"]["system"], ln["modelInput"]["max_tokens"]) == (
+        SYSTEM_PROMPT, s.bedrock_max_tokens)
+    assert ln["modelInput"]["messages"][0]["content"][0]["text"] == render_user(x)
+    assert ln["modelInput"]["tools"][0]["input_schema"] == input_schema()
+    assert customer_data({"body": ln["modelInput"]})["subject"] == pseudonym(KEY, cid)
 
 
 def test_daily_batch_submits_a_bedrock_job_and_ingests_its_answers(
@@ -146,7 +175,7 @@ def test_daily_batch_submits_a_bedrock_job_and_ingests_its_answers(
     (created,) = bedrock_server.jobs()
     assert created["jobArn"] == job["job_arn"] and created["jobName"] == job["job"]
     assert (created["modelId"], created["roleArn"], created["modelInvocationType"]) == (
-        s.bedrock_model_id, ROLE, "Converse")
+        s.bedrock_model_id, ROLE, "InvokeModel")
     assert created["inputDataConfig"]["s3InputDataConfig"]["s3Uri"] == job["input_uri"]
     assert created["outputDataConfig"]["s3OutputDataConfig"]["s3Uri"] == job["output_uri"]
 
@@ -154,14 +183,8 @@ def test_daily_batch_submits_a_bedrock_job_and_ingests_its_answers(
     assert [ln["recordId"] for ln in lines] == sorted(record.entries)
     who = {rid: e.customer_id for rid, e in record.entries.items()}
     assert sorted(who.values()) == analysed
-    analyzer = BedrockAnalyzer(None, s.bedrock_model_id, max_tokens=s.bedrock_max_tokens,
-                               prices=PriceTable.parse(s.bedrock_prices))
-    for ln in lines:  # exactly the on-demand request, pseudonymised, without the model id
-        expected = analyzer.request(record.entries[ln["recordId"]].input)
-        assert ln["modelInput"] == {k: v for k, v in expected.items() if k != "modelId"}
-        assert ln["modelInput"]["toolConfig"]["tools"] == [tool_spec()]
-        assert customer_data({"body": ln["modelInput"]})["subject"] == pseudonym(
-            KEY, who[ln["recordId"]])
+    for ln in lines:
+        check_native_request(s, ln, record.entries[ln["recordId"]].input, who[ln["recordId"]])
     assert not any(c.encode() in raw for c in [*analysed, "nope"])  # no customer id in it
 
     # -- still running: nothing is ingested --------------------------------------------
