@@ -18,9 +18,11 @@ KINESIS_MOCK := $(VENV)/node/node_modules/kinesis-local/main.js
 $(KINESIS_MOCK):
 	npm install --no-audit --no-fund --silent --prefix $(VENV)/node kinesis-local@0.6.2
 
-## run: start the local emulator, create resources, publish CDNOW, consume it, summarise
+## run: start the local emulator, create resources, publish CDNOW, consume it, summarise,
+## then write the HTML report (out/report.html) and print its path
 run: setup
 	$(VENV)/bin/caa run
+	$(VENV)/bin/caa report
 
 ## run-ai: `make run` with the Bedrock analyzer, pointed at the local Bedrock-protocol test
 ## server (deploy/bedrock_server.py) by AWS_ENDPOINT_URL_BEDROCK_RUNTIME; its own stream and

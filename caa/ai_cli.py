@@ -33,7 +33,8 @@ def add_parsers(sub: Any) -> None:
     a.add_argument("customer_id")
 
 
-def cmd_costs(settings: Settings, aws: Aws, args: argparse.Namespace) -> int:
+def daily_usage(settings: Settings, aws: Aws) -> list[dict[str, Any]]:
+    """The usage table, one row per day (UTC), oldest first: what ``caa costs`` shows."""
     from consumers.stores import from_attr
 
     ddb = aws.client("dynamodb")
@@ -41,7 +42,7 @@ def cmd_costs(settings: Settings, aws: Aws, args: argparse.Namespace) -> int:
     for page in ddb.get_paginator("scan").paginate(TableName=settings.table("usage")):
         rows += [{k: from_attr(v) for k, v in i.items()} for i in page["Items"]]
     rows.sort(key=lambda r: str(r["day"]))
-    out = [
+    return [
         {
             "day": r["day"],
             "spend_usd": round(int(r.get("spend_micros", 0)) / 1e6, 6),
@@ -58,6 +59,10 @@ def cmd_costs(settings: Settings, aws: Aws, args: argparse.Namespace) -> int:
         }
         for r in rows
     ]
+
+
+def cmd_costs(settings: Settings, aws: Aws, args: argparse.Namespace) -> int:
+    out = daily_usage(settings, aws)
     if args.json:
         print(json.dumps(out, indent=2))
         return 0

@@ -25,7 +25,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from caa import ai_cli, batch_cli, erase_cli, evaluate_cli, feed_cli, kcl_cli, replay_cli
+from caa import ai_cli, batch_cli, erase_cli, evaluate_cli, feed_cli, kcl_cli, replay_cli, report
 from caa.aws import Aws
 from caa.settings import Settings
 
@@ -298,6 +298,7 @@ def parser() -> argparse.ArgumentParser:
     kcl_cli.add_parser(sub)
     replay_cli.add_parser(sub)
     evaluate_cli.add_parser(sub)
+    report.add_parser(sub)
     sv = sub.add_parser("serve", help="the HTTP API for downstream services (caa.api)")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
@@ -354,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
         return feed_cli.cmd_watch(settings, aws, args)
     if args.command == "batch":
         return batch_cli.cmd_batch(settings, aws, args)
+    if args.command == "report":
+        return report.cmd_report(settings, aws, args)
     if args.command == "costs":
         return ai_cli.cmd_costs(settings, aws, args)
     if args.command == "history":
