@@ -3,6 +3,9 @@
 Sources: files or directories (JSON Lines or Firehose-style concatenated JSON, CSV, the
 CDNOW master format; gzipped or not), one ``s3://BUCKET/PREFIX``, or one
 ``kinesis://STREAM`` (``kinesis://`` alone: CAA_STREAM_NAME) read from ``--since``.
+CSV: one row per line item under a header naming event_id, order_id, customer_id,
+occurred_at, currency, total, product_id, category, quantity, unit_price (optional:
+channel, consent, schema_version); consecutive rows with one event_id are one event.
 Targets: ``--to stream`` (CAA_STREAM_NAME, paced to its write capacity) or
 ``--to direct`` (the consumer's applier on the CAA_TABLE_PREFIX tables, then a refit).
 """
@@ -69,6 +72,20 @@ def _timestamp(text: str) -> datetime:
     return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
+def _positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return n
+
+
+def _share(text: str) -> float:
+    x = float(text)
+    if not 0 < x <= 1:
+        raise argparse.ArgumentTypeError("a fraction in (0, 1]")
+    return x
+
+
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     r = sub.add_parser(
         "replay", help="backfill from files, an S3 prefix or the stream, onto the stream or "
@@ -91,11 +108,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     r.add_argument("--dry-run", action="store_true",
                    help="read and validate everything, write nothing, print the report")
     r.add_argument("--json", action="store_true", help="print the report as JSON")
-    r.add_argument("--chunk", type=int,
-                   help="records per commit (default: 500 to the stream, 2000 direct)")
-    r.add_argument("--group-size", type=int, default=300,
+    r.add_argument("--chunk", type=_positive,
+                   help="records per commit (default: 2 s of the stream's capacity, at least "
+                        "2,000; direct: 10,000)")
+    r.add_argument("--group-size", type=_positive, default=300,
                    help="direct: records per applier batch, whole customers (default 300)")
-    r.add_argument("--share", type=float, default=1.0,
+    r.add_argument("--share", type=_share, default=1.0,
                    help="stream: the fraction of its write capacity to use (default 1; lower "
                         "it to leave room for live producers)")
     r.add_argument("--no-refit", action="store_true",
@@ -106,7 +124,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 class Spec:
     """The sources as asked for: how to build them, and what names the job."""
 
-    kind: str
     make: Callable[[datetime], Source]
     summary: str
     origin: str  # the dead letters' ``stream``
@@ -124,21 +141,21 @@ def spec(settings: Settings, aws: Aws, args: argparse.Namespace) -> Spec:
     if s3:
         bucket, _, prefix = s3[0].removeprefix("s3://").partition("/")
         client = aws.client("s3")
-        return Spec("s3", lambda started: S3Source(client, bucket, prefix, args.until or started,
-                                                   args.format),
+        return Spec(lambda started: S3Source(client, bucket, prefix, args.until or started,
+                                             args.format),
                     s3[0], "replay", {**key, "s3": s3[0]})
     if streams:
         name = streams[0].removeprefix("kinesis:").removeprefix("//") or settings.stream_name
         kinesis = aws.client("kinesis")
         since = args.since
-        return Spec("kinesis", lambda started: KinesisSource(kinesis, name, since,
-                                                             args.until or started),
+        return Spec(lambda started: KinesisSource(kinesis, name, since,
+                                                  args.until or started),
                     f"kinesis://{name} from {since.isoformat() if since else 'the oldest'}",
                     name, {**key, "kinesis": name})
     paths = [Path(f).resolve() for f in files]
     source = FileSource(paths, args.format)
     first = f"{paths[0]}" + (f" and {len(paths) - 1} more" if len(paths) > 1 else "")
-    return Spec("files", lambda _started: source, first, "replay",
+    return Spec(lambda _started: source, first, "replay",
                 {**key, "files": [str(p) for p in paths]})
 
 
@@ -238,6 +255,10 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
         print(f"caa replay: {exc}; create the stream and tables first (caa setup)",
               file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("caa replay: interrupted; what was acknowledged is committed: run the same "
+              "command again to resume", file=sys.stderr)
+        return 130
     except (PublishError, WriteFailed) as exc:
         print(f"caa replay: {exc}\nnothing after the last committed chunk counts as sent; "
               "run the same command again to resume", file=sys.stderr)
@@ -279,7 +300,7 @@ async def _run(settings: Settings, aws: Aws, args: argparse.Namespace,
             meter = RichMeter(progress, progress.add_task("replaying", total=None))
             outcome = await run(job, sp.make, target, summary=f"{sp.summary} -> {target.name}",
                                 max_event_bytes=s.max_event_bytes, restart=args.restart,
-                                chunk_size=args.chunk or (500 if args.to == "stream" else 2000),
+                                chunk_size=args.chunk,
                                 meter=meter, log=log)
     r = outcome.report
     out: dict[str, Any] = {"job": name, "status": outcome.status, "source": sp.summary,

@@ -46,6 +46,7 @@ from models.segmentation import SegmentModel
 from models.state import CustomerState
 
 Status = Literal["applied", "duplicate", "rejected"]
+Position = tuple[str, str]  # (shard id, sequence number)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,11 @@ class StreamRecord:
     shard_id: str
     stream: str = ""
     arrived_at: datetime | None = None
+
+    @property
+    def position(self) -> Position:
+        """Unique in a batch, even one that mixes shards (sequence numbers are per shard)."""
+        return self.shard_id, self.sequence_number
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,8 +84,8 @@ class RecordOutcome:
 @dataclass(slots=True)
 class DecodedBatch:
     records: list[StreamRecord]
-    events: dict[str, StreamEvent]  # by sequence number
-    rejected: dict[str, Rejected]
+    events: dict[Position, StreamEvent]
+    rejected: dict[Position, Rejected]
 
     @property
     def customer_ids(self) -> set[str]:
@@ -117,22 +123,22 @@ class BatchResult:
 def decode_batch(
     records: Sequence[StreamRecord], max_bytes: int = MAX_EVENT_BYTES
 ) -> DecodedBatch:
-    events: dict[str, StreamEvent] = {}
-    rejected: dict[str, Rejected] = {}
+    events: dict[Position, StreamEvent] = {}
+    rejected: dict[Position, Rejected] = {}
     for rec in records:
         try:
             event = decode_event(rec.data, max_bytes)
         except EventRejected as exc:
-            rejected[rec.sequence_number] = Rejected(rec, exc.kind, str(exc))
+            rejected[rec.position] = Rejected(rec, exc.kind, str(exc))
             continue
         if rec.partition_key and rec.partition_key != event.customer_id:
-            rejected[rec.sequence_number] = Rejected(
+            rejected[rec.position] = Rejected(
                 rec, "partition_key",
                 f"partition_key: {rec.partition_key!r} is not the event's customer_id "
                 f"{event.customer_id!r} (per-customer order would not hold)",
             )
             continue
-        events[rec.sequence_number] = event
+        events[rec.position] = event
     return DecodedBatch(list(records), events, rejected)
 
 
@@ -183,11 +189,11 @@ def _fold(batch: DecodedBatch, states: Mapping[str, CustomerState]) -> _Fold:
         prev = f.checkpoints.get(rec.shard_id)
         if prev is None or int(seq) > int(prev):
             f.checkpoints[rec.shard_id] = seq
-        bad = batch.rejected.get(seq)
+        bad = batch.rejected.get(rec.position)
         if bad is not None:
             f.outcomes.append(RecordOutcome(seq, rec.shard_id, "rejected", bad.reason))
             continue
-        status = f.apply(batch.events[seq], states)
+        status = f.apply(batch.events[rec.position], states)
         f.outcomes.append(RecordOutcome(seq, rec.shard_id, status))
     return f
 

@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from consumers.lease import GroupLease
+from consumers.lease import GroupBusy, GroupLease
 from consumers.stores import Dynamo, Item, now_iso
 from producers.sources import Cursor
 
@@ -81,17 +81,17 @@ class ReplayJob:
         self.name = name
         self.group = f"replay:{name}"
         self.lease = GroupLease(db, table, self.group, owner)
-        self._renewed = 0.0
 
     async def lock(self, now: float) -> None:
-        """Raises :class:`~consumers.lease.GroupBusy` when another live run holds the job."""
-        await self.lease.acquire(now)
-        self._renewed = now
-
-    async def keep(self, now: float) -> None:
-        """Renew the lock when a third of its time has passed."""
-        if now - self._renewed >= self.lease.ttl_s / 3:
-            await self.lock(now)
+        """Take or renew the lock; :class:`~consumers.lease.GroupBusy` when another live
+        run holds it."""
+        try:
+            await self.lease.acquire(now)
+        except GroupBusy:
+            raise GroupBusy(f"replay job {self.name!r} is running in another live process; "
+                            "wait for it, or stop it (a stopped run's lock is taken over "
+                            f"at once on this host, else {self.lease.ttl_s:.0f} s after it "
+                            "stopped)") from None
 
     async def unlock(self) -> None:
         await self.lease.release()

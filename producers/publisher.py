@@ -13,12 +13,14 @@ so that reorder is harmless here.)
 
 With a ``limiter`` (:class:`producers.ratelimit.AimdLimiter`, as ``caa replay`` uses)
 every call first waits for its share of the stream's write capacity, and each answer
-tells the limiter whether Kinesis throttled it.
+tells the limiter whether Kinesis throttled it. ``put_batch`` may run in several
+threads at once; they share the limiter under a lock.
 """
 
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -107,16 +109,25 @@ class Publisher:
         self._rng = rng or random.Random()
         self.limiter = limiter
         self._clock = clock
+        self._lock = threading.Lock()
 
     def _backoff(self, attempt: int) -> float:
         return self._rng.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
 
     def _feedback(self, throttled: bool) -> None:
         if self.limiter is not None:
-            if throttled:
-                self.limiter.throttled(self._clock())
-            else:
-                self.limiter.succeeded(self._clock())
+            with self._lock:
+                if throttled:
+                    self.limiter.throttled(self._clock())
+                else:
+                    self.limiter.succeeded(self._clock())
+
+    def _pace(self, pending: Sequence[tuple[StreamEvent, bytes]]) -> None:
+        if self.limiter is not None:
+            size = sum(len(data) + len(event.customer_id.encode()) for event, data in pending)
+            with self._lock:
+                wait = self.limiter.reserve(len(pending), size, self._clock())
+            self._sleep(wait)
 
     def put_batch(
         self, batch: Sequence[tuple[StreamEvent, bytes]], report: PublishReport
@@ -128,9 +139,7 @@ class Publisher:
             if attempt:
                 report.retried_records += len(pending)
                 self._sleep(self._backoff(attempt))
-            if self.limiter is not None:
-                size = sum(len(data) + len(event.customer_id.encode()) for event, data in pending)
-                self._sleep(self.limiter.reserve(len(pending), size, self._clock()))
+            self._pace(pending)
             report.calls += 1
             try:
                 response = self._client.put_records(

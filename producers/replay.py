@@ -19,12 +19,15 @@ target apply an event id once per customer, and dead letters are keyed by positi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal, Protocol
+
+from botocore.exceptions import BotoCoreError, ClientError
 
 from consumers.refit import RefitReport
 from producers.job import JobMismatch, JobState, ReplayJob, digest
@@ -74,6 +77,17 @@ def _size(source: Source) -> int | None:
     return None if any(s is None for s in sizes) else sum(s or 0 for s in sizes)
 
 
+async def _renew(job: ReplayJob, target: Target, every_s: float) -> None:
+    """However long a chunk takes, the job's lock and the target's lease stay ours (a
+    failed renewal is tried again next time: a lease outlives three of them; a lease
+    another process took ends this task with GroupBusy, which stops the job)."""
+    while True:
+        await asyncio.sleep(every_s)
+        with contextlib.suppress(ClientError, BotoCoreError):
+            await job.lock(time.time())
+            await target.renew(time.time())
+
+
 def _take(records: Iterator[SourceRecord], n: int) -> list[SourceRecord]:
     return list(itertools.islice(records, n))
 
@@ -85,15 +99,17 @@ def dry_run(source: Source, max_event_bytes: int, meter: Meter | None = None) ->
     m.total(_size(source))
     for record in source.records(None, m.read):
         report.add(check(record, max_event_bytes))
-        m.sent(1)
+        if report.records % 1000 == 0:
+            m.sent(1000)
+    m.sent(report.records % 1000)
     return report
 
 
 async def _pump(records: Iterator[SourceRecord], target: Target, job: ReplayJob,
                 state: JobState, report: ReplayReport, m: Meter, log: RejectedLog | None,
-                on_commit: Callable[[JobState], None] | None, max_event_bytes: int,
-                chunk_size: int) -> int:
-    """Send chunk after chunk, committing each once acknowledged; returns records sent."""
+                max_event_bytes: int, chunk_size: int, renewing: asyncio.Task[None]) -> int:
+    """Send chunk after chunk, committing each once acknowledged; returns records sent.
+    Stops (raising its error) when the lock could not be kept."""
 
     def prepare() -> list[Checked]:
         return [check(r, max_event_bytes) for r in _take(records, chunk_size)]
@@ -104,6 +120,8 @@ async def _pump(records: Iterator[SourceRecord], target: Target, job: ReplayJob,
         while checked := await ahead:
             # read and check the next chunk while this one is sent (and paced)
             ahead = asyncio.create_task(asyncio.to_thread(prepare))
+            if renewing.done():
+                renewing.result()  # GroupBusy: another process has the job or the group
             for c in checked:
                 report.add(c)
             await target.send(checked, report)  # acknowledged from here
@@ -112,11 +130,8 @@ async def _pump(records: Iterator[SourceRecord], target: Target, job: ReplayJob,
             state.tallies = report.tallies()
             state.rejected_bytes = log.size if log is not None else 0
             await job.save(state)
-            await job.keep(time.time())
             sent += len(checked)
             m.sent(len(checked))
-            if on_commit is not None:
-                on_commit(state)
     finally:
         ahead.cancel()
     return sent
@@ -129,16 +144,18 @@ async def run(
     *,
     summary: str,
     max_event_bytes: int,
-    chunk_size: int,
+    chunk_size: int | None = None,
     restart: bool = False,
     meter: Meter | None = None,
     log: RejectedLog | None = None,
-    on_commit: Callable[[JobState], None] | None = None,
+    renew_every_s: float = 10.0,
 ) -> Outcome:
     """Run (or resume) ``job``: ``make_source(started)`` builds the source bounded by the
-    job's start time; ``on_commit`` is called after each committed chunk."""
+    job's start time; ``chunk_size`` records are committed at a time (by default the
+    target's choice). The job's lock and the target's lease are renewed meanwhile."""
     m = meter or NoMeter()
     await job.lock(time.time())
+    renewing = asyncio.create_task(_renew(job, target, renew_every_s))
     try:
         state = None if restart else await job.load()
         if state is None:
@@ -163,8 +180,8 @@ async def run(
         if state.status == "running":
             m.total(_size(source))
             records = source.records(state.cursor, m.read)
-            sent = await _pump(records, target, job, state, report, m, log, on_commit,
-                               max_event_bytes, chunk_size)
+            sent = await _pump(records, target, job, state, report, m, log,
+                               max_event_bytes, chunk_size or target.chunk, renewing)
             state.status = "finishing"
             await job.save(state)
         seconds = time.perf_counter() - started
@@ -173,5 +190,8 @@ async def run(
         await job.save(state)
         return Outcome(job.name, "complete", report, refitted, sent, seconds)
     finally:
+        renewing.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await renewing  # its error, if any, was raised by _pump already
         await target.close()
         await job.unlock()

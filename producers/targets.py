@@ -4,7 +4,9 @@
 (``producers.publisher``), paced to the stream's write capacity by an AIMD limiter:
 1,000 records and 1 MiB a second per open shard (DescribeStreamSummary, re-read every
 30 s, so a reshard or an on-demand scale-out is followed), times ``share`` when live
-producers need the rest. Invalid records are not published: they are counted in the
+producers need the rest. Up to ``concurrency`` PutRecords calls are in flight at once
+(to hide the round trip); each holds whole customers, so no customer's events are
+reordered between calls. Invalid records are not published: they are counted in the
 report and written whole to a local log (``<state_dir>/replay/<job>.rejected.jsonl``).
 
 :class:`DirectTarget` is a bulk backfill that bypasses Kinesis: the consumer's own
@@ -15,8 +17,10 @@ customer's events.
 Invalid records become dead letters, as the consumer makes them (keyed by their
 position, so a replay again overwrites them). When the job ends it refits the models
 and rewrites every prediction with the function ``caa consume --until-idle`` ends
-with (``consumers.refit.refit``). It holds the consumer group's lease meanwhile, so a
-local ``caa consume`` cannot write the same customers at the same time.
+with (``consumers.refit.refit``); the per-batch predictions, which that rewrite would
+overwrite, are not written meanwhile (with ``refit=False`` they are). It holds the
+consumer group's lease meanwhile, so a local ``caa consume`` cannot write the same
+customers at the same time.
 """
 
 from __future__ import annotations
@@ -26,25 +30,41 @@ import base64
 import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
 
 from consumers.applier import BatchApplier
 from consumers.core import Rejected, StreamRecord
-from consumers.lease import GroupLease
+from consumers.lease import GroupBusy, GroupLease
 from consumers.refit import RefitReport, refit
-from producers.publisher import Publisher, PublishReport, batches
+from consumers.stores import PredictionStore
+from models.events import StreamEvent
+from models.prediction import Prediction
+from producers.publisher import (
+    MAX_BYTES_PER_CALL,
+    MAX_RECORDS_PER_CALL,
+    Publisher,
+    PublishReport,
+    batches,
+)
 from producers.ratelimit import AimdLimiter, Capacity
 from producers.report import Checked, ReplayReport
 from producers.sources import SourceRecord
 
 CAPACITY_REFRESH_S = 30.0
+Entries = list[tuple[StreamEvent, bytes]]
 
 
 class Target(ABC):
     #: what a job records as its target (a resumed job must name the same)
     name: str
+
+    @property
+    def chunk(self) -> int:
+        """Records per commit when the caller does not say (known after :meth:`start`)."""
+        return 2000
 
     async def start(self) -> None:  # noqa: B027 (optional hook)
         pass
@@ -57,6 +77,9 @@ class Target(ABC):
     async def finish(self) -> RefitReport | None:
         """After the last chunk of a job."""
         return None
+
+    async def renew(self, now: float) -> None:  # noqa: B027 (optional hook)
+        """Keep whatever the target holds while a job runs."""
 
     async def close(self) -> None:  # noqa: B027 (optional hook)
         pass
@@ -102,18 +125,46 @@ class RejectedLog:
             self._fh = None
 
 
+def lanes(entries: list[tuple[StreamEvent, bytes]]) -> list[list[Entries]]:
+    """PutRecords batches that may be in flight together: each holds whole customers (in
+    their order), so concurrent calls never reorder a customer's events; a customer too
+    big for one call gets a lane of its own, its batches sent one after another."""
+    groups: dict[str, Entries] = {}
+    for entry in entries:
+        groups.setdefault(entry[0].customer_id, []).append(entry)
+    out: list[list[Entries]] = []
+    batch: Entries = []
+    size = 0
+    for recs in groups.values():
+        n = sum(len(data) + len(event.customer_id.encode()) for event, data in recs)
+        if len(recs) > MAX_RECORDS_PER_CALL or n > MAX_BYTES_PER_CALL:
+            out.append(list(batches(recs)))
+            continue
+        if batch and (len(batch) + len(recs) > MAX_RECORDS_PER_CALL
+                      or size + n > MAX_BYTES_PER_CALL):
+            out.append([batch])
+            batch, size = [], 0
+        batch += recs
+        size += n
+    if batch:
+        out.append([batch])
+    return out
+
+
 class StreamTarget(Target):
     def __init__(self, kinesis: Any, stream: str, *, share: float = 1.0,
-                 log: RejectedLog | None = None, max_attempts: int = 20,
+                 log: RejectedLog | None = None, concurrency: int = 4, max_attempts: int = 20,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.kinesis = kinesis
         self.stream = stream
         self.name = f"stream:{stream}"
-        self.limiter = AimdLimiter(Capacity.for_shards(1), ceiling=share)
+        self.limiter = AimdLimiter(Capacity.for_shards(1), ceiling=share,
+                                   floor=min(0.02, share))
         self.publisher = Publisher(kinesis, stream, max_attempts=max_attempts,
                                    limiter=self.limiter, clock=clock)
         self.log = log
         self.shards = 0
+        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="replay-put")
         self._clock = clock
         self._refreshed = float("-inf")
 
@@ -127,28 +178,39 @@ class StreamTarget(Target):
     def capacity_records_per_s(self) -> float:
         return self.limiter.capacity.records_per_s
 
+    @property
+    def chunk(self) -> int:
+        """About two seconds of the capacity (at least 2,000 records): each chunk ends
+        with a wait for its last call, which a longer chunk amortises."""
+        return max(2000, int(2 * self.limiter.records_per_s) // 500 * 500)
+
     async def start(self) -> None:
         await asyncio.to_thread(self._refresh)
 
     async def send(self, chunk: list[Checked], report: ReplayReport) -> None:
         if self._clock() - self._refreshed >= CAPACITY_REFRESH_S:
             await asyncio.to_thread(self._refresh)
-        entries = [(c.event, c.event.to_bytes()) for c in chunk if c.event is not None]
-        published = PublishReport()
+        todo = lanes([(c.event, c.event.to_bytes()) for c in chunk if c.event is not None])
+        results = [PublishReport() for _ in todo]
 
-        def put() -> None:
-            for batch in batches(entries):
-                self.publisher.put_batch(batch, published)
+        def put(i: int) -> None:
+            for batch in todo[i]:
+                self.publisher.put_batch(batch, results[i])
 
-        try:
-            await asyncio.to_thread(put)
-        finally:
-            report.throttled += published.throttled_records
-        report.published += published.records
+        loop = asyncio.get_running_loop()
+        done = await asyncio.gather(*(loop.run_in_executor(self._pool, put, i)
+                                      for i in range(len(todo))), return_exceptions=True)
+        for r in results:  # every lane has finished: nothing is in flight any more
+            report.published += r.records
+            report.throttled += r.throttled_records
+        for outcome in done:
+            if isinstance(outcome, BaseException):
+                raise outcome
         if self.log is not None:
             self.log.write([c for c in chunk if c.event is None])
 
     async def close(self) -> None:
+        self._pool.shutdown(wait=True)
         if self.log is not None:
             self.log.close()
 
@@ -176,23 +238,43 @@ def by_customer(records: list[SourceRecord], size: int) -> list[list[SourceRecor
     return out
 
 
+class DeferredPredictions(PredictionStore):
+    """Per-batch predictions of a backfill that ends with a refit are not written: the
+    refit rewrites every customer's (deletions of erased customers still go through)."""
+
+    async def save(self, predictions: Iterable[Prediction]) -> None:
+        return None
+
+
 class DirectTarget(Target):
     def __init__(self, applier: BatchApplier, table_prefix: str, *, origin: str,
                  lease: GroupLease | None = None, group_size: int = 300,
-                 refit: bool = True) -> None:
+                 refit: bool = True, chunk: int = 10_000) -> None:
         self.applier = applier
+        self.predictions = applier.predictions
+        if refit:
+            applier.predictions = DeferredPredictions(self.predictions.db, self.predictions.table)
         self.name = f"direct:{table_prefix}"
+        self._chunk = chunk
         self.origin = origin
         self.lease = lease
         self.group_size = group_size
         self.refit = refit
-        self._renewed = 0.0
 
     async def start(self) -> None:
-        if self.lease is not None:
-            await self.lease.acquire(time.time())
-            self._renewed = time.time()
+        await self.renew(time.time())
         await self.applier.registry.load()
+
+    async def renew(self, now: float) -> None:
+        if self.lease is None:
+            return
+        try:
+            await self.lease.acquire(now)
+        except GroupBusy:
+            raise GroupBusy(
+                f"a consumer holds the consumer group {self.lease.group!r}: a direct backfill "
+                "writes the same customers, so it needs the group to itself; stop the "
+                "consumer, or replay --to stream") from None
 
     def _record(self, r: SourceRecord) -> StreamRecord:
         return StreamRecord(r.data, r.position, r.key, r.part, self.origin)
@@ -214,10 +296,10 @@ class DirectTarget(Target):
             report.applied += result.counts["applied"]
             report.duplicates += result.counts["duplicate"]
             report.dead_lettered += result.counts["rejected"]
-        now = time.time()
-        if self.lease is not None and now - self._renewed >= self.lease.ttl_s / 3:
-            await self.lease.acquire(now)
-            self._renewed = now
+
+    @property
+    def chunk(self) -> int:
+        return self._chunk
 
     async def finish(self) -> RefitReport | None:
         """The refit ``caa consume --until-idle`` ends with: both models over the customer
@@ -225,7 +307,7 @@ class DirectTarget(Target):
         if not self.refit:
             return None
         a = self.applier
-        return await refit(a.customers, a.predictions, a.registry, rewrite=True,
+        return await refit(a.customers, self.predictions, a.registry, rewrite=True,
                            enricher=a.enricher, active_days=0)
 
     async def close(self) -> None:

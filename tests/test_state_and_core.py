@@ -137,3 +137,12 @@ def test_consent_refusal_wins_a_tie():
     b = PurchaseEvent.model_validate({**a.model_dump(), "event_id": "e2", "consent": False})
     assert fold([a, b])["a"].consent is False
     assert fold([b, a])["a"].consent is False
+
+
+def test_equal_sequence_numbers_on_two_shards_are_two_records():
+    a, b = event(1, "c1", 1), event(2, "c2", 2)
+    batch = decode_batch([*records([a], shard="shard-0"), *records([b], shard="shard-1")])
+    r = process_batch(batch, {}, view(), now=datetime(2024, 6, 1, tzinfo=UTC))
+    assert [o.status for o in r.outcomes] == ["applied", "applied"]
+    assert sorted(r.states) == ["c1", "c2"]
+    assert r.checkpoints == {"shard-0": "1", "shard-1": "1"}
