@@ -67,6 +67,7 @@ chaos: setup
 bench: setup
 	$(PY) bench/pipeline.py
 	$(PY) bench/analysis_policy.py
+	$(PY) bench/replay.py
 
 clean:
 	rm -rf $(VENV) .caa out .pytest_cache .mypy_cache .ruff_cache
