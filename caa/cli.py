@@ -134,7 +134,8 @@ async def consume(settings: Settings, aws: Aws, until_idle: bool,
             summary["ai"] = worker.enricher.summary()
         if report:
             summary.update(
-                bgnbd=report.params.to_dict(), table_customers=report.customers,
+                forecast_model=report.forecast_model, forecast_params=report.params.to_dict(),
+                table_customers=report.customers,
                 table_purchases=report.purchases, table_spend=report.spend_cents / 100,
                 segments=report.segment_sizes,
             )

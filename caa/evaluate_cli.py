@@ -9,7 +9,8 @@
 2. The final refit runs as of the cut-off, passed explicitly (the Worker's own would be as of
    the last event, which on a slice can be days earlier); it rewrites every prediction.
 3. States, predictions and both models are read back from DynamoDB. Our expected holdout
-   purchases come from the stored BG/NBD parameters and each customer's stored state; every
+   purchases come from the stored parameters of the pipeline's purchase model
+   (``CAA_FORECAST_MODEL``: BG/NBD or Pareto/NBD) and each customer's stored state; every
    stored prediction is checked to be as of the cut-off and made by those parameters.
 4. :mod:`models.evaluation` scores ours and the batch anchors on the same customers, and the
    segments; the evaluation's stream and tables are deleted (``--keep`` keeps them).
@@ -42,9 +43,9 @@ from caa.aws import Aws
 from caa.settings import TABLES, Settings
 
 if TYPE_CHECKING:  # the pipeline is imported when the command runs, not with the parser
-    from models.bgnbd import BgNbdParams
     from models.evaluation import Holdout
     from models.events import PurchaseEvent
+    from models.forecaster import ForecastParams
     from models.segmentation import SegmentModel
     from models.state import CustomerState
 
@@ -101,17 +102,18 @@ class Replay:
     states: dict[str, CustomerState]
     predictions: dict[str, dict[str, Any]]
     at_last_purchase: dict[str, str]  # segment name stored before the final refit
-    params: BgNbdParams
-    bgnbd_version: int
+    params: ForecastParams  # the pipeline's purchase model (its type says which)
+    version: int
     segments: SegmentModel  # after the final refit
     streaming: SegmentModel  # as it stood at the cut-off, before the final refit
 
 
 async def replay(s: Settings, aws: Aws, holdout: Holdout, published: int) -> Replay:
     from consumers.refit import refit
-    from consumers.registry import BGNBD, SEGMENTS
+    from consumers.registry import PARETO_NBD, SEGMENTS
     from consumers.worker import Worker
     from models.bgnbd import BgNbdParams
+    from models.pareto_nbd import ParetoNbdParams
     from models.segmentation import SegmentModel
 
     async with aws.clients("kinesis", "dynamodb") as c:
@@ -127,12 +129,14 @@ async def replay(s: Settings, aws: Aws, holdout: Holdout, published: int) -> Rep
                     as_of_ts=holdout.cutoff_ts)
         states = {x.customer_id: x for x in await w.customers.all() if x.purchases}
         predictions = {p["customer_id"]: p for p in await w.predictions.all()}
-        bg, seg = await w.registry.store.load(BGNBD), await w.registry.store.load(SEGMENTS)
-    if bg is None or seg is None or streaming is None:
+        fm = await w.registry.store.load(s.forecast_model)
+        seg = await w.registry.store.load(SEGMENTS)
+    if fm is None or seg is None or streaming is None:
         raise EvaluationError("the pipeline stored no models: were any events consumed?")
     t = w.applier.totals
+    kind = ParetoNbdParams if s.forecast_model == PARETO_NBD else BgNbdParams
     return Replay(published, t.applied, t.rejected, states, predictions, before,
-                  BgNbdParams.from_dict(bg[1]["params"]), bg[0], SegmentModel.from_dict(seg[1]),
+                  kind.from_dict(fm[1]["params"]), fm[0], SegmentModel.from_dict(seg[1]),
                   SegmentModel.from_dict(streaming[1]))
 
 
@@ -142,6 +146,7 @@ def score(run: Replay, events: list[PurchaseEvent], holdout: Holdout
     :class:`EvaluationError` on inconsistent data)."""
     from models import evaluation as ev
     from models.features import rfm
+    from models.forecaster import model_name
     from models.segmentation import SEGMENT_NAMES
 
     summary = ev.calibration_summary(
@@ -151,11 +156,12 @@ def score(run: Replay, events: list[PurchaseEvent], holdout: Holdout
         raise EvaluationError(f"published {run.published}, applied {run.applied} (rejected "
                               f"{run.rejected}); {len(run.states)} customers in the table, "
                               f"{len(ids)} in the calibration")
+    forecast_model = model_name(run.params)
     stale = ev.inconsistent_predictions(run.predictions, run.states, run.params,
-                                        run.bgnbd_version, holdout)
+                                        run.version, holdout)
     if stale:
         raise EvaluationError(f"{len(stale)} stored prediction(s) are not as of the cut-off "
-                              f"with BG/NBD version {run.bgnbd_version}, e.g. {stale[:3]}")
+                              f"with {forecast_model} version {run.version}, e.g. {stale[:3]}")
     actual = summary["frequency_holdout"].to_numpy(dtype=float)
     ours = [ev.holdout_expectation(run.params, run.states[c], holdout) for c in ids]
     anchors = ev.fit_anchors(summary, float(holdout.weeks))
@@ -200,6 +206,7 @@ def score(run: Replay, events: list[PurchaseEvent], holdout: Holdout
         "calibration_end": holdout.calibration_end.isoformat(),
         "holdout_end": holdout.end.isoformat(),
         "holdout_weeks": holdout.weeks,
+        "forecast_model": forecast_model,
         "calibration_events": run.published,
         "inputs_differ": len(ev.inputs_differ(summary, run.states, holdout)),
         "params": {"ours": run.params.to_dict(), "bgnbd": anchors.bgnbd_params,
@@ -275,7 +282,8 @@ def print_report(out: dict[str, Any]) -> None:
                     f"purchases)")
     for col in ("model", "MAE", "RMSE", "Pearson", "AUC", "total predicted"):
         t.add_column(col, justify="left" if col == "model" else "right")
-    for key, label in (("ours", "ours (streaming BG/NBD)"), ("bgnbd", "BG/NBD (lifetimes)"),
+    ours = {"bgnbd": "BG/NBD", "pareto_nbd": "Pareto/NBD"}.get(out.get("forecast_model", ""), "")
+    for key, label in (("ours", f"ours (streaming {ours})"), ("bgnbd", "BG/NBD (lifetimes)"),
                        ("pareto_nbd", "Pareto/NBD (lifetimes)"), ("naive", "naive x/T")):
         m = out[key]
         t.add_row(label, _fmt(m["mae"]), _fmt(m["rmse"]), _fmt(m["pearson"]), _fmt(m["auc"]),

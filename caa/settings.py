@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     #: seconds between background refits of BG/NBD and segments over the customer table
     #: (0: only when `consume --until-idle` finishes)
     refit_interval_s: float = Field(900.0, ge=0.0)
+    #: the purchase model the refit fits and the forecaster scores with (CAA_FORECAST_MODEL);
+    #: its parameters are kept in the models table under this name. Pareto/NBD: on the
+    #: CDNOW holdout (`caa evaluate`) it beats BG/NBD (MAE .794 vs .819, AUC .769 vs .763)
+    forecast_model: Literal["bgnbd", "pareto_nbd"] = "pareto_nbd"
     write_concurrency: int = Field(8, ge=1)
     max_write_attempts: int = Field(8, ge=1)
     #: states kept in memory by the local poller (it owns its shards); 0 turns it off

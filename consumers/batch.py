@@ -36,7 +36,7 @@ from consumers.analyzer import PriceTable, statistical_analysis
 from consumers.bedrock import BedrockAnalyzer
 from consumers.enricher import AB_CONTROL, Enricher
 from consumers.refit import rewrite_predictions
-from consumers.registry import BGNBD, ModelRegistry
+from consumers.registry import ModelRegistry
 from consumers.stores import Dynamo, PredictionStore, state_from_item
 from consumers.trigger import Signature, stale_reason
 from consumers.usage import UsageLedger
@@ -74,7 +74,7 @@ async def recompute(registry: ModelRegistry, predictions: PredictionStore,
                     enricher: Enricher | None) -> tuple[int, list[Prediction]]:
     """Rewrite these customers' predictions with the current models: (as_of, predictions)."""
     await registry.load()
-    fitted = await registry.store.load(BGNBD)
+    fitted = await registry.store.load(registry.forecast_model)
     as_of = max([*(s.last_ts for s in states), int(fitted[1].get("as_of", 0)) if fitted else 0])
     model = registry.segmenter
     segments = [model.predict_one(rfm(s, as_of)) for s in states]

@@ -1,6 +1,7 @@
 """Periodic refit of the global models over the whole customer-state table.
 
-BG/NBD population parameters are fitted by maximum likelihood on every
+The purchase model's population parameters (BG/NBD or Pareto/NBD, as
+``CAA_FORECAST_MODEL`` chooses) are fitted by maximum likelihood on every
 customer's (x, t_x, T) as of the stream clock (identical rows aggregated with
 weights), and the segment model is refitted in batch on the same customers'
 features. Optionally every prediction is rewritten with the new models, so a
@@ -19,11 +20,11 @@ from datetime import UTC, datetime
 import numpy as np
 
 from consumers.enricher import Enricher
-from consumers.registry import ModelRegistry
+from consumers.registry import PARETO_NBD, ModelRegistry
 from consumers.stores import CustomerStore, PredictionStore
-from models import bgnbd
+from models import bgnbd, pareto_nbd
 from models.features import bgnbd_inputs, rfm
-from models.forecaster import Forecaster
+from models.forecaster import Forecaster, ForecastParams, model_name
 from models.prediction import Prediction, SegmentRef
 from models.segmentation import SegmentModel
 from models.state import DAY, CustomerState
@@ -38,11 +39,15 @@ class RefitReport:
     spend_cents: int
     segment_sizes: dict[str, int]
     as_of: datetime
-    params: bgnbd.BgNbdParams
-    bgnbd_version: int
+    params: ForecastParams
+    forecast_version: int
     segments_version: int
     predictions_rewritten: int
     seconds: float
+
+    @property
+    def forecast_model(self) -> str:
+        return model_name(self.params)
 
 
 async def rewrite_predictions(
@@ -87,10 +92,15 @@ async def refit(
     rows = Counter(bgnbd_inputs(s, as_of) for s in states)
     keys = list(rows)
     arr = np.array(keys, dtype=float)
-    params = bgnbd.fit(arr[:, 0], arr[:, 1], arr[:, 2],
-                       weights=np.array([rows[k] for k in keys], dtype=float),
-                       initial=registry.bgnbd)
-    await registry.replace_bgnbd(
+    weights = np.array([rows[k] for k in keys], dtype=float)
+    params: ForecastParams
+    if registry.forecast_model == PARETO_NBD:
+        params = pareto_nbd.fit(arr[:, 0], arr[:, 1], arr[:, 2], weights=weights,
+                                initial=registry.pareto_nbd)
+    else:
+        params = bgnbd.fit(arr[:, 0], arr[:, 1], arr[:, 2], weights=weights,
+                           initial=registry.bgnbd)
+    version = await registry.replace_forecast(
         params, {"customers": len(states), "as_of": as_of, "fitted_at": time.time()}
     )
     ordered = sorted(states, key=lambda s: s.customer_id)
@@ -107,7 +117,7 @@ async def refit(
     written = 0
     if rewrite:
         out = await rewrite_predictions(ordered, segments, names, Forecaster(
-            params, registry.bgnbd_version, variants=registry.variants),
+            params, version, variants=registry.variants),
             registry.segments_version, as_of, predictions,
             enricher)
         written = len(out)
@@ -119,6 +129,6 @@ async def refit(
     return RefitReport(
         len(states), sum(s.purchases for s in states), sum(s.spend_cents for s in states),
         dict(sizes.most_common()), datetime.fromtimestamp(as_of, UTC), params,
-        registry.bgnbd_version, registry.segments_version, written,
+        version, registry.segments_version, written,
         time.perf_counter() - started,
     )

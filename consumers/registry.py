@@ -1,4 +1,5 @@
-"""The global models every worker shares: the segment model and the BG/NBD parameters.
+"""The global models every worker shares: the segment model and the purchase model's
+parameters (BG/NBD or Pareto/NBD, ``CAA_FORECAST_MODEL``; each under its own name).
 
 Each is one versioned JSON snapshot in the models table. A worker scores with
 its local copy, and after a batch's effects are written it learns the batch's
@@ -17,13 +18,16 @@ from typing import Any
 from caa.settings import Settings
 from consumers.core import ModelView
 from consumers.model_store import Conflict, ModelStore
+from models import pareto_nbd
 from models.bgnbd import DEFAULT_PRIOR, BgNbdParams
-from models.forecaster import Forecaster
+from models.forecaster import Forecaster, ForecastParams, model_name
+from models.pareto_nbd import ParetoNbdParams
 from models.segmentation import SegmentModel
 from models.variant import VariantPlan
 
 SEGMENTS = "segments"
 BGNBD = "bgnbd"
+PARETO_NBD = "pareto_nbd"
 
 
 class ModelRegistry:
@@ -36,6 +40,9 @@ class ModelRegistry:
         self.segments_version = 0
         self.bgnbd = DEFAULT_PRIOR
         self.bgnbd_version = 0
+        self.pareto_nbd = pareto_nbd.DEFAULT_PRIOR
+        self.pareto_nbd_version = 0
+        self.forecast_model = settings.forecast_model
         self.conflicts = 0
         self.variants = VariantPlan.parse(settings.ab_experiment, settings.ab_variants)
 
@@ -43,10 +50,18 @@ class ModelRegistry:
         s = self._settings
         return SegmentModel(n_clusters=s.n_segments, seed=s.segment_seed, warmup=s.segment_warmup)
 
+    @property
+    def forecast(self) -> tuple[ForecastParams, int]:
+        """The chosen purchase model's parameters and their version (0: not fitted yet)."""
+        if self.forecast_model == PARETO_NBD:
+            return self.pareto_nbd, self.pareto_nbd_version
+        return self.bgnbd, self.bgnbd_version
+
     def view(self) -> ModelView:
+        params, version = self.forecast
         return ModelView(
             self.segmenter, self.segments_version,
-            Forecaster(self.bgnbd, self.bgnbd_version, variants=self.variants)
+            Forecaster(params, version, variants=self.variants)
         )
 
     async def load(self) -> None:
@@ -58,6 +73,10 @@ class ModelRegistry:
         if bg is not None:
             self.bgnbd_version, body = bg
             self.bgnbd = BgNbdParams.from_dict(body["params"])
+        pn = await self.store.load(PARETO_NBD)
+        if pn is not None:
+            self.pareto_nbd_version, body = pn
+            self.pareto_nbd = ParetoNbdParams.from_dict(body["params"])
 
     async def learn(self, vectors: Sequence[dict[str, float]]) -> None:
         """Learn ``vectors`` into the global segment model (compare-and-set, retried)."""
@@ -97,14 +116,25 @@ class ModelRegistry:
                     self.segments_version = latest[0] if latest else 0
 
     async def replace_bgnbd(self, params: BgNbdParams, meta: dict[str, Any]) -> None:
+        await self.replace_forecast(params, meta)
+
+    async def replace_forecast(self, params: ForecastParams, meta: dict[str, Any]) -> int:
+        """Install refitted purchase-model parameters as the next version of their model's
+        snapshot (reloading the version on conflict); returns that version."""
+        name = model_name(params)
         async with self._lock:
+            version = self.pareto_nbd_version if name == PARETO_NBD else self.bgnbd_version
             while True:
                 try:
-                    self.bgnbd_version = await self.store.save(
-                        BGNBD, self.bgnbd_version, {"params": params.to_dict(), **meta}
+                    version = await self.store.save(
+                        name, version, {"params": params.to_dict(), **meta}
                     )
-                    self.bgnbd = params
-                    return
+                    break
                 except Conflict:
-                    latest = await self.store.load(BGNBD)
-                    self.bgnbd_version = latest[0] if latest else 0
+                    latest = await self.store.load(name)
+                    version = latest[0] if latest else 0
+            if isinstance(params, ParetoNbdParams):
+                self.pareto_nbd, self.pareto_nbd_version = params, version
+            else:
+                self.bgnbd, self.bgnbd_version = params, version
+            return version

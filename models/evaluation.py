@@ -49,8 +49,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy.stats import rankdata
 
-from models.bgnbd import BgNbdParams, expected_purchases
 from models.features import WEEK_DAYS, bgnbd_inputs
+from models.forecaster import ForecastParams, expected_purchases, model_name
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -248,8 +248,10 @@ def naive_expectation(x: FloatArray, big_t: FloatArray, weeks: float) -> FloatAr
 
 
 # -- our pipeline's forecast -----------------------------------------------------------------
-def holdout_expectation(params: BgNbdParams, state: CustomerState, holdout: Holdout) -> float:
-    """Our BG/NBD's expected purchases over the holdout for a state as of the cut-off."""
+def holdout_expectation(params: ForecastParams, state: CustomerState, holdout: Holdout
+                        ) -> float:
+    """Our model's (BG/NBD or Pareto/NBD, by the type of ``params``) expected purchases over
+    the holdout for a state as of the cut-off."""
     x, t_x, big_t = bgnbd_inputs(state, holdout.cutoff_ts)
     return expected_purchases(params, float(holdout.weeks), x, t_x, big_t)
 
@@ -269,11 +271,13 @@ def inputs_differ(summary: pd.DataFrame, states: Mapping[str, CustomerState],
 
 def inconsistent_predictions(
     predictions: Mapping[str, Mapping[str, Any]], states: Mapping[str, CustomerState],
-    params: BgNbdParams, bgnbd_version: int, holdout: Holdout, horizon_days: float = 90.0,
+    params: ForecastParams, version: int, holdout: Holdout, horizon_days: float = 90.0,
 ) -> list[str]:
-    """Customers whose stored prediction is not as of the cut-off, was not made by BG/NBD
-    version ``bgnbd_version``, or whose ``expected_purchases_90d`` is not what ``params`` and
-    the state give (so the holdout expectation computed here is the pipeline's own)."""
+    """Customers whose stored prediction is not as of the cut-off, was not made by version
+    ``version`` of ``params``' model (``model_versions["bgnbd"]`` or ``["pareto_nbd"]``),
+    or whose ``expected_purchases_90d`` is not what ``params`` and the state give (so the
+    holdout expectation computed here is the pipeline's own)."""
+    name = model_name(params)
     out = []
     for cid, state in states.items():
         p = predictions.get(cid)
@@ -283,7 +287,7 @@ def inconsistent_predictions(
         as_of = datetime.fromisoformat(str(p["as_of"])).timestamp()
         x, t_x, big_t = bgnbd_inputs(state, holdout.cutoff_ts)
         want = expected_purchases(params, horizon_days / WEEK_DAYS, x, t_x, big_t)
-        if (as_of != holdout.cutoff_ts or p["model_versions"].get("bgnbd") != bgnbd_version
+        if (as_of != holdout.cutoff_ts or p["model_versions"].get(name) != version
                 or abs(float(p["expected_purchases_90d"]) - want) > 1e-4):
             out.append(cid)
     return out

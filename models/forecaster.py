@@ -1,11 +1,11 @@
 """The statistical purchase forecaster (also the fallback for the AI analysis).
 
-Population parameters of a BG/NBD model are fitted by maximum likelihood over
-the customer-state table (see :mod:`models.bgnbd`) and refitted periodically;
-per customer, P(alive) and expected purchases follow in closed form from the
-customer's (x, t_x, T), so each purchase updates them at once. Product- and
-category-level replenishment comes from the customer's own inter-purchase
-intervals.
+Population parameters of a BG/NBD or a Pareto/NBD model (whichever the parameters
+are: :mod:`models.bgnbd`, :mod:`models.pareto_nbd`) are fitted by maximum likelihood
+over the customer-state table and refitted periodically; per customer, P(alive) and
+expected purchases follow in closed form from the customer's (x, t_x, T), so each
+purchase updates them at once. Product- and category-level replenishment comes from
+the customer's own inter-purchase intervals.
 
 >>> from datetime import datetime, timezone
 >>> from models.state import CustomerState, ItemStats, DAY
@@ -27,10 +27,13 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 
-from models.bgnbd import DEFAULT_PRIOR, BgNbdParams, expected_purchases, p_alive
+from models import bgnbd, pareto_nbd
+from models.bgnbd import DEFAULT_PRIOR, BgNbdParams
 from models.features import WEEK_DAYS, bgnbd_inputs
+from models.pareto_nbd import ParetoNbdParams
 from models.prediction import (
     Alert,
     Grade,
@@ -44,9 +47,44 @@ from models.prediction import (
 from models.state import DAY, CustomerState, ItemStats
 from models.variant import NO_EXPERIMENT, VariantPlan
 
-__all__ = ["DEFAULT_PRIOR", "Forecaster"]
+__all__ = ["DEFAULT_PRIOR", "ForecastParams", "Forecaster", "expected_purchases", "model_name"]
+__all__ += ["purchase_forecast"]
 
 _EPOCH = date(1970, 1, 1)
+
+#: the fitted parameters of either purchase model; their type says which model it is
+ForecastParams = BgNbdParams | ParetoNbdParams
+
+
+def model_name(params: ForecastParams) -> str:
+    """The model's key in ``model_versions`` and in the models table.
+
+    >>> model_name(DEFAULT_PRIOR), model_name(pareto_nbd.DEFAULT_PRIOR)
+    ('bgnbd', 'pareto_nbd')
+    """
+    return "pareto_nbd" if isinstance(params, ParetoNbdParams) else "bgnbd"
+
+
+def purchase_forecast(params: ForecastParams, x: float, t_x: float, big_t: float,
+                      horizons: Sequence[float]) -> tuple[float, list[float]]:
+    """P(alive) and the expected purchases over each horizon (in weeks) of a history.
+
+    >>> alive, (e4,) = purchase_forecast(pareto_nbd.DEFAULT_PRIOR, 2, 3.0, 5.0, [4.0])
+    >>> round(alive, 4), round(e4, 4)
+    (0.918, 0.5759)
+    """
+    if isinstance(params, ParetoNbdParams):  # one P(alive) for every horizon
+        alive = pareto_nbd.p_alive(params, x, t_x, big_t)
+        return alive, [alive * pareto_nbd.expected_purchases_if_alive(params, h, x, big_t)
+                       for h in horizons]
+    return bgnbd.p_alive(params, x, t_x, big_t), [
+        bgnbd.expected_purchases(params, h, x, t_x, big_t) for h in horizons]
+
+
+def expected_purchases(params: ForecastParams, t: float, x: float, t_x: float, big_t: float
+                       ) -> float:
+    """Expected purchases in the next ``t`` weeks under either model."""
+    return purchase_forecast(params, x, t_x, big_t, [t])[1][0]
 
 
 def _day_date(day: float) -> date:
@@ -73,7 +111,7 @@ class Forecaster:
 
     def __init__(
         self,
-        params: BgNbdParams,
+        params: ForecastParams,
         params_version: int = 0,
         horizons_days: tuple[int, int] = (30, 90),
         max_items: int = 5,
@@ -125,7 +163,8 @@ class Forecaster:
         as_of_day = max(state.days[-1] if state.days else 0, as_of_ts // DAY)
         tenure = as_of_day - state.days[0] if state.days else 0
         grade, reason, confidence = data_quality(len(state.days), tenure)
-        h30, h90 = (h / WEEK_DAYS for h in self.horizons_days)
+        alive, (e30, e90) = purchase_forecast(
+            self.params, x, t_x, big_t, [h / WEEK_DAYS for h in self.horizons_days])
         nexts = [
             n
             for kind, table in (("product", state.products), ("category", state.categories))
@@ -148,9 +187,9 @@ class Forecaster:
             customer_id=state.customer_id,
             variant=self.variants.assign(state.customer_id),
             segment=segment,
-            p_alive=round(p_alive(self.params, x, t_x, big_t), 4),
-            expected_purchases_30d=round(expected_purchases(self.params, h30, x, t_x, big_t), 4),
-            expected_purchases_90d=round(expected_purchases(self.params, h90, x, t_x, big_t), 4),
+            p_alive=round(alive, 4),
+            expected_purchases_30d=round(e30, 4),
+            expected_purchases_90d=round(e90, 4),
             next_purchases=nexts[: self.max_items],
             alerts=alerts[: self.max_items],
             recommendations=self._recommend(state, nexts),
@@ -159,7 +198,8 @@ class Forecaster:
             data_quality_reason=reason,
             purchases=state.purchases,
             spend=state.spend_cents / 100.0,
-            model_versions={"bgnbd": self.params_version, "segments": segments_version},
+            model_versions={model_name(self.params): self.params_version,
+                            "segments": segments_version},
             as_of=datetime.fromtimestamp(as_of_ts, UTC),
             generated_at=now,
             last_event=LastEvent(

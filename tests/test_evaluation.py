@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from models import bgnbd
+from models import bgnbd, pareto_nbd
 from models.evaluation import (
     Holdout,
     calibration_summary,
@@ -164,6 +164,47 @@ def test_inconsistent_predictions_are_found() -> None:
         assert inconsistent_predictions({"c1": {**good, **bad}}, states, params, 3,
                                         CDNOW) == ["c1"]
     assert inconsistent_predictions({}, states, params, 3, CDNOW) == ["c1"]
+
+
+def test_our_pareto_nbd_on_the_same_summary_matches_lifetimes(cdnow_slice) -> None:
+    """Our Pareto/NBD fit is lifetimes' maximum (lifetimes from a fixed start with a tight
+    tolerance: the anchor's Nelder-Mead starts at random and stops at tol 1e-4, sometimes
+    percents short of it), and our holdout expectations are lifetimes' at our parameters."""
+    import pandas as pd
+    from lifetimes import ParetoNBDFitter
+
+    tx, states = cdnow_slice
+    summary = calibration_summary(tx, CDNOW)
+    x, t_x, big_t = summary.frequency_cal, summary.recency_cal, summary.T_cal
+    params = pareto_nbd.fit(x, t_x, big_t)
+    reference = ParetoNBDFitter().fit(x, t_x, big_t, tol=1e-10, initial_params=np.ones(4),
+                                      maxiter=100_000)
+    for k, v in params.to_dict().items():
+        assert v == pytest.approx(reference.params_[k], rel=1e-4)
+    anchors = fit_anchors(summary, 39.0)
+    assert pareto_nbd.log_likelihood(params, x, t_x, big_t) >= pareto_nbd.log_likelihood(
+        pareto_nbd.ParetoNbdParams.from_dict(anchors.pareto_nbd_params), x, t_x, big_t)
+    reference.params_ = pd.Series(params.to_dict())
+    theirs = reference.conditional_expected_number_of_purchases_up_to_time(39, x, t_x, big_t)
+    ours = [holdout_expectation(params, states[c], CDNOW) for c in summary.index]
+    assert ours == pytest.approx(theirs.tolist(), rel=1e-9, abs=1e-12)
+
+
+def test_inconsistent_pareto_nbd_predictions_are_found() -> None:
+    params = pareto_nbd.ParetoNbdParams(0.6, 11.6, 0.52, 8.8)
+    state = _state("c1", [date(1997, 1, 1), date(1997, 3, 1)])
+    x, t_x, big_t = bgnbd_inputs(state, CDNOW.cutoff_ts)
+    good: dict[str, Any] = {"as_of": "1997-09-30T00:00:00Z",
+                            "model_versions": {"pareto_nbd": 2}, "expected_purchases_90d": round(
+                                pareto_nbd.expected_purchases(params, 90 / 7, x, t_x, big_t), 4)}
+    states = {"c1": state}
+    assert inconsistent_predictions({"c1": good}, states, params, 2, CDNOW) == []
+    assert holdout_expectation(params, state, CDNOW) == pareto_nbd.expected_purchases(
+        params, 39.0, x, t_x, big_t)
+    for bad in ({"model_versions": {"bgnbd": 2}}, {"model_versions": {"pareto_nbd": 1}},
+                {"expected_purchases_90d": good["expected_purchases_90d"] + 0.01}):
+        assert inconsistent_predictions({"c1": {**good, **bad}}, states, params, 2,
+                                        CDNOW) == ["c1"]
 
 
 def _blobs(n: int, seed: int) -> list[dict[str, float]]:
