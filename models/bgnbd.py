@@ -40,6 +40,8 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.optimize import minimize
 from scipy.special import digamma, gammaln, hyp2f1
 
+from models.btyd_data import as_data, check_history
+
 __all__ = ["DEFAULT_PRIOR", "BgNbdParams", "expected_purchases"]
 __all__ += ["expected_purchases_unconditional", "fit", "log_likelihood", "p_alive"]
 
@@ -79,27 +81,6 @@ DEFAULT_PRIOR: BgNbdParams = BgNbdParams(r=0.25, alpha=5.0, a=0.8, b=2.5)
 """Weakly informative *prior* used before the first fit (and as the default
 optimiser start).  It is NOT a fitted value: it is merely of the order of
 magnitude typical of retail data measured in weeks (cf. CDNOW in the paper)."""
-
-
-def _as_data(
-    x: ArrayLike, t_x: ArrayLike, T: ArrayLike, weights: ArrayLike | None
-) -> tuple[_FArray, _FArray, _FArray, _FArray]:
-    w = np.ones_like(np.atleast_1d(np.asarray(x, dtype=np.float64))) if weights is None else weights
-    arrays = [np.atleast_1d(np.asarray(v, dtype=np.float64)) for v in (x, t_x, T, w)]
-    xa, ta, Ta, wa = arrays
-    if any(v.ndim != 1 for v in arrays):
-        raise ValueError("x, t_x, T and weights must be one-dimensional")
-    if len({v.shape[0] for v in arrays}) != 1:
-        raise ValueError("x, t_x, T and weights must have the same length")
-    if xa.shape[0] == 0:
-        raise ValueError("empty input")
-    if not all(bool(np.all(np.isfinite(v) & (v >= 0.0))) for v in arrays):
-        raise ValueError("x, t_x, T and weights must be finite and non-negative")
-    if bool(np.any(ta > Ta)):
-        raise ValueError("t_x must not exceed T")
-    if not float(wa.sum()) > 0.0:
-        raise ValueError("weights must have a positive sum")
-    return xa, ta, Ta, wa
 
 
 def _neg_ll_and_grad(
@@ -146,7 +127,7 @@ def log_likelihood(
     -9.98
     """
     theta = np.log(np.array([params.r, params.alpha, params.a, params.b]))
-    return -_neg_ll_and_grad(theta, _as_data(x, t_x, T, weights), 1.0)[0]
+    return -_neg_ll_and_grad(theta, as_data(x, t_x, T, weights), 1.0)[0]
 
 
 def fit(
@@ -184,7 +165,7 @@ def fit(
     >>> {k: round(v, 2) for k, v in fit(x, t_x, T).to_dict().items()}
     {'r': 0.49, 'alpha': 3.9, 'a': 1.06, 'b': 3.17}
     """
-    data = _as_data(x, t_x, T, weights)
+    data = as_data(x, t_x, T, weights)
     if max_iter < 1:
         raise ValueError("max_iter must be >= 1")
     start = DEFAULT_PRIOR if initial is None else initial
@@ -199,11 +180,6 @@ def fit(
         options={"maxiter": max_iter, "ftol": 1e-13, "gtol": 1e-9},
     )
     return BgNbdParams(*(float(v) for v in np.exp(res.x)))
-
-
-def _check_history(x: float, t_x: float, T: float) -> None:
-    if not (x >= 0.0 and 0.0 <= t_x <= T < math.inf):
-        raise ValueError(f"invalid history x={x!r}, t_x={t_x!r}, T={T!r}")
 
 
 def _zero_horizon(t: float) -> bool:
@@ -235,7 +211,7 @@ def p_alive(params: BgNbdParams, x: float, t_x: float, T: float) -> float:
     >>> p_alive(DEFAULT_PRIOR, 5, 10.0, 10.0) > p_alive(DEFAULT_PRIOR, 5, 2.0, 10.0)
     True
     """
-    _check_history(x, t_x, T)
+    check_history(x, t_x, T)
     return _p_alive(params, x, t_x, T)
 
 
@@ -282,7 +258,7 @@ def expected_purchases(params: BgNbdParams, t: float, x: float, t_x: float, T: f
     >>> round(expected_purchases(BgNbdParams(0.243, 4.414, 0.793, 2.426), 39, 2, 30.43, 38.86), 3)
     1.226
     """
-    _check_history(x, t_x, T)
+    check_history(x, t_x, T)
     if _zero_horizon(t):
         return 0.0
     return _growth(params, x, T, t) * _p_alive(params, x, t_x, T)

@@ -47,6 +47,7 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.optimize import minimize
 from scipy.special import gammaln
 
+from models.btyd_data import as_data, check_history
 from models.hypergeometric import hyp2f1_1, hyp2f1_1_scalar
 
 __all__ = ["DEFAULT_PRIOR", "ParetoNbdParams", "expected_purchases"]
@@ -92,27 +93,6 @@ DEFAULT_PRIOR: ParetoNbdParams = ParetoNbdParams(r=0.5, alpha=10.0, s=0.5, beta=
 retail data measured in weeks (cf. CDNOW), NOT a fitted value."""
 
 
-def _as_data(
-    x: ArrayLike, t_x: ArrayLike, T: ArrayLike, weights: ArrayLike | None
-) -> tuple[_FArray, _FArray, _FArray, _FArray]:
-    w = np.ones_like(np.atleast_1d(np.asarray(x, dtype=np.float64))) if weights is None else weights
-    arrays = [np.atleast_1d(np.asarray(v, dtype=np.float64)) for v in (x, t_x, T, w)]
-    xa, ta, Ta, wa = arrays
-    if any(v.ndim != 1 for v in arrays):
-        raise ValueError("x, t_x, T and weights must be one-dimensional")
-    if len({v.shape[0] for v in arrays}) != 1:
-        raise ValueError("x, t_x, T and weights must have the same length")
-    if xa.shape[0] == 0:
-        raise ValueError("empty input")
-    if not all(bool(np.all(np.isfinite(v) & (v >= 0.0))) for v in arrays):
-        raise ValueError("x, t_x, T and weights must be finite and non-negative")
-    if bool(np.any(ta > Ta)):
-        raise ValueError("t_x must not exceed T")
-    if not float(wa.sum()) > 0.0:
-        raise ValueError("weights must have a positive sum")
-    return xa, ta, Ta, wa
-
-
 def _log_tail(p: tuple[float, float, float, float], x: _FArray, t: _FArray) -> _FArray:
     """``log[(r+s+x) * integral_t^inf (alpha+u)^-(r+x) (beta+u)^-(s+1) du]``, i.e. the log of
     eq. 19's (alpha >= beta) or eq. 20's (alpha < beta) term at ``t``, Euler-transformed."""
@@ -150,7 +130,7 @@ def log_likelihood(
     >>> round(log_likelihood(DEFAULT_PRIOR, [0, 2], [0.0, 30.43], [38.86, 38.86]), 4)
     -10.0389
     """
-    x_, t_, T_, w = _as_data(x, t_x, T, weights)
+    x_, t_, T_, w = as_data(x, t_x, T, weights)
     p = (params.r, params.alpha, params.s, params.beta)
     return float(w @ _log_likelihoods(p, x_, t_, T_))
 
@@ -198,7 +178,7 @@ def fit(
     >>> {k: round(v, 2) for k, v in fit(x, t_x, T).to_dict().items()}
     {'r': 0.52, 'alpha': 5.29, 's': 0.74, 'beta': 10.84}
     """
-    data = _as_data(x, t_x, T, weights)
+    data = as_data(x, t_x, T, weights)
     if max_iter < 1:
         raise ValueError("max_iter must be >= 1")
     if initial is None:
@@ -218,11 +198,6 @@ def fit(
     return ParetoNbdParams(*(float(v) for v in np.exp(res.x)))
 
 
-def _check_history(x: float, t_x: float, T: float) -> None:
-    if not (x >= 0.0 and 0.0 <= t_x <= T < math.inf):
-        raise ValueError(f"invalid history x={x!r}, t_x={t_x!r}, T={T!r}")
-
-
 def _check_horizon(t: float) -> None:
     if not 0.0 <= t < math.inf:
         raise ValueError(f"horizon t must be finite and >= 0, got {t!r}")
@@ -238,7 +213,7 @@ def p_alive(params: ParetoNbdParams, x: float, t_x: float, T: float) -> float:
     >>> p_alive(DEFAULT_PRIOR, 5, 9.0, 10.0) > p_alive(DEFAULT_PRIOR, 5, 2.0, 10.0)
     True
     """
-    _check_history(x, t_x, T)
+    check_history(x, t_x, T)
     if t_x >= T:
         return 1.0
     r, alpha, s, beta = params.r, params.alpha, params.s, params.beta
