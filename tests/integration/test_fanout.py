@@ -27,7 +27,7 @@ from models.events import PurchaseEvent
 from producers.publisher import Publisher
 from producers.synthetic import generate
 from tests.integration.test_poller import assert_held_then_recovered, run_with_a_stuck_customer
-from tests.integration.test_reshard import record_applied
+from tests.integration.test_reshard import open_shards, record_applied, wait_active
 
 pytestmark = pytest.mark.integration
 
@@ -141,17 +141,6 @@ def in_publish_order(events: Sequence[PurchaseEvent]) -> dict[str, list[str]]:
     for e in events:
         out[e.customer_id].append(e.event_id)
     return dict(out)
-
-
-def _open_shards(kinesis: Any, stream: str) -> list[dict[str, Any]]:
-    shards = kinesis.list_shards(StreamName=stream)["Shards"]
-    return sorted((s for s in shards if "EndingSequenceNumber" not in s["SequenceNumberRange"]),
-                  key=lambda s: int(s["HashKeyRange"]["StartingHashKey"]))
-
-
-def _wait_active(kinesis: Any, stream: str) -> None:
-    kinesis.get_waiter("stream_exists").wait(StreamName=stream,
-                                             WaiterConfig={"Delay": 1, "MaxAttempts": 60})
 
 
 def test_a_missing_initial_response_is_supplied_and_a_present_one_left_alone() -> None:
@@ -269,16 +258,16 @@ def test_split_and_merge_in_fanout_mode_read_parents_before_children(
         totals = run.worker.applier.totals
         await loop.run_in_executor(None, publisher.publish, thirds[0])
         await wait_until(lambda: totals.records >= 50)
-        parent = _open_shards(kinesis, s.stream_name)[0]
+        parent = open_shards(kinesis, s.stream_name)[0]
         lo, hi = (int(parent["HashKeyRange"][k]) for k in ("StartingHashKey", "EndingHashKey"))
         kinesis.split_shard(StreamName=s.stream_name, ShardToSplit=parent["ShardId"],
                             NewStartingHashKey=str((lo + hi) // 2))
-        await loop.run_in_executor(None, _wait_active, kinesis, s.stream_name)
+        await loop.run_in_executor(None, wait_active, kinesis, s.stream_name)
         await loop.run_in_executor(None, publisher.publish, thirds[1])
-        a, b = _open_shards(kinesis, s.stream_name)[1:3]  # adjacent: a child and the other
+        a, b = open_shards(kinesis, s.stream_name)[1:3]  # adjacent: a child and the other
         kinesis.merge_shards(StreamName=s.stream_name, ShardToMerge=a["ShardId"],
                              AdjacentShardToMerge=b["ShardId"])
-        await loop.run_in_executor(None, _wait_active, kinesis, s.stream_name)
+        await loop.run_in_executor(None, wait_active, kinesis, s.stream_name)
         await loop.run_in_executor(None, publisher.publish, thirds[2])
         await wait_until(lambda: totals.records >= len(events))
 

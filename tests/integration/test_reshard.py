@@ -23,13 +23,13 @@ from producers.synthetic import generate
 pytestmark = pytest.mark.integration
 
 
-def _open_shards(kinesis: Any, stream: str) -> list[dict[str, Any]]:
+def open_shards(kinesis: Any, stream: str) -> list[dict[str, Any]]:
     shards = kinesis.list_shards(StreamName=stream)["Shards"]
     return sorted((s for s in shards if "EndingSequenceNumber" not in s["SequenceNumberRange"]),
                   key=lambda s: int(s["HashKeyRange"]["StartingHashKey"]))
 
 
-def _wait_active(kinesis: Any, stream: str) -> None:
+def wait_active(kinesis: Any, stream: str) -> None:
     kinesis.get_waiter("stream_exists").wait(StreamName=stream,
                                              WaiterConfig={"Delay": 1, "MaxAttempts": 60})
 
@@ -81,17 +81,17 @@ def test_split_and_merge_mid_stream_apply_every_event_once_and_in_order(
 
             await loop.run_in_executor(None, publisher.publish, thirds[0])
             await wait_for(50)  # consuming, far from drained
-            parent = _open_shards(kinesis, s.stream_name)[0]
+            parent = open_shards(kinesis, s.stream_name)[0]
             lo, hi = (int(parent["HashKeyRange"][k]) for k in ("StartingHashKey",
                                                                 "EndingHashKey"))
             kinesis.split_shard(StreamName=s.stream_name, ShardToSplit=parent["ShardId"],
                                 NewStartingHashKey=str((lo + hi) // 2))
-            await loop.run_in_executor(None, _wait_active, kinesis, s.stream_name)
+            await loop.run_in_executor(None, wait_active, kinesis, s.stream_name)
             await loop.run_in_executor(None, publisher.publish, thirds[1])
-            a, b = _open_shards(kinesis, s.stream_name)[1:3]  # adjacent: a child and the other
+            a, b = open_shards(kinesis, s.stream_name)[1:3]  # adjacent: a child and the other
             kinesis.merge_shards(StreamName=s.stream_name, ShardToMerge=a["ShardId"],
                                  AdjacentShardToMerge=b["ShardId"])
-            await loop.run_in_executor(None, _wait_active, kinesis, s.stream_name)
+            await loop.run_in_executor(None, wait_active, kinesis, s.stream_name)
             await loop.run_in_executor(None, publisher.publish, thirds[2])
             await wait_for(len(events))
             stop.set()
