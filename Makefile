@@ -25,14 +25,14 @@ run: setup
 	$(VENV)/bin/caa report
 
 ## run-ai: `make run` with the Bedrock analyzer, pointed at the local Bedrock-protocol test
-## server (deploy/bedrock_server.py) by AWS_ENDPOINT_URL_BEDROCK_RUNTIME; its own stream and
+## server (deploy/local/bedrock_server.py) by AWS_ENDPOINT_URL_BEDROCK_RUNTIME; its own stream and
 ## tables (prefix caa-ai-); prints `caa costs` and `caa history` at the end. LIMIT=n events.
 AI_ENV := CAA_ANALYZER=bedrock CAA_CONSENT_MODE=opt_out CAA_STREAM_NAME=caa-ai-purchases \
 	CAA_TABLE_PREFIX=caa-ai- CAA_BEDROCK_TPM=5000000 \
 	AWS_ENDPOINT_URL_BEDROCK_RUNTIME=http://127.0.0.1:4599
 run-ai: setup
 	@mkdir -p .caa
-	@rm -f .caa/bedrock.log; $(PY) -m deploy.bedrock_server --port 4599 > .caa/bedrock.log 2>&1 & echo $$! > .caa/bedrock.pid
+	@rm -f .caa/bedrock.log; $(PY) -m deploy.local.bedrock_server --port 4599 > .caa/bedrock.log 2>&1 & echo $$! > .caa/bedrock.pid
 	@until grep -q READY .caa/bedrock.log; do sleep 0.1; done
 	$(AI_ENV) $(VENV)/bin/caa run --limit $(or $(LIMIT),5000); rc=$$?; \
 	$(AI_ENV) $(VENV)/bin/caa costs; $(AI_ENV) $(VENV)/bin/caa history 00001; \
@@ -62,7 +62,7 @@ test: lint $(KINESIS_MOCK) $(CHROMIUM)
 ## chaos: the crash harness on the whole CDNOW log (>= 10 SIGKILLs); last line
 ## lost=<n> double_counted=<n> kills=<n> rejected=<n>
 chaos: setup
-	$(PY) -m tests.chaos --kills $(or $(KILLS),12)
+	$(PY) -m deploy.local.chaos --kills $(or $(KILLS),12)
 
 bench: setup
 	$(PY) bench/pipeline.py

@@ -1,7 +1,7 @@
 """Bedrock calls per 1,000 purchases and p95 freshness: our trigger policy against the naive one.
 
 A discrete-event simulation in virtual time that runs the real policy code
-(:class:`consumers.trigger.TriggerPolicy`, :func:`consumers.trigger.stale_reason`,
+(:class:`consumers.analysis.trigger.TriggerPolicy`, :func:`consumers.analysis.trigger.stale_reason`,
 :func:`models.prompt.build_input` on real :class:`models.state.CustomerState`s)
 over two streams:
 
@@ -29,14 +29,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from consumers.tokenbucket import TokenBucket
-from consumers.trigger import CacheRules, Signature, TriggerPolicy, stale_reason
+from consumers.analysis.tokenbucket import TokenBucket
+from consumers.analysis.trigger import CacheRules, Signature, TriggerPolicy, stale_reason
 from models.analysis import tool_spec
 from models.events import PurchaseEvent
 from models.prompt import SYSTEM_PROMPT, AnalysisInput, build_input, render_user
 from models.state import DAY, CustomerState
-from producers.cdnow import load_events, time_ordered
-from producers.synthetic import generate
+from producers.datasets.cdnow import load_events, time_ordered
+from producers.datasets.synthetic import generate
 
 KEY = b"bench"
 MAX_TOKENS = 1024
@@ -70,7 +70,7 @@ class _Calls:
         """Start a call for ``x`` no earlier than ``t``; returns when it completes."""
         chars = _FIXED_CHARS + len(render_user(x))
         used = chars / 4 + self.p.output_tokens
-        # as consumers.guard does: take half the worst case of two billable attempts
+        # as consumers.analysis.guard does: take half the worst case of two billable attempts
         # (input bounded at 2 characters a token + 600, maxTokens out), give back the rest
         bound_in = chars / 2 + 600
         take = (2 * bound_in + MAX_TOKENS + 300 + 2 * MAX_TOKENS) / 2

@@ -11,16 +11,17 @@ Run by ``make bench`` (``bench/pipeline.py`` runs it last) or alone:
 and everything behind those figures (settings, sample sizes, drain latencies, where the
 naive consumer's time goes, machine load) in ``out/bench-e2e.json``.
 
-Setup. One moto server process (:func:`deploy.emulator.launch` on a free loopback port,
+Setup. One moto server process (:func:`deploy.local.emulator.launch` on a free loopback port,
 started here) serves every run; each run gets a fresh stream (``BENCH_SHARDS``, 4 shards)
 and fresh tables. The events are the synthetic grocery stream
-(:func:`producers.synthetic.generate`: ``BENCH_CUSTOMERS`` 2,000 customers over
+(:func:`producers.datasets.synthetic.generate`: ``BENCH_CUSTOMERS`` 2,000 customers over
 ``BENCH_DAYS`` 60 days, seed 7), the first ``BENCH_EVENTS`` (20,000) by time.
 
 The consumers.
 
-* ours: the real :class:`consumers.worker.Worker` (the :class:`~consumers.poller.Poller` on
-  GetRecords, :class:`~consumers.applier.BatchApplier`, the DynamoDB stores, the model
+* ours: the real :class:`consumers.sources.worker.Worker` (the
+  :class:`~consumers.sources.poller.Poller` on GetRecords,
+  :class:`~consumers.applier.BatchApplier`, the DynamoDB stores, the model
   registry) in this process on aiobotocore, with default settings and no refit;
 * naive: :mod:`bench.naive_consumer` (GetRecords per shard; per event one UpdateItem that
   ADDs counters, one statistical analysis, one PutItem; synchronous boto3). It writes the
@@ -47,7 +48,7 @@ latency is ``t_ack - t_put``:
   PutRecords carrying it arrived (same host, same clock as the consumer);
 * ``t_ack``: the wall-clock time at which the DynamoDB write of the prediction that reflects
   the event returned to the consumer: ours, the moment
-  :meth:`~consumers.stores.PredictionStore.save` for the event's batch returned (every
+  :meth:`~consumers.stores.predictions.PredictionStore.save` for the event's batch returned (every
   BatchWriteItem of the batch's predictions acknowledged); naive, the moment its PutItem
   returned.
 
@@ -88,14 +89,14 @@ from caa.aws import Aws
 from caa.settings import Settings
 from consumers.applier import BatchApplier
 from consumers.core import BatchResult, StreamRecord
-from consumers.stores import PredictionStore
-from consumers.worker import Worker
-from deploy.emulator import launch
+from consumers.sources.worker import Worker
+from consumers.stores.predictions import PredictionStore
+from deploy.local.emulator import launch
 from deploy.resources import ensure_resources
 from models.events import PurchaseEvent
 from models.prediction import Prediction
+from producers.datasets.synthetic import generate
 from producers.publisher import Publisher, PublishReport
-from producers.synthetic import generate
 
 
 @dataclass

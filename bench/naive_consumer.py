@@ -18,9 +18,9 @@ prediction items as our consumer for a stream without duplicates:
   3. one analysis of that customer, computed for this event alone (no batching, no cache):
      the state rebuilt from the returned item, RFM features, the segment model learns and
      predicts, and the BG/NBD forecaster predicts, i.e. the statistical prediction our
-     consumer writes (:class:`models.forecaster.Forecaster`);
+     consumer writes (:class:`models.learn.forecaster.Forecaster`);
   4. one ``PutItem`` of the prediction (the same item layout as ours,
-     :func:`consumers.stores.prediction_to_item`).
+     :func:`consumers.stores.predictions.prediction_to_item`).
 
 What it leaves out, all in its favour for speed: no event-id de-duplication (ADD counts a
 redelivered event twice), no checkpoints (a restart reads the stream again from the start),
@@ -35,12 +35,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from consumers.stores import prediction_to_item
+from consumers.stores.predictions import prediction_to_item
 from models.events import EventRejected, PurchaseEvent, decode_event
 from models.features import rfm
-from models.forecaster import DEFAULT_PRIOR, Forecaster
+from models.learn.forecaster import DEFAULT_PRIOR, Forecaster
+from models.learn.segmentation import SegmentModel
 from models.prediction import SegmentRef
-from models.segmentation import SegmentModel
 from models.state import DAY, CustomerState, ItemStats
 
 #: called once per event after its prediction PutItem returned: (record, acknowledged at,

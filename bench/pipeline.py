@@ -25,14 +25,14 @@ from pathlib import Path
 from caa.aws import Aws
 from caa.settings import Settings
 from consumers.core import ModelView, StreamRecord, decode_batch, process_batch
-from consumers.worker import Worker
-from deploy.emulator import launch
+from consumers.sources.worker import Worker
+from deploy.local.emulator import launch
 from deploy.resources import ensure_resources
 from models.events import PurchaseEvent
-from models.forecaster import DEFAULT_PRIOR, Forecaster
-from models.segmentation import SegmentModel
+from models.learn.forecaster import DEFAULT_PRIOR, Forecaster
+from models.learn.segmentation import SegmentModel
 from models.state import CustomerState
-from producers.cdnow import load_events, time_ordered
+from producers.datasets.cdnow import load_events, time_ordered
 from producers.publisher import Publisher
 
 

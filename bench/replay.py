@@ -24,14 +24,14 @@ from typing import Any
 
 from caa.aws import Aws
 from caa.settings import Settings
-from deploy.emulator import launch
+from deploy.local.emulator import launch
 from deploy.resources import ensure_resources
-from producers.cdnow import load_events, time_ordered
+from producers.datasets.cdnow import load_events, time_ordered
 
 
 def caa_replay(env: dict[str, str], *argv: str) -> tuple[dict[str, Any], float]:
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "caa.cli", "replay", *argv, "--json"],
+    proc = subprocess.run([sys.executable, "-m", "caa.cli.main", "replay", *argv, "--json"],
                           env=env, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - started
     if proc.returncode:

@@ -5,7 +5,7 @@ What is measured. For each population size N (BENCH_RSS_SIZES, default 10,000, 1
 (default 30,000) synthetic purchase events published, each by a customer drawn uniformly at
 random from N (so the customers a run touches, and the misses and evictions of the state
 cache, grow with N: about 9.5k, 26k and 30k distinct customers at the defaults), then the
-real consumer, ``caa consume --until-idle --no-refit --json`` (:func:`caa.cli.main`, run
+real consumer, ``caa consume --until-idle --no-refit --json`` (:func:`caa.cli.main.main`, run
 by this file's ``--child`` mode in a child process), run until the stream is drained. Its
 peak RSS is the ``VmHWM`` of that child (``/proc/self/status``, read as it finishes: the
 kernel's high-water mark of its resident set since exec; MiB = 2^20 bytes). Not
@@ -57,12 +57,12 @@ from typing import Any
 
 from caa.aws import Aws
 from caa.settings import Settings
-from deploy.emulator import launch
+from deploy.local.emulator import launch
 from deploy.resources import ensure_resources
 from models.events import LineItem, PurchaseEvent
 from models.state import CustomerState
+from producers.datasets.synthetic import CATALOG, CHANNELS
 from producers.publisher import Publisher
-from producers.synthetic import CATALOG, CHANNELS
 
 DEFAULT_CACHE = Settings.model_fields["state_cache_size"].default
 
@@ -146,7 +146,7 @@ def vm_hwm_kib() -> int:
 
 def child(peak_file: str) -> int:
     """The child: the real ``caa consume``, then its own peak RSS into ``peak_file``."""
-    from caa.cli import main as cli
+    from caa.cli.main import main as cli
 
     rc = cli(["consume", "--until-idle", "--no-refit", "--json"])
     Path(peak_file).write_text(str(vm_hwm_kib()))

@@ -114,7 +114,7 @@ class Settings(BaseSettings):
     history_ttl_days: int = Field(90, ge=1)
     usage_flush_s: float = Field(5.0, gt=0)
 
-    # -- daily batch (`caa batch`, consumers.batch) ---------------------------------------
+    # -- daily batch (`caa batch`, consumers.analysis.daily.job) ------------------------
     #: S3 bucket and key prefix of Bedrock batch inference jobs: input JSONL, output, and the
     #: job records (which map record ids back to customers)
     batch_bucket: str | None = None
@@ -126,7 +126,7 @@ class Settings(BaseSettings):
     #: Bedrock refuses smaller jobs (its per-model quota; 100 records for most models)
     batch_min_records: int = Field(100, ge=1)
 
-    # -- HTTP API (`caa serve`, caa.api) -------------------------------------------------
+    # -- HTTP API (`caa serve`, caa.api.app) -------------------------------------------------
     #: keys accepted in the ``x-api-key`` header (comma-separated or a JSON list); with none,
     #: every route but /health answers 401
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
@@ -143,7 +143,8 @@ class Settings(BaseSettings):
     ab_experiment: str = ""
     ab_variants: str = ""
 
-    #: crash harness only: SIGKILL at these points (see consumers.chaos) with this probability
+    #: crash harness only: SIGKILL at these points (see consumers.instrument.chaos) with
+    #: this probability
     chaos_points: str = ""
     chaos_probability: float = Field(0.0, ge=0.0, le=1.0)
 

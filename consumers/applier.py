@@ -3,7 +3,7 @@
 Adapters (local poller, Lambda handler, KCL processor) translate their records
 into :class:`StreamRecord` and call :meth:`BatchApplier.apply`; when it returns
 the batch's effects are durable and the adapter may checkpoint. When it raises
-(:class:`~consumers.stores.WriteFailed`), nothing may be checkpointed.
+(:class:`~consumers.stores.dynamo.WriteFailed`), nothing may be checkpointed.
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from consumers.analysis.enricher import Enricher
 from consumers.core import BatchResult, StreamRecord, decode_batch, process_batch
-from consumers.enricher import Enricher
 from consumers.registry import ModelRegistry
-from consumers.stores import CustomerStore, DeadLetterStore, PredictionStore
+from consumers.stores.customers import CustomerStore
+from consumers.stores.dead_letters import DeadLetterStore
+from consumers.stores.predictions import PredictionStore
 from models.state import CustomerState
 
 

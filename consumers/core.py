@@ -8,8 +8,8 @@ segment model should learn, and the checkpoint the batch allows. No I/O: the
 adapter loads the states, writes the effects, and only then checkpoints.
 
 >>> from datetime import datetime, timezone
->>> from models.forecaster import Forecaster, DEFAULT_PRIOR
->>> from models.segmentation import SegmentModel
+>>> from models.learn.forecaster import Forecaster, DEFAULT_PRIOR
+>>> from models.learn.segmentation import SegmentModel
 >>> ok = (b'{"event_id":"e1","order_id":"o1","customer_id":"c1","occurred_at":'
 ...       b'"2024-01-01T00:00:00Z","currency":"EUR","items":[{"product_id":"p",'
 ...       b'"category":"k","quantity":1,"unit_price":"2.50"}],"total":"2.50"}')
@@ -40,9 +40,9 @@ from models.events import (
     decode_event,
 )
 from models.features import rfm
-from models.forecaster import Forecaster
+from models.learn.forecaster import Forecaster
+from models.learn.segmentation import SegmentModel
 from models.prediction import Prediction, SegmentRef
-from models.segmentation import SegmentModel
 from models.state import CustomerState
 
 Status = Literal["applied", "duplicate", "rejected"]

@@ -19,14 +19,15 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from consumers.enricher import Enricher
+from consumers.analysis.enricher import Enricher
 from consumers.registry import PARETO_NBD, ModelRegistry
-from consumers.stores import CustomerStore, PredictionStore
-from models import bgnbd, pareto_nbd
+from consumers.stores.customers import CustomerStore
+from consumers.stores.predictions import PredictionStore
 from models.features import bgnbd_inputs, rfm
-from models.forecaster import Forecaster, ForecastParams, model_name
+from models.learn import bgnbd, pareto_nbd
+from models.learn.forecaster import Forecaster, ForecastParams, model_name
+from models.learn.segmentation import SegmentModel
 from models.prediction import Prediction, SegmentRef
-from models.segmentation import SegmentModel
 from models.state import DAY, CustomerState
 
 SIZES = "segment-sizes"
@@ -56,7 +57,8 @@ async def rewrite_predictions(
     enricher: Enricher | None = None,
 ) -> list[Prediction]:
     """Write one prediction per state with these models as of ``as_of`` (keeping each
-    customer's latest AI analysis); the refit and the daily batch (consumers.batch) share it."""
+    customer's latest AI analysis); the refit and the daily batch
+    (consumers.analysis.daily.job) share it."""
     now = datetime.now(UTC)
     out = [
         forecaster.predict(s, SegmentRef(id=seg, name=names.get(seg, f"segment {seg}")),

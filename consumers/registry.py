@@ -17,12 +17,12 @@ from typing import Any
 
 from caa.settings import Settings
 from consumers.core import ModelView
-from consumers.model_store import Conflict, ModelStore
-from models import pareto_nbd
-from models.bgnbd import DEFAULT_PRIOR, BgNbdParams
-from models.forecaster import Forecaster, ForecastParams, model_name
-from models.pareto_nbd import ParetoNbdParams
-from models.segmentation import SegmentModel
+from consumers.stores.model_snapshots import Conflict, ModelStore
+from models.learn import pareto_nbd
+from models.learn.bgnbd import DEFAULT_PRIOR, BgNbdParams
+from models.learn.forecaster import Forecaster, ForecastParams, model_name
+from models.learn.pareto_nbd import ParetoNbdParams
+from models.learn.segmentation import SegmentModel
 from models.variant import VariantPlan
 
 SEGMENTS = "segments"

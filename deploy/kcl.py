@@ -2,7 +2,7 @@
 
 The daemon is the Java KCL 3 (leases, shard balancing, resharding, checkpoints in
 its own DynamoDB tables named after ``applicationName``); it starts
-``python -m consumers.kcl_processor`` once per shard lease and speaks the
+``python -m consumers.sources.kcl_processor`` once per shard lease and speaks the
 multi-language protocol with it over stdin/stdout. The jars come inside the
 ``kclpy-ext`` wheel (``pip install '.[kcl]'``), as the ``amazon_kclpy`` module.
 
@@ -52,13 +52,13 @@ def properties(settings: Settings, options: KclOptions) -> str:
     >>> text = properties(Settings(_env_file=None, stream_name="orders"),
     ...                   KclOptions("caa-kcl", python="python3"))
     >>> print(text.splitlines()[0])
-    executableName = python3 -m consumers.kcl_processor
+    executableName = python3 -m consumers.sources.kcl_processor
     >>> "streamName = orders" in text, "kinesisEndpoint" in text
     (True, False)
     """
     o = options
     lines = {
-        "executableName": f"{o.python} -m consumers.kcl_processor",
+        "executableName": f"{o.python} -m consumers.sources.kcl_processor",
         "streamName": settings.stream_name,
         "applicationName": o.application_name,
         "AwsCredentialsProvider": "DefaultCredentialsProvider",

@@ -2,12 +2,12 @@
 
 A customer's state keeps its distinct purchase days (``days``), the time of its latest
 purchase (``last_ts``), its purchase count and total spend, but not each order. So the
-features :class:`models.segmentation.SegmentModel` takes are rebuilt as of a past cut-off
+features :class:`models.learn.segmentation.SegmentModel` takes are rebuilt as of a past cut-off
 like this (:func:`rfm_as_of`):
 
 * **cut-off**: an instant ``cutoff_ts``; a purchase counts when its UTC day is on or before
   the cut-off's day (``day <= cutoff_ts // DAY``): model time runs in whole days, as in the
-  holdout evaluation (:mod:`models.evaluation`, where purchases dated ``calibration_end``
+  holdout evaluation (:mod:`models.learn.evaluation`, where purchases dated ``calibration_end``
   belong to the calibration). A customer with no such day is left out (not a customer yet).
 * **frequency**: the number of those purchase days (exact).
 * **recency_days**: ``(cutoff_ts - last) / DAY``, floored at 0, where ``last`` is ``last_ts``
@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from models.features import rfm
-from models.segmentation import SEGMENT_NAMES, SegmentModel
+from models.learn.segmentation import SEGMENT_NAMES, SegmentModel
 from models.state import DAY, CustomerState
 
 __all__ = ["WEEKLY_BELOW_DAYS", "Timeline", "cutoffs", "rfm_as_of", "segment_timeline",

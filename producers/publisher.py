@@ -11,7 +11,7 @@ that was not acknowledged. Nothing is dropped silently.
 one in the same request succeeds; the consumer's state is order-independent,
 so that reorder is harmless here.)
 
-With a ``limiter`` (:class:`producers.ratelimit.AimdLimiter`, as ``caa replay`` uses)
+With a ``limiter`` (:class:`producers.pacing.AimdLimiter`, as ``caa replay`` uses)
 every call first waits for its share of the stream's write capacity, and each answer
 tells the limiter whether Kinesis throttled it. ``put_batch`` may run in several
 threads at once; they share the limiter under a lock.
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from models.events import StreamEvent
-from producers.ratelimit import AimdLimiter
+from producers.pacing import AimdLimiter
 
 MAX_RECORDS_PER_CALL = 500
 MAX_BYTES_PER_CALL = 5 * 1024 * 1024

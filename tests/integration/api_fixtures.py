@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from deploy.emulator import free_port
+from deploy.local.emulator import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,12 +36,12 @@ class ApiServer:
 
 
 def launch_api(env: dict[str, str], log: Path, timeout: float = 60.0) -> ApiServer:
-    """Start ``python -m caa.cli serve`` with ``env`` and wait until it answers HTTP at all
+    """Start ``python -m caa.cli.main serve`` with ``env`` and wait until it answers HTTP at all
     (``/health`` may say 503: that is for the test to judge)."""
     port = free_port()
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "caa.cli", "serve", "--host", "127.0.0.1", "--port",
+            [sys.executable, "-m", "caa.cli.main", "serve", "--host", "127.0.0.1", "--port",
              str(port)], env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True)
     server = ApiServer(f"http://127.0.0.1:{port}", proc, log)

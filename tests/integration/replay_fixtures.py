@@ -13,21 +13,18 @@ from typing import Any
 
 import pytest
 
-from caa import cli
 from caa.aws import Aws
+from caa.cli import main as cli
 from caa.settings import Settings
 from consumers.applier import Totals
-from consumers.stores import (
-    CustomerStore,
-    DeadLetterStore,
-    Dynamo,
-    PredictionStore,
-    state_to_item,
-)
-from consumers.worker import Worker
+from consumers.sources.worker import Worker
+from consumers.stores.customers import CustomerStore, state_to_item
+from consumers.stores.dead_letters import DeadLetterStore
+from consumers.stores.dynamo import Dynamo
+from consumers.stores.predictions import PredictionStore
 from models.events import PurchaseEvent
 from models.state import CustomerState
-from producers.cdnow import dataset_path, load_events, time_ordered
+from producers.datasets.cdnow import dataset_path, load_events, time_ordered
 
 N_CUSTOMERS = 300
 

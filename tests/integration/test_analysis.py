@@ -16,22 +16,23 @@ from typing import Any
 
 import pytest
 
-from caa import cli
 from caa.aws import Aws
+from caa.cli import main as cli
 from caa.settings import Settings
+from consumers.analysis.enricher import Enricher
 from consumers.core import StreamRecord, decode_batch, process_batch
-from consumers.enricher import Enricher
-from consumers.model_store import ModelStore
 from consumers.registry import ModelRegistry
-from consumers.stores import Dynamo, PredictionStore
-from consumers.worker import Worker, build_enricher
-from deploy.bedrock_server import BedrockServer
-from deploy.emulator import free_port
+from consumers.sources.worker import Worker, build_enricher
+from consumers.stores.dynamo import Dynamo
+from consumers.stores.model_snapshots import ModelStore
+from consumers.stores.predictions import PredictionStore
+from deploy.local.bedrock_server import BedrockServer
+from deploy.local.emulator import free_port
 from models.events import Contact, LineItem, PurchaseEvent
 from models.prompt import pseudonym
 from models.state import CustomerState
+from producers.datasets.synthetic import generate
 from producers.publisher import Publisher
-from producers.synthetic import generate
 
 pytestmark = pytest.mark.integration
 KEY = b"test-key-0123456789abcdef0123456789"

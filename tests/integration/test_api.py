@@ -23,9 +23,10 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from caa.aws import Aws
 from caa.settings import Settings
-from consumers.stores import prediction_from_item, state_from_item
-from deploy.bedrock_server import BedrockServer
-from deploy.emulator import Emulator, free_port
+from consumers.stores.customers import state_from_item
+from consumers.stores.predictions import prediction_from_item
+from deploy.local.bedrock_server import BedrockServer
+from deploy.local.emulator import Emulator, free_port
 from deploy.resources import ensure_resources
 from models.prediction import Prediction
 from models.prompt import pseudonym
@@ -221,7 +222,7 @@ def test_consent_withdrawn_by_the_api_holds_for_the_next_analysis(
 
 
 def test_an_erased_customer_is_not_found(world: World) -> None:
-    from caa import cli
+    from caa.cli import main as cli
 
     cid = "api-erase"
     assert world.get(f"/customers/{cid}/prediction").status_code == 200

@@ -16,16 +16,16 @@ from typing import Any
 
 import pytest
 
-from caa import cli
 from caa.aws import Aws
+from caa.cli import main as cli
 from caa.settings import Settings
-from consumers.analyzer import PriceTable
-from consumers.bedrock import BedrockAnalyzer
-from consumers.worker import Worker
-from deploy.bedrock_server import BedrockServer
-from deploy.schema_answer import generate, grounding
+from consumers.analysis.analyzer import PriceTable
+from consumers.analysis.bedrock import BedrockAnalyzer
+from consumers.sources.worker import Worker
+from deploy.local.bedrock_server import BedrockServer
+from deploy.local.schema_answer import generate, grounding
 from models.analysis import TOOL_NAME, input_schema, tool_spec
-from models.batch import BatchJob, split_s3_uri
+from models.daily_job import BatchJob, split_s3_uri
 from models.events import LineItem, PurchaseEvent
 from models.prompt import SYSTEM_PROMPT, AnalysisInput, pseudonym, render_user
 from producers.publisher import Publisher

@@ -12,11 +12,12 @@ from typing import Any
 
 import pytest
 
-from caa import cli, feed_cli
 from caa.aws import Aws
+from caa.cli import main as cli
+from caa.cli import watch as feed_cli
 from caa.settings import Settings
-from consumers.changefeed import FeedItem
-from consumers.worker import Worker
+from consumers.ops.changefeed import FeedItem
+from consumers.sources.worker import Worker
 from deploy.resources import ensure_resources, ensure_table
 from models.change import PredictionChange
 from models.events import LineItem, PurchaseEvent

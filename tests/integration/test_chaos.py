@@ -1,6 +1,6 @@
 """The crash harness in a reduced form: a slice of CDNOW, a few SIGKILLs, exact totals.
 
-``make chaos`` runs the same harness (tests/chaos.py) on the whole log with at least
+``make chaos`` runs the same harness (deploy/local/chaos.py) on the whole log with at least
 ten kills; this keeps the kill/restart/verify loop in every ``make test``.
 """
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from deploy.emulator import Emulator
-from tests.chaos import run_chaos
+from deploy.local.chaos import run_chaos
+from deploy.local.emulator import Emulator
 
 pytestmark = pytest.mark.integration
 

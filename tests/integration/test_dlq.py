@@ -8,11 +8,11 @@ from decimal import Decimal
 
 import pytest
 
-from caa import cli
 from caa.aws import Aws
+from caa.cli import main as cli
 from caa.settings import Settings
 from models.events import LineItem, PurchaseEvent
-from producers.cdnow import load_events, time_ordered
+from producers.datasets.cdnow import load_events, time_ordered
 from producers.publisher import Publisher
 
 pytestmark = pytest.mark.integration

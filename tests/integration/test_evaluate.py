@@ -16,9 +16,9 @@ import pytest
 
 from caa.aws import Aws
 from caa.settings import Settings
-from models.segmentation import SEGMENT_NAMES
+from models.learn.segmentation import SEGMENT_NAMES
 from models.variant import VariantPlan
-from producers.cdnow import iter_rows
+from producers.datasets.cdnow import iter_rows
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("lifetimes")
@@ -51,7 +51,7 @@ def from_source(n_customers: int) -> tuple[set[str], int]:
 def test_evaluate_json_on_a_cdnow_slice(fresh_settings: Callable[..., Settings],
                                         capsys: pytest.CaptureFixture[str],
                                         tmp_path: Path) -> None:
-    from caa import cli
+    from caa.cli import main as cli
 
     # small reads: several batches per shard, so the streaming model segments some
     # customers at their last purchase before the final refit
@@ -114,7 +114,8 @@ def test_evaluate_json_on_a_cdnow_slice(fresh_settings: Callable[..., Settings],
 
 def assert_ours_is_the_anchor(out: dict[str, Any], model: str) -> None:
     """lifetimes' Pareto/NBD fit starts at random and stops at tol 1e-4, on a slice sometimes
-    percents short of the maximum (tests/test_evaluation.py compares the fits tightly)."""
+    percents short of the maximum (tests/unit/models/learn/test_evaluation.py compares the
+    fits tightly)."""
     rel_params, rel_total = (1e-3, 1e-3) if model == "bgnbd" else (1e-1, 2.5e-2)
     assert out["ours"]["total_predicted"] == pytest.approx(
         out[model]["total_predicted"], rel=rel_total)
@@ -129,7 +130,7 @@ def test_evaluate_scores_bgnbd_when_the_pipeline_uses_it(
     """``ours`` comes from the stored parameters of whichever model the pipeline used (the
     test above runs the default, Pareto/NBD). 1,000 customers: on fewer, lifetimes' BG/NBD
     anchor can give NaN (a + b + x - 1 < 0)."""
-    from caa import cli
+    from caa.cli import main as cli
 
     model = "bgnbd"
     fresh_settings(forecast_model=model)
@@ -144,7 +145,7 @@ def test_evaluate_scores_bgnbd_when_the_pipeline_uses_it(
 def _evaluate(seed: str) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONHASHSEED": seed}
     return subprocess.Popen(
-        [sys.executable, "-m", "caa.cli", "evaluate", "--json", "--limit-customers", "300"],
+        [sys.executable, "-m", "caa.cli.main", "evaluate", "--json", "--limit-customers", "300"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -20,12 +20,12 @@ import pytest
 from caa.aws import Aws
 from caa.settings import Settings
 from consumers.core import BatchResult
-from consumers.fanout import INITIAL_RESPONSE, FanoutPoller, _WithInitialResponse
-from consumers.worker import Worker
-from deploy.emulator import Emulator
+from consumers.sources.fanout import INITIAL_RESPONSE, FanoutPoller, _WithInitialResponse
+from consumers.sources.worker import Worker
+from deploy.local.emulator import Emulator
 from models.events import PurchaseEvent
+from producers.datasets.synthetic import generate
 from producers.publisher import Publisher
-from producers.synthetic import generate
 from tests.integration.test_poller import assert_held_then_recovered, run_with_a_stuck_customer
 from tests.integration.test_reshard import open_shards, record_applied, wait_active
 
@@ -156,7 +156,7 @@ def test_a_missing_initial_response_is_supplied_and_a_present_one_left_alone() -
     async def read(chunks: list[bytes]) -> bytes:
         return b"".join([c async for c, _ in _WithInitialResponse(Body(chunks)).iter_chunks()])
 
-    from consumers.fanout import _message
+    from consumers.sources.fanout import _message
     event = _message({":message-type": "event", ":event-type": "SubscribeToShardEvent"},
                      b'{"Records":[]}')
     aws_like = INITIAL_RESPONSE + event + event

@@ -27,13 +27,13 @@ import pytest
 
 from caa.aws import Aws
 from caa.settings import Settings
-from consumers.worker import build_applier
+from consumers.sources.worker import build_applier
 from deploy import kcl
-from deploy.emulator import Emulator
+from deploy.local.emulator import Emulator
 from models.events import PurchaseEvent
 from models.state import CustomerState
+from producers.datasets.synthetic import generate
 from producers.publisher import Publisher
-from producers.synthetic import generate
 
 pytestmark = [
     pytest.mark.integration,

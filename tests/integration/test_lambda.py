@@ -14,10 +14,10 @@ import pytest
 
 from caa.aws import Aws
 from caa.settings import Settings
-from consumers import lambda_handler
-from consumers.lambda_handler import Runtime, failed_sequence_numbers
-from consumers.stores import WriteFailed
-from producers.cdnow import load_events, time_ordered
+from consumers.sources import lambda_handler
+from consumers.sources.lambda_handler import Runtime, failed_sequence_numbers
+from consumers.stores.dynamo import WriteFailed
+from producers.datasets.cdnow import load_events, time_ordered
 from producers.publisher import Publisher
 
 pytestmark = pytest.mark.integration

@@ -14,11 +14,11 @@ import pytest
 from caa.aws import Aws
 from caa.settings import Settings
 from consumers.applier import Totals
-from consumers.worker import Worker
+from consumers.sources.worker import Worker
 from deploy.resources import ensure_resources
 from models.events import PurchaseEvent
 from models.state import CustomerState
-from producers.cdnow import dataset_path, load_events, time_ordered
+from producers.datasets.cdnow import dataset_path, load_events, time_ordered
 from producers.publisher import Publisher
 
 pytestmark = pytest.mark.integration
@@ -140,7 +140,7 @@ def test_bad_records_go_to_dead_letters_and_lose_nothing_valid(settings: Setting
 def test_cli_show_and_segments_answer(
     settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from caa import cli
+    from caa.cli import main as cli
 
     events = cdnow_slice()[:500]
     Publisher(Aws(settings).client("kinesis"), settings.stream_name).publish(events)

@@ -13,9 +13,9 @@ import pytest
 
 from caa.aws import Aws
 from caa.settings import Settings
-from consumers.worker import Worker
+from consumers.sources.worker import Worker
+from producers.datasets.synthetic import generate
 from producers.publisher import Publisher
-from producers.synthetic import generate
 
 pytestmark = pytest.mark.integration
 
@@ -85,7 +85,7 @@ def test_a_split_mid_stream_loses_nothing(settings: Settings) -> None:
 
 
 def test_a_second_live_poller_in_the_same_group_is_refused(settings: Settings) -> None:
-    from consumers.lease import GroupBusy
+    from consumers.sources.lease import GroupBusy
 
     async def scenario() -> None:
         async with Aws(settings).clients("kinesis", "dynamodb") as c:
@@ -108,8 +108,8 @@ def test_a_second_live_poller_in_the_same_group_is_refused(settings: Settings) -
 def test_a_dead_holder_on_this_host_is_taken_over_at_once(settings: Settings) -> None:
     import socket
 
-    from consumers.lease import GroupBusy
-    from consumers.stores import OWNER_KEY
+    from consumers.sources.lease import GroupBusy
+    from consumers.stores.checkpoints import OWNER_KEY
 
     ddb = Aws(settings).client("dynamodb")
 

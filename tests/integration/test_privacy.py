@@ -17,13 +17,13 @@ from typing import Any
 
 import pytest
 
-from caa import cli
 from caa.aws import Aws
+from caa.cli import main as cli
 from caa.settings import Settings
-from consumers.worker import Worker
+from consumers.sources.worker import Worker
 from models.events import ConsentEvent, PurchaseEvent
 from models.state import CustomerState
-from producers.cdnow import load_events, time_ordered
+from producers.datasets.cdnow import load_events, time_ordered
 from producers.publisher import Publisher
 
 pytestmark = pytest.mark.integration

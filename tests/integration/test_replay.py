@@ -17,10 +17,10 @@ import pytest
 
 from caa.aws import Aws
 from caa.settings import Settings
-from deploy.emulator import Emulator
+from deploy.local.emulator import Emulator
 from models.events import PurchaseEvent
+from producers.datasets.synthetic import generate
 from producers.publisher import Publisher
-from producers.synthetic import generate
 from tests.integration.replay_fixtures import (
     cdnow_slice,
     consume,

@@ -18,17 +18,17 @@ from typing import Any
 
 import pytest
 
-from caa import cli
 from caa.aws import Aws
+from caa.cli import main as cli
 from caa.settings import Settings
-from consumers.lease import GroupLease
-from consumers.stores import Dynamo
-from consumers.worker import build_applier
-from producers.job import ReplayJob
-from producers.replay import run
-from producers.report import Checked, ReplayReport
-from producers.sources import FileSource
-from producers.targets import DirectTarget
+from consumers.sources.lease import GroupLease
+from consumers.sources.worker import build_applier
+from consumers.stores.dynamo import Dynamo
+from producers.replay.job import ReplayJob
+from producers.replay.runner import run
+from producers.replay.sources import FileSource
+from producers.replay.tally import Checked, ReplayReport
+from producers.replay.targets import DirectTarget
 from tests.integration.replay_fixtures import (
     cdnow_file,
     cdnow_slice,
@@ -118,7 +118,7 @@ def test_replay_killed_with_sigkill_resumes_and_the_consumer_counts_once(
     log = (tmp_path / "replay.log").open("wb")
     # paced to 5% of the capacity (200 records/s) in chunks of 50, so it is mid-way for long
     proc = subprocess.Popen(
-        [sys.executable, "-m", "caa.cli", "replay", str(path), "--job", "kill-me",
+        [sys.executable, "-m", "caa.cli.main", "replay", str(path), "--job", "kill-me",
          "--chunk", "50", "--share", "0.05"], stdout=log, stderr=subprocess.STDOUT,
         env=dict(os.environ))
     try:

@@ -29,20 +29,20 @@ import pytest
 
 from caa.aws import Aws
 from caa.settings import Settings
-from consumers.worker import Worker
-from deploy.bedrock_server import BedrockServer
-from models.evaluation import naive_expectation
+from consumers.sources.worker import Worker
+from deploy.local.bedrock_server import BedrockServer
 from models.features import WEEK_DAYS, bgnbd_inputs
+from models.learn.evaluation import naive_expectation
 from models.state import DAY, CustomerState
-from producers.cdnow import iter_rows, time_ordered, to_event
+from producers.datasets.cdnow import iter_rows, time_ordered, to_event
 from producers.publisher import Publisher
 
 pytest.importorskip("matplotlib")
 
 from PIL import Image  # matplotlib depends on pillow
 
-from caa.page import SECTIONS
-from caa.scores import Scores
+from caa.report.page import SECTIONS
+from caa.report.scores import Scores
 
 pytestmark = pytest.mark.integration
 
@@ -139,7 +139,7 @@ def chromium(tmp: Path, *args: str) -> str:
 
 def report(capsys: pytest.CaptureFixture[str], out: Path, evaluation: Path,
            bench: Path) -> str:
-    from caa import cli
+    from caa.cli import main as cli
 
     assert cli.main(["report", "--out", str(out), "--evaluation", str(evaluation),
                      "--bench", str(bench)]) == 0
@@ -168,7 +168,7 @@ def bedrock_spend(ids: list[str], server: BedrockServer, monkeypatch: pytest.Mon
                   capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
     """On-demand analyses (`caa analyze`) against the Bedrock-protocol test server; returns
     what `caa costs --json` then shows."""
-    from caa import cli
+    from caa.cli import main as cli
 
     server.reset()
     for key, value in {"CAA_ANALYZER": "bedrock", "CAA_CONSENT_MODE": "opt_out",

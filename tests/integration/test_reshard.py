@@ -15,10 +15,10 @@ import pytest
 from caa.aws import Aws
 from caa.settings import Settings
 from consumers.core import BatchResult, StreamRecord
-from consumers.worker import Worker
-from deploy.emulator import Emulator
+from consumers.sources.worker import Worker
+from deploy.local.emulator import Emulator
+from producers.datasets.synthetic import generate
 from producers.publisher import Publisher
-from producers.synthetic import generate
 
 pytestmark = pytest.mark.integration
 

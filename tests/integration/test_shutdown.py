@@ -16,7 +16,7 @@ import pytest
 
 from caa.aws import Aws
 from caa.settings import Settings
-from producers.cdnow import load_events, time_ordered
+from producers.datasets.cdnow import load_events, time_ordered
 from producers.publisher import Publisher
 
 pytestmark = pytest.mark.integration
@@ -41,7 +41,7 @@ def test_sigterm_finishes_and_checkpoints_the_batch_in_flight(
     s = fresh_settings(get_records_limit="100", refit_interval_s="0")
     events = time_ordered(load_events(limit=6000))
     Publisher(Aws(s).client("kinesis"), s.stream_name).publish(events)
-    cmd = [sys.executable, "-m", "caa.cli", "consume", "--json", "--no-refit"]
+    cmd = [sys.executable, "-m", "caa.cli.main", "consume", "--json", "--no-refit"]
     log = tmp_path / "first.err"
     with log.open("wb") as err:
         proc = subprocess.Popen(cmd, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=err,

@@ -12,8 +12,8 @@ import pytest
 
 from caa.aws import Aws
 from caa.settings import Settings
-from consumers.worker import Worker
-from producers.cdnow import load_events, time_ordered
+from consumers.sources.worker import Worker
+from producers.datasets.cdnow import load_events, time_ordered
 from producers.publisher import Publisher
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from caa.settings import Settings
-from deploy.bedrock_server import BedrockServer
+from deploy.local.bedrock_server import BedrockServer
 from models.prompt import pseudonym
 from models.variant import VariantPlan
 from tests.integration.test_analysis import KEY, _event, customer_data, run

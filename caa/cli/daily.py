@@ -1,0 +1,134 @@
+"""``caa batch``: the daily batch (consumers.analysis.daily.job) and its Bedrock job's ingestion
+(consumers.analysis.daily.ingest)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from caa.aws import Aws
+from caa.settings import Settings
+
+#: exit code of `caa batch --ingest` while the job is still running
+NOT_FINISHED = 3
+
+
+def add_parser(sub: Any) -> None:
+    b = sub.add_parser("batch", help="daily batch: recompute recently active customers; "
+                                     "with Bedrock, analyse them in a batch inference job")
+    what = b.add_mutually_exclusive_group(required=True)
+    what.add_argument("--active-since", metavar="SPAN",
+                      help="customers whose state was written within SPAN (30m, 12h, 1d, 2w)")
+    what.add_argument("--ingest", metavar="JOB",
+                      help="store the answers of a finished batch job (name, id or ARN)")
+    b.add_argument("--json", action="store_true")
+
+
+async def run_batch(settings: Settings, aws: Aws, since: datetime,
+                    now: datetime | None = None) -> dict[str, Any]:
+    from consumers.analysis.daily.job import active_states, plan, recompute, submit
+    from consumers.registry import ModelRegistry
+    from consumers.sources.worker import build_enricher
+    from consumers.stores.dynamo import Dynamo
+    from consumers.stores.model_snapshots import ModelStore
+    from consumers.stores.predictions import PredictionStore
+
+    s, now = settings, now or datetime.now(UTC)
+    ai = s.analyzer == "bedrock"
+    async with aws.clients("dynamodb", *(["s3", "bedrock"] if ai else [])) as c:
+        db = Dynamo(c["dynamodb"], max_attempts=s.max_write_attempts,
+                    concurrency=s.write_concurrency)
+        registry = ModelRegistry(ModelStore(db, s.table("models")), s)
+        # no runtime client: the enricher only carries analyses over and builds requests
+        enricher = build_enricher(s, db, None, registry) if ai else None
+        states = await active_states(db, s.table("customers"), since)
+        out: dict[str, Any] = {"active_since": since.isoformat(), "active": len(states),
+                               "predictions_written": 0}
+        if not states:
+            return out
+        as_of, predictions = await recompute(
+            registry, PredictionStore(db, s.table("predictions")), states, enricher)
+        out.update(predictions_written=len(predictions),
+                   as_of=datetime.fromtimestamp(as_of, UTC).isoformat())
+        if enricher is None:
+            return out
+        work = await plan(s, enricher, states, predictions, as_of, now)
+        out["analysis"] = {"no_consent": work.no_consent, "ab_control": work.ab_control,
+                           "cache_hits": work.cache_hits,
+                           "to_analyse": len(work.entries),
+                           "worst_case_usd": work.worst_case_usd}
+        if len(work.entries) < s.batch_min_records:
+            out["analysis"]["job"] = (
+                f"not submitted: {len(work.entries)} record(s), fewer than Bedrock's minimum "
+                f"{s.batch_min_records} (CAA_BATCH_MIN_RECORDS); their analyses stay as they are")
+            return out
+        job = await submit(s, c["s3"], c["bedrock"], work, now)
+        out["analysis"]["job"] = job.summary()
+        return out
+
+
+async def run_ingest(settings: Settings, aws: Aws, ident: str,
+                     now: datetime | None = None) -> dict[str, Any]:
+    from consumers.analysis.daily.ingest import ingest, load_job
+    from consumers.stores.analyses import AnalysisStore
+    from consumers.stores.dynamo import Dynamo
+
+    s = settings
+    async with aws.clients("dynamodb", "s3", "bedrock") as c:
+        job = await load_job(s, c["s3"], c["bedrock"], ident)
+        db = Dynamo(c["dynamodb"], max_attempts=s.max_write_attempts,
+                    concurrency=s.write_concurrency)
+        store = AnalysisStore(db, s.table("analyses"), s.table("analysis-history"),
+                              s.table("predictions"), s.history_ttl_days)
+        return await ingest(s, store, c["s3"], c["bedrock"], job, now or datetime.now(UTC))
+
+
+def _missing(settings: Settings) -> list[str]:
+    if settings.analyzer != "bedrock":
+        return []
+    return [name for name, v in (("CAA_BATCH_BUCKET", settings.batch_bucket),
+                                 ("CAA_BATCH_ROLE_ARN", settings.batch_role_arn)) if not v]
+
+
+def _print(out: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(out, indent=2, default=str))
+        return
+    for k, v in out.items():
+        print(f"{k}: {json.dumps(v, default=str) if isinstance(v, dict | list) else v}")
+
+
+def cmd_batch(settings: Settings, aws: Aws, args: argparse.Namespace) -> int:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from consumers.analysis.daily.ingest import IngestRefused
+    from models.daily_job import parse_since
+
+    missing = _missing(settings) if args.active_since else (
+        [] if settings.batch_bucket else ["CAA_BATCH_BUCKET"])
+    if missing:
+        print(f"caa batch with Bedrock needs {' and '.join(missing)}", file=sys.stderr)
+        return 2
+    try:
+        span = parse_since(args.active_since) if args.active_since else None
+    except ValueError as exc:
+        print(f"caa batch: {exc}", file=sys.stderr)
+        return 2
+    try:
+        out = (asyncio.run(run_batch(settings, aws, datetime.now(UTC) - span)) if span
+               else asyncio.run(run_ingest(settings, aws, args.ingest)))
+    except (IngestRefused, ClientError, BotoCoreError) as exc:
+        print(f"caa batch: {exc}", file=sys.stderr)
+        return 1
+    _print(out, args.json)
+    job = out.get("analysis", {}).get("job")
+    if isinstance(job, dict) and job.get("submit_error"):
+        return 1
+    if args.ingest and not out.get("ingested"):
+        print(f"job {out['job']} is {out['status']}: not finished yet", file=sys.stderr)
+        return NOT_FINISHED
+    return 0

@@ -1,0 +1,95 @@
+"""``caa watch``: tail the prediction change feed (docs/change-feed.md)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from caa.aws import Aws
+from caa.settings import Settings
+from consumers.ops.changefeed import ChangeFeed, FeedItem, FeedProblem, StartAt, stream_arn
+
+
+def add_parser(sub: Any) -> None:
+    w = sub.add_parser("watch", help="tail the prediction change feed (DynamoDB Streams)")
+    w.add_argument("--from", dest="start", choices=("trim_horizon", "latest"),
+                   default="trim_horizon",
+                   help="trim_horizon: every change still in the stream (24 h); latest: new "
+                        "changes only (with --follow)")
+    w.add_argument("--json", action="store_true", help="one PredictionChange JSON per line")
+    w.add_argument("--customer", help="only this customer's changes")
+    w.add_argument("--limit", type=int, help="stop after this many changes")
+    w.add_argument("--follow", action="store_true",
+                   help="keep waiting for new changes (Ctrl-C stops)")
+
+
+def _arrow(old: object, new: object) -> str:
+    return str(new) if old == new else f"{old} -> {new}"
+
+
+def render(item: FeedItem) -> str:
+    """One line for a person."""
+    if isinstance(item, FeedProblem):
+        return f"skipped {item.sequence or '-'} ({item.customer_id or '?'}): {item.reason}"
+    o, n = item.old, item.new
+    seg = _arrow(o.segment.name if o else None, n.segment.name if n else None)
+    alive = _arrow(o.p_alive if o else None, n.p_alive if n else None)
+    return (f"{item.at:%Y-%m-%d %H:%M:%S}  {item.kind:<7}  {item.customer_id}  segment {seg}  "
+            f"p_alive {alive}  changed: {', '.join(item.changed) or '-'}")
+
+
+async def watch(settings: Settings, aws: Aws, *, start: StartAt = "trim_horizon",
+                follow: bool = False, customer_id: str | None = None, limit: int | None = None,
+                emit: Callable[[FeedItem], None], stop: asyncio.Event | None = None,
+                opened: Callable[[], None] | None = None) -> int:
+    """Emit the feed's changes (and problems); returns how many changes, or -1 when the
+    predictions table has no stream. ``opened`` is called once the start position is
+    fixed (with ``latest``, changes after that are seen)."""
+    if limit is not None and limit <= 0:
+        return 0
+    async with aws.clients("dynamodb", "dynamodbstreams") as c:
+        arn = await stream_arn(c["dynamodb"], settings.table("predictions"))
+        if arn is None:
+            return -1
+        feed = ChangeFeed(c["dynamodbstreams"], arn, start=start,
+                          poll_interval_s=settings.poll_interval_s,
+                          idle_polls=settings.idle_polls)
+        await feed.open()
+        if opened is not None:
+            opened()
+        n = 0
+        async for item in feed.changes(follow=follow, stop=stop, customer_id=customer_id):
+            emit(item)
+            if not isinstance(item, FeedProblem):
+                n += 1
+                if limit is not None and n >= limit:
+                    break
+        return n
+
+
+def cmd_watch(settings: Settings, aws: Aws, args: argparse.Namespace) -> int:
+    def emit(item: FeedItem) -> None:
+        if isinstance(item, FeedProblem):
+            print(render(item), file=sys.stderr)
+        else:
+            print(item.model_dump_json() if args.json else render(item), flush=True)
+
+    async def run() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        return await watch(settings, aws, start=args.start, follow=args.follow,
+                           customer_id=args.customer, limit=args.limit, emit=emit, stop=stop)
+
+    n = asyncio.run(run())
+    if n < 0:
+        print(f"table {settings.table('predictions')} has no stream: run `caa setup`",
+              file=sys.stderr)
+        return 1
+    print(f"{n} change(s)", file=sys.stderr)
+    return 0

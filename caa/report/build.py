@@ -1,0 +1,160 @@
+"""``caa report``: one self-contained HTML page about the customers, models and costs.
+
+Reads the customer states, the segment model and the refit's segment sizes from DynamoDB,
+the Bedrock usage table (as ``caa costs`` does: :func:`caa.cli.ai.daily_usage`), the
+evaluation file (``--evaluation``, contract in :mod:`caa.report.scores`; written by
+``caa evaluate``) and the benchmark figures (``--bench``, ``out/bench.json`` from
+``make bench``); then :func:`caa.report.page.render` builds the page (no I/O) and it is written to
+``--out``. A missing file leaves its sections with a note saying what to run.
+
+Needs matplotlib (the ``report`` or ``demo`` extra), imported only when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from caa.aws import Aws
+from caa.settings import Settings
+
+if TYPE_CHECKING:
+    from caa.report.page import ReportData
+    from models.learn.segmentation import SegmentModel
+    from models.state import CustomerState
+
+DEFAULT_OUT = Path("out/report.html")
+DEFAULT_EVALUATION = Path("out/evaluation-customers.csv")
+DEFAULT_BENCH = Path("out/bench.json")
+BENCH_FIGURES = ("events_per_s", "p50_ms", "p99_ms")
+
+__all__ = ["BenchFileError", "add_parser", "cmd_report", "load", "read_bench", "read_models",
+           "read_states"]
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    r = sub.add_parser("report", help="write one self-contained HTML report (segments over "
+                                      "time, centres, calibration, lift, bench, costs)")
+    r.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                   help=f"the page to write (default {DEFAULT_OUT})")
+    r.add_argument("--evaluation", type=Path, default=DEFAULT_EVALUATION,
+                   help=f"per-customer evaluation CSV from `caa evaluate` "
+                        f"(default {DEFAULT_EVALUATION})")
+    r.add_argument("--bench", type=Path, default=DEFAULT_BENCH,
+                   help=f"benchmark figures from `make bench` (default {DEFAULT_BENCH})")
+
+
+class BenchFileError(ValueError):
+    """out/bench.json is not in the shape bench/e2e.py writes."""
+
+
+def read_bench(path: Path) -> dict[str, Any]:
+    """``{"ours": {events_per_s, p50_ms, p99_ms}, "naive": {...}, "core_events_per_s",
+    "peak_rss_mb": {customers: MiB}}``; the last two are optional. NaN is allowed (a figure
+    that could not be measured) and shown as n/a."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise BenchFileError(f"not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BenchFileError("not a JSON object")
+    for name in ("ours", "naive"):
+        figures = data.get(name)
+        if not isinstance(figures, dict):
+            raise BenchFileError(f"no {name!r} object")
+        for key in BENCH_FIGURES:
+            v = figures.get(key)
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise BenchFileError(f"{name}.{key} is not a number: {v!r}")
+    rss = data.get("peak_rss_mb", {})
+    if not isinstance(rss, dict) or not all(str(k).isdigit() for k in rss):
+        raise BenchFileError("peak_rss_mb must map customer counts to MiB")
+    return data
+
+
+def read_states(settings: Settings, aws: Aws) -> list[CustomerState]:
+    """Every customer state with a purchase (ids and bodies only: no event digests)."""
+    from models.state import CustomerState
+
+    pages = aws.client("dynamodb").get_paginator("scan").paginate(
+        TableName=settings.table("customers"), ProjectionExpression="#c, #b",
+        ExpressionAttributeNames={"#c": "customer_id", "#b": "body"})
+    states = [CustomerState.from_parts(i["customer_id"]["S"], 0, i["body"]["S"], b"")
+              for page in pages for i in page["Items"]]
+    return [s for s in states if s.purchases]
+
+
+def read_models(settings: Settings, aws: Aws
+                ) -> tuple[SegmentModel | None, int, dict[str, Any] | None]:
+    """(segment model or None, its version, the refit's segment-sizes document or None)."""
+    from consumers.refit import SIZES
+    from consumers.registry import SEGMENTS
+    from models.learn.segmentation import SegmentModel
+
+    ddb = aws.client("dynamodb")
+
+    def get(name: str) -> dict[str, Any] | None:
+        item: dict[str, Any] | None = ddb.get_item(
+            TableName=settings.table("models"), Key={"name": {"S": name}},
+            ConsistentRead=True).get("Item")
+        return item
+
+    seg, sizes = get(SEGMENTS), get(SIZES)
+    model = SegmentModel.from_dict(json.loads(seg["body"]["S"])) if seg else None
+    version = int(seg["version"]["N"]) if seg else 0
+    return model, version, json.loads(sizes["body"]["S"]) if sizes else None
+
+
+def load(settings: Settings, aws: Aws, evaluation: Path, bench: Path) -> ReportData:
+    """Everything the page shows; a missing or unreadable file is noted, not fatal."""
+    from caa.cli.ai import daily_usage
+    from caa.report.page import ReportData
+    from caa.report.scores import ScoreFileError, Scores
+    from models.timeline import segment_timeline
+
+    states = read_states(settings, aws)
+    model, version, sizes = read_models(settings, aws)
+    scores = scores_error = bench_data = bench_error = None
+    if evaluation.is_file():
+        try:
+            scores = Scores.read(evaluation)
+        except (ScoreFileError, OSError) as exc:
+            scores_error = str(exc)
+            print(f"caa report: {evaluation}: {exc}", file=sys.stderr)
+    if bench.is_file():
+        try:
+            bench_data = read_bench(bench)
+        except (BenchFileError, OSError) as exc:
+            bench_error = str(exc)
+            print(f"caa report: {bench}: {exc}", file=sys.stderr)
+    return ReportData(
+        stream=settings.stream_name, table_prefix=settings.table_prefix,
+        generated_at=datetime.now(UTC), customers=len(states),
+        purchases=sum(s.purchases for s in states),
+        spend_cents=sum(s.spend_cents for s in states), model=model, model_version=version,
+        sizes_doc=sizes, timeline=segment_timeline(states, model) if model else None,
+        evaluation_path=evaluation, scores=scores, scores_error=scores_error,
+        bench_path=bench, bench=bench_data, bench_error=bench_error,
+        usage=daily_usage(settings, aws), budget_usd=settings.daily_budget_usd,
+    )
+
+
+def cmd_report(settings: Settings, aws: Aws, args: argparse.Namespace) -> int:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print("caa report needs matplotlib: pip install -e '.[report]'", file=sys.stderr)
+        return 2
+    from caa.report.page import render
+
+    data = load(settings, aws, args.evaluation, args.bench)
+    out: Path = args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render(data), encoding="utf-8")
+    print(out)
+    return 0
+

@@ -1,0 +1,349 @@
+"""AI analysis beside the stream: triggered, budgeted, rate limited, never blocking.
+
+The applier writes the statistical prediction and only then calls
+:meth:`Enricher.observe`, which files the customers whose state changed with
+the :class:`~consumers.analysis.trigger.TriggerPolicy` and returns at once. The
+enricher's own task releases customers when their debounce window closes, as
+many as there are free slots (``bedrock_concurrency``), one analysis per
+customer at a time. For each one, in order:
+
+1. no consent (per ``consent_mode``) → statistical analysis, reason ``no_consent``;
+2. the cached analysis still holds (:func:`~consumers.analysis.trigger.stale_reason`) → skip;
+3. :class:`~consumers.analysis.guard.CallGuard`: circuit breaker, daily budget, token bucket
+   → statistical with ``circuit_open``, ``budget_exhausted`` or ``rate_limited``;
+4. Bedrock; a failure (after its own retries) → statistical with the failure as reason.
+
+Each analysis is stored (latest, history, merged into the prediction item).
+A write that fails is counted and the customer is analysed again on the next
+trigger; the statistical prediction is already durable, so nothing is lost and
+no shard waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+
+from consumers.analysis.analyzer import AnalyzerResult, StatisticalAnalyzer
+from consumers.analysis.guard import CallGuard, Refused
+from consumers.analysis.trigger import CacheRules, Signature, TriggerPolicy, stale_reason
+from consumers.core import BatchResult
+from consumers.instrument.metrics import Metrics
+from consumers.stores.analyses import AnalysisStore
+from models.analysis import AnalysisRecord, TriggerKind
+from models.prediction import Prediction
+from models.prompt import PROMPT_VERSION, AnalysisInput, build_input
+from models.state import CustomerState
+from models.variant import NO_EXPERIMENT, VariantPlan
+
+MAX_ERRORS_KEPT = 100
+
+
+#: the fallback reason of the A/B control variant's analyses
+AB_CONTROL = "ab_control"
+
+
+class Enricher:
+    def __init__(
+        self,
+        *,
+        guard: CallGuard,
+        store: AnalysisStore,
+        pseudonym_key: bytes,
+        reference_order_value: Callable[[], float],
+        debounce_s: float = 60.0,
+        concurrency: int = 4,
+        consent_mode: str = "opt_in",
+        cache_rules: CacheRules | None = None,
+        cache_size: int = 200_000,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], datetime] = lambda: datetime.now(UTC),
+        metrics: Metrics | None = None,
+        variants: VariantPlan = NO_EXPERIMENT,
+    ) -> None:
+        self.guard = guard
+        self.variants = variants
+        self.analyzer = guard.analyzer
+        self.breaker = guard.breaker
+        self.fallback = StatisticalAnalyzer()
+        self.store = store
+        self.key = pseudonym_key
+        self.reference_order_value = reference_order_value
+        self.policy: TriggerPolicy[AnalysisInput] = TriggerPolicy(debounce_s)
+        self.concurrency = concurrency
+        self.consent_mode = consent_mode
+        self.rules = cache_rules or CacheRules()
+        self.version = f"{self.analyzer.model}|p{PROMPT_VERSION}"
+        self._clock = clock
+        self._wall = wall
+        self._latest: OrderedDict[str, AnalysisRecord | None] = OrderedDict()
+        self._cache_size = cache_size
+        self._inflight: set[str] = set()
+        self._tasks: set[asyncio.Task[AnalysisRecord | None]] = set()
+        self._wake = asyncio.Event()
+        self._closing = False
+        self.counts: Counter[str] = Counter()
+        self._unflushed: Counter[str] = Counter()  # shared daily counters not yet added
+        self._metric: Counter[str] = Counter()  # CloudWatch deltas not yet sent
+        self._metric_cost = 0.0
+        self.metrics = metrics or Metrics(None, {})
+        self.freshness_s: list[float] = []  # per purchase: arrival -> analysis reflecting it
+        self.errors: list[str] = []
+
+    # -- what the applier and the refit call -------------------------------------------
+    def observe(self, result: BatchResult) -> None:
+        """File the customers this (durably written) batch changed; never blocks or raises."""
+        if not result.states:
+            return
+        now = self._clock()
+        by_id = {p.customer_id: p for p in result.predictions}
+        ref = self.reference_order_value()
+        for cid, state in result.states.items():
+            try:
+                x = build_input(state, by_id.get(cid), as_of_ts=result.watermark, key=self.key,
+                                reference_order_value=ref)
+            except Exception as exc:  # noqa: BLE001 -- counted: the stream must go on
+                self._error("observe", cid, exc)
+                continue
+            self.policy.purchase(cid, x, now)
+        self._wake.set()
+
+    def schedule(self, states: Iterable[CustomerState], predictions: dict[str, Prediction],
+                 as_of_ts: int) -> int:
+        """Queue customers for a scheduled re-analysis (no debounce; the cache still applies)."""
+        now, n, ref = self._clock(), 0, self.reference_order_value()
+        for s in states:
+            x = build_input(s, predictions.get(s.customer_id), as_of_ts=as_of_ts, key=self.key,
+                            reference_order_value=ref)
+            self.policy.schedule(s.customer_id, x, now)
+            n += 1
+        self._wake.set()
+        return n
+
+    async def attach(self, predictions: Sequence[Prediction]) -> list[Prediction]:
+        """Carry each customer's latest analysis into its new statistical prediction."""
+        missing = [p.customer_id for p in predictions if p.customer_id not in self._latest]
+        if missing:
+            found = await self.store.latest(missing)
+            for cid in missing:
+                self._remember(cid, found.get(cid))
+        out = []
+        for p in predictions:
+            rec = self._latest.get(p.customer_id)
+            out.append(p if rec is None else p.model_copy(update={
+                "analysis": rec.analysis, "analysis_at": rec.at, "analysis_model": rec.model,
+                "source": rec.source, "fallback_reason": rec.fallback_reason,
+            }))
+        return out
+
+    async def reconcile(self, written: Sequence[Prediction]) -> int:
+        """Re-merge analyses that landed while these predictions were being written (the
+        put replaced the item with the analysis it carried); returns how many."""
+        stale = [rec for p in written
+                 if (rec := self._latest.get(p.customer_id)) is not None
+                 and rec.at != p.analysis_at]
+        await asyncio.gather(*(self.store.merge(rec) for rec in stale))
+        return len(stale)
+
+    def _remember(self, cid: str, rec: AnalysisRecord | None) -> None:
+        self._latest[cid] = rec
+        self._latest.move_to_end(cid)
+        while len(self._latest) > self._cache_size:
+            self._latest.popitem(last=False)
+
+    # -- running ---------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        """Release due customers until ``stop``; then wait for the analyses started."""
+        while not stop.is_set():
+            self._dispatch(self._clock())
+            nxt = self.policy.next_due_at()
+            timeout = 1.0 if nxt is None else min(1.0, max(0.005, nxt - self._clock()))
+            await self._sleep(stop, timeout)
+        await self.settle()
+
+    async def _sleep(self, stop: asyncio.Event, timeout: float) -> None:
+        self._wake.clear()
+        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        for w in waiters:
+            w.cancel()
+
+    def abandon_queued(self) -> None:
+        """On a stop signal: nothing new starts (pending customers keep their statistical
+        prediction and are analysed on their next trigger); calls in flight finish."""
+        self._closing = True
+
+    async def drain(self) -> None:
+        """Analyse everything pending now, debounce or not, and wait (end of a bounded run)."""
+        self.policy.expedite(self._clock())
+        never = asyncio.Event()
+        while not self._closing and (len(self.policy) or self._tasks):
+            self._dispatch(self._clock())
+            await self._sleep(never, 0.5)
+        await self.settle()
+
+    async def settle(self) -> None:
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks))
+
+    def _dispatch(self, now: float) -> None:
+        if self._closing:
+            return
+        free = self.concurrency - len(self._tasks)
+        for cid, pending in self.policy.due(now, limit=max(0, free)):
+            if cid in self._inflight:  # one analysis per customer at a time
+                self.policy.defer(cid, pending, now + 0.5)
+                continue
+            self._inflight.add(cid)
+            task = asyncio.create_task(self._claimed(cid, pending.features, pending.trigger,
+                                                     pending.arrivals, False))
+            self._tasks.add(task)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[AnalysisRecord | None]) -> None:
+        self._tasks.discard(task)
+        self._wake.set()  # a slot is free
+
+    async def analyze_now(self, customer_id: str, x: AnalysisInput) -> AnalysisRecord | None:
+        """On demand: bypasses debounce and cache (consent, budget and limits still hold)."""
+        while customer_id in self._inflight:
+            await asyncio.sleep(0.05)
+        self._inflight.add(customer_id)
+        return await self._claimed(customer_id, x, "on_demand", [], True)
+
+    async def _claimed(self, cid: str, x: AnalysisInput, trigger: TriggerKind,
+                       arrivals: list[float], bypass: bool) -> AnalysisRecord | None:
+        """Analyse ``cid``, whose in-flight marker the caller set; errors become counts."""
+        try:
+            return await self._analyze(cid, x, trigger, arrivals, bypass)
+        except Exception as exc:  # noqa: BLE001 -- kept as data: counted, shown in the summary
+            self._error("analysis", cid, exc)
+            return None
+        finally:
+            self._inflight.discard(cid)
+
+    def _error(self, where: str, cid: str, exc: Exception) -> None:
+        self._count("errors")
+        self._count(f"errors_{where}")
+        self.errors.append(f"{where} {cid}: {type(exc).__name__}: {exc}"[:300])
+        del self.errors[:-MAX_ERRORS_KEPT]
+
+    def _consented(self, x: AnalysisInput) -> bool:
+        return x.consent is True if self.consent_mode == "opt_in" else x.consent is not False
+
+    async def _previous(self, cid: str) -> AnalysisRecord | None:
+        if cid not in self._latest:
+            self._remember(cid, (await self.store.latest([cid])).get(cid))
+        return self._latest.get(cid)
+
+    async def _analyze(self, cid: str, x: AnalysisInput, trigger: TriggerKind,
+                       arrivals: list[float], bypass: bool) -> AnalysisRecord | None:
+        signature = Signature.of(x, self.version)
+        if not self._consented(x):
+            return await self._finish(cid, x, trigger, arrivals, None, "no_consent", None)
+        if self.variants.is_control(cid):  # A/B control: the statistical analysis, by design
+            return await self._finish(cid, x, trigger, arrivals, None, AB_CONTROL, None)
+        if not bypass:
+            prev = await self._previous(cid)
+            old = Signature.from_dict(prev.signature) if prev and prev.signature else None
+            if stale_reason(old, signature, self.rules) is None:
+                self._count("cache_hits", shared=True)
+                self._fresh(arrivals)
+                return None
+        outcome = await self.guard.call(x)
+        if isinstance(outcome, Refused):
+            return await self._finish(cid, x, trigger, arrivals, None, outcome.reason, None)
+        self.counts["bedrock_calls"] += outcome.attempts
+        self._metric.update({"bedrock_calls": outcome.attempts,
+                             "input_tokens": outcome.input_tokens,
+                             "output_tokens": outcome.output_tokens,
+                             "failed_analyses": int(outcome.failure is not None)})
+        self._metric_cost += outcome.cost_usd
+        if outcome.analysis is not None:
+            return await self._finish(cid, x, trigger, arrivals, outcome, None, signature)
+        return await self._finish(cid, x, trigger, arrivals, outcome, outcome.failure, None)
+
+    async def _finish(self, cid: str, x: AnalysisInput, trigger: TriggerKind,
+                      arrivals: list[float], result: AnalyzerResult | None, fallback: str | None,
+                      signature: Signature | None) -> AnalysisRecord:
+        """Store the analysis (Bedrock's, or the statistical one with the fallback reason)."""
+        spent = result
+        if result is None or result.analysis is None:
+            result = await self.fallback.analyze(x)
+        assert result.analysis is not None
+        rec = AnalysisRecord(
+            customer_id=cid, at=self._wall(), as_of=x.as_of, source=result.source,
+            model=result.model, trigger=trigger, fallback_reason=fallback,
+            input_tokens=spent.input_tokens if spent else 0,
+            output_tokens=spent.output_tokens if spent else 0,
+            cost_usd=spent.cost_usd if spent else 0.0,
+            latency_ms=spent.latency_ms if spent else 0.0,
+            attempts=spent.attempts if spent else 0,
+            analysis=result.analysis,
+            signature=signature.to_dict() if signature else None,
+        )
+        self._remember(cid, rec)  # before the writes: predictions written meanwhile carry it
+        await self.store.record(rec)
+        self._count("analyses", shared=True)
+        self._count(f"source_{rec.source}", shared=True)
+        if fallback == AB_CONTROL:
+            self._count(AB_CONTROL, shared=True)  # not a fallback: the dashboard's rate
+        elif fallback:
+            self._count("fallbacks", shared=True)
+            self._count(f"fallback_{fallback}", shared=True)
+        self._fresh(arrivals)
+        return rec
+
+    def _fresh(self, arrivals: list[float]) -> None:
+        now = self._clock()
+        self.freshness_s.extend(now - a for a in arrivals)
+        del self.freshness_s[:-100_000]
+
+    def _count(self, name: str, shared: bool = False) -> None:
+        self.counts[name] += 1
+        if shared:
+            self._unflushed[name] += 1
+
+    async def flush_counters(self) -> bool:
+        """Add cache hits, fallbacks and analyses to the day's shared counters and publish
+        them with calls, tokens and cost as metrics; on failure keep them for next time."""
+        deltas, self._unflushed = self._unflushed, Counter()
+        metric, self._metric = self._metric, Counter()
+        cost, self._metric_cost = self._metric_cost, 0.0
+        try:
+            await self.ledger_add(deltas)
+        except Exception as exc:  # noqa: BLE001 -- retried at the next flush
+            self._unflushed.update(deltas)
+            self._metric.update(metric)
+            self._metric_cost += cost
+            self._error("flush", "-", exc)
+            return False
+        try:
+            await self.metrics.put({**deltas, **metric, "cost_usd": cost})
+        except Exception as exc:  # noqa: BLE001 -- metrics are best effort; counters landed
+            self._error("metrics", "-", exc)
+            return False
+        return True
+
+    async def ledger_add(self, deltas: Counter[str]) -> None:
+        await self.guard.ledger.add(self._wall().date().isoformat(), dict(deltas))
+
+    def summary(self) -> dict[str, object]:
+        fresh = sorted(self.freshness_s)
+
+        def q(p: float) -> float:
+            return round(fresh[min(len(fresh) - 1, int(p * len(fresh)))], 2) if fresh else 0.0
+
+        c = self.counts
+        return {
+            "model": self.analyzer.model, "analyses": c["analyses"],
+            "bedrock_answers": c["source_bedrock"], "bedrock_calls": c["bedrock_calls"],
+            "cache_hits": c["cache_hits"], "fallbacks": c["fallbacks"],
+            "fallback_reasons": {k.removeprefix("fallback_"): v for k, v in sorted(c.items())
+                                 if k.startswith("fallback_")},
+            "errors": c["errors"], "breaker_opened": self.breaker.opened,
+            "freshness_p50_s": q(0.5), "freshness_p95_s": q(0.95),
+        }

@@ -1,0 +1,148 @@
+"""The Lambda adapter: a Kinesis event source mapping batch through the same core.
+
+Built on aws-lambda-powertools' batch utility (``BatchProcessor`` with
+``EventType.KinesisDataStreams``; the mapping has ``ReportBatchItemFailures``
+on). Powertools hands records to a handler one by one; our core wants the whole
+batch at once (one BatchGetItem for its customers, one BatchWriteItem per 25
+states), so :class:`CoreBatchProcessor` runs the batch through
+:meth:`BatchApplier.apply` when it is prepared and the record handler only
+reports each record's outcome:
+
+- applied, duplicate, or rejected into the dead letters (poison is handled, so
+  it does not block the shard): success;
+- effects not durably written (DynamoDB failing past its retries): every record
+  of the batch is a failure, so ``batchItemFailures`` makes Lambda retry the batch
+  from its first record; the digests make the retry count once.
+
+Each invocation prints its counts (records applied, duplicates, dead letters, or a
+shard write failure) to stdout in CloudWatch Embedded Metric Format, under the
+names the dashboard reads; Lambda's log group turns them into metrics.
+
+The handler is ``consumers.sources.lambda_handler.handler``. Settings, clients and the
+event loop are built on the first invocation and reused while the environment
+is warm. No state cache: a shard's batches may run in another environment next.
+AI analysis is not run here (debounce windows outlive an invocation); the
+statistical prediction is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from aws_lambda_powertools.utilities.batch import (
+    BatchProcessor,
+    EventType,
+    process_partial_response,
+)
+from aws_lambda_powertools.utilities.data_classes.kinesis_stream_event import (
+    KinesisStreamRecord,
+)
+
+from caa.settings import Settings
+from consumers.applier import BatchApplier
+from consumers.core import RecordOutcome, StreamRecord
+from consumers.instrument.metrics import EmfMetrics, MetricSink, batch_deltas
+
+
+class EffectsNotWritten(RuntimeError):
+    """The batch's effects could not be written: this record must be delivered again."""
+
+
+def stream_record(raw: Mapping[str, Any]) -> StreamRecord:
+    """One record of a Kinesis event source mapping event, as the core takes it."""
+    k = raw["kinesis"]
+    arrived = k.get("approximateArrivalTimestamp")
+    return StreamRecord(
+        data=base64.b64decode(k["data"]), sequence_number=k["sequenceNumber"],
+        partition_key=k["partitionKey"], shard_id=raw["eventID"].split(":", 1)[0],
+        stream=raw["eventSourceARN"].rsplit("/", 1)[-1],
+        arrived_at=datetime.fromtimestamp(float(arrived), UTC) if arrived else None,
+    )
+
+
+class CoreBatchProcessor(BatchProcessor):
+    """powertools' Kinesis batch processor whose batch goes through the core once."""
+
+    def __init__(self, applier: BatchApplier, loop: asyncio.AbstractEventLoop,
+                 metrics: MetricSink | None = None) -> None:
+        super().__init__(EventType.KinesisDataStreams, raise_on_entire_batch_failure=False)
+        self.applier = applier
+        self.loop = loop
+        self.metrics = metrics
+        self.outcomes: dict[str, RecordOutcome] = {}
+        self.failure: Exception | None = None
+
+    def _prepare(self) -> None:
+        super()._prepare()  # type: ignore[no-untyped-call]
+        self.outcomes, self.failure = {}, None
+        records = [stream_record(r) for r in self.records]
+        try:
+            result = self.loop.run_until_complete(self.applier.apply(records))
+        except Exception as exc:  # noqa: BLE001 - becomes each record's failure below
+            self.failure = exc
+            self._metric({"shard_write_failures": 1})
+            return
+        self.outcomes = {o.sequence_number: o for o in result.outcomes}
+        self._metric(batch_deltas(result.counts))
+
+    def _metric(self, deltas: dict[str, float]) -> None:
+        if self.metrics is not None:  # EMF is a print: it cannot fail the batch
+            self.loop.run_until_complete(self.metrics.put(deltas))
+
+    def report(self, record: KinesisStreamRecord) -> str:
+        """The record handler: this record's outcome, or the batch's failure raised."""
+        if self.failure is not None:
+            raise EffectsNotWritten(f"batch not written: {self.failure}") from self.failure
+        return self.outcomes[record.kinesis.sequence_number].status
+
+
+class Runtime:
+    """What a warm Lambda environment keeps between invocations."""
+
+    def __init__(self, settings: Settings,
+                 wrap_dynamodb: Callable[[Any], Any] | None = None) -> None:
+        from caa.aws import Aws
+        from consumers.sources.worker import build_applier
+
+        self.loop = asyncio.new_event_loop()
+        self._stack = Aws(settings, quiet=True).clients("dynamodb")
+        dynamodb = self.loop.run_until_complete(self._stack.__aenter__())["dynamodb"]
+        if wrap_dynamodb is not None:  # tests: the real client with injected faults
+            dynamodb = wrap_dynamodb(dynamodb)
+        applier = build_applier(settings, dynamodb, cache_size=0)
+        self.loop.run_until_complete(applier.registry.load())
+        self.processor = CoreBatchProcessor(
+            applier, self.loop, EmfMetrics(sys.stdout, {"Stream": settings.stream_name}))
+
+    def handle(self, event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
+        return dict(process_partial_response(
+            event=dict(event), record_handler=self.processor.report,
+            processor=self.processor, context=context))
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self._stack.__aexit__(None, None, None))
+        self.loop.close()
+
+
+_runtime: list[Runtime] = []  # built on the first invocation, kept while warm
+
+
+def handler(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
+    """Entry point of the Lambda function (event source mapping on the stream)."""
+    if not _runtime:
+        _runtime.append(Runtime(Settings()))
+    return _runtime[0].handle(event, context)
+
+
+def failed_sequence_numbers(response: Mapping[str, Sequence[Mapping[str, str]]]) -> list[str]:
+    """``{"batchItemFailures": [{"itemIdentifier": seq}, ...]}`` -> the sequence numbers.
+
+    >>> failed_sequence_numbers({"batchItemFailures": [{"itemIdentifier": "49"}]})
+    ['49']
+    """
+    return [f["itemIdentifier"] for f in response.get("batchItemFailures", [])]

@@ -1,0 +1,307 @@
+"""The local poller: reads every shard of the stream with aiobotocore.
+
+Shaped like a bytewax input: *list parts* (ListShards, with parent links),
+*resume from state* (the shard's checkpoint, AFTER_SEQUENCE_NUMBER, else
+TRIM_HORIZON), *next batch* (GetRecords). It handles explicitly:
+
+- closed shards: a shard whose ``NextShardIterator`` is gone is checkpointed as
+  ended, and only then are its children started (a parent is drained before its
+  children, so each customer's events stay in order across a reshard);
+- resharding while running: the shard list is re-read periodically;
+- expired iterators: a fresh one is taken from the last checkpoint;
+- throttling: exponential backoff with jitter;
+- effects that cannot be written (DynamoDB throttling or errors outlasting the
+  store's retries): that shard's checkpoint is held, one line is logged, a
+  metric is raised, and the same records are re-read after a growing pause;
+  the other shards go on.
+
+A checkpoint is written only after :meth:`BatchApplier.apply` returned, i.e.
+after the batch's effects are durable. Setting the ``stop`` event (SIGTERM)
+lets each shard finish and checkpoint its batch in flight, then return.
+
+``CAA_READ_MODE=fanout`` reads by enhanced fan-out instead (:mod:`consumers.sources.fanout`):
+only ``consume_shard`` differs; its records go through the same :meth:`Poller.apply_batch`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from consumers.applier import BatchApplier
+from consumers.core import BatchResult, StreamRecord
+from consumers.instrument.chaos import NO_CHAOS, Chaos
+from consumers.instrument.metrics import Metrics, MetricSink, batch_deltas
+from consumers.stores.checkpoints import Checkpoint, CheckpointStore
+from consumers.stores.dynamo import WriteFailed
+
+#: seconds between PutMetricData calls for the batch counts (one call, not one per batch)
+METRICS_FLUSH_S = 10.0
+
+
+@dataclass(frozen=True)
+class Shard:
+    shard_id: str
+    parents: tuple[str, ...]
+    closed: bool = False  # ListShards gave it an EndingSequenceNumber
+
+
+@dataclass
+class Progress:
+    """One shard's position: its last checkpointed sequence number and the failed writes
+    in a row (the shard is held while they last)."""
+
+    shard_id: str
+    after: str | None
+    failures: int = 0
+
+
+class Poller:
+    def __init__(
+        self,
+        kinesis: Any,
+        stream_name: str,
+        checkpoints: CheckpointStore,
+        applier: BatchApplier,
+        *,
+        limit: int = 5000,
+        poll_interval: float = 0.25,
+        min_call_interval: float = 0.2,
+        idle_polls: int = 3,
+        discovery_interval: float = 10.0,
+        on_batch: Callable[[str, BatchResult], None] | None = None,
+        chaos: Chaos = NO_CHAOS,
+        metrics: MetricSink | None = None,
+    ) -> None:
+        self.kinesis = kinesis
+        self.stream_name = stream_name
+        self.checkpoints = checkpoints
+        self.applier = applier
+        self.limit = limit
+        self.poll_interval = poll_interval
+        self.min_call_interval = min_call_interval
+        self.idle_polls = idle_polls
+        self.discovery_interval = discovery_interval
+        self.on_batch = on_batch
+        self.chaos = chaos
+        self.metrics: MetricSink = metrics or Metrics(None, {})
+        self.write_failures = 0
+        self.metric_failures = 0
+        self._throttle_attempts: dict[str, int] = {}
+        self.expired_iterators = 0
+        self.throttled = 0
+        self._counts: Counter[str] = Counter()
+        self._counted_since = time.monotonic()
+
+    async def list_shards(self) -> list[Shard]:
+        shards: list[Shard] = []
+        args: dict[str, Any] = {"StreamName": self.stream_name}
+        while True:
+            resp = await self.kinesis.list_shards(**args)
+            for s in resp["Shards"]:
+                parents = tuple(
+                    p for p in (s.get("ParentShardId"), s.get("AdjacentParentShardId")) if p
+                )
+                closed = "EndingSequenceNumber" in s.get("SequenceNumberRange", {})
+                shards.append(Shard(s["ShardId"], parents, closed))
+            token = resp.get("NextToken")
+            if not token:
+                return shards
+            args = {"NextToken": token}
+
+    async def _iterator(self, shard_id: str, after: str | None) -> str:
+        kw: dict[str, Any] = {"StreamName": self.stream_name, "ShardId": shard_id}
+        if after:
+            kw.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER", StartingSequenceNumber=after)
+        else:
+            kw.update(ShardIteratorType="TRIM_HORIZON")
+        resp = await self.kinesis.get_shard_iterator(**kw)
+        return str(resp["ShardIterator"])
+
+    async def _get_records(self, shard_id: str, iterator: str | None, after: str | None
+                           ) -> tuple[dict[str, Any] | None, str | None]:
+        """One GetRecords; (None, iterator to retry with) after an expired iterator (renewed
+        from the checkpoint) or throttling (after a backoff with jitter)."""
+        errors = self.kinesis.exceptions
+        try:
+            resp = await self.kinesis.get_records(ShardIterator=iterator, Limit=self.limit)
+        except errors.ExpiredIteratorException:
+            self.expired_iterators += 1
+            return None, await self._iterator(shard_id, after)
+        except errors.ProvisionedThroughputExceededException:
+            self.throttled += 1
+            attempt = self._throttle_attempts[shard_id] = self._throttle_attempts.get(
+                shard_id, 0) + 1
+            await asyncio.sleep(random.uniform(0, min(5.0, 0.1 * 2**attempt)))
+            return None, iterator
+        self._throttle_attempts.pop(shard_id, None)
+        return resp, resp.get("NextShardIterator")
+
+    def _records(self, shard_id: str, raw: list[dict[str, Any]]) -> list[StreamRecord]:
+        return [
+            StreamRecord(
+                data=r["Data"], sequence_number=r["SequenceNumber"],
+                partition_key=r["PartitionKey"], shard_id=shard_id, stream=self.stream_name,
+                arrived_at=r.get("ApproximateArrivalTimestamp"),
+            )
+            for r in raw
+        ]
+
+    async def _count(self, deltas: dict[str, float]) -> None:
+        """Batch counts add up here and go out at most every ``METRICS_FLUSH_S``."""
+        self._counts.update(deltas)
+        if time.monotonic() - self._counted_since >= METRICS_FLUSH_S:
+            await self._flush_counts()
+
+    async def _flush_counts(self) -> None:
+        counts = {k: float(v) for k, v in self._counts.items()}
+        self._counts = Counter()
+        self._counted_since = time.monotonic()
+        if counts:
+            await self._metric(counts)
+
+    async def _metric(self, deltas: dict[str, float]) -> None:
+        """Metrics are best effort: a CloudWatch failure is counted, never stops a shard."""
+        try:
+            await self.metrics.put(deltas)
+        except (ClientError, BotoCoreError):
+            self.metric_failures += 1
+
+    async def _hold(self, shard_id: str, n: int, after: str | None, exc: Exception,
+                    failures: int, stop: asyncio.Event) -> None:
+        """A batch's effects could not be written: nothing is checkpointed, one line is
+        logged (then every tenth time), a metric raised, and this shard pauses; the other
+        shards go on. Effects written in part are idempotent to redo."""
+        self.write_failures += 1
+        await self._metric({"shard_write_failures": 1})
+        delay = min(30.0, 0.5 * 2 ** (failures - 1))
+        if failures == 1 or failures % 10 == 0:
+            print(f"shard {shard_id}: effects of {n} record(s) after {after or 'TRIM_HORIZON'} "
+                  f"not written ({failures} time(s)): {exc}; checkpoint held, retrying in "
+                  f"{delay:.1f} s", file=sys.stderr, flush=True)
+        await _wait(stop, delay)
+
+    async def apply_batch(self, p: Progress, raw: list[dict[str, Any]], ended: bool,
+                          stop: asyncio.Event) -> bool:
+        """The one apply-then-checkpoint path of every read mode (GetRecords, SubscribeToShard).
+
+        Writes the records' effects, then checkpoints the last one (``ended``: the shard is
+        closed and this was its last batch). False when the effects could not be written:
+        nothing was checkpointed, the shard was held, and the caller re-reads after
+        ``p.after``."""
+        if not raw:
+            if ended:
+                await self.checkpoints.save(p.shard_id, p.after, ended=True)
+            return True
+        records = self._records(p.shard_id, raw)
+        try:
+            result = await self.applier.apply(records)  # effects durable from here
+        except (WriteFailed, ClientError, BotoCoreError) as exc:
+            p.failures += 1
+            await self._hold(p.shard_id, len(records), p.after, exc, p.failures, stop)
+            return False
+        if p.failures:
+            print(f"shard {p.shard_id}: writes recovered after {p.failures} failure(s)",
+                  file=sys.stderr, flush=True)
+            p.failures = 0
+        await self._count(batch_deltas(result.counts))
+        self.chaos.point("before_checkpoint")
+        p.after = raw[-1]["SequenceNumber"]
+        await self.checkpoints.save(p.shard_id, p.after, ended=ended)
+        self.chaos.point("after_checkpoint")
+        if self.on_batch:
+            self.on_batch(p.shard_id, result)
+        return True
+
+    async def consume_shard(
+        self, shard_id: str, after: str | None, until_idle: bool, stop: asyncio.Event
+    ) -> str:
+        """Consume one shard; returns "ended", "idle" or "stopped"."""
+        p = Progress(shard_id, after)
+        iterator: str | None = await self._iterator(shard_id, after)
+        idle = 0
+        loop = asyncio.get_running_loop()
+        last_call = 0.0
+        while not stop.is_set():
+            wait = self.min_call_interval - (loop.time() - last_call)
+            if wait > 0:
+                await asyncio.sleep(wait)
+            last_call = loop.time()
+            resp, iterator = await self._get_records(shard_id, iterator, p.after)
+            if resp is None:
+                continue
+            raw = resp.get("Records", [])
+            if not await self.apply_batch(p, raw, iterator is None, stop):
+                iterator = await self._iterator(shard_id, p.after)  # re-read the same
+                continue
+            if iterator is None:
+                return "ended"
+            if raw:
+                idle = 0
+            else:
+                if resp.get("MillisBehindLatest", 0) == 0:
+                    idle += 1
+                if until_idle and idle >= self.idle_polls:
+                    return "idle"
+                await asyncio.sleep(self.poll_interval)
+        return "stopped"
+
+    def _ready(self, shards: list[Shard], cps: dict[str, Checkpoint],
+               skip: set[str]) -> list[Shard]:
+        known = {s.shard_id for s in shards}
+        ended = {sid for sid, c in cps.items() if c.ended}
+        return [
+            s for s in shards
+            if s.shard_id not in ended and s.shard_id not in skip
+            and all(p in ended or p not in known for p in s.parents)
+        ]
+
+    async def run(self, until_idle: bool = False, stop: asyncio.Event | None = None) -> None:
+        try:
+            await self._run(until_idle, stop or asyncio.Event())
+        finally:
+            await self._flush_counts()
+
+    async def _run(self, until_idle: bool, stop: asyncio.Event) -> None:
+        running: dict[str, asyncio.Task[str]] = {}
+        finished_idle: set[str] = set()
+        while not stop.is_set():
+            shards = await self.list_shards()
+            cps = await self.checkpoints.all()
+            for s in self._ready(shards, cps, set(running) | finished_idle):
+                cp = cps.get(s.shard_id)
+                running[s.shard_id] = asyncio.create_task(
+                    self.consume_shard(s.shard_id, cp.sequence_number if cp else None,
+                                       until_idle, stop),
+                    name=s.shard_id,
+                )
+            if not running:
+                if until_idle:
+                    return
+                await _wait(stop, self.discovery_interval)
+                continue
+            done, _ = await asyncio.wait(
+                running.values(), timeout=self.discovery_interval,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            for task in done:
+                del running[task.get_name()]
+                if task.result() == "idle":
+                    finished_idle.add(task.get_name())
+        if running:
+            await asyncio.gather(*running.values())
+        print("poller stopped after finishing the batches in flight", file=sys.stderr)
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout)

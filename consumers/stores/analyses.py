@@ -1,0 +1,100 @@
+"""Where analyses live: the latest per customer, the history, and the prediction item.
+
+* ``analyses`` (key ``customer_id``): the latest analysis and the feature
+  signature it saw, so the change-aware cache survives restarts.
+* ``analysis-history`` (keys ``customer_id``, ``at``): every analysis (time,
+  source, model, trigger, tokens, cost, confidence, fallback reason) with a TTL.
+* ``predictions``: the analysis is merged into the customer's prediction item
+  with one UpdateItem, after the statistical prediction was written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from consumers.stores.dynamo import Dynamo, Item
+from models.analysis import AnalysisRecord
+
+
+def record_item(rec: AnalysisRecord) -> Item:
+    item: Item = {
+        "customer_id": {"S": rec.customer_id},
+        "at": {"S": rec.at.isoformat(timespec="microseconds")},
+        "source": {"S": rec.source},
+        "model": {"S": rec.model},
+        "trigger": {"S": rec.trigger},
+        "input_tokens": {"N": str(rec.input_tokens)},
+        "output_tokens": {"N": str(rec.output_tokens)},
+        "cost_usd": {"N": repr(rec.cost_usd)},
+        "confidence": {"N": repr(rec.analysis.confidence)},
+        "record": {"S": rec.model_dump_json()},
+    }
+    if rec.fallback_reason:
+        item["fallback_reason"] = {"S": rec.fallback_reason}
+    return item
+
+
+def record_from_item(item: Item) -> AnalysisRecord:
+    return AnalysisRecord.model_validate_json(item["record"]["S"])
+
+
+@dataclass
+class AnalysisStore:
+    db: Dynamo
+    table: str
+    history_table: str
+    predictions_table: str
+    history_ttl_days: int = 90
+
+    async def latest(self, ids: Iterable[str]) -> dict[str, AnalysisRecord]:
+        """The latest analyses of these customers; one that no longer parses (an older
+        schema) counts as absent, so the customer is simply analysed afresh."""
+        out = {}
+        for item in await self.db.batch_get(self.table, "customer_id", ids):
+            with contextlib.suppress(ValidationError):
+                rec = record_from_item(item)
+                out[rec.customer_id] = rec
+        return out
+
+    async def record(self, rec: AnalysisRecord) -> None:
+        """Store one analysis everywhere it belongs (raises if any write fails)."""
+        client = self.db.client
+        history = record_item(rec)
+        history["at"] = {"S": f"{history['at']['S']}#{uuid.uuid4().hex[:6]}"}
+        expires = int(rec.at.timestamp()) + self.history_ttl_days * 86_400
+        history["expires_at"] = {"N": str(expires)}
+        await asyncio.gather(
+            client.put_item(TableName=self.table, Item=record_item(rec)),
+            client.put_item(TableName=self.history_table, Item=history),
+            self.merge(rec),
+        )
+
+    async def merge(self, rec: AnalysisRecord) -> None:
+        """Set the analysis attributes of the customer's prediction item in place."""
+        client = self.db.client
+        values: dict[str, Any] = {
+            ":a": {"S": rec.analysis.model_dump_json()},
+            ":t": {"S": rec.at.isoformat()},
+            ":m": {"S": rec.model},
+            ":s": {"S": rec.source},
+            ":f": {"S": rec.fallback_reason} if rec.fallback_reason else {"NULL": True},
+        }
+        # No prediction item yet (an on-demand call before any batch) is fine: the next
+        # statistical prediction carries the latest analysis over (see Enricher.attach).
+        with contextlib.suppress(client.exceptions.ConditionalCheckFailedException):
+            await client.update_item(
+                TableName=self.predictions_table,
+                Key={"customer_id": {"S": rec.customer_id}},
+                UpdateExpression="SET analysis = :a, analysis_at = :t, analysis_model = :m, "
+                "#src = :s, fallback_reason = :f",
+                ConditionExpression="attribute_exists(customer_id)",
+                ExpressionAttributeNames={"#src": "source"},
+                ExpressionAttributeValues=values,
+            )

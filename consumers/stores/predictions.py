@@ -1,0 +1,67 @@
+"""The predictions table: one item per customer (key ``customer_id``), the layout written
+once here and read back by every reader (CLI, API, report)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from consumers.stores.dynamo import Dynamo, Item, from_attr, to_attr
+from models.prediction import Prediction
+
+#: Prediction fields kept as top-level attributes (filterable, projectable); the lists and
+#: maps travel as one JSON string, ``detail``, which is cheaper to write and parse.
+_FLAT = ("schema_version", "customer_id", "p_alive", "expected_purchases_30d",
+         "expected_purchases_90d", "confidence", "data_quality", "data_quality_reason",
+         "purchases", "spend", "source", "fallback_reason", "as_of", "generated_at")
+#: the merged AI analysis: own attributes, so the enricher can SET them in place
+_ANALYSIS = ("analysis", "analysis_at", "analysis_model")
+
+
+def prediction_to_item(p: Prediction) -> Item:
+    d = p.model_dump(mode="json")
+    item = {k: to_attr(d.pop(k)) for k in _FLAT}
+    seg = d.pop("segment")
+    item["segment_id"] = {"N": str(seg["id"])}
+    item["segment_name"] = {"S": seg["name"]}
+    for k in _ANALYSIS:
+        v = d.pop(k)
+        if v is not None:
+            item[k] = {"S": json.dumps(v, separators=(",", ":")) if k == "analysis" else v}
+    item["detail"] = {"S": json.dumps(d, separators=(",", ":"))}
+    return item
+
+
+def prediction_from_item(item: Item) -> dict[str, Any]:
+    """The item back in the :class:`Prediction` shape (plain JSON values)."""
+    out: dict[str, Any] = {k: from_attr(item[k]) for k in _FLAT if k in item}
+    out["segment"] = {"id": int(item["segment_id"]["N"]), "name": item["segment_name"]["S"]}
+    out.update(json.loads(item["detail"]["S"]))
+    for k in _ANALYSIS:
+        v = item.get(k, {}).get("S")
+        out[k] = json.loads(v) if k == "analysis" and v else v
+    return out
+
+
+@dataclass
+class PredictionStore:
+    db: Dynamo
+    table: str
+
+    async def save(self, predictions: Iterable[Prediction]) -> None:
+        await self.db.batch_write(self.table, [prediction_to_item(p) for p in predictions])
+
+    async def delete(self, ids: Iterable[str]) -> None:
+        await self.db.batch_delete(self.table, [{"customer_id": {"S": c}} for c in ids])
+
+    async def get(self, customer_id: str) -> dict[str, Any] | None:
+        resp = await self.db.client.get_item(
+            TableName=self.table, Key={"customer_id": {"S": customer_id}}, ConsistentRead=True
+        )
+        item = resp.get("Item")
+        return prediction_from_item(item) if item else None
+
+    async def all(self) -> list[dict[str, Any]]:
+        return [prediction_from_item(i) for i in await self.db.scan(self.table)]

@@ -1,0 +1,121 @@
+"""The CloudFormation template: cfn-lint clean, least privilege, and the tables the code uses."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from cfnlint.decode import decode
+
+from deploy.resources import KEYS, TTL
+
+TEMPLATE = Path(__file__).resolve().parents[3] / "deploy" / "template.yaml"
+
+
+def template() -> dict[str, Any]:
+    tpl, problems = decode(str(TEMPLATE))
+    assert not problems
+    assert tpl is not None
+    return dict(tpl)
+
+
+def statements() -> list[dict[str, Any]]:
+    out = []
+    for res in template()["Resources"].values():
+        if res["Type"] == "AWS::IAM::Role":
+            for policy in res["Properties"]["Policies"]:
+                out += policy["PolicyDocument"]["Statement"]
+    return out
+
+
+def _list(v: Any) -> list[Any]:
+    return v if isinstance(v, list) else [v]
+
+
+def test_cfn_lint_is_clean() -> None:
+    cli = Path(sys.executable).parent / "cfn-lint"  # the console script in this environment
+    done = subprocess.run([str(cli), str(TEMPLATE)],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_iam_has_no_wildcard_actions_and_no_wildcard_resources_aws_does_not_require() -> None:
+    stmts = statements()
+    assert stmts
+    for st in stmts:
+        assert st["Effect"] == "Allow"
+        for action in _list(st["Action"]):
+            assert "*" not in action, st
+        for resource in _list(st["Resource"]):
+            if resource == "*":  # only where the action has no resource-level permissions
+                assert _list(st["Action"]) == ["cloudwatch:PutMetricData"], st
+                assert st["Condition"] == {
+                    "StringEquals": {"cloudwatch:namespace": "CustomerAIAnalytics"}}
+            elif isinstance(resource, dict) and "Fn::Sub" in resource:
+                text = resource["Fn::Sub"]
+                assert "*" not in text.replace("bedrock:*::foundation-model/", ""), st
+            else:
+                assert isinstance(resource, dict) and "Fn::GetAtt" in resource, st
+
+
+def test_bedrock_is_invoke_model_on_the_configured_model_only() -> None:
+    bedrock = [st for st in statements()
+               if any(a.startswith("bedrock:") for a in _list(st["Action"]))]
+    assert len(bedrock) == 1
+    assert _list(bedrock[0]["Action"]) == ["bedrock:InvokeModel"]
+    subs = sorted(r["Fn::Sub"] for r in bedrock[0]["Resource"])
+    assert subs == [
+        "arn:${AWS::Partition}:bedrock:${PrimaryRegion}:${AWS::AccountId}:"
+        "inference-profile/${BedrockModelId}",
+        "arn:${AWS::Partition}:bedrock:*::foundation-model/${BedrockFoundationModelId}",
+    ]
+
+
+def test_dynamodb_actions_only_on_our_tables_and_every_table_as_the_code_expects() -> None:
+    res = template()["Resources"]
+    tables = {n: r for n, r in res.items() if r["Type"] == "AWS::DynamoDB::Table"}
+    ddb = [st for st in statements()
+           if any(a.startswith("dynamodb:") for a in _list(st["Action"]))]
+    granted = {r["Fn::GetAtt"][0] for st in ddb for r in st["Resource"]}
+    assert granted == set(tables) - {"AuditTable"}  # `caa erase` (operators) only
+    by_suffix = {r["Properties"]["TableName"]["Fn::Sub"].removeprefix("${Prefix}"): r["Properties"]
+                 for r in tables.values()}
+    assert set(by_suffix) == set(KEYS)
+    for name, (hk, rk) in KEYS.items():
+        p = by_suffix[name]
+        assert p["KeySchema"][0] == {"AttributeName": hk, "KeyType": "HASH"}
+        assert (p["KeySchema"][1]["AttributeName"] if rk else None) == rk
+        assert p["BillingMode"] == "PAY_PER_REQUEST"
+        assert p["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+        assert p["SSESpecification"] == {"SSEEnabled": True}
+        ttl = p.get("TimeToLiveSpecification")
+        assert (ttl["AttributeName"] if ttl else None) == TTL.get(name)
+
+
+def test_event_source_mapping_reports_item_failures_and_bounds_retries() -> None:
+    res = template()["Resources"]
+    esm = res["ConsumerMapping"]["Properties"]
+    assert esm["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert esm["BisectBatchOnFunctionError"] is True
+    for key in ("BatchSize", "MaximumBatchingWindowInSeconds", "MaximumRetryAttempts",
+                "MaximumRecordAgeInSeconds", "ParallelizationFactor"):
+        assert key in esm
+    assert esm["DestinationConfig"]["OnFailure"]["Destination"] == {
+        "Fn::GetAtt": ["FailedBatchesQueue", "Arn"]}
+    handler = res["ConsumerFunction"]["Properties"]["Handler"]
+    assert handler == "consumers.sources.lambda_handler.handler"
+    stream = res["PurchaseStream"]["Properties"]
+    assert stream["StreamEncryption"]["EncryptionType"] == "KMS"
+
+
+def test_the_dashboard_reads_every_metric_the_adapters_emit() -> None:
+    from consumers.instrument.metrics import NAMESPACE, batch_deltas
+
+    body = template()["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"][0]
+    emitted = {*batch_deltas({"applied": 1, "duplicate": 1, "rejected": 1}),
+               "shard_write_failures", "bedrock_calls", "fallbacks", "cache_hits",
+               "analyses", "input_tokens", "output_tokens", "cost_usd"}
+    for name in sorted(emitted):
+        assert f'["{NAMESPACE}", "{name}", ' in body, name

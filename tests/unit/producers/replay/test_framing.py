@@ -1,0 +1,149 @@
+"""Framing archived bytes into records: JSON Lines and Firehose-style concatenated JSON,
+gzip (one or many members, corrupt), CSV (the flattened wire schema) and CDNOW lines."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from models.events import PurchaseEvent, decode_event
+from producers.datasets.cdnow import dataset_path, load_events
+from producers.datasets.synthetic import generate
+from producers.replay.framing import FormatError, Framed, frame
+from producers.replay.sources import Cursor, FileSource
+
+EVENTS = generate(customers=4, days=30, seed=5)[:12]
+JSONL = b"".join(e.to_bytes() + b"\n" for e in EVENTS)
+
+
+def split(data: bytes, cuts: list[int]) -> Iterator[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    last = 0
+    for p in points:
+        yield data[last:p]
+        last = p
+    yield data[last:]
+
+
+def _records(chunks: Iterator[bytes] | list[bytes], fmt: str = "json") -> list[Framed]:
+    return list(frame(chunks, fmt))
+
+
+def test_json_lines_and_firehose_concatenation_give_the_same_events() -> None:
+    back_to_back = b"".join(e.to_bytes() for e in EVENTS)  # Firehose: no separator at all
+    mixed = b"\n\n".join(e.to_bytes() for e in EVENTS[:5]) + b"".join(
+        e.to_bytes() for e in EVENTS[5:])
+    for data in (JSONL, back_to_back, mixed, gzip.compress(back_to_back)):
+        got = _records([data])
+        assert [decode_event(r.data) for r in got] == EVENTS
+        assert [r.key for r in got] == [e.customer_id for e in EVENTS]
+        assert all(r.problem is None for r in got)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(min_value=0), max_size=12), st.booleans(), st.booleans())
+def test_chunk_boundaries_never_change_the_records(cuts: list[int], zipped: bool,
+                                                   concatenated: bool) -> None:
+    bad = b'{"half": \n\xff\xfe junk\n'
+    data = (b"".join(e.to_bytes() for e in EVENTS) if concatenated else JSONL) + bad + JSONL
+    if zipped:
+        data = gzip.compress(data)
+    assert _records(split(data, cuts)) == _records([data])
+
+
+def test_a_stretch_that_does_not_parse_is_one_record_up_to_its_line_end() -> None:
+    data = JSONL[:50] + b"\n" + b'not json at all\n{"a": 1} trailing\n' + JSONL
+    got = _records([data])
+    assert [r.data for r in got[:4]] == [JSONL[:50], b"not json at all", b'{"a": 1}',
+                                         b"trailing"]
+    assert [r.line for r in got[:4]] == [1, 2, 3, 3]
+    assert [decode_event(r.data) for r in got[4:]] == EVENTS
+    assert got[4].line == 4
+
+
+def test_bytes_that_are_not_utf8_are_kept_as_they_are() -> None:
+    raw = b'{"event_id": "\xff\xfe"}'
+    (record,) = _records([raw + b"\n"])
+    assert record.data == raw
+
+
+def test_gzip_members_are_read_one_after_another_and_corruption_ends_the_part() -> None:
+    two = gzip.compress(JSONL[:300]) + gzip.compress(JSONL[300:])  # cat a.gz b.gz
+    assert [r.data for r in _records([two])] == [r.data for r in _records([JSONL])]
+    whole = gzip.compress(JSONL)
+    truncated = _records([whole[: len(whole) // 2]])
+    assert truncated[-1].problem is not None and truncated[-1].problem[0] == "corrupt"
+    assert all(r.problem is None for r in truncated[:-1])
+    garbage = _records([whole + b"not gzip"])
+    assert garbage[-1].problem is not None and garbage[-1].problem[0] == "corrupt"
+    assert len(garbage) == len(EVENTS) + 1
+
+
+CSV_HEADER = ("event_id,order_id,customer_id,occurred_at,currency,total,channel,consent,"
+              "product_id,category,quantity,unit_price\n")
+
+
+def to_csv(events: list[PurchaseEvent]) -> str:
+    rows = [CSV_HEADER]
+    for e in events:
+        d = json.loads(e.to_bytes())
+        consent = "" if d.get("consent") is None else str(d["consent"]).lower()
+        for item in d["items"]:
+            rows.append(",".join([d["event_id"], d["order_id"], d["customer_id"],
+                                  d["occurred_at"], d["currency"], d["total"], d["channel"],
+                                  consent, item["product_id"], item["category"],
+                                  str(item["quantity"]), item["unit_price"]]) + "\n")
+    return "".join(rows)
+
+
+def test_csv_rows_of_one_event_make_one_event_equal_to_the_original() -> None:
+    events = [e.model_copy(update={"contact": None}) for e in EVENTS]  # CSV has no contact
+    got = _records([to_csv(events).encode()], "csv")
+    assert [decode_event(r.data) for r in got] == events
+    assert any(len(e.items) > 1 for e in events)
+
+
+def test_csv_problems_are_records_and_a_foreign_header_is_an_error() -> None:
+    multi = next(e for e in EVENTS if len(e.items) > 1)
+    lines = to_csv([multi]).splitlines(keepends=True)
+    # a row with too few fields; then the event's rows disagreeing on the total
+    broken = [lines[0], "x,y\n", lines[1].replace(f",{multi.total},", ",999.00,", 1),
+              *lines[2:]]
+    got = _records(["".join(broken).encode()], "csv")
+    assert [r.problem for r in got] == [
+        ("csv", "line 2: 2 field(s), the header has 12"),
+        ("csv", f"line 3: the rows of event {multi.event_id!r} disagree on total")]
+    assert got[1].data == "".join(broken[2:]).encode()  # the raw rows, for the report
+    with pytest.raises(FormatError, match="missing: unit_price"):
+        _records([b"event_id,order_id,customer_id,occurred_at,currency,total,product_id,"
+                  b"category,quantity\n"], "csv")
+
+
+def test_cdnow_lines_get_the_ids_of_caa_publish() -> None:
+    with dataset_path().open("rb") as fh:
+        head = b"".join(fh.readline() for _ in range(301))  # header + 300 rows
+    got = _records([head], "cdnow")
+    assert [decode_event(r.data) for r in got] == load_events(limit=300)
+    bad = _records([head + b"00999 1997x101 1 1.00\n00999 19970101 0 1.00\n"], "cdnow")
+    assert [r.problem[0] if r.problem else "" for r in bad[-2:]] == ["cdnow", "cdnow"]
+    assert bad[-1].line == 303
+
+
+def test_a_file_source_resumes_after_its_cursor(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl.gz"
+    a.write_bytes(JSONL)
+    b.write_bytes(gzip.compress(JSONL))
+    source = FileSource([tmp_path])
+    read: list[int] = []
+    everything = list(source.records(None, read.append))
+    assert len(everything) == 2 * len(EVENTS) and sum(read) == a.stat().st_size + \
+        b.stat().st_size
+    cursor = Cursor(str(b.resolve()), "3")
+    rest = list(source.records(cursor, lambda _n: None))
+    assert rest == everything[len(EVENTS) + 4:]
