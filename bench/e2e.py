@@ -85,14 +85,15 @@ from naive_consumer import NaiveConsumer
 from pipeline import bench_core
 from rss import RssRun, env_int, measure, print_runs
 
+from caa import wiring
 from caa.aws import Aws
 from caa.settings import Settings
+from caa.wiring import ensure_resources
 from consumers.applier import BatchApplier
 from consumers.core import BatchResult, StreamRecord
 from consumers.sources.worker import Worker
 from consumers.stores.predictions import PredictionStore
 from deploy.local.emulator import launch
-from deploy.resources import ensure_resources
 from models.events import PurchaseEvent
 from models.prediction import Prediction
 from producers.datasets.synthetic import generate
@@ -157,7 +158,7 @@ class TimedApplier(BatchApplier):
 
 
 def timed_worker(settings: Settings, kinesis: Any, dynamodb: Any, sink: Sink) -> Worker:
-    worker = Worker(settings, kinesis, dynamodb)
+    worker = wiring.worker(settings, kinesis, dynamodb)
     worker.applier = worker.poller.applier = TimedApplier(worker.applier, sink)
     return worker
 

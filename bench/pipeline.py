@@ -22,12 +22,13 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+from caa import wiring
 from caa.aws import Aws
 from caa.settings import Settings
+from caa.wiring import ensure_resources
 from consumers.core import ModelView, StreamRecord, decode_batch, process_batch
 from consumers.sources.worker import Worker
 from deploy.local.emulator import launch
-from deploy.resources import ensure_resources
 from models.events import PurchaseEvent
 from models.learn.forecaster import DEFAULT_PRIOR, Forecaster
 from models.learn.segmentation import SegmentModel
@@ -57,7 +58,7 @@ def bench_core(events: list[PurchaseEvent], batch: int = 1000) -> float:
 
 async def consume(settings: Settings) -> Worker:
     async with Aws(settings, quiet=True).clients("kinesis", "dynamodb") as c:
-        worker = Worker(settings, c["kinesis"], c["dynamodb"])
+        worker = wiring.worker(settings, c["kinesis"], c["dynamodb"])
         await worker.run(until_idle=True, final_refit=False)
         return worker
 

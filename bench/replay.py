@@ -24,8 +24,8 @@ from typing import Any
 
 from caa.aws import Aws
 from caa.settings import Settings
+from caa.wiring import ensure_resources
 from deploy.local.emulator import launch
-from deploy.resources import ensure_resources
 from producers.datasets.cdnow import load_events, time_ordered
 
 

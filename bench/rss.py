@@ -57,8 +57,8 @@ from typing import Any
 
 from caa.aws import Aws
 from caa.settings import Settings
+from caa.wiring import ensure_resources
 from deploy.local.emulator import launch
-from deploy.resources import ensure_resources
 from models.events import LineItem, PurchaseEvent
 from models.state import CustomerState
 from producers.datasets.synthetic import CATALOG, CHANNELS

@@ -14,8 +14,9 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-TABLES = ("customers", "predictions", "checkpoints", "models", "dead-letters", "analyses",
-          "analysis-history", "usage", "audit")
+from deploy.resources import TABLES, TableNames
+
+__all__ = ["DEFAULT_PRICES", "HAIKU_45_EU", "TABLES", "Settings"]
 
 HAIKU_45_EU = "eu.anthropic.claude-haiku-4-5-20251001-v1:0"
 #: USD per million (input, output) tokens. Haiku 4.5 lists at $1 / $5; geo (eu./us.) inference
@@ -157,10 +158,13 @@ class Settings(BaseSettings):
             return [str(k).strip() for k in keys if str(k).strip()]
         return v
 
+    @property
+    def tables(self) -> TableNames:
+        """The names of our tables under ``table_prefix``."""
+        return TableNames(self.table_prefix)
+
     def table(self, name: str) -> str:
-        if name not in TABLES:
-            raise KeyError(f"unknown table {name!r}; known: {', '.join(TABLES)}")
-        return f"{self.table_prefix}{name}"
+        return self.tables.name(name)
 
     @property
     def efo_consumer(self) -> str:

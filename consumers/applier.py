@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from consumers.analysis.enricher import Enricher
 from consumers.core import BatchResult, StreamRecord, decode_batch, process_batch
+from consumers.hook import AnalysisHook
 from consumers.registry import ModelRegistry
 from consumers.stores.customers import CustomerStore
 from consumers.stores.dead_letters import DeadLetterStore
@@ -92,7 +92,7 @@ class BatchApplier:
         max_event_bytes: int,
         clock: Callable[[], datetime] = _utcnow,
         cache_size: int = 0,
-        enricher: Enricher | None = None,
+        enricher: AnalysisHook | None = None,
     ) -> None:
         self.customers = customers
         self.predictions = predictions

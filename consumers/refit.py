@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from consumers.analysis.enricher import Enricher
+from consumers.hook import AnalysisHook
 from consumers.registry import PARETO_NBD, ModelRegistry
 from consumers.stores.customers import CustomerStore
 from consumers.stores.predictions import PredictionStore
@@ -54,7 +54,7 @@ class RefitReport:
 async def rewrite_predictions(
     states: Sequence[CustomerState], segments: Sequence[int], names: dict[int, str],
     forecaster: Forecaster, segments_version: int, as_of: int, predictions: PredictionStore,
-    enricher: Enricher | None = None,
+    enricher: AnalysisHook | None = None,
 ) -> list[Prediction]:
     """Write one prediction per state with these models as of ``as_of`` (keeping each
     customer's latest AI analysis); the refit and the daily batch
@@ -80,7 +80,7 @@ async def refit(
     *,
     rewrite: bool = True,
     as_of_ts: int | None = None,
-    enricher: Enricher | None = None,
+    enricher: AnalysisHook | None = None,
     active_days: int = 0,
 ) -> RefitReport | None:
     """Refit both models; with ``rewrite`` rewrite every prediction (keeping each one's

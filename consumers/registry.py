@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from caa.settings import Settings
 from consumers.core import ModelView
 from consumers.stores.model_snapshots import Conflict, ModelStore
 from models.learn import pareto_nbd
@@ -23,17 +23,29 @@ from models.learn.bgnbd import DEFAULT_PRIOR, BgNbdParams
 from models.learn.forecaster import Forecaster, ForecastParams, model_name
 from models.learn.pareto_nbd import ParetoNbdParams
 from models.learn.segmentation import SegmentModel
-from models.variant import VariantPlan
+from models.variant import NO_EXPERIMENT, VariantPlan
 
 SEGMENTS = "segments"
 BGNBD = "bgnbd"
 PARETO_NBD = "pareto_nbd"
 
 
+@dataclass(frozen=True)
+class RegistryConfig:
+    """How fresh models are made, which purchase model scores, and the A/B variants."""
+
+    n_segments: int
+    segment_seed: int
+    segment_warmup: int
+    forecast_model: Literal["bgnbd", "pareto_nbd"]
+    variants: VariantPlan = NO_EXPERIMENT
+
+
 class ModelRegistry:
-    def __init__(self, store: ModelStore, settings: Settings, max_conflicts: int = 20) -> None:
+    def __init__(self, store: ModelStore, config: RegistryConfig,
+                 max_conflicts: int = 20) -> None:
         self.store = store
-        self._settings = settings
+        self._config = config
         self._max_conflicts = max_conflicts
         self._lock = asyncio.Lock()
         self.segmenter = self._fresh_segmenter()
@@ -42,12 +54,12 @@ class ModelRegistry:
         self.bgnbd_version = 0
         self.pareto_nbd = pareto_nbd.DEFAULT_PRIOR
         self.pareto_nbd_version = 0
-        self.forecast_model = settings.forecast_model
+        self.forecast_model = config.forecast_model
         self.conflicts = 0
-        self.variants = VariantPlan.parse(settings.ab_experiment, settings.ab_variants)
+        self.variants = config.variants
 
     def _fresh_segmenter(self) -> SegmentModel:
-        s = self._settings
+        s = self._config
         return SegmentModel(n_clusters=s.n_segments, seed=s.segment_seed, warmup=s.segment_warmup)
 
     @property

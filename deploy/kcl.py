@@ -2,7 +2,8 @@
 
 The daemon is the Java KCL 3 (leases, shard balancing, resharding, checkpoints in
 its own DynamoDB tables named after ``applicationName``); it starts
-``python -m consumers.sources.kcl_processor`` once per shard lease and speaks the
+``python -m caa.entry.kcl`` (settings from the environment, then
+:func:`consumers.sources.kcl_processor.run`) once per shard lease and speaks the
 multi-language protocol with it over stdin/stdout. The jars come inside the
 ``kclpy-ext`` wheel (``pip install '.[kcl]'``), as the ``amazon_kclpy`` module.
 
@@ -21,7 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from caa.settings import Settings
+#: the module the daemon runs once per shard lease (``python -m``)
+PROCESSOR = "caa.entry.kcl"
 
 
 def jars() -> Path:
@@ -45,26 +47,24 @@ class KclOptions:
     python: str = sys.executable
 
 
-def properties(settings: Settings, options: KclOptions) -> str:
+def properties(stream_name: str, region: str, options: KclOptions) -> str:
     """The daemon's properties file for our stream and processor.
 
-    >>> from caa.settings import Settings
-    >>> text = properties(Settings(_env_file=None, stream_name="orders"),
-    ...                   KclOptions("caa-kcl", python="python3"))
+    >>> text = properties("orders", "eu-central-1", KclOptions("caa-kcl", python="python3"))
     >>> print(text.splitlines()[0])
-    executableName = python3 -m consumers.sources.kcl_processor
+    executableName = python3 -m caa.entry.kcl
     >>> "streamName = orders" in text, "kinesisEndpoint" in text
     (True, False)
     """
     o = options
     lines = {
-        "executableName": f"{o.python} -m consumers.sources.kcl_processor",
-        "streamName": settings.stream_name,
+        "executableName": f"{o.python} -m {PROCESSOR}",
+        "streamName": stream_name,
         "applicationName": o.application_name,
         "AwsCredentialsProvider": "DefaultCredentialsProvider",
         "processingLanguage": f"python/{sys.version_info.major}.{sys.version_info.minor}",
         "initialPositionInStream": o.initial_position,
-        "regionName": settings.region,
+        "regionName": region,
         "retrievalMode": o.retrieval_mode,
         "metricsLevel": o.metrics_level,
         "idleTimeBetweenReadsInMillis": str(o.idle_between_reads_ms),
@@ -89,7 +89,7 @@ def launch(properties_file: Path, cwd: Path, env: Mapping[str, str],
            log: Path) -> subprocess.Popen[bytes]:
     """Start the daemon; its output (and the processors' stderr) goes to ``log``.
 
-    ``cwd`` must be where ``consumers`` imports from (the checkout, or any
+    ``cwd`` must be where ``caa`` and ``consumers`` import from (the checkout, or any
     directory once the package is installed)."""
     with log.open("ab") as out:
         return subprocess.Popen(command(properties_file), cwd=cwd, env=dict(env),

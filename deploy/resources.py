@@ -1,12 +1,15 @@
-"""Create the stream and tables the system needs, idempotently (boto3, any endpoint)."""
+"""Create the stream and tables the system needs, idempotently (boto3, any endpoint).
+
+The catalogue of our tables (:data:`KEYS`) and their names in one deployment
+(:class:`TableNames`, built from the table prefix) live here.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from caa.settings import Settings
-
-#: table name -> (hash key, range key or None)
+#: the catalogue: table -> (hash key, range key or None)
 KEYS: dict[str, tuple[str, str | None]] = {
     "customers": ("customer_id", None),
     "predictions": ("customer_id", None),
@@ -23,6 +26,65 @@ TTL = {"analysis-history": "expires_at"}
 #: tables with a DynamoDB stream (its view type): the predictions change feed for downstream
 #: consumers (docs/change-feed.md, `caa watch`)
 STREAMS = {"predictions": "NEW_AND_OLD_IMAGES"}
+#: every table of the catalogue, in its order
+TABLES = tuple(KEYS)
+
+
+@dataclass(frozen=True)
+class TableNames:
+    """The names of one deployment's tables: ``<prefix><table>`` for each catalogued table.
+
+    >>> t = TableNames("caa-")
+    >>> t.customers, t.name("dead-letters"), t.analysis_history
+    ('caa-customers', 'caa-dead-letters', 'caa-analysis-history')
+    """
+
+    prefix: str
+
+    def name(self, table: str) -> str:
+        if table not in KEYS:
+            raise KeyError(f"unknown table {table!r}; known: {', '.join(TABLES)}")
+        return f"{self.prefix}{table}"
+
+    def all(self) -> dict[str, str]:
+        """Catalogue name -> table name, for every table."""
+        return {t: self.name(t) for t in TABLES}
+
+    @property
+    def customers(self) -> str:
+        return self.name("customers")
+
+    @property
+    def predictions(self) -> str:
+        return self.name("predictions")
+
+    @property
+    def checkpoints(self) -> str:
+        return self.name("checkpoints")
+
+    @property
+    def models(self) -> str:
+        return self.name("models")
+
+    @property
+    def dead_letters(self) -> str:
+        return self.name("dead-letters")
+
+    @property
+    def analyses(self) -> str:
+        return self.name("analyses")
+
+    @property
+    def analysis_history(self) -> str:
+        return self.name("analysis-history")
+
+    @property
+    def usage(self) -> str:
+        return self.name("usage")
+
+    @property
+    def audit(self) -> str:
+        return self.name("audit")
 
 
 def ensure_stream(kinesis: Any, name: str, shards: int) -> bool:
@@ -80,13 +142,14 @@ def ensure_table_stream(dynamodb: Any, name: str, view_type: str) -> bool:
     return True
 
 
-def ensure_resources(settings: Settings, kinesis: Any, dynamodb: Any) -> list[str]:
+def ensure_resources(kinesis: Any, dynamodb: Any, *, stream_name: str, shard_count: int,
+                     tables: TableNames) -> list[str]:
     """Everything the consumer and publisher need; returns what was created now."""
     created = []
-    if ensure_stream(kinesis, settings.stream_name, settings.shard_count):
-        created.append(f"stream {settings.stream_name} ({settings.shard_count} shards)")
+    if ensure_stream(kinesis, stream_name, shard_count):
+        created.append(f"stream {stream_name} ({shard_count} shards)")
     for table, (hk, rk) in KEYS.items():
-        name = settings.table(table)
+        name = tables.name(table)
         if ensure_table(dynamodb, name, hk, rk):
             created.append(f"table {name}")
             if table in TTL:

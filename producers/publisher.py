@@ -4,8 +4,8 @@ Batches hold at most 500 records and 5 MiB (data plus partition keys), as
 Kinesis allows. The partition key is the customer id, so one customer's events
 land on one shard in order. When PutRecords acknowledges only part of a batch,
 only the failed entries are sent again, after an exponential backoff with full
-jitter; after the last attempt :class:`PublishError` hands back every event
-that was not acknowledged. Nothing is dropped silently.
+jitter (:mod:`consumers.retry`); after the last attempt :class:`PublishError` hands
+back every event that was not acknowledged. Nothing is dropped silently.
 
 (Kinesis may reorder a customer's events when an earlier one fails and a later
 one in the same request succeeds; the consumer's state is order-independent,
@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from consumers.retry import Backoff, retry_until_done
 from models.events import StreamEvent
 from producers.pacing import AimdLimiter
 
@@ -111,8 +112,10 @@ class Publisher:
         self._clock = clock
         self._lock = threading.Lock()
 
-    def _backoff(self, attempt: int) -> float:
-        return self._rng.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
+    @property
+    def backoff(self) -> Backoff:
+        """Full jitter from ``base_delay``, doubling per call, capped at ``max_delay``."""
+        return Backoff(base=self.base_delay, cap=self.max_delay, attempts=self.max_attempts)
 
     def _feedback(self, throttled: bool) -> None:
         if self.limiter is not None:
@@ -132,47 +135,54 @@ class Publisher:
     def put_batch(
         self, batch: Sequence[tuple[StreamEvent, bytes]], report: PublishReport
     ) -> None:
-        pending = list(batch)
         reasons: dict[str, int] = {}
+
+        def put(pending: list[tuple[StreamEvent, bytes]]) -> list[tuple[StreamEvent, bytes]]:
+            return self._put(pending, reasons, report)
+
+        def retrying(pending: list[tuple[StreamEvent, bytes]]) -> None:
+            report.retried_records += len(pending)
+
+        left = retry_until_done(self.backoff, put, list(batch), rng=self._rng,
+                                sleep=self._sleep, on_retry=retrying)
+        if left:
+            raise PublishError([event for event, _ in left], reasons)
+
+    def _put(self, pending: list[tuple[StreamEvent, bytes]], reasons: dict[str, int],
+             report: PublishReport) -> list[tuple[StreamEvent, bytes]]:
+        """One PutRecords call; returns the entries not acknowledged."""
         throttled = "ProvisionedThroughputExceededException"
-        for attempt in range(self.max_attempts):
-            if attempt:
-                report.retried_records += len(pending)
-                self._sleep(self._backoff(attempt))
-            self._pace(pending)
-            report.calls += 1
-            try:
-                response = self._client.put_records(
-                    StreamName=self.stream_name,
-                    Records=[
-                        {"Data": data, "PartitionKey": event.customer_id}
-                        for event, data in pending
-                    ],
-                )
-            except self._client.exceptions.ProvisionedThroughputExceededException:
-                reasons[throttled] = reasons.get(throttled, 0) + len(pending)
-                report.throttled_records += len(pending)
-                self._feedback(throttled=True)
-                continue
-            failed: list[tuple[StreamEvent, bytes]] = []
-            refused = 0
-            for entry, result in zip(pending, response["Records"], strict=True):
-                code = result.get("ErrorCode")
-                if code:
-                    failed.append(entry)
-                    reasons[code] = reasons.get(code, 0) + 1
-                    refused += int(code == throttled)
-                else:
-                    shard = result["ShardId"]
-                    report.shards[shard] = report.shards.get(shard, 0) + 1
-                    report.records += 1
-                    report.bytes += len(entry[1])
-            report.throttled_records += refused
-            self._feedback(throttled=refused > 0)
-            pending = failed
-            if not pending:
-                return
-        raise PublishError([event for event, _ in pending], reasons)
+        self._pace(pending)
+        report.calls += 1
+        try:
+            response = self._client.put_records(
+                StreamName=self.stream_name,
+                Records=[
+                    {"Data": data, "PartitionKey": event.customer_id}
+                    for event, data in pending
+                ],
+            )
+        except self._client.exceptions.ProvisionedThroughputExceededException:
+            reasons[throttled] = reasons.get(throttled, 0) + len(pending)
+            report.throttled_records += len(pending)
+            self._feedback(throttled=True)
+            return pending
+        failed: list[tuple[StreamEvent, bytes]] = []
+        refused = 0
+        for entry, result in zip(pending, response["Records"], strict=True):
+            code = result.get("ErrorCode")
+            if code:
+                failed.append(entry)
+                reasons[code] = reasons.get(code, 0) + 1
+                refused += int(code == throttled)
+            else:
+                shard = result["ShardId"]
+                report.shards[shard] = report.shards.get(shard, 0) + 1
+                report.records += 1
+                report.bytes += len(entry[1])
+        report.throttled_records += refused
+        self._feedback(throttled=refused > 0)
+        return failed
 
     def publish(
         self,

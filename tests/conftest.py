@@ -8,12 +8,12 @@ import pytest
 
 from caa.aws import Aws
 from caa.settings import Settings
+from caa.wiring import ensure_resources
 from deploy.local.bedrock_server import BedrockServer
 from deploy.local.bedrock_server import launch as launch_bedrock
 from deploy.local.emulator import Emulator, launch
 from deploy.local.kinesis_mock import PACKAGE as KINESIS_MOCK
 from deploy.local.kinesis_mock import launch as launch_kinesis_mock
-from deploy.resources import ensure_resources
 
 
 @pytest.fixture(scope="session")

@@ -6,12 +6,13 @@ Every route but ``GET /health`` needs an ``x-api-key`` header holding one of
 each replica keeps its own windows): ``CAA_API_CUSTOMER_REQUESTS_PER_MINUTE`` (10) for
 prediction, history and analyze together, and ``CAA_API_ANALYSES_PER_HOUR`` (5) on-demand
 analyses. Consent is never rate limited. ``POST .../analyze`` is ``caa analyze``
-(:func:`caa.cli.ai.on_demand`) on one enricher kept for the life of the process, so its
-circuit breaker, token bucket and budget ledger hold across requests; when Bedrock cannot
-answer it is 503, and the body is the statistical analysis that was stored instead, with its
-fallback reason. ``PUT .../consent`` publishes a consent event on the stream under the
-customer's partition key (202): the consumer, the single writer of customer states, applies
-it in order with the customer's purchases, and the next analysis after that honours it.
+(:func:`consumers.analysis.on_demand.on_demand`) on one enricher kept for the life of the
+process, so its circuit breaker, token bucket and budget ledger hold across requests; when
+Bedrock cannot answer it is 503, and the body is the statistical analysis that was stored
+instead, with its fallback reason. ``PUT .../consent`` publishes a consent event on the
+stream under the customer's partition key (202): the consumer, the single writer of
+customer states, applies it in order with the customer's purchases, and the next analysis
+after that honours it.
 """
 
 from __future__ import annotations
@@ -39,14 +40,16 @@ from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 from pydantic.json_schema import SkipJsonSchema
 
+from caa import wiring
 from caa.api.ratelimit import SlidingWindow, take
 from caa.aws import Aws
-from caa.cli.ai import OnDemandFailed, on_demand
 from caa.settings import Settings
 from consumers.analysis.enricher import Enricher
+from consumers.analysis.on_demand import OnDemandFailed, on_demand
 from consumers.refit import SIZES
 from consumers.registry import SEGMENTS, ModelRegistry
-from consumers.stores.analyses import record_from_item
+from consumers.stores.analyses import record_from_document
+from consumers.stores.customers import CustomerStore
 from consumers.stores.dynamo import Dynamo
 from consumers.stores.model_snapshots import ModelStore
 from consumers.stores.predictions import PredictionStore
@@ -180,12 +183,6 @@ router = APIRouter(dependencies=[Depends(_require_key)])
 per_minute, per_analysis = Depends(_limited(False)), Depends(_limited(True))
 
 
-async def _known(db: Dynamo, table: str, customer_id: str) -> bool:
-    resp = await db.client.get_item(TableName=table, Key={"customer_id": {"S": customer_id}},
-                                    ProjectionExpression="customer_id")
-    return "Item" in resp
-
-
 @router.get("/customers/{customer_id}/prediction", response_model=Prediction,
             dependencies=[per_minute], responses=_COMMON)
 async def prediction(customer_id: CustomerId, live: Live) -> Prediction:
@@ -203,17 +200,13 @@ async def history(customer_id: CustomerId, live: Live,
                   limit: Annotated[int, Query(ge=1, le=100)] = 20) -> list[AnalysisAnswer]:
     """The customer's analyses, newest first."""
     c, db = live
-    resp = await db.client.query(
-        TableName=c.settings.table("analysis-history"), KeyConditionExpression="customer_id = :c",
-        ExpressionAttributeValues={":c": {"S": customer_id}}, ScanIndexForward=False,
-        Limit=limit)
-    items = resp.get("Items", [])
-    if not items and not await _known(db, c.settings.table("customers"), customer_id):
+    docs = await wiring.analysis_store(c.settings, db).history(customer_id, limit)
+    if not docs and not await CustomerStore(db, c.settings.tables.customers).known(customer_id):
         raise HTTPException(404, f"no customer {customer_id!r}")
     out = []
-    for item in items:
+    for doc in docs:
         try:
-            out.append(AnalysisAnswer.model_validate(record_from_item(item).model_dump()))
+            out.append(AnalysisAnswer.model_validate(record_from_document(doc).model_dump()))
         except ValidationError:  # an older record schema: not shown
             continue
     return out
@@ -227,7 +220,9 @@ async def analyze(customer_id: CustomerId, live: Live) -> Any:
     c, db = live
     assert c.registry is not None
     try:
-        rec = await on_demand(c.settings, db, c.registry, c.enricher, customer_id)
+        rec = await on_demand(CustomerStore(db, c.settings.tables.customers),
+                              PredictionStore(db, c.settings.tables.predictions), c.registry,
+                              c.enricher, customer_id, lambda: wiring.pseudonym_key(c.settings))
     except OnDemandFailed as exc:
         raise HTTPException(500, "the analysis could not be stored") from exc
     if rec is None:
@@ -248,10 +243,7 @@ async def consent(customer_id: CustomerId, body: ConsentIn, live: Live) -> Conse
     stream, it holds from the next analysis after the consumer applied it (on demand or
     after a purchase). Not rate limited."""
     c, db = live
-    found = await db.client.get_item(TableName=c.settings.table("customers"),
-                                     Key={"customer_id": {"S": customer_id}},
-                                     ProjectionExpression="customer_id")
-    if "Item" not in found:
+    if not await CustomerStore(db, c.settings.tables.customers).known(customer_id):
         raise HTTPException(404, f"no customer {customer_id!r}")
     event = ConsentEvent(type="consent", event_id=f"consent-{uuid.uuid4().hex}",
                          customer_id=customer_id, occurred_at=datetime.now(UTC),
@@ -317,15 +309,13 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.monotonic) 
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        from consumers.sources.worker import build_enricher
-
         ai = s.analyzer == "bedrock"
         async with Aws(s, quiet=True).clients("dynamodb", "kinesis",
                                               *(["bedrock-runtime"] if ai else [])) as c:
-            ctx.db = Dynamo(c["dynamodb"], max_attempts=s.max_write_attempts)
+            ctx.db = wiring.dynamo(s, c["dynamodb"])
             ctx.kinesis = c["kinesis"]
-            ctx.registry = ModelRegistry(ModelStore(ctx.db, s.table("models")), s)
-            ctx.enricher = (build_enricher(s, ctx.db, c["bedrock-runtime"], ctx.registry)
+            ctx.registry = wiring.registry(s, ctx.db)
+            ctx.enricher = (wiring.enricher(s, ctx.db, c["bedrock-runtime"], ctx.registry)
                             if ai else None)
             try:
                 yield

@@ -30,21 +30,17 @@ def add_parser(sub: Any) -> None:
 
 async def run_batch(settings: Settings, aws: Aws, since: datetime,
                     now: datetime | None = None) -> dict[str, Any]:
+    from caa import wiring
     from consumers.analysis.daily.job import active_states, plan, recompute, submit
-    from consumers.registry import ModelRegistry
-    from consumers.sources.worker import build_enricher
-    from consumers.stores.dynamo import Dynamo
-    from consumers.stores.model_snapshots import ModelStore
     from consumers.stores.predictions import PredictionStore
 
     s, now = settings, now or datetime.now(UTC)
     ai = s.analyzer == "bedrock"
     async with aws.clients("dynamodb", *(["s3", "bedrock"] if ai else [])) as c:
-        db = Dynamo(c["dynamodb"], max_attempts=s.max_write_attempts,
-                    concurrency=s.write_concurrency)
-        registry = ModelRegistry(ModelStore(db, s.table("models")), s)
+        db = wiring.dynamo(s, c["dynamodb"])
+        registry = wiring.registry(s, db)
         # no runtime client: the enricher only carries analyses over and builds requests
-        enricher = build_enricher(s, db, None, registry) if ai else None
+        enricher = wiring.enricher(s, db, None, registry) if ai else None
         states = await active_states(db, s.table("customers"), since)
         out: dict[str, Any] = {"active_since": since.isoformat(), "active": len(states),
                                "predictions_written": 0}
@@ -56,7 +52,8 @@ async def run_batch(settings: Settings, aws: Aws, since: datetime,
                    as_of=datetime.fromtimestamp(as_of, UTC).isoformat())
         if enricher is None:
             return out
-        work = await plan(s, enricher, states, predictions, as_of, now)
+        config = wiring.batch_config(s)
+        work = await plan(config, enricher, states, predictions, as_of, now)
         out["analysis"] = {"no_consent": work.no_consent, "ab_control": work.ab_control,
                            "cache_hits": work.cache_hits,
                            "to_analyse": len(work.entries),
@@ -66,25 +63,21 @@ async def run_batch(settings: Settings, aws: Aws, since: datetime,
                 f"not submitted: {len(work.entries)} record(s), fewer than Bedrock's minimum "
                 f"{s.batch_min_records} (CAA_BATCH_MIN_RECORDS); their analyses stay as they are")
             return out
-        job = await submit(s, c["s3"], c["bedrock"], work, now)
+        job = await submit(config, c["s3"], c["bedrock"], work, now)
         out["analysis"]["job"] = job.summary()
         return out
 
 
 async def run_ingest(settings: Settings, aws: Aws, ident: str,
                      now: datetime | None = None) -> dict[str, Any]:
+    from caa import wiring
     from consumers.analysis.daily.ingest import ingest, load_job
-    from consumers.stores.analyses import AnalysisStore
-    from consumers.stores.dynamo import Dynamo
 
-    s = settings
+    s, config = settings, wiring.batch_config(settings)
     async with aws.clients("dynamodb", "s3", "bedrock") as c:
-        job = await load_job(s, c["s3"], c["bedrock"], ident)
-        db = Dynamo(c["dynamodb"], max_attempts=s.max_write_attempts,
-                    concurrency=s.write_concurrency)
-        store = AnalysisStore(db, s.table("analyses"), s.table("analysis-history"),
-                              s.table("predictions"), s.history_ttl_days)
-        return await ingest(s, store, c["s3"], c["bedrock"], job, now or datetime.now(UTC))
+        job = await load_job(config, c["s3"], c["bedrock"], ident)
+        store = wiring.analysis_store(s, wiring.dynamo(s, c["dynamodb"]))
+        return await ingest(config, store, c["s3"], c["bedrock"], job, now or datetime.now(UTC))
 
 
 def _missing(settings: Settings) -> list[str]:

@@ -9,7 +9,6 @@ from dataclasses import asdict
 from caa.aws import Aws
 from caa.settings import Settings
 from consumers.ops.erasure import ErasureReport, erase
-from consumers.stores.dynamo import Dynamo
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -20,9 +19,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 async def run(settings: Settings, customer_id: str) -> ErasureReport:
+    from caa import wiring  # the pipeline is imported when the command runs
+
     async with Aws(settings, quiet=True).clients("kinesis", "dynamodb") as c:
-        db = Dynamo(c["dynamodb"], max_attempts=settings.max_write_attempts)
-        return await erase(settings, c["kinesis"], db, customer_id)
+        db = wiring.dynamo(settings, c["dynamodb"])
+        return await erase(wiring.erasure_targets(settings), c["kinesis"], db, customer_id)
 
 
 def cmd_erase(settings: Settings, args: argparse.Namespace) -> int:

@@ -109,9 +109,9 @@ class Replay:
 
 
 async def replay(s: Settings, aws: Aws, holdout: Holdout, published: int) -> Replay:
+    from caa import wiring
     from consumers.refit import refit
     from consumers.registry import PARETO_NBD, SEGMENTS
-    from consumers.sources.worker import Worker
     from models.learn.bgnbd import BgNbdParams
     from models.learn.pareto_nbd import ParetoNbdParams
     from models.learn.segmentation import SegmentModel
@@ -119,8 +119,8 @@ async def replay(s: Settings, aws: Aws, holdout: Holdout, published: int) -> Rep
     async with aws.clients("kinesis", "dynamodb") as c:
         with _progress() as progress:
             task = progress.add_task("consuming", total=published)
-            w = Worker(s, c["kinesis"], c["dynamodb"],
-                       on_batch=lambda _s, r: progress.advance(task, len(r.outcomes)))
+            w = wiring.worker(s, c["kinesis"], c["dynamodb"],
+                              on_batch=lambda _s, r: progress.advance(task, len(r.outcomes)))
             await w.run(until_idle=True, final_refit=False)
         before = {p["customer_id"]: str(p["segment"]["name"]) for p in await w.predictions.all()}
         streaming = await w.registry.store.load(SEGMENTS)
@@ -221,7 +221,7 @@ def _progress() -> Progress:
 @contextmanager
 def evaluation_resources(settings: Settings, aws: Aws, keep: bool) -> Iterator[Settings]:
     """A stream and tables of the evaluation's own, deleted afterwards unless ``keep``."""
-    from deploy.resources import ensure_resources
+    from caa.wiring import ensure_resources
 
     run = secrets.token_hex(4)
     s = settings.model_copy(update={

@@ -37,7 +37,7 @@ def render(settings: Settings, args: argparse.Namespace) -> str:
     aws = Aws(settings, quiet=True)
     kinesis = _local(aws.client("kinesis").meta.endpoint_url)
     dynamodb = _local(aws.client("dynamodb").meta.endpoint_url)
-    return kcl.properties(settings, kcl.KclOptions(
+    return kcl.properties(settings.stream_name, settings.region, kcl.KclOptions(
         args.application_name or settings.consumer_group, retrieval_mode=args.retrieval_mode,
         initial_position=args.initial_position, kinesis_endpoint=kinesis,
         dynamodb_endpoint=dynamodb,

@@ -8,7 +8,8 @@ import json
 import signal
 import sys
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.progress import (
@@ -26,30 +27,19 @@ from rich.table import Table
 from rich.text import Text
 
 from caa.aws import Aws
-from caa.cli import (
-    ai as ai_cli,
-)
-from caa.cli import (
-    daily as batch_cli,
-)
-from caa.cli import (
-    erase as erase_cli,
-)
-from caa.cli import (
-    evaluate as evaluate_cli,
-)
-from caa.cli import (
-    kcl as kcl_cli,
-)
-from caa.cli import (
-    replay as replay_cli,
-)
-from caa.cli import (
-    watch as feed_cli,
-)
+from caa.cli import ai as ai_cli
+from caa.cli import daily as batch_cli
+from caa.cli import dlq as dlq_cli
+from caa.cli import erase as erase_cli
+from caa.cli import evaluate as evaluate_cli
+from caa.cli import kcl as kcl_cli
+from caa.cli import replay as replay_cli
+from caa.cli import watch as feed_cli
 from caa.report import build as report
 from caa.settings import Settings
+from consumers.stores.dynamo import Dynamo
 
+T = TypeVar("T")
 console = Console(stderr=False)
 #: progress bars go to stderr, so `--json` output on stdout stays parseable
 progress_console = Console(stderr=True)
@@ -87,7 +77,7 @@ def cmd_emulator(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_setup(settings: Settings, aws: Aws) -> int:
-    from deploy.resources import ensure_resources
+    from caa.wiring import ensure_resources
 
     created = ensure_resources(settings, aws.client("kinesis"), aws.client("dynamodb"))
     console.print("created: " + ", ".join(created) if created else "resources already exist")
@@ -122,7 +112,7 @@ def _progress() -> Progress:
 
 async def consume(settings: Settings, aws: Aws, until_idle: bool,
                   expected: int | None = None, refit: bool = True) -> dict[str, Any]:
-    from consumers.sources.worker import Worker
+    from caa import wiring
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -134,9 +124,10 @@ async def consume(settings: Settings, aws: Aws, until_idle: bool,
     async with aws.clients("kinesis", "dynamodb", "cloudwatch", *extra) as c:
         with _progress() as progress:
             task = progress.add_task("consuming", total=expected)
-            worker = Worker(settings, c["kinesis"], c["dynamodb"],
-                            on_batch=lambda _s, r: progress.advance(task, len(r.outcomes)),
-                            bedrock=c.get("bedrock-runtime"), cloudwatch=c.get("cloudwatch"))
+            worker = wiring.worker(
+                settings, c["kinesis"], c["dynamodb"],
+                on_batch=lambda _s, r: progress.advance(task, len(r.outcomes)),
+                bedrock=c.get("bedrock-runtime"), cloudwatch=c.get("cloudwatch"))
             report = await worker.run(until_idle=until_idle, stop=stop, final_refit=refit)
         t = worker.applier.totals
         summary: dict[str, Any] = {
@@ -190,17 +181,23 @@ def print_summary(summary: dict[str, Any]) -> None:
     console.print(t)
 
 
-def cmd_show(settings: Settings, aws: Aws, args: argparse.Namespace) -> int:
-    from consumers.stores.predictions import prediction_from_item
+def _read(aws: Aws, read: Callable[[Dynamo], Awaitable[T]]) -> T:
+    """One read through the table stores (they are async), on a client of its own."""
+    async def run() -> T:
+        async with aws.clients("dynamodb") as c:
+            return await read(Dynamo(c["dynamodb"]))
 
-    item = aws.client("dynamodb").get_item(
-        TableName=settings.table("predictions"), Key={"customer_id": {"S": args.customer_id}},
-        ConsistentRead=True,
-    ).get("Item")
-    if not item:
+    return asyncio.run(run())
+
+
+def cmd_show(settings: Settings, aws: Aws, args: argparse.Namespace) -> int:
+    from consumers.stores.predictions import PredictionStore
+
+    pred = _read(aws, lambda db: PredictionStore(db, settings.tables.predictions).get(
+        args.customer_id))
+    if pred is None:
         print(f"no prediction for customer {args.customer_id!r}", file=sys.stderr)
         return 1
-    pred = prediction_from_item(item)
     if args.json:
         print(json.dumps(pred, indent=2, sort_keys=True))
         return 0
@@ -224,23 +221,28 @@ def cmd_show(settings: Settings, aws: Aws, args: argparse.Namespace) -> int:
 
 
 def cmd_segments(settings: Settings, aws: Aws, args: argparse.Namespace) -> int:
+    from consumers.refit import SIZES
+    from consumers.registry import SEGMENTS
+    from consumers.stores.model_snapshots import ModelStore
     from models.learn.segmentation import SegmentModel
 
-    ddb = aws.client("dynamodb")
-    item = ddb.get_item(TableName=settings.table("models"), Key={"name": {"S": "segments"}},
-                        ConsistentRead=True).get("Item")
-    if not item:
+    async def read(db: Dynamo) -> tuple[tuple[int, dict[str, Any]] | None,
+                                        tuple[int, dict[str, Any]] | None]:
+        store = ModelStore(db, settings.tables.models)
+        return await store.load(SEGMENTS), await store.load(SIZES)
+
+    found, sized = _read(aws, read)
+    if found is None:
         print("no segment model yet: run `caa consume` first", file=sys.stderr)
         return 1
-    model = SegmentModel.from_dict(json.loads(item["body"]["S"]))
-    sized = ddb.get_item(TableName=settings.table("models"),
-                         Key={"name": {"S": "segment-sizes"}}).get("Item")
-    sizes: dict[str, int] = json.loads(sized["body"]["S"])["sizes"] if sized else {}
+    version, body = found
+    model = SegmentModel.from_dict(body)
+    sizes: dict[str, int] = sized[1]["sizes"] if sized else {}
     rows = [{**d, "customers": sizes.get(str(d["name"]), 0)} for d in model.describe()]
     if args.json:
-        print(json.dumps({"version": int(item["version"]["N"]), "segments": rows}, indent=2))
+        print(json.dumps({"version": version, "segments": rows}, indent=2))
         return 0
-    t = Table(title=f"segments (model version {item['version']['N']})")
+    t = Table(title=f"segments (model version {version})")
     for col in ("id", "name", "customers", "recency_days", "frequency", "monetary"):
         t.add_column(col, justify="left" if col == "name" else "right")
     for r in sorted(rows, key=lambda r: -int(str(r["customers"]))):
@@ -250,36 +252,6 @@ def cmd_segments(settings: Settings, aws: Aws, args: argparse.Namespace) -> int:
                   f"{float(c['monetary']):.2f}")
     console.print(t)
     return 0
-
-
-def cmd_dlq(settings: Settings, aws: Aws, args: argparse.Namespace) -> int:
-    ddb = aws.client("dynamodb")
-    rows = [i for page in ddb.get_paginator("scan").paginate(
-        TableName=settings.table("dead-letters")) for i in page["Items"]
-        if args.all or i.get("status", {}).get("S") == "open"]
-    rows.sort(key=lambda i: i["received_at"]["S"])
-    if args.json:
-        print(json.dumps([{k: (v.get("S") or v.get("N") or len(v.get("B", b"")))
-                           for k, v in i.items()} for i in rows], indent=2))
-        return 0
-    for i in rows:
-        payload: bytes = i["payload"]["B"]
-        print(f"{i['received_at']['S']}  {i['status']['S']:<8}  {i['stream']['S']}  "
-              f"{i['shard_id']['S']}  {i['sequence_number']['S']}  {len(payload):>7} B  "
-              f"{i['reason']['S']}")
-    print(f"{len(rows)} dead letter(s)" + ("" if args.all else " open"), file=sys.stderr)
-    return 0
-
-
-async def dlq_redrive(settings: Settings, aws: Aws, dry_run: bool) -> dict[str, Any]:
-    from consumers.ops.redrive import redrive
-    from consumers.stores.dynamo import Dynamo
-
-    async with aws.clients("kinesis", "dynamodb") as c:
-        report = await redrive(Dynamo(c["dynamodb"]), settings.table("dead-letters"),
-                               c["kinesis"], settings.stream_name, settings.max_event_bytes,
-                               dry_run=dry_run)
-    return report.as_dict()
 
 
 def parser() -> argparse.ArgumentParser:
@@ -306,13 +278,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     g = sub.add_parser("segments", help="segment sizes and centres")
     g.add_argument("--json", action="store_true")
-    d = sub.add_parser("dlq", help="dead letters")
-    d.add_argument("action", choices=("list", "redrive"),
-                   help="list: open dead letters; redrive: re-check them with the current "
-                        "decoder and put the ones that now decode back on the stream")
-    d.add_argument("--all", action="store_true", help="list: redriven ones too")
-    d.add_argument("--json", action="store_true")
-    d.add_argument("--dry-run", action="store_true", help="redrive: only report")
+    dlq_cli.add_parser(sub)
     ai_cli.add_parsers(sub)
     erase_cli.add_parser(sub)
     feed_cli.add_parser(sub)
@@ -390,11 +356,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(json.dumps(out, indent=2))
         return 1 if "error" in out else 0
-    if args.action == "redrive":
-        out = asyncio.run(dlq_redrive(settings, aws, args.dry_run))
-        print(json.dumps(out, indent=2))
-        return 0
-    return cmd_dlq(settings, aws, args)
+    return dlq_cli.cmd_dlq(settings, aws, args)
 
 
 if __name__ == "__main__":

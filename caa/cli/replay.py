@@ -270,9 +270,8 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _run(settings: Settings, aws: Aws, args: argparse.Namespace,
                sp: Spec) -> dict[str, Any]:
+    from caa import wiring
     from consumers.sources.lease import GroupLease
-    from consumers.sources.worker import build_applier
-    from consumers.stores.dynamo import Dynamo
     from producers.replay.job import ReplayJob
     from producers.replay.runner import run
     from producers.replay.targets import DirectTarget, RejectedLog, StreamTarget, Target
@@ -289,13 +288,12 @@ async def _run(settings: Settings, aws: Aws, args: argparse.Namespace,
             target = StreamTarget(aws.client("kinesis"), s.stream_name, share=args.share,
                                   log=log)
         else:
-            applier = build_applier(s, c["dynamodb"], cache_size=s.state_cache_size)
+            applier = wiring.applier(s, c["dynamodb"], cache_size=s.state_cache_size)
             lease = GroupLease(applier.customers.db, s.table("checkpoints"), s.consumer_group,
                                owner)
             target = DirectTarget(applier, s.table_prefix, origin=sp.origin, lease=lease,
                                   group_size=args.group_size, refit=not args.no_refit)
-        job = ReplayJob(Dynamo(c["dynamodb"], max_attempts=s.max_write_attempts),
-                        s.table("checkpoints"), name, owner)
+        job = ReplayJob(wiring.dynamo(s, c["dynamodb"]), s.table("checkpoints"), name, owner)
         with _progress() as progress:
             meter = RichMeter(progress, progress.add_task("replaying", total=None))
             outcome = await run(job, sp.make, target, summary=f"{sp.summary} -> {target.name}",

@@ -1,7 +1,7 @@
 """``caa report``: one self-contained HTML page about the customers, models and costs.
 
 Reads the customer states, the segment model and the refit's segment sizes from DynamoDB,
-the Bedrock usage table (as ``caa costs`` does: :func:`caa.cli.ai.daily_usage`), the
+the Bedrock usage table (as ``caa costs`` does: :func:`consumers.stores.usage.daily_usage`), the
 evaluation file (``--evaluation``, contract in :mod:`caa.report.scores`; written by
 ``caa evaluate``) and the benchmark figures (``--bench``, ``out/bench.json`` from
 ``make bench``); then :func:`caa.report.page.render` builds the page (no I/O) and it is written to
@@ -13,6 +13,7 @@ Needs matplotlib (the ``report`` or ``demo`` extra), imported only when the comm
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 from datetime import UTC, datetime
@@ -24,6 +25,8 @@ from caa.settings import Settings
 
 if TYPE_CHECKING:
     from caa.report.page import ReportData
+    from consumers.stores.customers import CustomerStore
+    from consumers.stores.model_snapshots import ModelStore
     from models.learn.segmentation import SegmentModel
     from models.state import CustomerState
 
@@ -33,7 +36,7 @@ DEFAULT_BENCH = Path("out/bench.json")
 BENCH_FIGURES = ("events_per_s", "p50_ms", "p99_ms")
 
 __all__ = ["BenchFileError", "add_parser", "cmd_report", "load", "read_bench", "read_models",
-           "read_states"]
+           "read_states", "read_tables"]
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -76,48 +79,48 @@ def read_bench(path: Path) -> dict[str, Any]:
     return data
 
 
-def read_states(settings: Settings, aws: Aws) -> list[CustomerState]:
+async def read_states(customers: CustomerStore) -> list[CustomerState]:
     """Every customer state with a purchase (ids and bodies only: no event digests)."""
-    from models.state import CustomerState
-
-    pages = aws.client("dynamodb").get_paginator("scan").paginate(
-        TableName=settings.table("customers"), ProjectionExpression="#c, #b",
-        ExpressionAttributeNames={"#c": "customer_id", "#b": "body"})
-    states = [CustomerState.from_parts(i["customer_id"]["S"], 0, i["body"]["S"], b"")
-              for page in pages for i in page["Items"]]
-    return [s for s in states if s.purchases]
+    return [s for s in await customers.all(digests=False) if s.purchases]
 
 
-def read_models(settings: Settings, aws: Aws
-                ) -> tuple[SegmentModel | None, int, dict[str, Any] | None]:
+async def read_models(models: ModelStore
+                      ) -> tuple[SegmentModel | None, int, dict[str, Any] | None]:
     """(segment model or None, its version, the refit's segment-sizes document or None)."""
     from consumers.refit import SIZES
     from consumers.registry import SEGMENTS
     from models.learn.segmentation import SegmentModel
 
-    ddb = aws.client("dynamodb")
+    seg, sizes = await models.load(SEGMENTS), await models.load(SIZES)
+    model = SegmentModel.from_dict(seg[1]) if seg else None
+    return model, seg[0] if seg else 0, sizes[1] if sizes else None
 
-    def get(name: str) -> dict[str, Any] | None:
-        item: dict[str, Any] | None = ddb.get_item(
-            TableName=settings.table("models"), Key={"name": {"S": name}},
-            ConsistentRead=True).get("Item")
-        return item
 
-    seg, sizes = get(SEGMENTS), get(SIZES)
-    model = SegmentModel.from_dict(json.loads(seg["body"]["S"])) if seg else None
-    version = int(seg["version"]["N"]) if seg else 0
-    return model, version, json.loads(sizes["body"]["S"]) if sizes else None
+async def read_tables(settings: Settings, aws: Aws
+                      ) -> tuple[list[CustomerState],
+                                 tuple[SegmentModel | None, int, dict[str, Any] | None],
+                                 list[dict[str, Any]]]:
+    """What the page shows from DynamoDB: the states, the models and the usage per day."""
+    from consumers.stores.customers import CustomerStore
+    from consumers.stores.dynamo import Dynamo
+    from consumers.stores.model_snapshots import ModelStore
+    from consumers.stores.usage import daily_usage
+
+    t = settings.tables
+    async with aws.clients("dynamodb") as c:
+        db = Dynamo(c["dynamodb"])
+        return (await read_states(CustomerStore(db, t.customers)),
+                await read_models(ModelStore(db, t.models)),
+                await daily_usage(db, t.usage, settings.daily_budget_usd))
 
 
 def load(settings: Settings, aws: Aws, evaluation: Path, bench: Path) -> ReportData:
     """Everything the page shows; a missing or unreadable file is noted, not fatal."""
-    from caa.cli.ai import daily_usage
     from caa.report.page import ReportData
     from caa.report.scores import ScoreFileError, Scores
     from models.timeline import segment_timeline
 
-    states = read_states(settings, aws)
-    model, version, sizes = read_models(settings, aws)
+    states, (model, version, sizes), usage = asyncio.run(read_tables(settings, aws))
     scores = scores_error = bench_data = bench_error = None
     if evaluation.is_file():
         try:
@@ -139,7 +142,7 @@ def load(settings: Settings, aws: Aws, evaluation: Path, bench: Path) -> ReportD
         sizes_doc=sizes, timeline=segment_timeline(states, model) if model else None,
         evaluation_path=evaluation, scores=scores, scores_error=scores_error,
         bench_path=bench, bench=bench_data, bench_error=bench_error,
-        usage=daily_usage(settings, aws), budget_usd=settings.daily_budget_usd,
+        usage=usage, budget_usd=settings.daily_budget_usd,
     )
 
 

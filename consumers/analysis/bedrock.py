@@ -14,7 +14,8 @@ The daily batch sends this same request in the model's native format
 and reads its answers with :func:`parse_native_answer`, through the same validation.
 
 Throttling, service-unavailable, internal errors, model timeouts and transport
-failures are retried with exponential backoff and full jitter while the
+failures are retried with exponential backoff and full jitter (:mod:`consumers.retry`,
+``backoff_base_s`` doubling per attempt to at most ``backoff_cap_s``) while the
 deadline allows; botocore's own retries are off (the client is built with one
 attempt), so every attempt is counted here. Every failure is returned as data:
 the caller falls back to the statistical analyzer.
@@ -42,6 +43,7 @@ from botocore.exceptions import (
 from pydantic import ValidationError
 
 from consumers.analysis.analyzer import AnalyzerResult, FailureKind, PriceTable
+from consumers.retry import Backoff
 from models.analysis import TOOL_NAME, Analysis, tool_spec
 from models.prompt import SYSTEM_PROMPT, AnalysisInput, render_user
 
@@ -112,8 +114,7 @@ class BedrockAnalyzer:
         self.max_tokens = max_tokens
         self.prices = prices
         self.deadline_s = deadline_s
-        self.backoff_base_s = backoff_base_s
-        self.backoff_cap_s = backoff_cap_s
+        self.backoff = Backoff(base=backoff_base_s, cap=backoff_cap_s)
         self.temperature = temperature
         self._rng = rng or random.Random()
         self._clock = clock
@@ -200,8 +201,7 @@ class BedrockAnalyzer:
                 continue
             if billable >= MAX_BILLABLE:
                 return result(None, failure, f"{detail} (after {billable} billable attempts)")
-            delay = self._rng.uniform(0.0, min(self.backoff_cap_s,
-                                               self.backoff_base_s * 2 ** (attempts - 1)))
+            delay = self.backoff.delay(attempts - 1, self._rng)
             if self._clock() + delay >= deadline:
                 return result(None, failure, f"{detail} (gave up after {attempts} attempt(s) "
                                              f"within the {self.deadline_s:g} s deadline)")

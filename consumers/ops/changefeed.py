@@ -8,10 +8,11 @@ come in the order they were written. :func:`decode_record` turns each record int
 becomes a :class:`FeedProblem`, as does a stretch of records lost to the stream's 24-hour
 retention (failures are data: the feed goes on).
 
+>>> from consumers.stores.predictions import prediction_key
 >>> rec = {"eventID": "ev1", "eventName": "REMOVE", "dynamodb": {
-...     "Keys": {"customer_id": {"S": "c1"}}, "SequenceNumber": "42",
+...     "Keys": prediction_key("c1"), "SequenceNumber": "42",
 ...     "ApproximateCreationDateTime": datetime(2024, 6, 1, tzinfo=UTC),
-...     "OldImage": {"customer_id": {"S": "c1"}}}}
+...     "OldImage": prediction_key("c1")}}
 >>> decode_record(rec).reason.split(":")[0]
 'not a prediction change'
 >>> customer_of(rec)
@@ -28,7 +29,7 @@ from typing import Any, Literal
 
 from botocore.exceptions import ClientError
 
-from consumers.stores.predictions import prediction_from_item
+from consumers.stores.predictions import customer_of_key, prediction_from_item
 from models.change import PredictionChange, change_of
 
 StartAt = Literal["trim_horizon", "latest"]
@@ -47,8 +48,8 @@ FeedItem = PredictionChange | FeedProblem
 
 
 def customer_of(record: Mapping[str, Any]) -> str | None:
-    key = record.get("dynamodb", {}).get("Keys", {}).get("customer_id", {})
-    return key.get("S") if isinstance(key, dict) else None
+    keys = record.get("dynamodb", {}).get("Keys", {})
+    return customer_of_key(keys) if isinstance(keys, Mapping) else None
 
 
 def decode_record(record: Mapping[str, Any]) -> FeedItem:

@@ -25,9 +25,31 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from caa.settings import Settings
-from consumers.stores.dynamo import Dynamo, Item
+from consumers.stores.analyses import AnalysisStore
+from consumers.stores.audit import AuditEntry, AuditLog
+from consumers.stores.customers import CustomerStore
+from consumers.stores.dead_letters import DeadLetterStore
+from consumers.stores.dynamo import Dynamo
+from consumers.stores.predictions import PredictionStore
 from models.events import ErasureEvent
+
+
+@dataclass(frozen=True)
+class ErasureTargets:
+    """Where a customer is kept: the stream their events go on, and the tables."""
+
+    stream_name: str
+    customers: str
+    predictions: str
+    analyses: str
+    analysis_history: str
+    dead_letters: str
+    audit: str
+
+    def keyed(self) -> dict[str, str]:
+        """The tables keyed by customer id, under the names the audit entry counts them by."""
+        return {"customers": self.customers, "predictions": self.predictions,
+                "analyses": self.analyses, "analysis-history": self.analysis_history}
 
 
 @dataclass
@@ -37,56 +59,28 @@ class ErasureReport:
     sequence_number: str
     deleted: dict[str, int] = field(default_factory=dict)
 
-    def audit_item(self) -> Item:
-        return {"id": {"S": self.request_id}, "action": {"S": "erase"},
-                "at": {"S": self.at}, "sequence_number": {"S": self.sequence_number},
-                "deleted": {"M": {k: {"N": str(v)} for k, v in sorted(self.deleted.items())}}}
+    def audit_entry(self) -> AuditEntry:
+        return AuditEntry(self.request_id, "erase", self.at, self.sequence_number, self.deleted)
 
 
-async def _keys(db: Dynamo, table: str, customer_id: str) -> list[Item]:
-    """The keys of one customer's items: a Query for the keyed tables."""
-    keys: list[Item] = []
-    kw: dict[str, Any] = {
-        "TableName": table, "KeyConditionExpression": "customer_id = :c",
-        "ExpressionAttributeValues": {":c": {"S": customer_id}}, "ConsistentRead": True}
-    if table.endswith("analysis-history"):
-        kw["ProjectionExpression"] = "customer_id, #at"
-        kw["ExpressionAttributeNames"] = {"#at": "at"}
-    else:
-        kw["ProjectionExpression"] = "customer_id"
-    while True:
-        resp = await db.client.query(**kw)
-        keys.extend(resp.get("Items", []))
-        if "LastEvaluatedKey" not in resp:
-            return keys
-        kw["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
-
-
-async def _dead_letter_keys(db: Dynamo, table: str, customer_id: str) -> list[Item]:
-    items = await db.scan(table, FilterExpression="partition_key = :c",
-                          ExpressionAttributeValues={":c": {"S": customer_id}},
-                          ProjectionExpression="id")
-    return [{"id": i["id"]} for i in items]
-
-
-async def erase(settings: Settings, kinesis: Any, db: Dynamo, customer_id: str,
+async def erase(targets: ErasureTargets, kinesis: Any, db: Dynamo, customer_id: str,
                 now: datetime | None = None) -> ErasureReport:
     """Erase ``customer_id``; returns what was deleted (the audit entry)."""
-    s = settings
+    t = targets
     at = now or datetime.now(UTC)
     request_id = uuid.uuid4().hex
     event = ErasureEvent(type="erasure", event_id=f"erase-{request_id}",
                          customer_id=customer_id, occurred_at=at)
-    put = await kinesis.put_record(StreamName=s.stream_name, Data=event.to_bytes(),
+    put = await kinesis.put_record(StreamName=t.stream_name, Data=event.to_bytes(),
                                    PartitionKey=customer_id)
-    tables = {name: s.table(name) for name in
-              ("customers", "predictions", "analyses", "analysis-history")}
-    found = await asyncio.gather(*(_keys(db, t, customer_id) for t in tables.values()),
-                                 _dead_letter_keys(db, s.table("dead-letters"), customer_id))
-    by_table = dict(zip([*tables, "dead-letters"], found, strict=True))
-    await asyncio.gather(*(db.batch_delete(s.table(name), keys)
-                           for name, keys in by_table.items() if keys))
+    states, predictions, (latest, history), letters = await asyncio.gather(
+        CustomerStore(db, t.customers).erase(customer_id),
+        PredictionStore(db, t.predictions).erase(customer_id),
+        AnalysisStore(db, t.analyses, t.analysis_history, t.predictions).erase(customer_id),
+        DeadLetterStore(db, t.dead_letters).erase(customer_id))
+    deleted = {"customers": states, "predictions": predictions, "analyses": latest,
+               "analysis-history": history, "dead-letters": letters}
     report = ErasureReport(request_id, at.isoformat(timespec="seconds"), put["SequenceNumber"],
-                           {name: len(keys) for name, keys in by_table.items()})
-    await db.client.put_item(TableName=s.table("audit"), Item=report.audit_item())
+                           deleted)
+    await AuditLog(db, t.audit).record(report.audit_entry())
     return report

@@ -21,15 +21,15 @@ event-id digests apply it once.
 
 from __future__ import annotations
 
-import asyncio
-import random
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from consumers.stores.dynamo import Dynamo, from_attr
+from consumers.retry import Backoff, retry_until_done_async
+from consumers.stores.dead_letters import DeadLetterStore
+from consumers.stores.dynamo import Dynamo
 from models.events import EventRejected, decode_event
 
 #: PutRecords limits: 500 records and 5 MiB a call (we stay under 4 MiB)
@@ -70,25 +70,27 @@ def _chunks(entries: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
 
 async def _put(kinesis: Any, stream: str, letters: list[dict[str, Any]],
                attempts: int = 6) -> dict[str, str]:
-    """Put each letter's payload back; {dead-letter id: "shard/sequence number"}."""
+    """Put each letter's payload back; {dead-letter id: "shard/sequence number"}.
+
+    Entries PutRecords refuses are sent again after a backoff with full jitter (0.1 s
+    doubling to at most 2 s), ``attempts`` calls in all."""
     sent: dict[str, str] = {}
+
+    async def put(pending: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        resp = await kinesis.put_records(StreamName=stream, Records=[
+            {"Data": e["Data"], "PartitionKey": e["PartitionKey"]} for e in pending])
+        retry = []
+        for e, r in zip(pending, resp["Records"], strict=True):
+            if "ErrorCode" in r:
+                retry.append(e)
+            else:
+                sent[e["_id"]] = f"{r['ShardId']}/{r['SequenceNumber']}"
+        return retry
+
+    backoff = Backoff(base=0.1, cap=2.0, attempts=attempts)
     for chunk in _chunks([{"Data": d["payload"], "PartitionKey": d["partition_key"],
                            "_id": d["id"]} for d in letters]):
-        pending = chunk
-        for attempt in range(attempts):
-            if attempt:
-                await asyncio.sleep(random.uniform(0, min(2.0, 0.1 * 2**attempt)))
-            resp = await kinesis.put_records(StreamName=stream, Records=[
-                {"Data": e["Data"], "PartitionKey": e["PartitionKey"]} for e in pending])
-            retry = []
-            for e, r in zip(pending, resp["Records"], strict=True):
-                if "ErrorCode" in r:
-                    retry.append(e)
-                else:
-                    sent[e["_id"]] = f"{r['ShardId']}/{r['SequenceNumber']}"
-            pending = retry
-            if not pending:
-                break
+        pending = await retry_until_done_async(backoff, put, chunk)
         if pending:
             raise RedriveFailed(f"{len(pending)} record(s) not accepted by {stream} after "
                                 f"{attempts} attempts; they stay open")
@@ -96,8 +98,7 @@ async def _put(kinesis: Any, stream: str, letters: list[dict[str, Any]],
 
 
 async def open_letters(db: Dynamo, table: str) -> list[dict[str, Any]]:
-    return sorted((from_attr({"M": i}) for i in await db.scan(table)
-                   if i.get("status", {}).get("S") == "open"), key=lambda d: str(d["id"]))
+    return await DeadLetterStore(db, table).open()
 
 
 async def redrive(db: Dynamo, table: str, kinesis: Any, stream: str, max_event_bytes: int,
@@ -117,20 +118,11 @@ async def redrive(db: Dynamo, table: str, kinesis: Any, stream: str, max_event_b
         report.redriven = len(fixed)
         return report
     now = _now()
+    letters_store = DeadLetterStore(db, table)
     for lid, why in still.items():
-        await db.client.update_item(
-            TableName=table, Key={"id": {"S": lid}},
-            UpdateExpression="SET #k = :k, reason = :r, checked_at = :t",
-            ExpressionAttributeNames={"#k": "kind"},
-            ExpressionAttributeValues={":k": {"S": why.kind}, ":r": {"S": str(why)},
-                                       ":t": {"S": now}})
+        await letters_store.mark_rejected(lid, why.kind, str(why), now)
     sent = await _put(kinesis, stream, fixed) if fixed else {}
     for lid, position in sent.items():
-        await db.client.update_item(
-            TableName=table, Key={"id": {"S": lid}},
-            UpdateExpression="SET #s = :s, redriven_at = :t, redriven_to = :p",
-            ExpressionAttributeNames={"#s": "status"},
-            ExpressionAttributeValues={":s": {"S": "redriven"}, ":t": {"S": now},
-                                       ":p": {"S": position}})
+        await letters_store.mark_redriven(lid, position, now)
     report.redriven = len(sent)
     return report

@@ -10,7 +10,8 @@ its ``ContinuationSequenceNumber`` where a renewed subscription starts. AWS ends
 subscription after 5 minutes: we renew it after ``renew_after_s`` (and at once when the
 service ends it first). A subscription refused with ResourceInUseException (AWS: within
 5 s of the previous one; kinesis-mock: until it notices the previous connection is gone,
-about 3 s) is retried with backoff.
+about 3 s) is retried with backoff (:mod:`consumers.retry`: equal jitter, half to all of
+1 s, doubling per refusal in a row, at most 5 s).
 
 A shard is finished when an event carries ``ChildShards`` or no continuation (AWS). The
 kinesis-mock release we test on (``kinesis-local`` 0.6.2) never sends either: its events
@@ -35,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import binascii
 import contextlib
-import random
 import struct
 import sys
 from collections.abc import AsyncIterator
@@ -46,7 +46,9 @@ import aiohttp
 from botocore.eventstream import EventStreamHeaderParser
 from botocore.exceptions import BotoCoreError, ClientError
 
-from consumers.sources.poller import Poller, Progress, Shard, _wait
+from consumers.retry import Backoff, Jitter, pause
+from consumers.sources.hold import log_due
+from consumers.sources.poller import Poller, Progress, Shard
 
 #: subscription errors worth another try: a subscription still held (ours, just closed),
 #: the per-shard subscribe rate, and transient service faults
@@ -54,6 +56,11 @@ RETRYABLE = frozenset({"ResourceInUseException", "LimitExceededException",
                        "InternalFailureException", "KMSThrottlingException"})
 #: a subscription's connection failing (a parse error is not among them: it would recur)
 _BROKEN = (aiohttp.ClientError, TimeoutError, BotoCoreError)
+#: re-subscribing after a refusal: half to all of 1 s, doubling per refusal in a row, at most
+#: 5 s
+RESUBSCRIBE_BACKOFF = Backoff(base=0.5, cap=5.0, jitter=Jitter.EQUAL)
+#: polling the stream consumer until ACTIVE: 0.1 s, doubling, at most 2 s
+CONSUMER_POLL = Backoff(base=0.1, cap=2.0, jitter=Jitter.NONE)
 
 
 def _message(headers: dict[str, str], payload: bytes) -> bytes:
@@ -161,7 +168,7 @@ class FanoutPoller(Poller):
         stream_arn = summary["StreamDescriptionSummary"]["StreamARN"]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.consumer_timeout_s
-        delay = 0.1
+        polls = 0
         while True:
             try:
                 desc = (await k.describe_stream_consumer(
@@ -178,8 +185,8 @@ class FanoutPoller(Poller):
             if loop.time() > deadline:
                 raise TimeoutError(f"stream consumer {self.consumer_name} still {status} "
                                    f"after {self.consumer_timeout_s} s")
-            await asyncio.sleep(delay)  # CREATING, or DELETING before we register it again
-            delay = min(2.0, delay * 2)
+            await CONSUMER_POLL.sleep(polls)  # CREATING, or DELETING before we register again
+            polls += 1
 
     async def run(self, until_idle: bool = False, stop: asyncio.Event | None = None) -> None:
         await self.ensure_consumer()
@@ -214,11 +221,11 @@ class FanoutPoller(Poller):
             raise exc
         self.refused += 1
         st.attempt += 1
-        delay = random.uniform(0.5, 1.0) * min(5.0, 0.5 * 2 ** st.attempt)
-        if st.attempt == 1 or st.attempt % 10 == 0:
+        delay = RESUBSCRIBE_BACKOFF.delay(st.attempt)
+        if log_due(st.attempt):
             print(f"shard {st.p.shard_id}: subscription refused or broken ({st.attempt} "
                   f"time(s)): {exc}; retrying in {delay:.1f} s", file=sys.stderr, flush=True)
-        await _wait(stop, delay)
+        await pause(delay, stop)
 
     async def _event(self, events: AsyncIterator[dict[str, Any]], timeout: float,
                      stop: asyncio.Event) -> tuple[str, dict[str, Any] | None]:

@@ -12,10 +12,10 @@ this shard as the local poller does; the digests make every retry count once.
 ``shard_ended`` and ``shutdown_requested`` checkpoint (everything delivered was
 applied before the call returned); ``lease_lost`` cannot.
 
-Run by the daemon as ``python -m consumers.sources.kcl_processor`` (see
-``deploy/kcl.properties``); settings come from ``CAA_*`` and the AWS variables
-in the daemon's environment. No state cache: after a lease handover another
-worker writes this shard's customers.
+Run by the daemon as ``python -m caa.entry.kcl`` (see :mod:`deploy.kcl`), which builds
+the settings from ``CAA_*`` and the AWS variables in the daemon's environment and calls
+:func:`run`. No state cache: after a lease handover another worker writes this shard's
+customers.
 """
 
 from __future__ import annotations
@@ -23,17 +23,18 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from caa.settings import Settings
 from consumers.applier import BatchApplier
 from consumers.core import BatchResult, StreamRecord
 from consumers.instrument.metrics import MetricSink, batch_deltas
+from consumers.retry import Backoff, Jitter
+from consumers.sources.hold import KCL_LINES, ShardHold
 from consumers.stores.dynamo import WriteFailed
 
 
@@ -99,6 +100,10 @@ class Processor:
         self.loop = loop
         self.metrics = metrics
         self.max_pause_s = max_pause_s
+        # a write failure holds the shard 1 s, doubling per failure in a row, at most
+        # max_pause_s (and 32 s)
+        self.hold = ShardHold(Backoff(base=1.0, cap=min(max_pause_s, 32.0), jitter=Jitter.NONE),
+                              KCL_LINES)
         self.on_batch = on_batch
         self.shard_id = ""
         self.last_applied: str | None = None
@@ -112,23 +117,22 @@ class Processor:
     def apply(self, records: Sequence[KclRecord]) -> BatchResult | None:
         """Apply until durable; None only if the daemon asked us to stop meanwhile."""
         batch = [stream_record(r, self.shard_id, self.stream) for r in records]
-        failures = 0
+        self.hold.reset(self.shard_id)  # failures are counted per batch
         while True:
             try:
                 result = self.loop.run_until_complete(self.applier.apply(batch))
             except (WriteFailed, ClientError, BotoCoreError) as exc:
-                failures += 1
-                pause = min(self.max_pause_s, 0.5 * 2 ** min(failures, 6))
-                if failures == 1 or failures % 10 == 0:
-                    log(f"{self.shard_id}: {len(batch)} records not written ({exc}); "
-                        f"holding the shard, attempt {failures}, next in {pause:.1f}s")
+                held = self.hold.failed(self.shard_id, len(batch), None, exc)
+                if held.line:
+                    log(held.line)
                 self._metric({"shard_write_failures": 1})
                 if self.stopping:
                     return None
-                time.sleep(pause)
+                time.sleep(held.delay)  # the daemon waits for this call: block its thread
                 continue
-            if failures:
-                log(f"{self.shard_id}: writes recovered after {failures} failure(s)")
+            recovered = self.hold.succeeded(self.shard_id)
+            if recovered:
+                log(recovered)
             self._metric(batch_deltas(result.counts))
             return result
 
@@ -189,34 +193,23 @@ def kcl_processor(core: Processor) -> Any:
     return RecordProcessor()
 
 
-async def _build(settings: Settings, stack: AsyncExitStack) -> BatchApplier:
-    from caa.aws import Aws
-    from consumers.sources.worker import build_applier
+def run(open_applier: Callable[[AsyncExitStack], Awaitable[BatchApplier]], stream: str) -> int:
+    """Serve the daemon over stdin/stdout until it ends this process.
 
-    clients = await stack.enter_async_context(Aws(settings, quiet=True).clients("dynamodb"))
-    applier = build_applier(settings, clients["dynamodb"], cache_size=0)
-    await applier.registry.load()
-    return applier
-
-
-def main() -> int:
+    ``open_applier`` opens the clients on the stack it is given (closed at the end) and
+    returns the applier, its models loaded; everything runs on one event loop.
+    """
     from amazon_kclpy import kcl
 
     from consumers.instrument.metrics import EmfMetrics
 
-    settings = Settings()
     loop = asyncio.new_event_loop()
     stack = AsyncExitStack()
-    applier = loop.run_until_complete(_build(settings, stack))
-    core = Processor(applier, settings.stream_name, loop,
-                     metrics=EmfMetrics(sys.stderr, {"Stream": settings.stream_name}))
+    applier = loop.run_until_complete(open_applier(stack))
+    core = Processor(applier, stream, loop, metrics=EmfMetrics(sys.stderr, {"Stream": stream}))
     try:
         kcl.KCLProcess(kcl_processor(core)).run()
     finally:
         loop.run_until_complete(stack.aclose())
         loop.close()
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

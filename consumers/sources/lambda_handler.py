@@ -18,10 +18,10 @@ Each invocation prints its counts (records applied, duplicates, dead letters, or
 shard write failure) to stdout in CloudWatch Embedded Metric Format, under the
 names the dashboard reads; Lambda's log group turns them into metrics.
 
-The handler is ``consumers.sources.lambda_handler.handler``. Settings, clients and the
-event loop are built on the first invocation and reused while the environment
-is warm. No state cache: a shard's batches may run in another environment next.
-AI analysis is not run here (debounce windows outlive an invocation); the
+The function's handler is ``caa.entry.lambda_stream.handler``: on the first invocation it
+builds the settings and a :class:`Runtime` (clients, applier and event loop), reused while
+the environment is warm. No state cache: a shard's batches may run in another environment
+next. AI analysis is not run here (debounce windows outlive an invocation); the
 statistical prediction is written.
 """
 
@@ -30,7 +30,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from typing import Any
 
@@ -43,7 +44,6 @@ from aws_lambda_powertools.utilities.data_classes.kinesis_stream_event import (
     KinesisStreamRecord,
 )
 
-from caa.settings import Settings
 from consumers.applier import BatchApplier
 from consumers.core import RecordOutcome, StreamRecord
 from consumers.instrument.metrics import EmfMetrics, MetricSink, batch_deltas
@@ -102,22 +102,19 @@ class CoreBatchProcessor(BatchProcessor):
 
 
 class Runtime:
-    """What a warm Lambda environment keeps between invocations."""
+    """What a warm Lambda environment keeps between invocations.
 
-    def __init__(self, settings: Settings,
-                 wrap_dynamodb: Callable[[Any], Any] | None = None) -> None:
-        from caa.aws import Aws
-        from consumers.sources.worker import build_applier
+    ``open_applier`` opens the clients on the stack it is given (closed by :meth:`close`)
+    and returns the applier, its models loaded; it runs on this runtime's event loop.
+    """
 
+    def __init__(self, open_applier: Callable[[AsyncExitStack], Awaitable[BatchApplier]],
+                 stream: str) -> None:
         self.loop = asyncio.new_event_loop()
-        self._stack = Aws(settings, quiet=True).clients("dynamodb")
-        dynamodb = self.loop.run_until_complete(self._stack.__aenter__())["dynamodb"]
-        if wrap_dynamodb is not None:  # tests: the real client with injected faults
-            dynamodb = wrap_dynamodb(dynamodb)
-        applier = build_applier(settings, dynamodb, cache_size=0)
-        self.loop.run_until_complete(applier.registry.load())
+        self._stack = AsyncExitStack()
+        applier = self.loop.run_until_complete(open_applier(self._stack))
         self.processor = CoreBatchProcessor(
-            applier, self.loop, EmfMetrics(sys.stdout, {"Stream": settings.stream_name}))
+            applier, self.loop, EmfMetrics(sys.stdout, {"Stream": stream}))
 
     def handle(self, event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
         return dict(process_partial_response(
@@ -125,18 +122,8 @@ class Runtime:
             processor=self.processor, context=context))
 
     def close(self) -> None:
-        self.loop.run_until_complete(self._stack.__aexit__(None, None, None))
+        self.loop.run_until_complete(self._stack.aclose())
         self.loop.close()
-
-
-_runtime: list[Runtime] = []  # built on the first invocation, kept while warm
-
-
-def handler(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
-    """Entry point of the Lambda function (event source mapping on the stream)."""
-    if not _runtime:
-        _runtime.append(Runtime(Settings()))
-    return _runtime[0].handle(event, context)
 
 
 def failed_sequence_numbers(response: Mapping[str, Sequence[Mapping[str, str]]]) -> list[str]:

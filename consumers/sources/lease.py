@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from consumers.stores.checkpoints import OWNER_KEY
-from consumers.stores.dynamo import Dynamo, now_iso
+from consumers.stores.checkpoints import CheckpointStore, Lease
+from consumers.stores.dynamo import Dynamo
 
 
 class GroupBusy(RuntimeError):
@@ -40,62 +39,37 @@ class GroupLease:
     group: str
     owner: str
     ttl_s: float = 30.0
+    _rows: CheckpointStore = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._rows = CheckpointStore(self.db, self.table, self.group)
 
     async def acquire(self, now: float) -> None:
-        try:
-            await self.db.client.put_item(
-                TableName=self.table,
-                Item={"group": {"S": self.group}, "shard_id": {"S": OWNER_KEY},
-                      "owner": {"S": self.owner}, "ended": {"BOOL": False},
-                      "expires": {"N": repr(now + self.ttl_s)}, "updated_at": {"S": now_iso()}},
-                ConditionExpression="attribute_not_exists(#o) OR #o = :me OR #e < :now",
-                ExpressionAttributeNames={"#o": "owner", "#e": "expires"},
-                ExpressionAttributeValues={":me": {"S": self.owner}, ":now": {"N": repr(now)}},
-            )
-        except self.db.client.exceptions.ConditionalCheckFailedException:
-            if await self._take_over_dead_holder(now):
-                return
-            raise GroupBusy(
-                f"consumer group {self.group!r} is held by another live worker; stop it or "
-                f"use another CAA_CONSUMER_GROUP (the lease expires {self.ttl_s:.0f} s after "
-                "its holder stops renewing it)"
-            ) from None
+        if await self._rows.claim_lease(Lease(self.owner, now + self.ttl_s), now):
+            return
+        if await self._take_over_dead_holder(now):
+            return
+        raise GroupBusy(
+            f"consumer group {self.group!r} is held by another live worker; stop it or "
+            f"use another CAA_CONSUMER_GROUP (the lease expires {self.ttl_s:.0f} s after "
+            "its holder stops renewing it)"
+        )
 
     async def _take_over_dead_holder(self, now: float) -> bool:
         """A holder on this host whose process is gone (killed) cannot renew: take its
         lease now instead of waiting for it to expire. Holders elsewhere are left alone."""
-        item = (await self.db.client.get_item(
-            TableName=self.table, Key={"group": {"S": self.group}, "shard_id": {"S": OWNER_KEY}},
-            ConsistentRead=True,
-        )).get("Item")
-        holder = item["owner"]["S"] if item else ""
+        lease = await self._rows.lease()
+        holder = lease.owner if lease else ""
         host, _, rest = holder.partition(":")
         pid = rest.partition(":")[0]
         if host != self.owner.partition(":")[0] or not pid.isdigit() or _alive(int(pid)):
             return False
-        try:
-            await self.db.client.put_item(
-                TableName=self.table,
-                Item={"group": {"S": self.group}, "shard_id": {"S": OWNER_KEY},
-                      "owner": {"S": self.owner}, "ended": {"BOOL": False},
-                      "expires": {"N": repr(now + self.ttl_s)}, "updated_at": {"S": now_iso()}},
-                ConditionExpression="#o = :dead",
-                ExpressionAttributeNames={"#o": "owner"},
-                ExpressionAttributeValues={":dead": {"S": holder}},
-            )
-        except self.db.client.exceptions.ConditionalCheckFailedException:
+        if not await self._rows.replace_lease(Lease(self.owner, now + self.ttl_s), holder):
             return False  # someone else took it first
         print(f"took over the lease of {self.group!r} from {holder} (its process is gone)",
               file=sys.stderr)
         return True
 
     async def release(self) -> None:
-        # a failed condition means it was taken over after expiry: nothing of ours to release
-        with contextlib.suppress(self.db.client.exceptions.ConditionalCheckFailedException):
-            await self.db.client.delete_item(
-                TableName=self.table,
-                Key={"group": {"S": self.group}, "shard_id": {"S": OWNER_KEY}},
-                ConditionExpression="#o = :me",
-                ExpressionAttributeNames={"#o": "owner"},
-                ExpressionAttributeValues={":me": {"S": self.owner}},
-            )
+        # False means it was taken over after expiry: nothing of ours to release
+        await self._rows.release_lease(self.owner)

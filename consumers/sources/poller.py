@@ -9,11 +9,13 @@ TRIM_HORIZON), *next batch* (GetRecords). It handles explicitly:
   children, so each customer's events stay in order across a reshard);
 - resharding while running: the shard list is re-read periodically;
 - expired iterators: a fresh one is taken from the last checkpoint;
-- throttling: exponential backoff with jitter;
+- throttling: exponential backoff with full jitter (:mod:`consumers.retry`: 0.1 s
+  doubling to at most 5 s per throttled call in a row);
 - effects that cannot be written (DynamoDB throttling or errors outlasting the
   store's retries): that shard's checkpoint is held, one line is logged, a
-  metric is raised, and the same records are re-read after a growing pause;
-  the other shards go on.
+  metric is raised, and the same records are re-read after a growing pause
+  (:mod:`consumers.sources.hold`: 0.5 s doubling to at most 30 s); the other
+  shards go on.
 
 A checkpoint is written only after :meth:`BatchApplier.apply` returned, i.e.
 after the batch's effects are durable. Setting the ``stop`` event (SIGTERM)
@@ -26,8 +28,6 @@ only ``consume_shard`` differs; its records go through the same :meth:`Poller.ap
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import random
 import sys
 import time
 from collections import Counter
@@ -41,11 +41,17 @@ from consumers.applier import BatchApplier
 from consumers.core import BatchResult, StreamRecord
 from consumers.instrument.chaos import NO_CHAOS, Chaos
 from consumers.instrument.metrics import Metrics, MetricSink, batch_deltas
+from consumers.retry import Backoff, Jitter, pause
+from consumers.sources.hold import POLLER_LINES, ShardHold
 from consumers.stores.checkpoints import Checkpoint, CheckpointStore
 from consumers.stores.dynamo import WriteFailed
 
 #: seconds between PutMetricData calls for the batch counts (one call, not one per batch)
 METRICS_FLUSH_S = 10.0
+#: GetRecords throttled: up to 0.2 s (full jitter), doubling per throttle in a row, at most 5 s
+THROTTLE_BACKOFF = Backoff(base=0.1, cap=5.0)
+#: effects not written: hold the shard 0.5 s, doubling per failure in a row, at most 30 s
+HOLD_BACKOFF = Backoff(base=0.5, cap=30.0, jitter=Jitter.NONE)
 
 
 @dataclass(frozen=True)
@@ -57,12 +63,11 @@ class Shard:
 
 @dataclass
 class Progress:
-    """One shard's position: its last checkpointed sequence number and the failed writes
-    in a row (the shard is held while they last)."""
+    """One shard's position: its last checkpointed sequence number (the failed writes in
+    a row, while the shard is held, are counted by :attr:`Poller.hold`)."""
 
     shard_id: str
     after: str | None
-    failures: int = 0
 
 
 class Poller:
@@ -95,6 +100,7 @@ class Poller:
         self.chaos = chaos
         self.metrics: MetricSink = metrics or Metrics(None, {})
         self.write_failures = 0
+        self.hold = ShardHold(HOLD_BACKOFF, POLLER_LINES)
         self.metric_failures = 0
         self._throttle_attempts: dict[str, int] = {}
         self.expired_iterators = 0
@@ -141,7 +147,7 @@ class Poller:
             self.throttled += 1
             attempt = self._throttle_attempts[shard_id] = self._throttle_attempts.get(
                 shard_id, 0) + 1
-            await asyncio.sleep(random.uniform(0, min(5.0, 0.1 * 2**attempt)))
+            await THROTTLE_BACKOFF.sleep(attempt)
             return None, iterator
         self._throttle_attempts.pop(shard_id, None)
         return resp, resp.get("NextShardIterator")
@@ -177,18 +183,16 @@ class Poller:
             self.metric_failures += 1
 
     async def _hold(self, shard_id: str, n: int, after: str | None, exc: Exception,
-                    failures: int, stop: asyncio.Event) -> None:
+                    stop: asyncio.Event) -> None:
         """A batch's effects could not be written: nothing is checkpointed, one line is
         logged (then every tenth time), a metric raised, and this shard pauses; the other
         shards go on. Effects written in part are idempotent to redo."""
         self.write_failures += 1
         await self._metric({"shard_write_failures": 1})
-        delay = min(30.0, 0.5 * 2 ** (failures - 1))
-        if failures == 1 or failures % 10 == 0:
-            print(f"shard {shard_id}: effects of {n} record(s) after {after or 'TRIM_HORIZON'} "
-                  f"not written ({failures} time(s)): {exc}; checkpoint held, retrying in "
-                  f"{delay:.1f} s", file=sys.stderr, flush=True)
-        await _wait(stop, delay)
+        held = self.hold.failed(shard_id, n, after, exc)
+        if held.line:
+            print(held.line, file=sys.stderr, flush=True)
+        await pause(held.delay, stop)
 
     async def apply_batch(self, p: Progress, raw: list[dict[str, Any]], ended: bool,
                           stop: asyncio.Event) -> bool:
@@ -206,13 +210,11 @@ class Poller:
         try:
             result = await self.applier.apply(records)  # effects durable from here
         except (WriteFailed, ClientError, BotoCoreError) as exc:
-            p.failures += 1
-            await self._hold(p.shard_id, len(records), p.after, exc, p.failures, stop)
+            await self._hold(p.shard_id, len(records), p.after, exc, stop)
             return False
-        if p.failures:
-            print(f"shard {p.shard_id}: writes recovered after {p.failures} failure(s)",
-                  file=sys.stderr, flush=True)
-            p.failures = 0
+        recovered = self.hold.succeeded(p.shard_id)
+        if recovered:
+            print(recovered, file=sys.stderr, flush=True)
         await self._count(batch_deltas(result.counts))
         self.chaos.point("before_checkpoint")
         p.after = raw[-1]["SequenceNumber"]
@@ -279,6 +281,7 @@ class Poller:
             cps = await self.checkpoints.all()
             for s in self._ready(shards, cps, set(running) | finished_idle):
                 cp = cps.get(s.shard_id)
+                self.hold.reset(s.shard_id)  # a new read of the shard starts unheld
                 running[s.shard_id] = asyncio.create_task(
                     self.consume_shard(s.shard_id, cp.sequence_number if cp else None,
                                        until_idle, stop),
@@ -287,7 +290,7 @@ class Poller:
             if not running:
                 if until_idle:
                     return
-                await _wait(stop, self.discovery_interval)
+                await pause(self.discovery_interval, stop)
                 continue
             done, _ = await asyncio.wait(
                 running.values(), timeout=self.discovery_interval,
@@ -300,8 +303,3 @@ class Poller:
         if running:
             await asyncio.gather(*running.values())
         print("poller stopped after finishing the batches in flight", file=sys.stderr)
-
-
-async def _wait(event: asyncio.Event, timeout: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), timeout)

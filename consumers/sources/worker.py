@@ -1,4 +1,7 @@
-"""A consumer worker: the stores, models, applier, enricher and poller wired from settings."""
+"""A consumer worker: the local poller (polling or enhanced fan-out) around one applier,
+with its consumer group's lease, the periodic refit and, with AI analysis, the enricher's
+background work. ``caa.wiring.worker`` builds it from settings; here it takes plain objects.
+"""
 
 from __future__ import annotations
 
@@ -10,44 +13,32 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
 
-from caa.settings import Settings
-from consumers.analysis.analyzer import PriceTable
-from consumers.analysis.bedrock import BedrockAnalyzer
-from consumers.analysis.breaker import CircuitBreaker
 from consumers.analysis.enricher import Enricher
-from consumers.analysis.guard import CallGuard
-from consumers.analysis.trigger import CacheRules
 from consumers.applier import BatchApplier
 from consumers.core import BatchResult
-from consumers.instrument.chaos import Chaos
+from consumers.instrument.chaos import NO_CHAOS, Chaos
 from consumers.instrument.metrics import Metrics
 from consumers.refit import RefitReport, refit
-from consumers.registry import ModelRegistry
 from consumers.sources.fanout import FanoutPoller
 from consumers.sources.lease import GroupLease
 from consumers.sources.poller import Poller
-from consumers.stores.analyses import AnalysisStore
 from consumers.stores.checkpoints import CheckpointStore
-from consumers.stores.customers import CustomerStore
-from consumers.stores.dead_letters import DeadLetterStore
-from consumers.stores.dynamo import Dynamo
-from consumers.stores.model_snapshots import ModelStore
-from consumers.stores.predictions import PredictionStore
-from consumers.stores.usage import UsageLedger
 from models.learn.segmentation import SegmentModel
 
 
-def pseudonym_key(settings: Settings) -> bytes:
-    """The configured HMAC key, or a random one kept (0600) in the state directory.
+def pseudonym_key(configured: str | None, state_dir: Path) -> bytes:
+    """The configured HMAC key, or a random one kept (0600) in ``state_dir``.
 
     The file is written whole under a temporary name and linked into place, so
     concurrent first starts agree on one key and never read a partial file.
     """
-    if settings.pseudonym_key is not None:
-        return settings.pseudonym_key.get_secret_value().encode()
-    path = settings.state_dir / "pseudonym.key"
+    if configured is not None:
+        return configured.encode()
+    path = state_dir / "pseudonym.key"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".pseudonym.{os.getpid()}.{secrets.token_hex(4)}")
@@ -72,68 +63,46 @@ def reference_order_value(model: SegmentModel) -> float:
     return sum(n * float(c["monetary"]) for n, c in rows if isinstance(c, dict)) / total
 
 
-def build_enricher(settings: Settings, db: Dynamo, bedrock: Any,
-                   registry: ModelRegistry, cloudwatch: Any = None) -> Enricher:
-    s = settings
-    prices = PriceTable.parse(s.bedrock_prices)
-    analyzer = BedrockAnalyzer(
-        bedrock, s.bedrock_model_id, max_tokens=s.bedrock_max_tokens, prices=prices,
-        deadline_s=s.bedrock_deadline_s, backoff_base_s=s.bedrock_backoff_base_s,
-    )
-    guard = CallGuard(
-        analyzer, UsageLedger(db, s.table("usage")), prices,
-        daily_budget_usd=s.daily_budget_usd, tokens_per_minute=s.bedrock_tpm,
-        rate_wait_max_s=s.rate_wait_max_s,
-        breaker=CircuitBreaker(s.breaker_failures, s.breaker_reset_s),
-    )
-    return Enricher(
-        guard=guard,
-        store=AnalysisStore(db, s.table("analyses"), s.table("analysis-history"),
-                            s.table("predictions"), s.history_ttl_days),
-        pseudonym_key=pseudonym_key(s),
-        reference_order_value=lambda: reference_order_value(registry.segmenter),
-        debounce_s=s.analysis_debounce_s,
-        concurrency=s.bedrock_concurrency,
-        consent_mode=s.consent_mode,
-        cache_rules=CacheRules(s.analysis_min_change, s.analysis_max_age_days),
-        metrics=Metrics(cloudwatch, {"Stream": s.stream_name, "Model": s.bedrock_model_id}),
-        variants=registry.variants,
-    )
+@dataclass(frozen=True)
+class WorkerConfig:
+    """How the worker reads its stream, and how often it refits and flushes."""
 
-
-def build_applier(settings: Settings, dynamodb: Any, *, cache_size: int,
-                  bedrock: Any = None, cloudwatch: Any = None,
-                  chaos: Chaos | None = None) -> BatchApplier:
-    """The stores, models and (with ``CAA_ANALYZER=bedrock`` and a client) the enricher
-    every adapter shares, around one :class:`BatchApplier`."""
-    s = settings
-    db = Dynamo(dynamodb, max_attempts=s.max_write_attempts, concurrency=s.write_concurrency,
-                chaos=chaos or Chaos.parse(s.chaos_points, s.chaos_probability))
-    registry = ModelRegistry(ModelStore(db, s.table("models")), s)
-    enricher = (build_enricher(s, db, bedrock, registry, cloudwatch)
-                if s.analyzer == "bedrock" and bedrock is not None else None)
-    return BatchApplier(CustomerStore(db, s.table("customers")),
-                        PredictionStore(db, s.table("predictions")),
-                        DeadLetterStore(db, s.table("dead-letters")),
-                        registry, s.max_event_bytes, cache_size=cache_size, enricher=enricher)
+    stream_name: str
+    consumer_group: str
+    #: the group's checkpoints and its lease live here
+    checkpoints_table: str
+    read_mode: Literal["polling", "fanout"]
+    #: fanout: the registered stream consumer, and how long a subscription is kept
+    efo_consumer: str
+    efo_renewal_s: float
+    get_records_limit: int
+    poll_interval_s: float
+    idle_polls: int
+    #: seconds between background refits (0: none)
+    refit_interval_s: float
+    #: a periodic refit queues customers who bought within this many days for analysis
+    analysis_active_days: int
+    usage_flush_s: float
 
 
 class Worker:
-    def __init__(self, settings: Settings, kinesis: Any, dynamodb: Any,
+    """``applier`` applies the batches; ``enricher`` is the one it was built with (None:
+    no AI analysis); ``chaos`` the one its stores were built with (the crash harness)."""
+
+    def __init__(self, config: WorkerConfig, applier: BatchApplier, kinesis: Any, *,
+                 enricher: Enricher | None = None,
                  on_batch: Callable[[str, BatchResult], None] | None = None,
-                 bedrock: Any = None, cloudwatch: Any = None) -> None:
-        s = settings
-        self.settings = s
-        chaos = Chaos.parse(s.chaos_points, s.chaos_probability)
-        self.applier = build_applier(s, dynamodb, cache_size=s.state_cache_size,
-                                     bedrock=bedrock, cloudwatch=cloudwatch, chaos=chaos)
-        self.customers = self.applier.customers
-        self.predictions = self.applier.predictions
-        self.dead_letters = self.applier.dead_letters
-        self.registry = self.applier.registry
-        self.enricher = self.applier.enricher
+                 cloudwatch: Any = None, chaos: Chaos = NO_CHAOS) -> None:
+        s = config
+        self.config = s
+        self.applier = applier
+        self.customers = applier.customers
+        self.predictions = applier.predictions
+        self.dead_letters = applier.dead_letters
+        self.registry = applier.registry
+        self.enricher = enricher
         db = self.customers.db
-        self.checkpoints = CheckpointStore(db, s.table("checkpoints"), s.consumer_group)
+        self.checkpoints = CheckpointStore(db, s.checkpoints_table, s.consumer_group)
         common: dict[str, Any] = {
             "limit": s.get_records_limit, "poll_interval": s.poll_interval_s,
             "idle_polls": s.idle_polls, "on_batch": on_batch, "chaos": chaos,
@@ -145,7 +114,7 @@ class Worker:
             if s.read_mode == "fanout"
             else Poller(kinesis, s.stream_name, self.checkpoints, self.applier, **common))
         self.consume_seconds = 0.0
-        self.lease = GroupLease(db, s.table("checkpoints"), s.consumer_group,
+        self.lease = GroupLease(db, s.checkpoints_table, s.consumer_group,
                                 owner=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
 
     async def _renew(self, stop: asyncio.Event) -> None:
@@ -159,11 +128,11 @@ class Worker:
         """Refit; a periodic refit also queues active customers for a scheduled analysis."""
         return await refit(self.customers, self.predictions, self.registry, rewrite=rewrite,
                            enricher=self.enricher,
-                           active_days=self.settings.analysis_active_days if schedule else 0)
+                           active_days=self.config.analysis_active_days if schedule else 0)
 
     async def _refit_periodically(self, stop: asyncio.Event) -> None:
         """Refit the global models every ``refit_interval_s`` without blocking any shard."""
-        interval = self.settings.refit_interval_s
+        interval = self.config.refit_interval_s
         while interval and not stop.is_set():
             try:
                 await asyncio.wait_for(stop.wait(), interval)
@@ -176,7 +145,7 @@ class Worker:
         assert self.enricher is not None
         while not stop.is_set():
             try:
-                await asyncio.wait_for(stop.wait(), self.settings.usage_flush_s)
+                await asyncio.wait_for(stop.wait(), self.config.usage_flush_s)
             except TimeoutError:
                 await self.enricher.flush_counters()
 

@@ -6,12 +6,18 @@
   source, model, trigger, tokens, cost, confidence, fallback reason) with a TTL.
 * ``predictions``: the analysis is merged into the customer's prediction item
   with one UpdateItem, after the statistical prediction was written.
+
+Both tables hold an item of the same layout (:func:`record_item`: the record as JSON in
+``record``, and its time, source, model, trigger, tokens, cost, confidence and fallback
+reason as their own attributes); the history's ``at`` ends with ``#`` and a random
+suffix, so two analyses in the same microsecond both stay, and it has ``expires_at``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -45,6 +51,18 @@ def record_from_item(item: Item) -> AnalysisRecord:
     return AnalysisRecord.model_validate_json(item["record"]["S"])
 
 
+def document_from_item(item: Item) -> dict[str, Any]:
+    """The stored record as a plain JSON document, whatever schema it was written with."""
+    doc: dict[str, Any] = json.loads(item["record"]["S"])
+    return doc
+
+
+def record_from_document(doc: dict[str, Any]) -> AnalysisRecord:
+    """A document from :meth:`AnalysisStore.history` as a record (raises
+    ``pydantic.ValidationError`` for one of an older schema)."""
+    return AnalysisRecord.model_validate(doc)
+
+
 @dataclass
 class AnalysisStore:
     db: Dynamo
@@ -62,6 +80,41 @@ class AnalysisStore:
                 rec = record_from_item(item)
                 out[rec.customer_id] = rec
         return out
+
+    async def history(self, customer_id: str, limit: int) -> list[dict[str, Any]]:
+        """The customer's last ``limit`` analyses, newest first, as stored (JSON documents:
+        see :func:`record_from_document`)."""
+        resp = await self.db.client.query(
+            TableName=self.history_table, KeyConditionExpression="customer_id = :c",
+            ExpressionAttributeValues={":c": {"S": customer_id}}, ScanIndexForward=False,
+            Limit=limit)
+        return [document_from_item(i) for i in resp.get("Items", [])]
+
+    async def erase(self, customer_id: str) -> tuple[int, int]:
+        """Delete the customer's latest analysis and history: how many items went from
+        each (the analysis merged into the prediction goes with the prediction)."""
+        latest, history = await asyncio.gather(
+            self._keys(self.table, customer_id), self._keys(self.history_table, customer_id))
+        await asyncio.gather(*(self.db.batch_delete(t, keys) for t, keys in
+                               ((self.table, latest), (self.history_table, history)) if keys))
+        return len(latest), len(history)
+
+    async def _keys(self, table: str, customer_id: str) -> list[Item]:
+        keys: list[Item] = []
+        kw: dict[str, Any] = {
+            "TableName": table, "KeyConditionExpression": "customer_id = :c",
+            "ExpressionAttributeValues": {":c": {"S": customer_id}}, "ConsistentRead": True}
+        if table == self.history_table:
+            kw["ProjectionExpression"] = "customer_id, #at"
+            kw["ExpressionAttributeNames"] = {"#at": "at"}
+        else:
+            kw["ProjectionExpression"] = "customer_id"
+        while True:
+            resp = await self.db.client.query(**kw)
+            keys.extend(resp.get("Items", []))
+            if "LastEvaluatedKey" not in resp:
+                return keys
+            kw["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
 
     async def record(self, rec: AnalysisRecord) -> None:
         """Store one analysis everywhere it belongs (raises if any write fails)."""

@@ -1,4 +1,9 @@
-"""The customers table: one item per customer holding its state (key ``customer_id``)."""
+"""The customers table: one item per customer holding its state (key ``customer_id``).
+
+Besides the state itself (``body``, JSON, and ``seen``, the event-id digests), an item
+carries ``version``, ``purchases``, ``spend_cents``, ``first_at``, ``last_at`` and
+``updated_at`` as their own attributes, for filters and people.
+"""
 
 from __future__ import annotations
 
@@ -31,6 +36,17 @@ def state_from_item(item: Item) -> CustomerState:
     )
 
 
+def totals_from_item(item: Item) -> tuple[str, int, int]:
+    """(customer id, purchases, spend in cents) from the item's own attributes, without
+    decoding the state."""
+    return (item["customer_id"]["S"], int(item["purchases"]["N"]),
+            int(item["spend_cents"]["N"]))
+
+
+def customer_key(customer_id: str) -> Item:
+    return {"customer_id": {"S": customer_id}}
+
+
 @dataclass
 class CustomerStore:
     db: Dynamo
@@ -44,7 +60,35 @@ class CustomerStore:
         await self.db.batch_write(self.table, [state_to_item(s) for s in states])
 
     async def delete(self, ids: Iterable[str]) -> None:
-        await self.db.batch_delete(self.table, [{"customer_id": {"S": c}} for c in ids])
+        await self.db.batch_delete(self.table, [customer_key(c) for c in ids])
 
-    async def all(self) -> list[CustomerState]:
-        return [state_from_item(i) for i in await self.db.scan(self.table)]
+    async def known(self, customer_id: str, consistent: bool = False) -> bool:
+        """Is there a state for this customer (one GetItem of the key alone)?"""
+        resp = await self.db.client.get_item(TableName=self.table, Key=customer_key(customer_id),
+                                             ProjectionExpression="customer_id",
+                                             **({"ConsistentRead": True} if consistent else {}))
+        return "Item" in resp
+
+    async def erase(self, customer_id: str) -> int:
+        """Delete the customer's state: how many items went (0 or 1)."""
+        if not await self.known(customer_id, consistent=True):
+            return 0
+        await self.delete([customer_id])
+        return 1
+
+    async def all(self, digests: bool = True) -> list[CustomerState]:
+        """Every state; ``digests=False`` reads ids and bodies alone (no event-id digests,
+        version 0): enough for readers that only look, such as ``caa report``."""
+        if digests:
+            return [state_from_item(i) for i in await self.db.scan(self.table)]
+        items = await self.db.scan(self.table, ProjectionExpression="#c, #b",
+                                   ExpressionAttributeNames={"#c": "customer_id", "#b": "body"})
+        return [CustomerState.from_parts(i["customer_id"]["S"], 0, i["body"]["S"], b"")
+                for i in items]
+
+    async def updated_since(self, since: datetime) -> list[CustomerState]:
+        """The states written at or after ``since`` (UTC)."""
+        cut = since.isoformat(timespec="milliseconds")  # the format of updated_at (now_iso)
+        items = await self.db.scan(self.table, FilterExpression="updated_at >= :t",
+                                   ExpressionAttributeValues={":t": {"S": cut}})
+        return [state_from_item(i) for i in items]

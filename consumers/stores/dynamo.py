@@ -3,7 +3,8 @@ attribute codec.
 
 All take an aiobotocore DynamoDB client. Batch reads and writes retry
 ``UnprocessedItems``/``UnprocessedKeys`` and throttling errors
-with exponential backoff and jitter; a failure that outlasts the retries raises
+with exponential backoff and full jitter (:mod:`consumers.retry`, from ``base_delay``
+doubling to at most 2 s, ``max_attempts`` calls); a failure that outlasts the retries raises
 :class:`WriteFailed`, so the caller does not checkpoint past effects that were
 not durably written.
 """
@@ -11,7 +12,6 @@ not durably written.
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,9 +20,13 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from consumers.instrument.chaos import NO_CHAOS, Chaos
+from consumers.retry import Backoff, retry_until_done_async
 
 Item = dict[str, Any]
 
+
+#: the longest backoff between two calls of a batch read or write, seconds
+MAX_DELAY_S = 2.0
 
 #: errors DynamoDB answers when a table or partition is over its capacity; retried here
 #: (after botocore's own retries) like ``UnprocessedItems``
@@ -102,8 +106,9 @@ class Dynamo:
             self.throttled += 1
             return None
 
-    async def _backoff(self, attempt: int) -> None:
-        await asyncio.sleep(random.uniform(0, min(2.0, self.base_delay * 2**attempt)))
+    @property
+    def backoff(self) -> Backoff:
+        return Backoff(base=self.base_delay, cap=MAX_DELAY_S, attempts=self.max_attempts)
 
     async def batch_write(self, table: str, items: Sequence[Item]) -> None:
         await self._batch(table, [{"PutRequest": {"Item": i}} for i in items])
@@ -114,20 +119,20 @@ class Dynamo:
     async def _batch(self, table: str, writes: Sequence[Item]) -> None:
         sem = asyncio.Semaphore(self.concurrency)
 
+        async def write(requests: dict[str, Any]) -> dict[str, Any]:
+            resp = await self._unless_throttled(self.client.batch_write_item,
+                                                RequestItems=requests)
+            if resp is None:
+                return requests  # throttled: the whole chunk is still to write
+            self.chaos.point("mid_batch_write")
+            return resp.get("UnprocessedItems") or {}
+
         async def one(chunk: Sequence[Item]) -> None:
-            requests: dict[str, Any] = {table: list(chunk)}
             async with sem:
-                for attempt in range(self.max_attempts):
-                    if attempt:
-                        await self._backoff(attempt)
-                    resp = await self._unless_throttled(self.client.batch_write_item,
-                                                        RequestItems=requests)
-                    if resp is None:
-                        continue  # throttled: the whole chunk is still to write
-                    self.chaos.point("mid_batch_write")
-                    requests = resp.get("UnprocessedItems") or {}
-                    if not requests:
-                        return
+                requests = await retry_until_done_async(self.backoff, write,
+                                                        {table: list(chunk)})
+            if not requests:
+                return
             left = sum(len(v) for v in requests.values())
             raise WriteFailed(f"{left} item(s) still unprocessed in {table} after "
                               f"{self.max_attempts} attempts")
@@ -139,20 +144,20 @@ class Dynamo:
         out: list[Item] = []
         sem = asyncio.Semaphore(self.concurrency)
 
+        async def read(request: dict[str, Any]) -> dict[str, Any]:
+            resp = await self._unless_throttled(self.client.batch_get_item,
+                                                RequestItems=request)
+            if resp is None:
+                return request  # throttled: every key is still to read
+            out.extend(resp["Responses"].get(table, []))
+            return resp.get("UnprocessedKeys") or {}
+
         async def one(chunk: Sequence[Item]) -> None:
-            request: dict[str, Any] = {table: {"Keys": list(chunk), "ConsistentRead": True}}
             async with sem:
-                for attempt in range(self.max_attempts):
-                    if attempt:
-                        await self._backoff(attempt)
-                    resp = await self._unless_throttled(self.client.batch_get_item,
-                                                        RequestItems=request)
-                    if resp is None:
-                        continue
-                    out.extend(resp["Responses"].get(table, []))
-                    request = resp.get("UnprocessedKeys") or {}
-                    if not request:
-                        return
+                left = await retry_until_done_async(
+                    self.backoff, read, {table: {"Keys": list(chunk), "ConsistentRead": True}})
+            if not left:
+                return
             raise WriteFailed(f"could not read {table} after {self.max_attempts} attempts")
 
         await asyncio.gather(*(one(c) for c in _chunks(keys, 100)))

@@ -1,4 +1,10 @@
-"""The models table: versioned JSON snapshots of the segment and BG/NBD models."""
+"""The models table: versioned JSON snapshots of the segment and forecast models.
+
+One item per document (key ``name``: ``segments``, the forecast model's name,
+``segment-sizes``, ...): ``version`` (0 for an unversioned companion document), ``body``
+(JSON) and ``updated_at``. Readers (the registry, ``caa segments``, the API, the report)
+use :meth:`ModelStore.load`.
+"""
 
 from __future__ import annotations
 

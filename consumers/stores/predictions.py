@@ -4,7 +4,7 @@ once here and read back by every reader (CLI, API, report)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +45,17 @@ def prediction_from_item(item: Item) -> dict[str, Any]:
     return out
 
 
+def prediction_key(customer_id: str) -> Item:
+    return {"customer_id": {"S": customer_id}}
+
+
+def customer_of_key(key: Mapping[str, Any]) -> str | None:
+    """The customer id in a predictions key (as DynamoDB Streams records carry it), or None
+    when it has none."""
+    attr = key.get("customer_id", {})
+    return attr.get("S") if isinstance(attr, dict) else None
+
+
 @dataclass
 class PredictionStore:
     db: Dynamo
@@ -54,14 +65,24 @@ class PredictionStore:
         await self.db.batch_write(self.table, [prediction_to_item(p) for p in predictions])
 
     async def delete(self, ids: Iterable[str]) -> None:
-        await self.db.batch_delete(self.table, [{"customer_id": {"S": c}} for c in ids])
+        await self.db.batch_delete(self.table, [prediction_key(c) for c in ids])
 
     async def get(self, customer_id: str) -> dict[str, Any] | None:
         resp = await self.db.client.get_item(
-            TableName=self.table, Key={"customer_id": {"S": customer_id}}, ConsistentRead=True
+            TableName=self.table, Key=prediction_key(customer_id), ConsistentRead=True
         )
         item = resp.get("Item")
         return prediction_from_item(item) if item else None
+
+    async def erase(self, customer_id: str) -> int:
+        """Delete the customer's prediction: how many items went (0 or 1)."""
+        resp = await self.db.client.get_item(TableName=self.table, Key=prediction_key(customer_id),
+                                             ProjectionExpression="customer_id",
+                                             ConsistentRead=True)
+        if "Item" not in resp:
+            return 0
+        await self.delete([customer_id])
+        return 1
 
     async def all(self) -> list[dict[str, Any]]:
         return [prediction_from_item(i) for i in await self.db.scan(self.table)]

@@ -8,23 +8,60 @@ reservation with the real cost. So concurrent workers in any number of
 processes never commit more than the budget (as long as the worst-case
 estimate bounds the real cost, which :mod:`consumers.analysis.enricher` ensures by
 counting ``maxTokens`` in full). Amounts are integer micro-dollars.
+
+One item per UTC day (key ``day``, ``YYYY-MM-DD``) of number attributes, each added to
+atomically: ``committed_micros``, ``spend_micros``, and the counters the enricher keeps
+(``calls``, ``failed_calls``, ``input_tokens``, ``output_tokens``, ``analyses``,
+``fallbacks``, ``fallback_<reason>``, ``cache_hits``, ...). :func:`daily_usage` reads them
+back, one row per day, for ``caa costs`` and ``caa report``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from consumers.stores.dynamo import Dynamo
+from consumers.stores.dynamo import Dynamo, from_attr
 
 
 def micros(usd: float) -> int:
     return round(usd * 1_000_000)
 
 
+def day_from_item(item: dict[str, Any], budget_usd: float) -> dict[str, Any]:
+    """One day of the ledger as ``caa costs --json`` shows it."""
+    r = {k: from_attr(v) for k, v in item.items()}
+    return {
+        "day": r["day"],
+        "spend_usd": round(int(r.get("spend_micros", 0)) / 1e6, 6),
+        "budget_usd": budget_usd,
+        "calls": int(r.get("calls", 0)),
+        "failed_calls": int(r.get("failed_calls", 0)),
+        "input_tokens": int(r.get("input_tokens", 0)),
+        "output_tokens": int(r.get("output_tokens", 0)),
+        "analyses": int(r.get("analyses", 0)),
+        "fallbacks": int(r.get("fallbacks", 0)),
+        "fallback_reasons": {k.removeprefix("fallback_"): int(v) for k, v in r.items()
+                             if k.startswith("fallback_")},
+        "cache_hits": int(r.get("cache_hits", 0)),
+    }
+
+
+async def daily_usage(db: Dynamo, table: str, budget_usd: float) -> list[dict[str, Any]]:
+    """The usage table, one row per day (UTC), oldest first: what ``caa costs`` shows and
+    ``caa report`` plots (``budget_usd``: the configured daily budget, shown beside)."""
+    items = await db.scan(table)
+    return [day_from_item(i, budget_usd) for i in sorted(items, key=lambda i: i["day"]["S"])]
+
+
 @dataclass
 class UsageLedger:
     db: Dynamo
     table: str
+
+    async def daily(self, budget_usd: float) -> list[dict[str, Any]]:
+        """:func:`daily_usage` of this ledger."""
+        return await daily_usage(self.db, self.table, budget_usd)
 
     async def reserve(self, day: str, usd: float, budget_usd: float) -> bool:
         r = micros(usd)

@@ -31,9 +31,9 @@ from pathlib import Path
 
 import boto3
 
-from caa.settings import Settings
+from consumers.stores.customers import totals_from_item
 from deploy.local.emulator import launch
-from deploy.resources import ensure_resources
+from deploy.resources import TableNames, ensure_resources
 from models.events import PurchaseEvent
 from producers.datasets.cdnow import load_events, time_ordered
 from producers.publisher import Publisher
@@ -42,6 +42,8 @@ from producers.publisher import Publisher
 #: probability (per DynamoDB batch-write chunk, or per checkpointed batch)
 MODES = {"external": 0.0, "mid_batch_write": 0.01, "before_checkpoint": 0.2,
          "after_checkpoint": 0.2}
+#: shards of the harness's stream (the consumer's CAA_SHARD_COUNT default)
+SHARDS = 4
 
 
 def poison() -> list[tuple[bytes, str]]:
@@ -109,14 +111,15 @@ class Harness:
         run_id = uuid.uuid4().hex[:8]
         self.scale = probability
         self.env = _consumer_env(endpoint, run_id, self.work / ".caa", get_records_limit)
-        self.settings = Settings(stream_name=self.env["CAA_STREAM_NAME"],
-                                 table_prefix=self.env["CAA_TABLE_PREFIX"])
+        # the names the consumer subprocess gets from its environment
+        self.stream = self.env["CAA_STREAM_NAME"]
+        self.tables = TableNames(self.env["CAA_TABLE_PREFIX"])
         kw = {"endpoint_url": endpoint, "region_name": "eu-central-1",
               "aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
         self.kinesis = boto3.client("kinesis", **kw)  # type: ignore[call-overload]
         self.ddb = boto3.client("dynamodb", **kw)  # type: ignore[call-overload]
         self.events = time_ordered(load_events(limit=limit))
-        self.publisher = Publisher(self.kinesis, self.settings.stream_name)
+        self.publisher = Publisher(self.kinesis, self.stream)
         self.report = ChaosReport()
         self.modes = sorted(MODES)
         self.rng.shuffle(self.modes)
@@ -131,13 +134,14 @@ class Harness:
             print(msg, flush=True)
 
     def publish(self) -> None:
-        ensure_resources(self.settings, self.kinesis, self.ddb)
+        ensure_resources(self.kinesis, self.ddb, stream_name=self.stream, shard_count=SHARDS,
+                         tables=self.tables)
         self.publisher.publish(self.events)
         bad = poison()
-        self.kinesis.put_records(StreamName=self.settings.stream_name, Records=[
+        self.kinesis.put_records(StreamName=self.stream, Records=[
             {"Data": data, "PartitionKey": f"poison-{i}"} for i, (data, _) in enumerate(bad)])
         self.note(f"chaos: {len(self.events):,} events + {len(bad)} poison records on "
-                  f"{self.settings.stream_name}; logs in {self.work}")
+                  f"{self.stream}; logs in {self.work}")
 
     def crash_once(self) -> None:
         """Start a consumer and see it killed (from outside, or at a chaos point)."""
@@ -186,19 +190,19 @@ class Harness:
             raise RuntimeError(f"final consumer failed: {done.stderr.decode()[-2000:]}")
 
     def verify(self) -> None:
-        r, s = self.report, self.settings
+        r, t = self.report, self.tables
         expected = _expected(self.events)
         got: dict[str, tuple[int, int]] = {}
-        for page in self.ddb.get_paginator("scan").paginate(TableName=s.table("customers")):
+        for page in self.ddb.get_paginator("scan").paginate(TableName=t.customers):
             for item in page["Items"]:
-                got[item["customer_id"]["S"]] = (int(item["purchases"]["N"]),
-                                                 int(item["spend_cents"]["N"]))
+                cid, purchases, spend_cents = totals_from_item(item)
+                got[cid] = (purchases, spend_cents)
         for cid in expected.keys() | got.keys():
             want, have = expected.get(cid, (0, 0)), got.get(cid, (0, 0))
             r.lost += max(0, want[0] - have[0])
             r.double_counted += max(0, have[0] - want[0])
             r.spend_mismatches += want[0] == have[0] and want[1] != have[1]
-        r.rejected = int(self.ddb.scan(TableName=s.table("dead-letters"),
+        r.rejected = int(self.ddb.scan(TableName=t.dead_letters,
                                        Select="COUNT")["Count"])
 
 

@@ -53,6 +53,8 @@ import numpy as np
 import numpy.typing as npt
 from river import base
 
+from models.learn.kmeans import kmeans
+
 __all__ = ["FEATURES", "SEGMENT_NAMES", "SegmentModel"]
 
 FEATURES: tuple[str, ...] = ("recency_days", "frequency", "monetary")
@@ -60,10 +62,8 @@ FORMAT_VERSION = 1
 _SD_FLOOR = 1e-6  # smallest standard deviation used for a feature (log units)
 _WARMUP_N_INIT = 10
 _WARMUP_MAX_ITER = 100
-_TOL = 1e-4  # Lloyd stops when the total squared centre shift <= _TOL * mean variance
 
 FloatArray = npt.NDArray[np.float64]
-IntArray = npt.NDArray[np.intp]
 
 
 # Greedy naming priority (see ``SegmentModel.segment_names``): name -> score(rz, fz, mz).
@@ -157,7 +157,7 @@ class SegmentModel(base.Clusterer):
     def _fit_batch(self, z_log: FloatArray, n_init: int, max_iter: int) -> None:
         mean = np.asarray(self._mean, dtype=np.float64)
         sd = np.asarray(self._sd(), dtype=np.float64)
-        centres, labels = _kmeans((z_log - mean) / sd, self.n_clusters, self.seed, n_init, max_iter)
+        centres, labels = kmeans((z_log - mean) / sd, self.n_clusters, self.seed, n_init, max_iter)
         self._centres = (centres * sd + mean).tolist()
         self._counts = np.bincount(labels, minlength=self.n_clusters).tolist()
         self._buffer = []
@@ -323,77 +323,3 @@ def _vector(v: object) -> list[float]:
     if len(out) != len(FEATURES):
         raise ValueError(f"expected {len(FEATURES)} values, got {len(out)}")
     return out
-
-
-def _sq_dists(x: FloatArray, centres: FloatArray) -> FloatArray:
-    """Squared distances, shape (n, k); summed feature by feature in a fixed order."""
-    out = np.zeros((centres.shape[0], x.shape[0]), dtype=np.float64)
-    for j, c in enumerate(centres):
-        for col, ci in zip(x.T, c, strict=True):
-            diff = col - ci
-            out[j] += diff * diff
-    return out.T
-
-
-def _kmeans_pp(x: FloatArray, k: int, rng: np.random.Generator) -> FloatArray:
-    """Greedy k-means++ seeding (2 + log k candidates per centre, as in scikit-learn)."""
-    n = x.shape[0]
-    trials = 2 + int(math.log(k))
-    chosen = [int(rng.integers(n))]
-    closest = _sq_dists(x, x[chosen])[:, 0]
-    for _ in range(1, k):
-        potential = float(closest.sum())
-        if potential > 0.0:
-            cand = np.searchsorted(np.cumsum(closest), rng.random(trials) * potential)
-            cand = np.minimum(cand, n - 1)
-        else:
-            cand = rng.integers(n, size=trials)
-        cand_closest = np.minimum(closest[:, None], _sq_dists(x, x[cand]))
-        best = int(np.argmin(cand_closest.sum(axis=0)))
-        chosen.append(int(cand[best]))
-        closest = cand_closest[:, best]
-    return x[chosen].copy()
-
-
-def _lloyd(
-    x: FloatArray, centres: FloatArray, max_iter: int, tol: float
-) -> tuple[FloatArray, float]:
-    """Lloyd iterations until labels repeat or centres move less than ``tol`` in total."""
-    k = centres.shape[0]
-    rows = np.arange(x.shape[0])
-    prev: IntArray | None = None
-    for _ in range(max_iter):
-        dist = _sq_dists(x, centres)
-        labels = np.argmin(dist, axis=1)  # first minimum: ties to the lowest index
-        if prev is not None and np.array_equal(labels, prev):
-            break
-        counts = np.bincount(labels, minlength=k)
-        sums = np.stack([np.bincount(labels, weights=col, minlength=k) for col in x.T], axis=1)
-        new = sums / np.maximum(counts, 1)[:, None]
-        own = dist[rows, labels]
-        for j in np.flatnonzero(counts == 0):  # empty: move to the worst-served point
-            far = int(np.argmax(own))
-            new[j] = x[far]
-            own[far] = -1.0
-        shift = float(((new - centres) ** 2).sum())
-        centres, prev = new, labels
-        if shift <= tol:
-            break
-    inertia = float(_sq_dists(x, centres).min(axis=1).sum())
-    return centres, inertia
-
-
-def _kmeans(
-    x: FloatArray, k: int, seed: int, n_init: int, max_iter: int
-) -> tuple[FloatArray, IntArray]:
-    """Best of ``n_init`` k-means++ / Lloyd runs by inertia (first wins ties)."""
-    rng = np.random.default_rng(seed)
-    tol = _TOL * float(x.var(axis=0).mean())  # as scikit-learn: relative to the data
-    best: FloatArray | None = None
-    best_inertia = math.inf
-    for _ in range(n_init):
-        centres, inertia = _lloyd(x, _kmeans_pp(x, k, rng), max_iter, tol)
-        if best is None or inertia < best_inertia:
-            best, best_inertia = centres, inertia
-    assert best is not None
-    return best, np.argmin(_sq_dists(x, best), axis=1)

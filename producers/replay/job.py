@@ -1,6 +1,7 @@
 """A replay job's progress and lock, in the checkpoints table.
 
-One item (group ``replay:<name>``, shard_id ``__job__``) holds what the job replays (a
+One row of the checkpoints table (group ``replay:<name>``, shard_id ``__job__``; its
+layout is :class:`consumers.stores.checkpoints.JobRow`) holds what the job replays (a
 digest of the source's identity and the target, and a line for people), when it
 started (the bound of its S3 and stream sources), its cursor, its status and its
 tallies. It is written only after the target acknowledged a chunk, so a job resumed
@@ -18,13 +19,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from consumers.sources.lease import GroupBusy, GroupLease
-from consumers.stores.dynamo import Dynamo, Item, now_iso
+from consumers.stores.checkpoints import CheckpointStore, JobRow
+from consumers.stores.dynamo import Dynamo
 from producers.replay.sources import Cursor
 
-JOB_ROW = "__job__"
 Status = Literal["running", "finishing", "complete"]
 
 
@@ -48,30 +49,19 @@ class JobState:
     tallies: dict[str, Any] = field(default_factory=dict)
     rejected_bytes: int = 0  # length of the rejected-records log at the last commit
 
-    def to_item(self, group: str) -> Item:
-        item: Item = {
-            "group": {"S": group}, "shard_id": {"S": JOB_ROW}, "ended": {"BOOL": False},
-            "job": {"S": self.name}, "identity": {"S": self.identity},
-            "summary": {"S": self.summary}, "created_at": {"N": repr(self.created_at)},
-            "status": {"S": self.status}, "rejected_bytes": {"N": str(self.rejected_bytes)},
-            "tallies": {"S": json.dumps(self.tallies, separators=(",", ":"))},
-            "updated_at": {"S": now_iso()},
-        }
-        if self.cursor is not None:
-            item["cursor_part"] = {"S": self.cursor.part}
-            item["cursor_position"] = {"S": self.cursor.position}
-        return item
+    def to_row(self) -> JobRow:
+        cursor = (self.cursor.part, self.cursor.position) if self.cursor is not None else None
+        return JobRow(self.name, self.created_at, self.identity, self.summary, self.status,
+                      cursor, self.tallies, self.rejected_bytes)
 
     @classmethod
-    def from_item(cls, item: Item) -> JobState:
-        cursor = (Cursor(item["cursor_part"]["S"], item["cursor_position"]["S"])
-                  if "cursor_part" in item else None)
-        status = item["status"]["S"]
-        if status not in ("running", "finishing", "complete"):
-            raise ValueError(f"unknown job status {status!r}")
-        return cls(item["job"]["S"], float(item["created_at"]["N"]), item["identity"]["S"],
-                   item["summary"]["S"], status, cursor, json.loads(item["tallies"]["S"]),
-                   int(item["rejected_bytes"]["N"]))
+    def from_row(cls, row: JobRow) -> JobState:
+        if row.status not in ("running", "finishing", "complete"):
+            raise ValueError(f"unknown job status {row.status!r}")
+        cursor = Cursor(*row.cursor) if row.cursor is not None else None
+        return cls(row.name, row.created_at, row.identity, row.summary,
+                   cast(Status, row.status), cursor,
+                   row.tallies, row.rejected_bytes)
 
 
 class ReplayJob:
@@ -81,6 +71,7 @@ class ReplayJob:
         self.name = name
         self.group = f"replay:{name}"
         self.lease = GroupLease(db, table, self.group, owner)
+        self.rows = CheckpointStore(db, table, self.group)
 
     async def lock(self, now: float) -> None:
         """Take or renew the lock; :class:`~consumers.sources.lease.GroupBusy` when another live
@@ -97,11 +88,8 @@ class ReplayJob:
         await self.lease.release()
 
     async def load(self) -> JobState | None:
-        resp = await self.db.client.get_item(
-            TableName=self.table, Key={"group": {"S": self.group}, "shard_id": {"S": JOB_ROW}},
-            ConsistentRead=True)
-        item = resp.get("Item")
-        return JobState.from_item(item) if item else None
+        row = await self.rows.job()
+        return JobState.from_row(row) if row else None
 
     async def save(self, state: JobState) -> None:
-        await self.db.client.put_item(TableName=self.table, Item=state.to_item(self.group))
+        await self.rows.save_job(state.to_row())

@@ -22,11 +22,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from consumers.retry import Backoff, Jitter
 from producers.replay.framing import detect_format, frame
 
 CHUNK_BYTES = 1024 * 1024
 #: GetRecords: at most 5 calls a second per shard
 READ_INTERVAL_S = 0.2
+#: GetRecords throttled: wait twice the interval, doubling per throttle in a row, at most 64x
+READ_THROTTLED = Backoff(base=READ_INTERVAL_S, cap=64 * READ_INTERVAL_S, jitter=Jitter.NONE)
 
 OnBytes = Callable[[int], None]
 
@@ -244,8 +247,8 @@ class KinesisSource(Source):
                 continue
             except errors.ProvisionedThroughputExceededException:
                 self.throttled += 1
-                backoff = min(backoff + 1, 6)
-                self._sleep(READ_INTERVAL_S * 2**backoff)
+                backoff += 1
+                self._sleep(READ_THROTTLED.delay(backoff))
                 continue
             backoff = 0
             for r in resp.get("Records", []):

@@ -10,7 +10,7 @@ reordered between calls. Invalid records are not published: they are counted in 
 report and written whole to a local log (``<state_dir>/replay/<job>.rejected.jsonl``).
 
 :class:`DirectTarget` is a bulk backfill that bypasses Kinesis: the consumer's own
-:class:`~consumers.applier.BatchApplier` (from ``consumers.sources.worker.build_applier``), fed
+:class:`~consumers.applier.BatchApplier` (as ``caa.wiring.applier`` builds it), fed
 the records of a chunk grouped by customer (each customer's in source order) within
 each part, in batches of about ``group_size``, so one state write covers many of a
 customer's events.

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
+from caa import wiring
 from caa.aws import Aws
 from caa.cli import main as cli
 from caa.settings import Settings
 from consumers.applier import Totals
-from consumers.sources.worker import Worker
 from consumers.stores.customers import CustomerStore, state_to_item
 from consumers.stores.dead_letters import DeadLetterStore
 from consumers.stores.dynamo import Dynamo
@@ -86,7 +86,7 @@ def consume(s: Settings) -> Totals:
 
     async def go() -> Totals:
         async with Aws(s).clients("kinesis", "dynamodb") as c:
-            w = Worker(s, c["kinesis"], c["dynamodb"])
+            w = wiring.worker(s, c["kinesis"], c["dynamodb"])
             await w.run(until_idle=True)
             return w.applier.totals
 

@@ -16,15 +16,15 @@ from typing import Any
 
 import pytest
 
+from caa import wiring
 from caa.aws import Aws
 from caa.cli import main as cli
 from caa.settings import Settings
 from consumers.analysis.enricher import Enricher
 from consumers.core import StreamRecord, decode_batch, process_batch
 from consumers.registry import ModelRegistry
-from consumers.sources.worker import Worker, build_enricher
+from consumers.sources.worker import Worker
 from consumers.stores.dynamo import Dynamo
-from consumers.stores.model_snapshots import ModelStore
 from consumers.stores.predictions import PredictionStore
 from deploy.local.bedrock_server import BedrockServer
 from deploy.local.emulator import free_port
@@ -48,8 +48,8 @@ class Run:
 
 async def _run(s: Settings) -> Run:
     async with Aws(s).clients("kinesis", "dynamodb", "bedrock-runtime", "cloudwatch") as c:
-        w = Worker(s, c["kinesis"], c["dynamodb"], bedrock=c["bedrock-runtime"],
-                   cloudwatch=c["cloudwatch"])
+        w = wiring.worker(s, c["kinesis"], c["dynamodb"], bedrock=c["bedrock-runtime"],
+                          cloudwatch=c["cloudwatch"])
         await w.run(until_idle=True)
         preds = {p["customer_id"]: p for p in await w.predictions.all()}
         cps = {k: v.sequence_number for k, v in (await w.checkpoints.all()).items()}
@@ -68,8 +68,8 @@ async def running_enricher(
     """An enricher on the real clients, its loop running for the duration."""
     async with Aws(s).clients("dynamodb", "bedrock-runtime") as c:
         db = Dynamo(c["dynamodb"])
-        registry = ModelRegistry(ModelStore(db, s.table("models")), s)
-        enricher = build_enricher(s, db, c["bedrock-runtime"], registry)
+        registry = wiring.registry(s, db)
+        enricher = wiring.enricher(s, db, c["bedrock-runtime"], registry)
         stop = asyncio.Event()
         loop = asyncio.create_task(enricher.run(stop))
         try:
@@ -335,7 +335,7 @@ def test_a_stop_signal_starts_nothing_new_and_waits_only_for_calls_in_flight(
 
     async def scenario() -> Run:
         async with Aws(s).clients("kinesis", "dynamodb", "bedrock-runtime") as c:
-            w = Worker(s, c["kinesis"], c["dynamodb"], bedrock=c["bedrock-runtime"])
+            w = wiring.worker(s, c["kinesis"], c["dynamodb"], bedrock=c["bedrock-runtime"])
             stop = asyncio.Event()
             task = asyncio.create_task(w.run(stop=stop, final_refit=False))
             while w.applier.totals.applied < len(events):
@@ -368,7 +368,7 @@ def test_scheduled_analyses_respect_the_cache_and_on_demand_bypasses_it(
 
     async def schedule() -> int:
         async with Aws(s).clients("dynamodb", "bedrock-runtime") as c:
-            w = Worker(s, c["dynamodb"], c["dynamodb"], bedrock=c["bedrock-runtime"])
+            w = wiring.worker(s, c["dynamodb"], c["dynamodb"], bedrock=c["bedrock-runtime"])
             assert w.enricher is not None
             await w.registry.load()
             await refit(w.customers, w.predictions, w.registry, enricher=w.enricher,

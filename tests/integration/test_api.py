@@ -23,11 +23,11 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from caa.aws import Aws
 from caa.settings import Settings
+from caa.wiring import ensure_resources
 from consumers.stores.customers import state_from_item
 from consumers.stores.predictions import prediction_from_item
 from deploy.local.bedrock_server import BedrockServer
 from deploy.local.emulator import Emulator, free_port
-from deploy.resources import ensure_resources
 from models.prediction import Prediction
 from models.prompt import pseudonym
 from tests.integration.api_fixtures import ROOT, ApiServer, launch_api

@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
+from caa import wiring
 from caa.aws import Aws
 from caa.cli import main as cli
 from caa.settings import Settings
 from consumers.analysis.analyzer import PriceTable
 from consumers.analysis.bedrock import BedrockAnalyzer
-from consumers.sources.worker import Worker
 from deploy.local.bedrock_server import BedrockServer
 from deploy.local.schema_answer import generate, grounding
 from models.analysis import TOOL_NAME, input_schema, tool_spec
@@ -69,7 +69,7 @@ def consume(s: Settings, events: list[PurchaseEvent]) -> None:
 
     async def run() -> None:
         async with Aws(s).clients("kinesis", "dynamodb") as c:
-            await Worker(s, c["kinesis"], c["dynamodb"]).run(until_idle=True)
+            await wiring.worker(s, c["kinesis"], c["dynamodb"]).run(until_idle=True)
 
     asyncio.run(run())
 

@@ -12,13 +12,14 @@ from typing import Any
 
 import pytest
 
+from caa import wiring
 from caa.aws import Aws
 from caa.cli import main as cli
 from caa.cli import watch as feed_cli
 from caa.settings import Settings
+from caa.wiring import ensure_resources
 from consumers.ops.changefeed import FeedItem
-from consumers.sources.worker import Worker
-from deploy.resources import ensure_resources, ensure_table
+from deploy.resources import ensure_table
 from models.change import PredictionChange
 from models.events import LineItem, PurchaseEvent
 from producers.publisher import Publisher
@@ -38,7 +39,7 @@ def _event(cid: str, day: int, product: str = "milk", price: str = "2.00") -> Pu
 
 async def _consume(s: Settings) -> dict[str, dict[str, Any]]:
     async with Aws(s).clients("kinesis", "dynamodb") as c:
-        w = Worker(s, c["kinesis"], c["dynamodb"])
+        w = wiring.worker(s, c["kinesis"], c["dynamodb"])
         await w.run(until_idle=True, final_refit=False)
         return {p["customer_id"]: p for p in await w.predictions.all()}
 

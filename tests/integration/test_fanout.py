@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from caa import wiring
 from caa.aws import Aws
 from caa.settings import Settings
 from consumers.core import BatchResult
@@ -100,7 +101,7 @@ async def run_worker(s: Settings, scenario: Callable[[Run], Awaitable[None]] | N
         def on_batch(shard_id: str, _result: BatchResult) -> None:
             batches.append((shard_id, pollers[0].subscriptions))
 
-        w = Worker(s, spy, c["dynamodb"], on_batch=on_batch)
+        w = wiring.worker(s, spy, c["dynamodb"], on_batch=on_batch)
         assert isinstance(w.poller, FanoutPoller)
         pollers.append(w.poller)
         run = Run(w, spy, applied, batches)

@@ -25,9 +25,9 @@ from typing import Any
 
 import pytest
 
+from caa import wiring
 from caa.aws import Aws
 from caa.settings import Settings
-from consumers.sources.worker import build_applier
 from deploy import kcl
 from deploy.local.emulator import Emulator
 from models.events import PurchaseEvent
@@ -46,7 +46,7 @@ DEADLINE_S = 400.0
 
 async def _read(s: Settings) -> tuple[list[CustomerState], list[dict[str, Any]]]:
     async with Aws(s).clients("dynamodb") as c:
-        applier = build_applier(s, c["dynamodb"], cache_size=0)
+        applier = wiring.applier(s, c["dynamodb"], cache_size=0)
         return await applier.customers.all(), await applier.dead_letters.all()
 
 
@@ -105,7 +105,7 @@ def test_multilang_daemon_processes_every_record_once_across_a_restart(
 
     app = f"kcl-{uuid.uuid4().hex[:8]}"
     props = tmp_path / "app.properties"
-    props.write_text(kcl.properties(s, kcl.KclOptions(
+    props.write_text(kcl.properties(s.stream_name, s.region, kcl.KclOptions(
         app, kinesis_endpoint=kinesis_mock.endpoint, dynamodb_endpoint=emulator.endpoint,
         metrics_level="NONE", idle_between_reads_ms=250, parent_shard_poll_ms=1000,
         failover_ms=5000)))

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from caa.aws import Aws
+from caa.entry import lambda_stream
 from caa.settings import Settings
-from consumers.sources import lambda_handler
-from consumers.sources.lambda_handler import Runtime, failed_sequence_numbers
+from consumers.sources.lambda_handler import failed_sequence_numbers
 from consumers.stores.dynamo import WriteFailed
 from producers.datasets.cdnow import load_events, time_ordered
 from producers.publisher import Publisher
@@ -91,11 +91,11 @@ def test_handler_applies_the_batch_and_dead_letters_poison(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     s, expected = published
-    monkeypatch.setattr(lambda_handler, "_runtime", [])  # a cold start, settings from env
+    monkeypatch.setattr(lambda_stream, "_runtime", [])  # a cold start, settings from env
     events = kinesis_events(s)
     assert sum(len(e["Records"]) for e in events) == 401
     for event in events:
-        assert lambda_handler.handler(event) == {"batchItemFailures": []}
+        assert lambda_stream.handler(event) == {"batchItemFailures": []}
     assert totals(s) == expected
     dead = Aws(s).client("dynamodb").scan(TableName=s.table("dead-letters"))["Items"]
     assert [(d["kind"]["S"], d["payload"]["B"]) for d in dead] == [
@@ -105,11 +105,11 @@ def test_handler_applies_the_batch_and_dead_letters_poison(
     assert emf_totals(capsys.readouterr().out) == {"records_applied": 400, "dead_letters": 1}
 
     for event in events:  # Lambda delivers at least once: a redelivery changes nothing
-        assert lambda_handler.handler(event) == {"batchItemFailures": []}
+        assert lambda_stream.handler(event) == {"batchItemFailures": []}
     assert totals(s) == expected
     # the dead letter is rewritten on redelivery (same key) and reported again
     assert emf_totals(capsys.readouterr().out) == {"records_duplicate": 400, "dead_letters": 1}
-    lambda_handler._runtime[0].close()
+    lambda_stream._runtime[0].close()
 
 
 class Unwritable:
@@ -135,7 +135,7 @@ def test_unwritten_effects_report_every_record_and_the_retry_counts_once(
     events = kinesis_events(s)
 
     def deliver(broken: bool) -> list[list[str]]:
-        rt = Runtime(s, wrap_dynamodb=Unwritable if broken else None)
+        rt = lambda_stream.runtime(s, wrap_dynamodb=Unwritable if broken else None)
         try:
             out = [failed_sequence_numbers(rt.handle(event)) for event in events]
             assert isinstance(rt.processor.failure, WriteFailed) if broken \

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
+from caa import wiring
 from caa.aws import Aws
 from caa.settings import Settings
+from caa.wiring import ensure_resources
 from consumers.applier import Totals
-from consumers.sources.worker import Worker
-from deploy.resources import ensure_resources
 from models.events import PurchaseEvent
 from models.state import CustomerState
 from producers.datasets.cdnow import dataset_path, load_events, time_ordered
@@ -59,7 +59,7 @@ class Outcome:
 
 async def _consume(s: Settings) -> Outcome:
     async with Aws(s).clients("kinesis", "dynamodb") as c:
-        w = Worker(s, c["kinesis"], c["dynamodb"])
+        w = wiring.worker(s, c["kinesis"], c["dynamodb"])
         await w.run(until_idle=True)
         return Outcome(
             w.applier.totals,

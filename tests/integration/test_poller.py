@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from caa import wiring
 from caa.aws import Aws
 from caa.settings import Settings
 from consumers.sources.worker import Worker
@@ -49,7 +50,7 @@ def settings(fresh_settings: Callable[..., Settings]) -> Settings:
 async def run_worker(s: Settings, fail_on: dict[int, str]) -> tuple[Worker, Faulty]:
     async with Aws(s).clients("kinesis", "dynamodb") as c:
         faulty = Faulty(c["kinesis"], fail_on)
-        w = Worker(s, faulty, c["dynamodb"])
+        w = wiring.worker(s, faulty, c["dynamodb"])
         await w.run(until_idle=True, final_refit=False)
         return w, faulty
 
@@ -89,8 +90,8 @@ def test_a_second_live_poller_in_the_same_group_is_refused(settings: Settings) -
 
     async def scenario() -> None:
         async with Aws(settings).clients("kinesis", "dynamodb") as c:
-            first = Worker(settings, c["kinesis"], c["dynamodb"])
-            second = Worker(settings, c["kinesis"], c["dynamodb"])
+            first = wiring.worker(settings, c["kinesis"], c["dynamodb"])
+            second = wiring.worker(settings, c["kinesis"], c["dynamodb"])
             await first.lease.acquire(1000.0)
             with pytest.raises(GroupBusy, match="held by another live worker"):
                 await second.lease.acquire(1001.0)
@@ -109,18 +110,17 @@ def test_a_dead_holder_on_this_host_is_taken_over_at_once(settings: Settings) ->
     import socket
 
     from consumers.sources.lease import GroupBusy
-    from consumers.stores.checkpoints import OWNER_KEY
+    from consumers.stores.checkpoints import Lease, lease_item
 
     ddb = Aws(settings).client("dynamodb")
 
     def hold(owner: str) -> None:
-        ddb.put_item(TableName=settings.table("checkpoints"), Item={
-            "group": {"S": settings.consumer_group}, "shard_id": {"S": OWNER_KEY},
-            "owner": {"S": owner}, "expires": {"N": "9e12"}})
+        ddb.put_item(TableName=settings.table("checkpoints"),
+                     Item=lease_item(settings.consumer_group, Lease(owner, 9e12)))
 
     async def acquire() -> None:
         async with Aws(settings).clients("kinesis", "dynamodb") as c:
-            w = Worker(settings, c["kinesis"], c["dynamodb"])
+            w = wiring.worker(settings, c["kinesis"], c["dynamodb"])
             await w.lease.acquire(1000.0)
             await w.lease.release()
 
@@ -173,7 +173,7 @@ def run_with_a_stuck_customer(s: Settings, failing_calls: int = 6) -> StuckRun:
     async def scenario() -> tuple[Worker, StuckCustomer]:
         async with Aws(s).clients("kinesis", "dynamodb") as c:
             ddb = StuckCustomer(c["dynamodb"], s.table("customers"), stuck, failing_calls)
-            w = Worker(s, c["kinesis"], ddb)
+            w = wiring.worker(s, c["kinesis"], ddb)
             real_save = w.checkpoints.save
 
             async def save(shard_id: str, seq: str | None, ended: bool = False) -> None:
@@ -257,7 +257,7 @@ def test_dynamodb_throttling_is_retried_with_backoff_and_loses_nothing(
 
     async def scenario() -> Worker:
         async with Aws(s).clients("kinesis", "dynamodb") as c:
-            w = Worker(s, c["kinesis"], Throttled(c["dynamodb"], writes=5, reads=3))
+            w = wiring.worker(s, c["kinesis"], Throttled(c["dynamodb"], writes=5, reads=3))
             await w.run(until_idle=True, final_refit=False)
             return w
 
@@ -272,7 +272,7 @@ def test_dynamodb_throttling_is_retried_with_backoff_and_loses_nothing(
 
 async def _states(s: Settings) -> list[Any]:
     async with Aws(s).clients("kinesis", "dynamodb") as c:
-        return await Worker(s, c["kinesis"], c["dynamodb"]).customers.all()
+        return await wiring.worker(s, c["kinesis"], c["dynamodb"]).customers.all()
 
 
 def test_batch_counts_reach_cloudwatch_under_the_dashboards_names(settings: Settings) -> None:
@@ -287,7 +287,7 @@ def test_batch_counts_reach_cloudwatch_under_the_dashboards_names(settings: Sett
 
     async def consume() -> None:
         async with Aws(settings).clients("kinesis", "dynamodb", "cloudwatch") as c:
-            w = Worker(settings, c["kinesis"], c["dynamodb"], cloudwatch=c["cloudwatch"])
+            w = wiring.worker(settings, c["kinesis"], c["dynamodb"], cloudwatch=c["cloudwatch"])
             await w.run(until_idle=True, final_refit=False)
 
     asyncio.run(consume())

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from caa import wiring
 from caa.aws import Aws
 from caa.cli import main as cli
 from caa.settings import Settings
@@ -75,7 +76,7 @@ def test_consent_and_erasure_hold_through_the_consumer(
     async def scenario() -> tuple[dict[str, CustomerState], dict[str, CustomerState],
                                   int, int]:
         async with Aws(s).clients("kinesis", "dynamodb") as c:
-            w = Worker(s, c["kinesis"], c["dynamodb"])
+            w = wiring.worker(s, c["kinesis"], c["dynamodb"])
             await w.run(until_idle=True, final_refit=False)
             before = await _states(w)
             cached, _ = w.applier.cache.get_many([gone])
@@ -123,7 +124,7 @@ def test_erased_customer_is_not_found_and_a_reread_agrees(
     async def consume(group: str) -> dict[str, CustomerState]:
         t = s.model_copy(update={"consumer_group": group})
         async with Aws(t).clients("kinesis", "dynamodb") as c:
-            w = Worker(t, c["kinesis"], c["dynamodb"])
+            w = wiring.worker(t, c["kinesis"], c["dynamodb"])
             await w.run(until_idle=True, final_refit=False)
             return await _states(w)
 

@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
+from caa import wiring
 from caa.aws import Aws
 from caa.cli import main as cli
 from caa.settings import Settings
 from consumers.sources.lease import GroupLease
-from consumers.sources.worker import build_applier
 from consumers.stores.dynamo import Dynamo
 from producers.replay.job import ReplayJob
 from producers.replay.runner import run
@@ -76,7 +76,7 @@ def test_direct_backfill_interrupted_after_a_chunk_resumes_exactly(
 
     async def interrupted() -> None:
         async with Aws(s).clients("dynamodb") as c:
-            applier = build_applier(s, c["dynamodb"], cache_size=s.state_cache_size)
+            applier = wiring.applier(s, c["dynamodb"], cache_size=s.state_cache_size)
             owner = f"test:{os.getpid()}:interrupted"
             target = FailingTarget(
                 applier, s.table_prefix, origin="replay", fail_at=3,

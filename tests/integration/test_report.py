@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from caa import wiring
 from caa.aws import Aws
 from caa.settings import Settings
-from consumers.sources.worker import Worker
 from deploy.local.bedrock_server import BedrockServer
 from models.features import WEEK_DAYS, bgnbd_inputs
 from models.learn.evaluation import naive_expectation
@@ -84,7 +84,7 @@ def consume(s: Settings) -> tuple[Drain, float, dict[str, CustomerState], dict[s
     async def run() -> tuple[Drain, float, dict[str, CustomerState], dict[str, Any]]:
         async with Aws(s).clients("kinesis", "dynamodb") as c:
             drain = Drain()
-            w = Worker(s, c["kinesis"], c["dynamodb"], on_batch=lambda _s, r: drain.ack(
+            w = wiring.worker(s, c["kinesis"], c["dynamodb"], on_batch=lambda _s, r: drain.ack(
                 sum(o.status == "applied" for o in r.outcomes)))
             drain.started = time.perf_counter()
             await w.run(until_idle=True)

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from caa import wiring
 from caa.aws import Aws
 from caa.settings import Settings
 from consumers.core import BatchResult, StreamRecord
@@ -67,7 +68,7 @@ def test_split_and_merge_mid_stream_apply_every_event_once_and_in_order(
 
     async def scenario() -> Worker:
         async with Aws(s).clients("kinesis", "dynamodb") as c:
-            w = Worker(s, c["kinesis"], c["dynamodb"])
+            w = wiring.worker(s, c["kinesis"], c["dynamodb"])
             w.poller.discovery_interval = 0.5
             record_applied(w, applied)
             stop = asyncio.Event()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from caa import wiring
 from caa.aws import Aws
 from caa.settings import Settings
 from consumers.sources.worker import Worker
@@ -52,7 +53,7 @@ def test_the_stack_deploys_and_the_consumer_runs_on_what_it_created(aws_env: str
 
     async def consume() -> tuple[Worker, int]:
         async with Aws(s).clients("kinesis", "dynamodb") as c:
-            w = Worker(s, c["kinesis"], c["dynamodb"])
+            w = wiring.worker(s, c["kinesis"], c["dynamodb"])
             await w.run(until_idle=True)
             return w, sum(x.purchases for x in await w.customers.all())
 

@@ -34,10 +34,9 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from caa.settings import Settings
 from consumers.analysis.analyzer import PriceTable
 from consumers.analysis.bedrock import parse_native_answer
-from consumers.analysis.daily.job import statistical_record, store_all
+from consumers.analysis.daily.job import BatchConfig, statistical_record, store_all
 from consumers.stores.analyses import AnalysisStore
 from consumers.stores.usage import UsageLedger, micros
 from models.analysis import AnalysisRecord
@@ -58,18 +57,18 @@ async def _read(s3: Any, bucket: str, key: str) -> bytes:
     return data
 
 
-async def load_job(settings: Settings, s3: Any, bedrock: Any, ident: str) -> BatchJob:
+async def load_job(config: BatchConfig, s3: Any, bedrock: Any, ident: str) -> BatchJob:
     """The job record, by job name, job id or job ARN."""
-    assert settings.batch_bucket
+    assert config.bucket
     name = ident
     if ident.startswith("arn:") or (len(ident) == 12 and ident.isalnum() and ident.islower()):
         name = str((await bedrock.get_model_invocation_job(jobIdentifier=ident))["jobName"])
-    key = f"{settings.batch_prefix}jobs/{name}.json"
+    key = f"{config.prefix}jobs/{name}.json"
     try:
-        return BatchJob.model_validate_json(await _read(s3, settings.batch_bucket, key))
+        return BatchJob.model_validate_json(await _read(s3, config.bucket, key))
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-            raise IngestRefused(f"no job record s3://{settings.batch_bucket}/{key}") from None
+            raise IngestRefused(f"no job record s3://{config.bucket}/{key}") from None
         raise
 
 
@@ -115,10 +114,10 @@ async def _output_lines(s3: Any, job: BatchJob) -> list[str]:
     return lines
 
 
-async def read_answers(settings: Settings, s3: Any, job: BatchJob, now: datetime,
+async def read_answers(config: BatchConfig, s3: Any, job: BatchJob, now: datetime,
                        ) -> tuple[list[AnalysisRecord], list[str]]:
     """One analysis per record of the job, and what was wrong with the output lines."""
-    prices, problems = PriceTable.parse(settings.bedrock_prices), []
+    prices, problems = config.prices, []
     seen: dict[str, OutputLine] = {}
     for n, text in enumerate(await _output_lines(s3, job), 1):
         line = parse_output_line(text)
@@ -130,7 +129,7 @@ async def read_answers(settings: Settings, s3: Any, job: BatchJob, now: datetime
             seen[line.record_id] = line
             if line.error:
                 problems.append(f"line {n} ({line.record_id}): {line.error}")
-    factor = settings.bedrock_batch_price_factor
+    factor = config.price_factor
     records = [
         analysis_of(entry, seen[rid], prices, job.model_id, factor, now) if rid in seen
         else statistical_record(entry.customer_id, entry.input, now, "batch_missing")
@@ -139,13 +138,13 @@ async def read_answers(settings: Settings, s3: Any, job: BatchJob, now: datetime
     return records, problems
 
 
-async def _count(settings: Settings, store: AnalysisStore, records: list[AnalysisRecord],
+async def _count(config: BatchConfig, store: AnalysisStore, records: list[AnalysisRecord],
                  now: datetime) -> dict[str, Any]:
     """Add the job to the day's usage counters, in one update."""
     reasons = Counter(r.fallback_reason for r in records if r.fallback_reason)
     billed = [r for r in records if r.attempts]
     spend = micros(sum(r.cost_usd for r in records))
-    await UsageLedger(store.db, settings.table("usage")).add(now.date().isoformat(), {
+    await UsageLedger(store.db, config.usage_table).add(now.date().isoformat(), {
         "calls": len(billed), "batch_records": len(billed),
         "input_tokens": sum(r.input_tokens for r in records),
         "output_tokens": sum(r.output_tokens for r in records),
@@ -159,7 +158,7 @@ async def _count(settings: Settings, store: AnalysisStore, records: list[Analysi
             "fallbacks": dict(sorted(reasons.items()))}
 
 
-async def ingest(settings: Settings, store: AnalysisStore, s3: Any, bedrock: Any,
+async def ingest(config: BatchConfig, store: AnalysisStore, s3: Any, bedrock: Any,
                  job: BatchJob, now: datetime) -> dict[str, Any]:
     """Ingest an ended job; a job still running is reported (``ingested`` false)."""
     if job.job_arn is None:
@@ -180,9 +179,9 @@ async def ingest(settings: Settings, store: AnalysisStore, s3: Any, bedrock: Any
                                 f"s3://{bucket}/{marker}") from None
         raise
     try:
-        records, problems = await read_answers(settings, s3, job, now)
+        records, problems = await read_answers(config, s3, job, now)
         errors = await store_all(store, records)
-        report.update(await _count(settings, store, records, now))
+        report.update(await _count(config, store, records, now))
     except BaseException:  # nothing counted: free the claim, so the job can be ingested again
         with contextlib.suppress(Exception):
             await s3.delete_object(Bucket=bucket, Key=marker)

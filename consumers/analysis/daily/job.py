@@ -30,7 +30,6 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from caa.settings import Settings
 from consumers.analysis.analyzer import PriceTable, statistical_analysis
 from consumers.analysis.bedrock import BedrockAnalyzer
 from consumers.analysis.enricher import AB_CONTROL, Enricher
@@ -38,7 +37,7 @@ from consumers.analysis.trigger import Signature, stale_reason
 from consumers.refit import rewrite_predictions
 from consumers.registry import ModelRegistry
 from consumers.stores.analyses import AnalysisStore
-from consumers.stores.customers import state_from_item
+from consumers.stores.customers import CustomerStore
 from consumers.stores.dynamo import Dynamo
 from consumers.stores.predictions import PredictionStore
 from consumers.stores.usage import UsageLedger
@@ -48,6 +47,21 @@ from models.features import rfm
 from models.prediction import Prediction
 from models.prompt import AnalysisInput, build_input
 from models.state import CustomerState
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """What the daily batch needs to know: the usage table it counts in, prices (and the
+    batch share of them), the model, and where its jobs go (S3, and the role Bedrock assumes
+    to read and write there; both are needed only to submit)."""
+
+    usage_table: str
+    prices: PriceTable
+    price_factor: float
+    model_id: str
+    bucket: str | None
+    prefix: str
+    role_arn: str | None
 
 
 @dataclass
@@ -64,10 +78,7 @@ class Plan:
 
 async def active_states(db: Dynamo, table: str, since: datetime) -> list[CustomerState]:
     """Customers with purchases whose state was written at or after ``since`` (UTC)."""
-    cut = since.isoformat(timespec="milliseconds")  # the format state_to_item writes
-    items = await db.scan(table, FilterExpression="updated_at >= :t",
-                          ExpressionAttributeValues={":t": {"S": cut}})
-    states = [state_from_item(i) for i in items]
+    states = await CustomerStore(db, table).updated_since(since)
     return sorted((s for s in states if s.purchases), key=lambda s: s.customer_id)
 
 
@@ -108,7 +119,7 @@ async def store_all(store: AnalysisStore, records: Sequence[AnalysisRecord],
     return [e for e in await asyncio.gather(*(one(r) for r in records)) if e]
 
 
-async def plan(settings: Settings, enricher: Enricher, states: Sequence[CustomerState],
+async def plan(config: BatchConfig, enricher: Enricher, states: Sequence[CustomerState],
                predictions: Sequence[Prediction], as_of: int, now: datetime) -> Plan:
     """Consent and cache first (settled now, written like the enricher writes them); the
     rest become input lines with the on-demand analyzer's exact request (in the model's
@@ -133,7 +144,7 @@ async def plan(settings: Settings, enricher: Enricher, states: Sequence[Customer
     out.no_consent, out.ab_control = len(refused), len(control)
     asked = [cid for cid in inputs if cid not in {*refused, *control}]
     previous = await enricher.store.latest(asked)
-    prices = PriceTable.parse(settings.bedrock_prices)
+    prices = config.prices
     for cid in asked:
         x = inputs[cid]
         sig = Signature.of(x, enricher.version)
@@ -147,8 +158,8 @@ async def plan(settings: Settings, enricher: Enricher, states: Sequence[Customer
         out.lines.append(input_line(rid, analyzer.request(x)))
         out.worst_case_usd += prices.cost(analyzer.model, analyzer.input_tokens_bound(x),
                                           analyzer.max_tokens)
-    out.worst_case_usd = round(out.worst_case_usd * settings.bedrock_batch_price_factor, 6)
-    await UsageLedger(enricher.store.db, settings.table("usage")).add(now.date().isoformat(), {
+    out.worst_case_usd = round(out.worst_case_usd * config.price_factor, 6)
+    await UsageLedger(enricher.store.db, config.usage_table).add(now.date().isoformat(), {
         "analyses": out.no_consent + out.ab_control,
         "source_statistical": out.no_consent + out.ab_control,
         "fallbacks": out.no_consent, "fallback_no_consent": out.no_consent,
@@ -167,13 +178,13 @@ async def save_job(s3: Any, bucket: str, job: BatchJob) -> None:
                         ContentType="application/json")
 
 
-async def submit(settings: Settings, s3: Any, bedrock: Any, work: Plan, now: datetime,
+async def submit(config: BatchConfig, s3: Any, bedrock: Any, work: Plan, now: datetime,
                  ) -> BatchJob:
     """Write the input and the job record to S3, then create the job. A refused creation is
     kept in the record (``submit_error``), not raised."""
-    assert settings.batch_bucket and settings.batch_role_arn
-    bucket, name, base = settings.batch_bucket, job_name(now), settings.batch_prefix
-    job = BatchJob(name=name, model_id=settings.bedrock_model_id, created_at=now,
+    assert config.bucket and config.role_arn
+    bucket, name, base = config.bucket, job_name(now), config.prefix
+    job = BatchJob(name=name, model_id=config.model_id, created_at=now,
                    input_uri=s3_uri(bucket, f"{base}input/{name}.jsonl"),
                    output_uri=s3_uri(bucket, f"{base}output/{name}/"),
                    record_uri=s3_uri(bucket, f"{base}jobs/{name}.json"), entries=work.entries)
@@ -183,7 +194,7 @@ async def submit(settings: Settings, s3: Any, bedrock: Any, work: Plan, now: dat
     await save_job(s3, bucket, job)  # first: an answer must never lack its customer map
     try:
         resp = await bedrock.create_model_invocation_job(
-            jobName=name, roleArn=settings.batch_role_arn, clientRequestToken=name,
+            jobName=name, roleArn=config.role_arn, clientRequestToken=name,
             modelId=job.model_id, modelInvocationType=INVOCATION_TYPE,
             inputDataConfig={"s3InputDataConfig": {"s3InputFormat": "JSONL",
                                                    "s3Uri": job.input_uri}},

@@ -105,7 +105,7 @@ def test_event_source_mapping_reports_item_failures_and_bounds_retries() -> None
     assert esm["DestinationConfig"]["OnFailure"]["Destination"] == {
         "Fn::GetAtt": ["FailedBatchesQueue", "Arn"]}
     handler = res["ConsumerFunction"]["Properties"]["Handler"]
-    assert handler == "consumers.sources.lambda_handler.handler"
+    assert handler == "caa.entry.lambda_stream.handler"
     stream = res["PurchaseStream"]["Properties"]
     assert stream["StreamEncryption"]["EncryptionType"] == "KMS"
 

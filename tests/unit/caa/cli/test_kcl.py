@@ -30,7 +30,7 @@ def test_local_endpoints_are_passed_on_and_metrics_stay_off(
     assert p["dynamoDBEndpoint"] == "http://127.0.0.1:4566"
     assert (p["metricsLevel"], p["applicationName"]) == ("NONE", "orders-app")
     assert (p["retrievalMode"], p["initialPositionInStream"]) == ("FANOUT", "LATEST")
-    assert p["executableName"].endswith(" -m consumers.sources.kcl_processor")
+    assert p["executableName"].endswith(" -m caa.entry.kcl")
 
 
 def test_aws_gets_no_endpoints_and_detailed_metrics(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,10 +14,10 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from caa.settings import Settings
 from consumers.analysis.analyzer import PriceTable
 from consumers.analysis.bedrock import BedrockAnalyzer
 from consumers.analysis.daily.ingest import analysis_of, ingest
+from consumers.analysis.daily.job import BatchConfig
 from deploy.local.bedrock_server import serve
 from deploy.local.schema_answer import generate, grounding
 from models.analysis import TOOL_NAME, input_schema, tool_spec
@@ -181,7 +181,9 @@ def test_an_ingestion_that_fails_before_counting_gives_its_claim_back() -> None:
                    record_uri="s3://b/p/jobs/caa-batch-x.json",
                    entries={"r0000000001": entry()}, job_arn="arn:job")
     s3 = FakeS3()
+    config = BatchConfig(usage_table="caa-usage", prices=PRICES, price_factor=0.5,
+                         model_id=MODEL, bucket="b", prefix="p/", role_arn=None)
     with pytest.raises(ClientError):  # the output could not be listed
-        asyncio.run(ingest(Settings(), None, s3, FakeBedrock(), job, NOW))  # type: ignore[arg-type]
+        asyncio.run(ingest(config, None, s3, FakeBedrock(), job, NOW))  # type: ignore[arg-type]
     assert s3.deleted == ["p/jobs/caa-batch-x.ingested.json"]
     assert s3.objects == {}  # free to try again
