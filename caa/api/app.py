@@ -17,13 +17,11 @@ after that honours it.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hashlib
 import hmac
 import json
 import math
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -354,17 +352,3 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.monotonic) 
 def spec_json(settings: Settings) -> str:
     """The OpenAPI document as checked in at docs/openapi.json."""
     return json.dumps(create_app(settings).openapi(), indent=2, sort_keys=True) + "\n"
-
-
-def serve(settings: Settings, args: argparse.Namespace) -> int:
-    """``caa serve``: the API on uvicorn until SIGTERM/SIGINT."""
-    if args.print_openapi:  # regenerate the checked-in spec: > docs/openapi.json
-        sys.stdout.write(spec_json(settings))
-        return 0
-    if not settings.api_keys:
-        print("caa serve: no API keys; set CAA_API_KEYS (comma-separated)", file=sys.stderr)
-        return 2
-    import uvicorn
-
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
-    return 0

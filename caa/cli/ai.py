@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import sys
@@ -17,17 +16,6 @@ from consumers.stores.dynamo import Dynamo
 from consumers.stores.usage import daily_usage
 
 console = Console()
-
-
-def add_parsers(sub: Any) -> None:
-    c = sub.add_parser("costs", help="Bedrock spend, calls, tokens, fallbacks, cache hits per day")
-    c.add_argument("--json", action="store_true")
-    h = sub.add_parser("history", help="a customer's analyses, newest first")
-    h.add_argument("customer_id")
-    h.add_argument("--limit", type=int, default=20)
-    h.add_argument("--json", action="store_true")
-    a = sub.add_parser("analyze", help="analyse a customer now (bypasses debounce and cache)")
-    a.add_argument("customer_id")
 
 
 async def _daily_usage(settings: Settings, aws: Aws) -> list[dict[str, Any]]:
@@ -45,9 +33,10 @@ async def _history(settings: Settings, aws: Aws, customer_id: str,
             customer_id, limit)
 
 
-def cmd_costs(settings: Settings, aws: Aws, args: argparse.Namespace) -> int:
+def costs(settings: Settings, aws: Aws, as_json: bool) -> int:
+    """``caa costs``: Bedrock usage per day."""
     out = asyncio.run(_daily_usage(settings, aws))
-    if args.json:
+    if as_json:
         print(json.dumps(out, indent=2))
         return 0
     t = Table(title="Bedrock usage per day (UTC)")
@@ -66,17 +55,18 @@ def cmd_costs(settings: Settings, aws: Aws, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_history(settings: Settings, aws: Aws, args: argparse.Namespace) -> int:
-    recs = asyncio.run(_history(settings, aws, args.customer_id, args.limit))
+def history(settings: Settings, aws: Aws, customer_id: str, limit: int, as_json: bool) -> int:
+    """``caa history``: a customer's last ``limit`` analyses, newest first."""
+    recs = asyncio.run(_history(settings, aws, customer_id, limit))
     for r in recs:
         r.pop("signature", None)
-    if args.json:
+    if as_json:
         print(json.dumps(recs, indent=2))
         return 0
     if not recs:
-        print(f"no analyses for customer {args.customer_id!r}", file=sys.stderr)
+        print(f"no analyses for customer {customer_id!r}", file=sys.stderr)
         return 1
-    t = Table(title=f"analyses of customer {args.customer_id} (newest first)")
+    t = Table(title=f"analyses of customer {customer_id} (newest first)")
     for col in ("at", "trigger", "source", "model", "fallback", "tokens in/out", "cost USD",
                 "confidence", "next best action"):
         t.add_column(col)
@@ -90,8 +80,8 @@ def cmd_history(settings: Settings, aws: Aws, args: argparse.Namespace) -> int:
     return 0
 
 
-async def analyze(settings: Settings, aws: Aws, customer_id: str) -> dict[str, Any] | None:
-    """``caa analyze``: :func:`consumers.analysis.on_demand.analyze` on clients of its own."""
+async def analysis(settings: Settings, aws: Aws, customer_id: str) -> dict[str, Any] | None:
+    """:func:`consumers.analysis.on_demand.analyze` on clients of its own."""
     from caa import wiring
     from consumers.analysis import on_demand
     from consumers.stores.customers import CustomerStore
@@ -106,3 +96,13 @@ async def analyze(settings: Settings, aws: Aws, customer_id: str) -> dict[str, A
             CustomerStore(db, settings.tables.customers),
             PredictionStore(db, settings.tables.predictions), registry, enricher, customer_id,
             lambda: wiring.pseudonym_key(settings))
+
+
+def analyze(settings: Settings, aws: Aws, customer_id: str) -> int:
+    """``caa analyze``: prints the analysis; 1 for an unknown customer or an error."""
+    out = asyncio.run(analysis(settings, aws, customer_id))
+    if out is None:
+        print(f"no customer {customer_id!r}", file=sys.stderr)
+        return 1
+    print(json.dumps(out, indent=2))
+    return 1 if "error" in out else 0

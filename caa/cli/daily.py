@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import sys
@@ -15,17 +14,6 @@ from caa.settings import Settings
 
 #: exit code of `caa batch --ingest` while the job is still running
 NOT_FINISHED = 3
-
-
-def add_parser(sub: Any) -> None:
-    b = sub.add_parser("batch", help="daily batch: recompute recently active customers; "
-                                     "with Bedrock, analyse them in a batch inference job")
-    what = b.add_mutually_exclusive_group(required=True)
-    what.add_argument("--active-since", metavar="SPAN",
-                      help="customers whose state was written within SPAN (30m, 12h, 1d, 2w)")
-    what.add_argument("--ingest", metavar="JOB",
-                      help="store the answers of a finished batch job (name, id or ARN)")
-    b.add_argument("--json", action="store_true")
 
 
 async def run_batch(settings: Settings, aws: Aws, since: datetime,
@@ -95,33 +83,37 @@ def _print(out: dict[str, Any], as_json: bool) -> None:
         print(f"{k}: {json.dumps(v, default=str) if isinstance(v, dict | list) else v}")
 
 
-def cmd_batch(settings: Settings, aws: Aws, args: argparse.Namespace) -> int:
+def batch(settings: Settings, aws: Aws, active_since: str | None, ingest: str | None,
+          as_json: bool) -> int:
+    """``caa batch``: the daily batch over the customers active within ``active_since`` (30m,
+    12h, 1d, 2w), or else the ingestion of the finished batch job ``ingest``. 2 on missing
+    settings or a bad span, 1 on a failure, :data:`NOT_FINISHED` while the job runs."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     from consumers.analysis.daily.ingest import IngestRefused
     from models.daily_job import parse_since
 
-    missing = _missing(settings) if args.active_since else (
+    missing = _missing(settings) if active_since else (
         [] if settings.batch_bucket else ["CAA_BATCH_BUCKET"])
     if missing:
         print(f"caa batch with Bedrock needs {' and '.join(missing)}", file=sys.stderr)
         return 2
     try:
-        span = parse_since(args.active_since) if args.active_since else None
+        span = parse_since(active_since) if active_since else None
     except ValueError as exc:
         print(f"caa batch: {exc}", file=sys.stderr)
         return 2
     try:
         out = (asyncio.run(run_batch(settings, aws, datetime.now(UTC) - span)) if span
-               else asyncio.run(run_ingest(settings, aws, args.ingest)))
+               else asyncio.run(run_ingest(settings, aws, ingest or "")))
     except (IngestRefused, ClientError, BotoCoreError) as exc:
         print(f"caa batch: {exc}", file=sys.stderr)
         return 1
-    _print(out, args.json)
+    _print(out, as_json)
     job = out.get("analysis", {}).get("job")
     if isinstance(job, dict) and job.get("submit_error"):
         return 1
-    if args.ingest and not out.get("ingested"):
+    if ingest and not out.get("ingested"):
         print(f"job {out['job']} is {out['status']}: not finished yet", file=sys.stderr)
         return NOT_FINISHED
     return 0

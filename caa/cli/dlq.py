@@ -3,7 +3,6 @@ consumers.ops.redrive)."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import sys
@@ -11,16 +10,6 @@ from typing import Any
 
 from caa.aws import Aws
 from caa.settings import Settings
-
-
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    d = sub.add_parser("dlq", help="dead letters")
-    d.add_argument("action", choices=("list", "redrive"),
-                   help="list: open dead letters; redrive: re-check them with the current "
-                        "decoder and put the ones that now decode back on the stream")
-    d.add_argument("--all", action="store_true", help="list: redriven ones too")
-    d.add_argument("--json", action="store_true")
-    d.add_argument("--dry-run", action="store_true", help="redrive: only report")
 
 
 async def letters(settings: Settings, aws: Aws, open_only: bool) -> list[dict[str, Any]]:
@@ -33,7 +22,7 @@ async def letters(settings: Settings, aws: Aws, open_only: bool) -> list[dict[st
         return await store.by_arrival(open_only=open_only)
 
 
-async def dlq_redrive(settings: Settings, aws: Aws, dry_run: bool) -> dict[str, Any]:
+async def redrive_letters(settings: Settings, aws: Aws, dry_run: bool) -> dict[str, Any]:
     from consumers.ops.redrive import redrive
     from consumers.stores.dynamo import Dynamo
 
@@ -52,12 +41,16 @@ def _shown(value: object) -> object:
     return value if isinstance(value, str) and value else 0
 
 
-def cmd_dlq(settings: Settings, aws: Aws, args: argparse.Namespace) -> int:
-    if args.action == "redrive":
-        print(json.dumps(asyncio.run(dlq_redrive(settings, aws, args.dry_run)), indent=2))
-        return 0
-    rows = asyncio.run(letters(settings, aws, open_only=not args.all))
-    if args.json:
+def dlq_redrive(settings: Settings, aws: Aws, dry_run: bool) -> int:
+    """``caa dlq redrive``: prints the report as JSON."""
+    print(json.dumps(asyncio.run(redrive_letters(settings, aws, dry_run)), indent=2))
+    return 0
+
+
+def dlq_list(settings: Settings, aws: Aws, show_all: bool, as_json: bool) -> int:
+    """``caa dlq list``: the open dead letters (``show_all``: redriven ones too)."""
+    rows = asyncio.run(letters(settings, aws, open_only=not show_all))
+    if as_json:
         print(json.dumps([{k: _shown(v) for k, v in d.items()} for d in rows], indent=2))
         return 0
     for d in rows:
@@ -65,5 +58,5 @@ def cmd_dlq(settings: Settings, aws: Aws, args: argparse.Namespace) -> int:
         print(f"{d['received_at']}  {d['status']:<8}  {d['stream']}  "
               f"{d['shard_id']}  {d['sequence_number']}  {len(payload):>7} B  "
               f"{d['reason']}")
-    print(f"{len(rows)} dead letter(s)" + ("" if args.all else " open"), file=sys.stderr)
+    print(f"{len(rows)} dead letter(s)" + ("" if show_all else " open"), file=sys.stderr)
     return 0

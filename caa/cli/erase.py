@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import asdict
 
 from caa.aws import Aws
 from caa.settings import Settings
-from consumers.ops.erasure import ErasureReport, erase
-
-
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    e = sub.add_parser("erase", help="erase a customer from every table, history and dead "
-                                     "letters; prints the audit request id")
-    e.add_argument("customer_id")
-    e.add_argument("--json", action="store_true")
+from consumers.ops import erasure
+from consumers.ops.erasure import ErasureReport
 
 
 async def run(settings: Settings, customer_id: str) -> ErasureReport:
@@ -23,14 +16,15 @@ async def run(settings: Settings, customer_id: str) -> ErasureReport:
 
     async with Aws(settings, quiet=True).clients("kinesis", "dynamodb") as c:
         db = wiring.dynamo(settings, c["dynamodb"])
-        return await erase(wiring.erasure_targets(settings), c["kinesis"], db, customer_id)
+        return await erasure.erase(wiring.erasure_targets(settings), c["kinesis"], db, customer_id)
 
 
-def cmd_erase(settings: Settings, args: argparse.Namespace) -> int:
+def erase(settings: Settings, customer_id: str, as_json: bool) -> int:
+    """``caa erase``: prints the audit request id (or the whole report as JSON)."""
     import asyncio
 
-    report = asyncio.run(run(settings, args.customer_id))
-    if args.json:
+    report = asyncio.run(run(settings, customer_id))
+    if as_json:
         print(json.dumps(asdict(report), sort_keys=True))
     else:
         deleted = ", ".join(f"{k} {v}" for k, v in sorted(report.deleted.items()))

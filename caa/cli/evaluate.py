@@ -22,7 +22,6 @@ scikit-learn), which are imported only here.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import math
@@ -55,23 +54,6 @@ err = Console(stderr=True)
 
 class EvaluationError(RuntimeError):
     """The pipeline's output is not what the evaluation can score honestly."""
-
-
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    e = sub.add_parser("evaluate", help="CDNOW holdout evaluation of the forecasts and "
-                                        "segments through the pipeline, against batch anchors")
-    e.add_argument("--calibration-end", type=date.fromisoformat, default=date(1997, 9, 30),
-                   help="last day of the calibration period (default 1997-09-30)")
-    e.add_argument("--holdout-weeks", type=int, default=39, help="holdout length (default 39)")
-    e.add_argument("--limit-customers", type=int, metavar="N",
-                   help="only the first N customers of the log (fast runs)")
-    e.add_argument("--json", action="store_true", help="print one JSON object")
-    e.add_argument("--by-variant", action="store_true",
-                   help="also score each A/B variant's customers (CAA_AB_EXPERIMENT/_VARIANTS)")
-    e.add_argument("--customers-csv", type=Path, default=Path("out/evaluation-customers.csv"),
-                   help="per-customer predicted and actual holdout purchases, for `caa report`")
-    e.add_argument("--keep", action="store_true",
-                   help="keep the evaluation's stream and tables (their names go to stderr)")
 
 
 def cdnow_events(holdout: Holdout, limit_customers: int | None) -> list[PurchaseEvent]:
@@ -314,7 +296,13 @@ def print_report(out: dict[str, Any]) -> None:
         console.print(v)
 
 
-def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
+def run_evaluation(settings: Settings, calibration_end: date, holdout_weeks: int,
+                   limit_customers: int | None, as_json: bool, by_variant: bool,
+                   customers_csv: Path, keep: bool) -> int:
+    """``caa evaluate``: the holdout of ``holdout_weeks`` after ``calibration_end``, on the
+    first ``limit_customers`` customers (all by default); per-customer figures to
+    ``customers_csv``; ``keep`` keeps the evaluation's stream and tables. 2 without the dev
+    dependencies."""
     try:
         import lifetimes  # noqa: F401
         import sklearn  # noqa: F401
@@ -330,12 +318,12 @@ def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
         err.print(f"emulator at {emu.endpoint} (pid {emu.pid}); `caa emulator stop` stops it")
     from models.learn.evaluation import Holdout
 
-    holdout = Holdout(args.calibration_end, args.holdout_weeks)
-    out, rows = evaluate(settings, holdout, args.limit_customers, keep=args.keep)
-    write_customers(args.customers_csv, rows)
-    if not args.by_variant:
+    holdout = Holdout(calibration_end, holdout_weeks)
+    out, rows = evaluate(settings, holdout, limit_customers, keep=keep)
+    write_customers(customers_csv, rows)
+    if not by_variant:
         out.pop("by_variant")
-    if args.json:
+    if as_json:
         print(json.dumps(out, indent=2))
     else:
         print_report(out)

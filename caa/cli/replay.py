@@ -12,16 +12,14 @@ Targets: ``--to stream`` (CAA_STREAM_NAME, paced to its write capacity) or
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hashlib
 import json
 import os
-import re
 import socket
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,80 +42,30 @@ from rich.text import Text
 
 from caa.aws import Aws
 from caa.settings import Settings
-from producers.replay.framing import FORMATS
 from producers.replay.sources import FileSource, KinesisSource, S3Source, Source
 from producers.replay.tally import ReplayReport
 
 console = Console()
 progress_console = Console(stderr=True)
-JOB_NAME = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 
 
-def _job_name(text: str) -> str:
-    if not JOB_NAME.match(text):
-        raise argparse.ArgumentTypeError("1-100 letters, digits, '.', '_' or '-'")
-    return text
+@dataclass(frozen=True)
+class Options:
+    """What one ``caa replay`` is asked for (see :func:`replay`)."""
 
-
-def _timestamp(text: str) -> datetime:
-    """ISO 8601 (a time without a zone is UTC) or epoch seconds."""
-    try:
-        return datetime.fromtimestamp(float(text), UTC)
-    except ValueError:
-        pass
-    try:
-        at = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a time: {text!r}") from None
-    return at if at.tzinfo else at.replace(tzinfo=UTC)
-
-
-def _positive(text: str) -> int:
-    n = int(text)
-    if n < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return n
-
-
-def _share(text: str) -> float:
-    x = float(text)
-    if not 0 < x <= 1:
-        raise argparse.ArgumentTypeError("a fraction in (0, 1]")
-    return x
-
-
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    r = sub.add_parser(
-        "replay", help="backfill from files, an S3 prefix or the stream, onto the stream or "
-                       "straight into the tables (a resumable job)", description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    r.add_argument("sources", nargs="+", metavar="SOURCE",
-                   help="files/directories, s3://BUCKET/PREFIX, or kinesis://STREAM")
-    r.add_argument("--to", choices=("stream", "direct"), default="stream",
-                   help="stream: publish (paced); direct: apply straight into the tables")
-    r.add_argument("--format", choices=("auto", *FORMATS), default="auto",
-                   help="auto: .csv is csv, names with 'cdnow' are cdnow, the rest json")
-    r.add_argument("--since", type=_timestamp,
-                   help="kinesis source: records that arrived from this time (ISO 8601 or "
-                        "epoch seconds; default: the oldest kept)")
-    r.add_argument("--until", type=_timestamp,
-                   help="kinesis/S3 sources: up to this time (default: when the job started)")
-    r.add_argument("--job", type=_job_name,
-                   help="the job's name, to resume it (default: derived from the arguments)")
-    r.add_argument("--restart", action="store_true", help="replay the job from the start")
-    r.add_argument("--dry-run", action="store_true",
-                   help="read and validate everything, write nothing, print the report")
-    r.add_argument("--json", action="store_true", help="print the report as JSON")
-    r.add_argument("--chunk", type=_positive,
-                   help="records per commit (default: 2 s of the stream's capacity, at least "
-                        "2,000; direct: 10,000)")
-    r.add_argument("--group-size", type=_positive, default=300,
-                   help="direct: records per applier batch, whole customers (default 300)")
-    r.add_argument("--share", type=_share, default=1.0,
-                   help="stream: the fraction of its write capacity to use (default 1; lower "
-                        "it to leave room for live producers)")
-    r.add_argument("--no-refit", action="store_true",
-                   help="direct: skip the refit and prediction rewrite at the end")
+    sources: tuple[str, ...]
+    to: str
+    format: str
+    since: datetime | None
+    until: datetime | None
+    job: str | None
+    restart: bool
+    dry_run: bool
+    json: bool
+    chunk: int | None
+    group_size: int
+    share: float
+    refit: bool
 
 
 @dataclass(frozen=True)
@@ -130,38 +78,38 @@ class Spec:
     key: dict[str, Any]
 
 
-def spec(settings: Settings, aws: Aws, args: argparse.Namespace) -> Spec:
-    s3 = [s for s in args.sources if s.startswith("s3://")]
-    streams = [s for s in args.sources if s.startswith("kinesis:")]
-    files = [s for s in args.sources if s not in s3 and s not in streams]
+def spec(settings: Settings, aws: Aws, opts: Options) -> Spec:
+    s3 = [s for s in opts.sources if s.startswith("s3://")]
+    streams = [s for s in opts.sources if s.startswith("kinesis:")]
+    files = [s for s in opts.sources if s not in s3 and s not in streams]
     if sum(map(bool, (s3, streams, files))) != 1 or len(s3) > 1 or len(streams) > 1:
         raise SystemExit("caa replay: one kind of source per job: files, one s3:// prefix, "
                          "or one kinesis:// stream")
-    key: dict[str, Any] = {"format": args.format, "since": args.since, "until": args.until}
+    key: dict[str, Any] = {"format": opts.format, "since": opts.since, "until": opts.until}
     if s3:
         bucket, _, prefix = s3[0].removeprefix("s3://").partition("/")
         client = aws.client("s3")
-        return Spec(lambda started: S3Source(client, bucket, prefix, args.until or started,
-                                             args.format),
+        return Spec(lambda started: S3Source(client, bucket, prefix, opts.until or started,
+                                             opts.format),
                     s3[0], "replay", {**key, "s3": s3[0]})
     if streams:
         name = streams[0].removeprefix("kinesis:").removeprefix("//") or settings.stream_name
         kinesis = aws.client("kinesis")
-        since = args.since
+        since = opts.since
         return Spec(lambda started: KinesisSource(kinesis, name, since,
-                                                  args.until or started),
+                                                  opts.until or started),
                     f"kinesis://{name} from {since.isoformat() if since else 'the oldest'}",
                     name, {**key, "kinesis": name})
     paths = [Path(f).resolve() for f in files]
-    source = FileSource(paths, args.format)
+    source = FileSource(paths, opts.format)
     first = f"{paths[0]}" + (f" and {len(paths) - 1} more" if len(paths) > 1 else "")
     return Spec(lambda _started: source, first, "replay",
                 {**key, "files": [str(p) for p in paths]})
 
 
-def job_name(args: argparse.Namespace, sp: Spec, target: str) -> str:
-    if args.job:
-        return str(args.job)
+def job_name(opts: Options, sp: Spec, target: str) -> str:
+    if opts.job:
+        return str(opts.job)
     body = json.dumps({**sp.key, "target": target}, sort_keys=True, default=str)
     return "replay-" + hashlib.sha256(body.encode()).hexdigest()[:12]
 
@@ -218,7 +166,23 @@ def report_table(title: str, rows: list[tuple[str, str]], report: ReplayReport) 
         console.print(ex)
 
 
-def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
+def replay(settings: Settings, sources: Sequence[str], *, to: str, fmt: str,
+           since: datetime | None, until: datetime | None, job: str | None, restart: bool,
+           dry_run: bool, as_json: bool, chunk: int | None, group_size: int, share: float,
+           refit: bool) -> int:
+    """``caa replay``: ``sources`` (files and directories, one ``s3://`` prefix or one
+    ``kinesis://`` stream) in ``fmt`` onto the stream (``to="stream"``, using ``share`` of its
+    write capacity) or straight into the tables (``"direct"``, ``group_size`` records a batch,
+    then a refit unless not ``refit``), ``chunk`` records a commit, as the resumable job
+    ``job`` (default: named after the arguments). 2 on bad input, 1 when writing failed,
+    130 when interrupted."""
+    return _replay(settings, Options(
+        tuple(sources), to=to, format=fmt, since=since, until=until, job=job, restart=restart,
+        dry_run=dry_run, json=as_json, chunk=chunk, group_size=group_size, share=share,
+        refit=refit))
+
+
+def _replay(settings: Settings, opts: Options) -> int:
     from botocore.exceptions import ClientError
 
     from consumers.sources.lease import GroupBusy
@@ -229,23 +193,23 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     from producers.replay.runner import dry_run
     from producers.replay.sources import SourceError
 
-    aws = Aws(settings, quiet=args.json)
+    aws = Aws(settings, quiet=opts.json)
     try:
-        sp = spec(settings, aws, args)
-        if args.dry_run:
+        sp = spec(settings, aws, opts)
+        if opts.dry_run:
             with _progress() as progress:
                 meter = RichMeter(progress, progress.add_task("checking", total=None))
                 started = datetime.now(UTC)
                 report = dry_run(sp.make(started), settings.max_event_bytes, meter)
             out: dict[str, Any] = {"dry_run": True, "source": sp.summary,
                                    "report": report.as_dict()}
-            if args.json:
+            if opts.json:
                 print(json.dumps(out, indent=2, default=str))
             else:
                 report_table("caa replay --dry-run (nothing written)",
                              [("source", sp.summary)], report)
             return 0
-        out = asyncio.run(_run(settings, aws, args, sp))
+        out = asyncio.run(_run(settings, aws, opts, sp))
     except (SourceError, FormatError, JobMismatch, GroupBusy) as exc:
         print(f"caa replay: {exc}", file=sys.stderr)
         return 2
@@ -263,12 +227,12 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
         print(f"caa replay: {exc}\nnothing after the last committed chunk counts as sent; "
               "run the same command again to resume", file=sys.stderr)
         return 1
-    if args.json:
+    if opts.json:
         print(json.dumps(out, indent=2, default=str))
     return 0
 
 
-async def _run(settings: Settings, aws: Aws, args: argparse.Namespace,
+async def _run(settings: Settings, aws: Aws, opts: Options,
                sp: Spec) -> dict[str, Any]:
     from caa import wiring
     from consumers.sources.lease import GroupLease
@@ -277,28 +241,28 @@ async def _run(settings: Settings, aws: Aws, args: argparse.Namespace,
     from producers.replay.targets import DirectTarget, RejectedLog, StreamTarget, Target
 
     s = settings
-    target_name = f"stream:{s.stream_name}" if args.to == "stream" else f"direct:{s.table_prefix}"
-    name = job_name(args, sp, target_name)
+    target_name = f"stream:{s.stream_name}" if opts.to == "stream" else f"direct:{s.table_prefix}"
+    name = job_name(opts, sp, target_name)
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     log: RejectedLog | None = None
     async with aws.clients("dynamodb") as c:
         target: Target
-        if args.to == "stream":
+        if opts.to == "stream":
             log = RejectedLog(s.state_dir / "replay" / f"{name}.rejected.jsonl")
-            target = StreamTarget(aws.client("kinesis"), s.stream_name, share=args.share,
+            target = StreamTarget(aws.client("kinesis"), s.stream_name, share=opts.share,
                                   log=log)
         else:
             applier = wiring.applier(s, c["dynamodb"], cache_size=s.state_cache_size)
             lease = GroupLease(applier.customers.db, s.table("checkpoints"), s.consumer_group,
                                owner)
             target = DirectTarget(applier, s.table_prefix, origin=sp.origin, lease=lease,
-                                  group_size=args.group_size, refit=not args.no_refit)
+                                  group_size=opts.group_size, refit=opts.refit)
         job = ReplayJob(wiring.dynamo(s, c["dynamodb"]), s.table("checkpoints"), name, owner)
         with _progress() as progress:
             meter = RichMeter(progress, progress.add_task("replaying", total=None))
             outcome = await run(job, sp.make, target, summary=f"{sp.summary} -> {target.name}",
-                                max_event_bytes=s.max_event_bytes, restart=args.restart,
-                                chunk_size=args.chunk,
+                                max_event_bytes=s.max_event_bytes, restart=opts.restart,
+                                chunk_size=opts.chunk,
                                 meter=meter, log=log)
     r = outcome.report
     out: dict[str, Any] = {"job": name, "status": outcome.status, "source": sp.summary,
@@ -312,7 +276,7 @@ async def _run(settings: Settings, aws: Aws, args: argparse.Namespace,
                              "replays it again)"))
     elif isinstance(target, StreamTarget):
         cap = target.capacity_records_per_s
-        out.update(capacity_records_per_s=cap, share=args.share,
+        out.update(capacity_records_per_s=cap, share=opts.share,
                    capacity_fraction=round(outcome.records_per_s / cap, 3) if cap else 0.0,
                    rejected_log=str(log.path) if log and r.invalid_total else None)
         rows += [("published", f"{r.published:,} ({r.throttled:,} throttled and retried)"),
@@ -330,6 +294,6 @@ async def _run(settings: Settings, aws: Aws, args: argparse.Namespace,
                             "predictions_rewritten": outcome.refit.predictions_rewritten}
             rows.append(("refit", f"{outcome.refit.customers:,} customers, "
                                   f"{outcome.refit.predictions_rewritten:,} predictions"))
-    if not args.json:
+    if not opts.json:
         report_table("caa replay", rows, r)
     return out

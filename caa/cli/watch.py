@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import signal
 import sys
 from collections.abc import Callable
-from typing import Any
 
 from caa.aws import Aws
 from caa.settings import Settings
 from consumers.ops.changefeed import ChangeFeed, FeedItem, FeedProblem, StartAt, stream_arn
-
-
-def add_parser(sub: Any) -> None:
-    w = sub.add_parser("watch", help="tail the prediction change feed (DynamoDB Streams)")
-    w.add_argument("--from", dest="start", choices=("trim_horizon", "latest"),
-                   default="trim_horizon",
-                   help="trim_horizon: every change still in the stream (24 h); latest: new "
-                        "changes only (with --follow)")
-    w.add_argument("--json", action="store_true", help="one PredictionChange JSON per line")
-    w.add_argument("--customer", help="only this customer's changes")
-    w.add_argument("--limit", type=int, help="stop after this many changes")
-    w.add_argument("--follow", action="store_true",
-                   help="keep waiting for new changes (Ctrl-C stops)")
 
 
 def _arrow(old: object, new: object) -> str:
@@ -71,20 +56,23 @@ async def watch(settings: Settings, aws: Aws, *, start: StartAt = "trim_horizon"
         return n
 
 
-def cmd_watch(settings: Settings, aws: Aws, args: argparse.Namespace) -> int:
+def tail(settings: Settings, aws: Aws, start: StartAt, as_json: bool, customer_id: str | None,
+         limit: int | None, follow: bool) -> int:
+    """``caa watch``: print the changes (one line each, or PredictionChange JSON), problems to
+    stderr; 1 when the predictions table has no stream."""
     def emit(item: FeedItem) -> None:
         if isinstance(item, FeedProblem):
             print(render(item), file=sys.stderr)
         else:
-            print(item.model_dump_json() if args.json else render(item), flush=True)
+            print(item.model_dump_json() if as_json else render(item), flush=True)
 
     async def run() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        return await watch(settings, aws, start=args.start, follow=args.follow,
-                           customer_id=args.customer, limit=args.limit, emit=emit, stop=stop)
+        return await watch(settings, aws, start=start, follow=follow,
+                           customer_id=customer_id, limit=limit, emit=emit, stop=stop)
 
     n = asyncio.run(run())
     if n < 0:

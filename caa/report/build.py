@@ -1,10 +1,12 @@
-"""``caa report``: one self-contained HTML page about the customers, models and costs.
+"""What ``caa report`` (:mod:`caa.cli.report`) shows: one self-contained HTML page about the
+customers, models and costs.
 
 Reads the customer states, the segment model and the refit's segment sizes from DynamoDB,
 the Bedrock usage table (as ``caa costs`` does: :func:`consumers.stores.usage.daily_usage`), the
 evaluation file (``--evaluation``, contract in :mod:`caa.report.scores`; written by
 ``caa evaluate``) and the benchmark figures (``--bench``, ``out/bench.json`` from
-``make bench``); then :func:`caa.report.page.render` builds the page (no I/O) and it is written to
+``make bench``) into :class:`caa.report.page.ReportData` (:func:`load`); then
+:func:`caa.report.page.render` builds the page (no I/O) and :mod:`caa.cli.report` writes it to
 ``--out``. A missing file leaves its sections with a note saying what to run.
 
 Needs matplotlib (the ``report`` or ``demo`` extra), imported only when the command runs.
@@ -12,7 +14,6 @@ Needs matplotlib (the ``report`` or ``demo`` extra), imported only when the comm
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import sys
@@ -30,25 +31,9 @@ if TYPE_CHECKING:
     from models.learn.segmentation import SegmentModel
     from models.state import CustomerState
 
-DEFAULT_OUT = Path("out/report.html")
-DEFAULT_EVALUATION = Path("out/evaluation-customers.csv")
-DEFAULT_BENCH = Path("out/bench.json")
 BENCH_FIGURES = ("events_per_s", "p50_ms", "p99_ms")
 
-__all__ = ["BenchFileError", "add_parser", "cmd_report", "load", "read_bench", "read_models",
-           "read_states", "read_tables"]
-
-
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    r = sub.add_parser("report", help="write one self-contained HTML report (segments over "
-                                      "time, centres, calibration, lift, bench, costs)")
-    r.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                   help=f"the page to write (default {DEFAULT_OUT})")
-    r.add_argument("--evaluation", type=Path, default=DEFAULT_EVALUATION,
-                   help=f"per-customer evaluation CSV from `caa evaluate` "
-                        f"(default {DEFAULT_EVALUATION})")
-    r.add_argument("--bench", type=Path, default=DEFAULT_BENCH,
-                   help=f"benchmark figures from `make bench` (default {DEFAULT_BENCH})")
+__all__ = ["BenchFileError", "load", "read_bench", "read_models", "read_states", "read_tables"]
 
 
 class BenchFileError(ValueError):
@@ -144,20 +129,3 @@ def load(settings: Settings, aws: Aws, evaluation: Path, bench: Path) -> ReportD
         bench_path=bench, bench=bench_data, bench_error=bench_error,
         usage=usage, budget_usd=settings.daily_budget_usd,
     )
-
-
-def cmd_report(settings: Settings, aws: Aws, args: argparse.Namespace) -> int:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        print("caa report needs matplotlib: pip install -e '.[report]'", file=sys.stderr)
-        return 2
-    from caa.report.page import render
-
-    data = load(settings, aws, args.evaluation, args.bench)
-    out: Path = args.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(data), encoding="utf-8")
-    print(out)
-    return 0
-

@@ -15,7 +15,7 @@ import pytest
 from caa import wiring
 from caa.aws import Aws
 from caa.cli import main as cli
-from caa.cli import watch as feed_cli
+from caa.cli.watch import watch
 from caa.settings import Settings
 from caa.wiring import ensure_resources
 from consumers.ops.changefeed import FeedItem
@@ -113,7 +113,7 @@ def test_watch_from_latest_follows_new_changes_only(
     async def scenario() -> list[FeedItem]:
         got: list[FeedItem] = []
         opened = asyncio.Event()
-        task = asyncio.create_task(feed_cli.watch(
+        task = asyncio.create_task(watch(
             s, Aws(s), start="latest", follow=True, limit=1, emit=got.append,
             opened=opened.set))
         await opened.wait()
