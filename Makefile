@@ -1,17 +1,25 @@
 # Two commands on a fresh machine: `make run` and `make test`.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+SUM := $(shell cksum pyproject.toml | cut -d' ' -f1)
+# what running needs (runtime + demo + the embedded emulator) and, for `make test`, the dev extras
+RUN_STAMP := $(VENV)/.installed-run-$(SUM)
+TEST_STAMP := $(VENV)/.installed-test-$(SUM)
 
-.PHONY: setup run run-ai stop test lint bench chaos clean show segments
+.PHONY: setup setup-dev run run-ai stop test lint bench chaos clean show segments
 
-$(STAMP): pyproject.toml
+$(RUN_STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,demo,emulator]'
-	rm -f $(VENV)/.installed-* && touch $@
+	$(PY) -m pip install -q -e '.[demo,emulator]'
+	rm -f $(VENV)/.installed-run-* && touch $@
 
-setup: $(STAMP)
+$(TEST_STAMP): $(RUN_STAMP)
+	$(PY) -m pip install -q -e '.[dev,demo,emulator]'
+	rm -f $(VENV)/.installed-test-* && touch $@
+
+setup: $(RUN_STAMP)
+setup-dev: $(TEST_STAMP)
 
 # kinesis-mock (npm kinesis-local, plain JS): the Kinesis fidelity tier of the tests
 KINESIS_MOCK := $(VENV)/node/node_modules/kinesis-local/main.js
@@ -38,11 +46,12 @@ run-ai: setup
 	$(AI_ENV) $(VENV)/bin/caa costs; $(AI_ENV) $(VENV)/bin/caa history 00001; \
 	kill $$(cat .caa/bedrock.pid); rm -f .caa/bedrock.pid; exit $$rc
 
-## stop: stop the local emulator that `make run` left running
+## stop: stop the local emulator that `make run` left running; it keeps its data in memory, so
+## this discards every stream, table and prediction
 stop:
 	@test -x $(VENV)/bin/caa && $(VENV)/bin/caa emulator stop || true
 
-lint: setup
+lint: setup-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy .
 
@@ -61,10 +70,10 @@ test: lint $(KINESIS_MOCK) $(CHROMIUM)
 
 ## chaos: the crash harness on the whole CDNOW log (>= 10 SIGKILLs); last line
 ## lost=<n> double_counted=<n> kills=<n> rejected=<n>
-chaos: setup
+chaos: setup-dev
 	$(PY) -m deploy.local.chaos --kills $(or $(KILLS),12)
 
-bench: setup
+bench: setup-dev
 	$(PY) bench/pipeline.py
 	$(PY) bench/analysis_policy.py
 	$(PY) bench/replay.py

@@ -5,13 +5,12 @@ Endpoints come from the standard variables, which botocore reads itself
 against AWS, LocalStack or the embedded emulator by environment alone. The one
 convenience: with ``CAA_LOCAL_EMULATOR=auto`` (the default) and no
 ``AWS_ENDPOINT_URL``, a running emulator started by ``caa emulator start`` is used.
+This module never refuses a target: the interactive command line does, before building
+clients (:func:`caa.target.require_target`); the Lambda/KCL entry points and the API do not.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -19,40 +18,69 @@ from typing import Any
 import boto3
 from aiobotocore.session import get_session
 from botocore.config import Config
+from botocore.exceptions import EndpointConnectionError
 
 from caa.settings import Settings
 
 #: Requests are built by our own typed code, so botocore's per-call parameter validation
-#: (a third of the client's CPU on large batches) is switched off.
+#: (a third of the client's CPU on large batches) is switched off. A connection is given
+#: 5 s (botocore's default is 60: five attempts at a silent address took minutes).
 _CONFIG = Config(
     retries={"mode": "standard", "max_attempts": 5},
     max_pool_connections=64,
     parameter_validation=False,
+    connect_timeout=5,
 )
 _DUMMY = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+#: attempts of a call to an endpoint that has never answered this client (see _FailFast)
+_UNREACHED_ATTEMPTS = 2
+
+
+class _FailFast:
+    """A ``needs-retry`` handler, first in line: until its client has had one answer from
+    the endpoint, a connection failure is retried only once (then raised), so a wrong or
+    dead endpoint is reported in a second or two instead of after botocore's backoff. Once
+    the endpoint has answered, retries are botocore's own, unchanged."""
+
+    def __init__(self) -> None:
+        self.reached = False
+
+    def __call__(self, attempts: int = 1, response: object = None,
+                 caught_exception: BaseException | None = None, **_: Any) -> None:
+        if response is not None:
+            self.reached = True
+        elif (not self.reached and isinstance(caught_exception, EndpointConnectionError)
+              and attempts >= _UNREACHED_ATTEMPTS):
+            raise caught_exception
+
+
+def _fail_fast(client: Any) -> Any:
+    service = client.meta.service_model.service_id.hyphenize()
+    client.meta.events.register_first(f"needs-retry.{service}", _FailFast())
+    return client
 
 
 def local_emulator_endpoint(settings: Settings) -> str | None:
-    """The endpoint of our running emulator, if one is recorded and alive."""
-    try:
-        info = json.loads(settings.emulator_file.read_text())
-        os.kill(int(info["pid"]), 0)
-    except (OSError, ValueError, KeyError):
-        return None
-    return str(info["endpoint"])
+    """The endpoint of our running emulator, if one is recorded, alive, ours and answering."""
+    from deploy.local import emulator
+
+    found = emulator.recorded(settings.emulator_file)
+    return found.endpoint if found else None
 
 
 class Aws:
-    """Client factory bound to one settings object."""
+    """Client factory bound to one settings object. It prints nothing: the command line
+    names the target before commands that change something (:mod:`caa.target`), and error
+    lines name the endpoint; ``quiet`` is accepted for its callers and has no effect."""
 
     def __init__(self, settings: Settings, quiet: bool = False) -> None:
+        from caa.target import before_clients
+
+        before_clients()  # the command line's target check (caa.target.checked), else nothing
         self.settings = settings
         self.endpoint_url: str | None = None
         if settings.endpoint_url is None and settings.local_emulator == "auto":
             self.endpoint_url = local_emulator_endpoint(settings)
-            if self.endpoint_url and not quiet:
-                print(f"using the local emulator at {self.endpoint_url} "
-                      f"(set AWS_ENDPOINT_URL to choose another)", file=sys.stderr)
         self._session = boto3.Session(profile_name=settings.profile, region_name=settings.region)
         self._needs_dummy = self._session.get_credentials() is None and (
             self.endpoint_url is not None or settings.endpoint_url is not None
@@ -92,7 +120,8 @@ class Aws:
         return kw
 
     def client(self, service: str) -> Any:
-        return self._session.client(service, **self._kwargs(service))  # type: ignore[call-overload]
+        kw = self._kwargs(service)
+        return _fail_fast(self._session.client(service, **kw))  # type: ignore[call-overload]
 
     @asynccontextmanager
     async def clients(self, *services: str) -> AsyncIterator[dict[str, Any]]:
@@ -103,7 +132,7 @@ class Aws:
         async with AsyncExitStack() as stack:
             out = {}
             for s in services:
-                out[s] = await stack.enter_async_context(
+                out[s] = _fail_fast(await stack.enter_async_context(
                     session.create_client(s, **self._kwargs(s))
-                )
+                ))
             yield out

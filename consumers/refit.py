@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from consumers.hook import AnalysisHook
+from consumers.progress import NO_PROGRESS, Progress
 from consumers.registry import PARETO_NBD, ModelRegistry
 from consumers.stores.customers import CustomerStore
 from consumers.stores.predictions import PredictionStore
@@ -31,6 +32,8 @@ from models.prediction import Prediction, SegmentRef
 from models.state import DAY, CustomerState
 
 SIZES = "segment-sizes"
+#: predictions computed, merged with their analyses and written per step of a rewrite
+REWRITE_CHUNK = 2000
 
 
 @dataclass(frozen=True)
@@ -54,23 +57,30 @@ class RefitReport:
 async def rewrite_predictions(
     states: Sequence[CustomerState], segments: Sequence[int], names: dict[int, str],
     forecaster: Forecaster, segments_version: int, as_of: int, predictions: PredictionStore,
-    enricher: AnalysisHook | None = None,
+    enricher: AnalysisHook | None = None, progress: Progress = NO_PROGRESS,
 ) -> list[Prediction]:
     """Write one prediction per state with these models as of ``as_of`` (keeping each
-    customer's latest AI analysis); the refit and the daily batch
+    customer's latest AI analysis), ``REWRITE_CHUNK`` customers at a time (the progress
+    phase "rewriting predictions" counts them); the refit and the daily batch
     (consumers.analysis.daily.job) share it."""
     now = datetime.now(UTC)
-    out = [
-        forecaster.predict(s, SegmentRef(id=seg, name=names.get(seg, f"segment {seg}")),
-                           as_of, now, segments_version)
-        for s, seg in zip(states, segments, strict=True)
-    ]
-    if enricher is not None:
-        out = await enricher.attach(out)
-    await predictions.save(out)
-    if enricher is not None:
-        await enricher.reconcile(out)
-    return out
+    progress.phase("rewriting predictions", total=len(states))
+    written: list[Prediction] = []
+    for i in range(0, len(states), REWRITE_CHUNK):
+        out = [
+            forecaster.predict(s, SegmentRef(id=seg, name=names.get(seg, f"segment {seg}")),
+                               as_of, now, segments_version)
+            for s, seg in zip(states[i:i + REWRITE_CHUNK], segments[i:i + REWRITE_CHUNK],
+                              strict=True)
+        ]
+        if enricher is not None:
+            out = await enricher.attach(out)
+        await predictions.save(out)
+        if enricher is not None:
+            await enricher.reconcile(out)
+        written += out
+        progress.advance(len(out))
+    return written
 
 
 async def refit(
@@ -82,12 +92,17 @@ async def refit(
     as_of_ts: int | None = None,
     enricher: AnalysisHook | None = None,
     active_days: int = 0,
+    progress: Progress = NO_PROGRESS,
 ) -> RefitReport | None:
     """Refit both models; with ``rewrite`` rewrite every prediction (keeping each one's
     latest AI analysis) and, with an ``enricher``, queue customers active within
-    ``active_days`` for their scheduled re-analysis."""
+    ``active_days`` for their scheduled re-analysis. ``progress`` hears the phases:
+    reading customer states (counted), fitting the purchase model, fitting the segments,
+    rewriting predictions (counted, out of the customers)."""
     started = time.perf_counter()
-    states = [s for s in await customers.all() if s.purchases]  # not consent-only states
+    progress.phase("refit: reading customer states")
+    states = [s for s in await customers.all(progress=progress)
+              if s.purchases]  # not consent-only states
     if not states:
         return None
     as_of = as_of_ts if as_of_ts is not None else max(s.last_ts for s in states)
@@ -96,6 +111,7 @@ async def refit(
     arr = np.array(keys, dtype=float)
     weights = np.array([rows[k] for k in keys], dtype=float)
     params: ForecastParams
+    progress.phase(f"refit: fitting the purchase model ({len(keys):,} distinct histories)")
     if registry.forecast_model == PARETO_NBD:
         params = pareto_nbd.fit(arr[:, 0], arr[:, 1], arr[:, 2], weights=weights,
                                 initial=registry.pareto_nbd)
@@ -105,6 +121,7 @@ async def refit(
     version = await registry.replace_forecast(
         params, {"customers": len(states), "as_of": as_of, "fitted_at": time.time()}
     )
+    progress.phase(f"refit: fitting the segments ({len(states):,} customers)")
     ordered = sorted(states, key=lambda s: s.customer_id)
     features = [rfm(s, as_of) for s in ordered]
     model = SegmentModel.from_dict(registry.segmenter.to_dict())
@@ -121,7 +138,7 @@ async def refit(
         out = await rewrite_predictions(ordered, segments, names, Forecaster(
             params, version, variants=registry.variants),
             registry.segments_version, as_of, predictions,
-            enricher)
+            enricher, progress)
         written = len(out)
         if enricher is not None and active_days:
             since = as_of - active_days * DAY

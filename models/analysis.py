@@ -193,3 +193,7 @@ class AnalysisRecord(_Strict):
     attempts: int = 0
     analysis: Analysis
     signature: dict[str, Any] | None = None
+    #: where the answer (and what it cost) came from when that was not AWS's own endpoint,
+    #: e.g. ``"test server at http://127.0.0.1:4599 (canned answers)"``; None for AWS, and
+    #: for an analysis that called nothing
+    endpoint: str | None = None

@@ -15,8 +15,8 @@ the properties exactly-once effects rest on.
 >>> s = CustomerState.new("c1")
 >>> s.apply(e), s.apply(e)
 (True, False)
->>> s.purchases, s.spend_cents, s.products["milk"].quantity
-(1, 240, 2)
+>>> s.purchases, s.spend_cents, s.products["milk"].quantity, s.currencies
+(1, 240, 2, {'EUR': 1})
 """
 
 from __future__ import annotations
@@ -80,6 +80,8 @@ class CustomerState:
     products: dict[str, ItemStats] = field(default_factory=dict)
     categories: dict[str, ItemStats] = field(default_factory=dict)
     channels: dict[str, int] = field(default_factory=dict)
+    #: orders per ISO currency code (states written before it was kept have none)
+    currencies: dict[str, int] = field(default_factory=dict)
     consent: bool | None = None
     consent_ts: int = 0
     seen: set[int] = field(default_factory=set)
@@ -102,6 +104,7 @@ class CustomerState:
             products={k: v.clone() for k, v in self.products.items()},
             categories={k: v.clone() for k, v in self.categories.items()},
             channels=dict(self.channels),
+            currencies=dict(self.currencies),
             consent=self.consent,
             consent_ts=self.consent_ts,
             seen=set(self.seen),
@@ -150,6 +153,7 @@ class CustomerState:
             self.last_event_id = event.event_id
         _add_day(self.days, day)
         self.channels[event.channel] = self.channels.get(event.channel, 0) + 1
+        self.currencies[event.currency] = self.currencies.get(event.currency, 0) + 1
         if event.consent is not None:
             self.state_consent(event.consent, ts)
         touched_products: set[str] = set()
@@ -189,6 +193,7 @@ class CustomerState:
                 "ch": dict(sorted(self.channels.items())),
                 "c": self.consent,
                 "ct": self.consent_ts,
+                **({"cu": dict(sorted(self.currencies.items()))} if self.currencies else {}),
             },
             separators=(",", ":"),
         )
@@ -212,6 +217,7 @@ class CustomerState:
             products={k: ItemStats.from_list(v) for k, v in d["pr"].items()},
             categories={k: ItemStats.from_list(v) for k, v in d["ca"].items()},
             channels=d["ch"],
+            currencies=d.get("cu", {}),
             consent=d["c"],
             consent_ts=d["ct"],
             seen=set(struct.unpack(f">{len(seen) // 8}Q", seen)),

@@ -45,7 +45,7 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -124,10 +124,12 @@ class Timeline:
 
 
 def segment_timeline(states: Sequence[CustomerState], model: SegmentModel,
-                     when: Sequence[int] | None = None) -> Timeline | None:
+                     when: Sequence[int] | None = None,
+                     step_done: Callable[[int, int], None] | None = None) -> Timeline | None:
     """Segment sizes at each cut-off (by default :func:`cutoffs` over the states' span, up to
     their watermark, the latest ``last_ts``); None when no state has a purchase or the model
-    has no centres yet."""
+    has no centres yet. ``step_done(done, of)`` hears the cut-offs done: (0, n) first,
+    then after each one."""
     bought = [s for s in states if s.purchases and s.days]
     if not bought or not model.is_ready:
         return None
@@ -139,6 +141,8 @@ def segment_timeline(states: Sequence[CustomerState], model: SegmentModel,
     order = sorted(ids, key=lambda j: (SEGMENT_NAMES.index(ids[j]), j))
     column = {j: k for k, j in enumerate(order)}
     counts = []
+    if step_done is not None:
+        step_done(0, len(when))
     for ts in when:
         row = [0] * len(order)
         for s in bought:
@@ -146,4 +150,6 @@ def segment_timeline(states: Sequence[CustomerState], model: SegmentModel,
             if x is not None:
                 row[column[model.predict_one(x)]] += 1
         counts.append(row)
+        if step_done is not None:
+            step_done(len(counts), len(when))
     return Timeline(list(when), [ids[j] for j in order], counts, step, sum(counts[-1]))

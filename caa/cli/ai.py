@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import sys
-from typing import Any
+from typing import Annotated, Any
 
-from rich.console import Console
-from rich.table import Table
+import typer
 
 from caa.aws import Aws
+from caa.cli import output
+from caa.cli.context import current
+from caa.cli.customers import CustomerId, analysis_rows
+from caa.cli.output import JsonFlag
+from caa.errors import BadInput, CaaError, NotFound
 from caa.settings import Settings
 from consumers.stores.dynamo import Dynamo
-from consumers.stores.usage import daily_usage
-
-console = Console()
+from consumers.stores.usage import daily_usage, non_aws_endpoints, simulated_note
 
 
 async def _daily_usage(settings: Settings, aws: Aws) -> list[dict[str, Any]]:
@@ -25,58 +25,83 @@ async def _daily_usage(settings: Settings, aws: Aws) -> list[dict[str, Any]]:
 
 
 async def _history(settings: Settings, aws: Aws, customer_id: str,
-                   limit: int) -> list[dict[str, Any]]:
+                   limit: int) -> tuple[list[dict[str, Any]], bool]:
+    """The analyses, and whether the customer is known (has a prediction)."""
     from caa import wiring
+    from consumers.stores.predictions import PredictionStore
 
     async with aws.clients("dynamodb") as c:
-        return await wiring.analysis_store(settings, Dynamo(c["dynamodb"])).history(
-            customer_id, limit)
+        db = Dynamo(c["dynamodb"])
+        recs = await wiring.analysis_store(settings, db).history(customer_id, limit)
+        known = bool(recs) or await PredictionStore(db, settings.tables.predictions).get(
+            customer_id) is not None
+        return recs, known
 
 
 def costs(settings: Settings, aws: Aws, as_json: bool) -> int:
-    """``caa costs``: Bedrock usage per day."""
+    """``caa costs``: Bedrock usage per day. A day whose calls went elsewhere than AWS (the
+    local test server of ``make run-ai``) says so: ``simulated`` and ``note`` in ``--json``,
+    a column and a line under the table."""
     out = asyncio.run(_daily_usage(settings, aws))
+    for day in out:
+        day["simulated"] = bool(day["endpoints"])
+        day["note"] = simulated_note(day["endpoints"])
     if as_json:
-        print(json.dumps(out, indent=2))
+        output.print_json(out)
         return 0
-    t = Table(title="Bedrock usage per day (UTC)")
-    for col in ("day", "spend USD", "calls", "tokens in", "tokens out", "analyses",
-                "fallbacks", "cache hits"):
-        t.add_column(col, justify="left" if col == "day" else "right")
+    elsewhere = non_aws_endpoints(out)
+    rows = []
     for r in out:
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(r["fallback_reasons"].items()))
-        t.add_row(r["day"], f"{r['spend_usd']:.4f}", f"{r['calls']:,}",
-                  f"{r['input_tokens']:,}", f"{r['output_tokens']:,}", f"{r['analyses']:,}",
-                  f"{r['fallbacks']:,}" + (f" ({reasons})" if reasons else ""),
-                  f"{r['cache_hits']:,}")
-    console.print(t)
+        rows.append((r["day"], f"{r['spend_usd']:.4f}", f"{r['calls']:,}",
+                     f"{r['input_tokens']:,}", f"{r['output_tokens']:,}", f"{r['analyses']:,}",
+                     f"{r['fallbacks']:,}" + (f" ({reasons})" if reasons else ""),
+                     f"{r['cache_hits']:,}",
+                     *([", ".join(r["endpoints"]) or "AWS"] if elsewhere else [])))
+    columns = ("day", "spend USD", "calls", "tokens in", "tokens out", "analyses",
+               "fallbacks", "cache hits", *(["answered by"] if elsewhere else []))
+    output.table("Bedrock usage per day (UTC)", columns, rows,
+                 right=set(columns[1:8]), caption=simulated_note(elsewhere))
     if not out:
-        print("no usage recorded yet", file=sys.stderr)
+        output.note("no usage recorded yet")
     return 0
 
 
+def _check_id(customer_id: str) -> None:
+    if not customer_id.strip():
+        raise BadInput("a customer id is needed, not an empty string")
+
+
 def history(settings: Settings, aws: Aws, customer_id: str, limit: int, as_json: bool) -> int:
-    """``caa history``: a customer's last ``limit`` analyses, newest first."""
-    recs = asyncio.run(_history(settings, aws, customer_id, limit))
+    """``caa history``: a customer's last ``limit`` analyses, newest first (none yet: an
+    empty list); :class:`NotFound` for a customer with no prediction."""
+    _check_id(customer_id)
+    recs, known = asyncio.run(_history(settings, aws, customer_id, limit))
+    if not known:
+        raise NotFound(f"no customer {customer_id!r} with a prediction")
     for r in recs:
         r.pop("signature", None)
     if as_json:
-        print(json.dumps(recs, indent=2))
+        output.print_json(recs)
         return 0
     if not recs:
-        print(f"no analyses for customer {customer_id!r}", file=sys.stderr)
-        return 1
-    t = Table(title=f"analyses of customer {customer_id} (newest first)")
-    for col in ("at", "trigger", "source", "model", "fallback", "tokens in/out", "cost USD",
-                "confidence", "next best action"):
-        t.add_column(col)
+        output.note(f"no analyses for customer {customer_id!r} yet: they are made with "
+                    "CAA_ANALYZER=bedrock, or by `caa analyze`")
+        return 0
+    # where the answers came from, when not from AWS (the local test server)
+    elsewhere = sorted({str(r["endpoint"]) for r in recs if r.get("endpoint")})
+    rows = []
     for r in recs:
         a = r["analysis"]
-        t.add_row(r["at"][:19], r["trigger"], r["source"], r["model"],
-                  r.get("fallback_reason") or "", f"{r['input_tokens']}/{r['output_tokens']}",
-                  f"{r['cost_usd']:.6f}", f"{a['confidence']:.2f}",
-                  f"{a['next_best_action']['action']}: {a['next_best_action']['detail']}")
-    console.print(t)
+        rows.append((r["at"][:19], r["trigger"], r["source"], r["model"],
+                     r.get("fallback_reason") or "", f"{r['input_tokens']}/{r['output_tokens']}",
+                     f"{r['cost_usd']:.6f}", f"{a['confidence']:.2f}",
+                     f"{a['next_best_action']['action']}: {a['next_best_action']['detail']}",
+                     *([str(r.get("endpoint") or "")] if elsewhere else [])))
+    output.table(f"analyses of customer {customer_id} (newest first)",
+                 ("at", "trigger", "source", "model", "fallback", "tokens in/out", "cost USD",
+                  "confidence", "next best action", *(["endpoint"] if elsewhere else [])),
+                 rows, caption=simulated_note(elsewhere))
     return 0
 
 
@@ -98,11 +123,51 @@ async def analysis(settings: Settings, aws: Aws, customer_id: str) -> dict[str, 
             lambda: wiring.pseudonym_key(settings))
 
 
-def analyze(settings: Settings, aws: Aws, customer_id: str) -> int:
-    """``caa analyze``: prints the analysis; 1 for an unknown customer or an error."""
+def analyze(settings: Settings, aws: Aws, customer_id: str, as_json: bool = False) -> int:
+    """``caa analyze``: prints the analysis; :class:`NotFound` for an unknown customer,
+    1 when the analysis could not be made or stored."""
+    _check_id(customer_id)
     out = asyncio.run(analysis(settings, aws, customer_id))
     if out is None:
-        print(f"no customer {customer_id!r}", file=sys.stderr)
-        return 1
-    print(json.dumps(out, indent=2))
-    return 1 if "error" in out else 0
+        raise NotFound(f"no customer {customer_id!r} with a prediction")
+    if "error" in out:
+        raise CaaError(f"the analysis of {customer_id!r} failed: "
+                       + ("; ".join(out["error"]) or "see the logs"))
+    if as_json:
+        output.print_json(out)
+        return 0
+    output.pairs(f"analysis of customer {customer_id} (now)",
+                 [("trigger", str(out.get("trigger", "on_demand"))),
+                  *analysis_rows(out.get("analysis"), out.get("at"), out.get("model"),
+                                 out.get("source"))])
+    return 0
+
+
+def _costs(ctx: typer.Context, as_json: JsonFlag = False) -> int:
+    inv = current(ctx)
+    return costs(inv.settings, inv.aws(), as_json)
+
+
+def _history_command(
+    ctx: typer.Context, customer_id: CustomerId,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many analyses.")] = 20,
+    as_json: JsonFlag = False,
+) -> int:
+    inv = current(ctx)
+    return history(inv.settings, inv.aws(), customer_id, limit, as_json)
+
+
+def _analyze(ctx: typer.Context, customer_id: CustomerId, as_json: JsonFlag = False) -> int:
+    inv = current(ctx)
+    return analyze(inv.settings, inv.aws(), customer_id, as_json)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("costs", rich_help_panel=output.AI,
+                help="Bedrock spend, calls, tokens, fallbacks and cache hits per day.")(_costs)
+    app.command("history", rich_help_panel=output.AI,
+                help="A customer's analyses, newest first: time, trigger, source, model, "
+                     "tokens, cost, next best action.")(_history_command)
+    app.command("analyze", rich_help_panel=output.AI,
+                help="Analyse a customer now, bypassing debounce and the analysis cache "
+                     "(consent, budget and breaker still hold).")(_analyze)

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from rich.console import Console
-from rich.table import Table
+import typer
 
 from caa.aws import Aws
+from caa.cli import output
+from caa.cli.context import current
+from caa.cli.output import JsonFlag
+from caa.errors import BadInput, NotFound
 from caa.settings import Settings
 from consumers.stores.dynamo import Dynamo
 
 T = TypeVar("T")
-console = Console(stderr=False)
 
 
 def _read(aws: Aws, read: Callable[[Dynamo], Awaitable[T]]) -> T:
@@ -28,39 +29,72 @@ def _read(aws: Aws, read: Callable[[Dynamo], Awaitable[T]]) -> T:
     return asyncio.run(run())
 
 
+def _text(v: Any) -> str:
+    return json.dumps(v) if isinstance(v, dict | list) else str(v)
+
+
+def analysis_rows(analysis: dict[str, Any] | None, at: Any = None,
+                  model: str | None = None, source: str | None = None) -> list[tuple[str, str]]:
+    """The rows of an AI (or statistical) analysis as ``caa show`` and ``caa analyze`` print
+    it: where it came from, its narrative and the next best action first."""
+    if not analysis:
+        return [("analysis", "none yet")]
+    nba = analysis.get("next_best_action") or {}
+    rows = [("analysis source", str(source or "-")), ("analysis model", str(model or "-")),
+            ("analysis at", str(at or "-")),
+            ("narrative", str(analysis.get("narrative", ""))),
+            ("next best action", f"{nba.get('action', '-')}: {nba.get('detail', '')}"),
+            ("analysis confidence", _text(analysis.get("confidence")))]
+    profile = analysis.get("profile") or {}
+    if profile:
+        rows.append(("profile", f"{profile.get('shopping_frequency', '-')} shopper, "
+                                f"{profile.get('price_preference', '-')} prices, likes "
+                                f"{', '.join(profile.get('preferred_categories', [])) or '-'}"))
+    for r in analysis.get("recommendations", []):
+        rows.append(("ai recommends", f"{r['product']} ({r['urgency']}): {r['reason']}"))
+    return rows
+
+
 def show(settings: Settings, aws: Aws, customer_id: str, as_json: bool) -> int:
-    """``caa show``: 1 when the customer has no prediction."""
+    """``caa show``: :class:`NotFound` when the customer has no prediction."""
     from consumers.stores.predictions import PredictionStore
 
+    if not customer_id.strip():
+        raise BadInput("a customer id is needed, not an empty string")
     pred = _read(aws, lambda db: PredictionStore(db, settings.tables.predictions).get(
         customer_id))
     if pred is None:
-        print(f"no prediction for customer {customer_id!r}", file=sys.stderr)
-        return 1
+        raise NotFound(f"no prediction for customer {customer_id!r}",
+                       "is the id right, and has `caa consume` run since it bought?")
     if as_json:
-        print(json.dumps(pred, indent=2, sort_keys=True))
+        output.print_json(pred, sort_keys=True)
         return 0
-    t = Table(title=f"customer {customer_id}", show_header=False)
+    rows: list[tuple[str, str]] = []
     for key in ("segment", "p_alive", "expected_purchases_30d", "expected_purchases_90d",
                 "purchases", "spend", "data_quality", "data_quality_reason", "confidence",
                 "source", "as_of", "generated_at", "last_event", "model_versions"):
         v: Any = pred.get(key)
         if key == "segment":
             v = v["name"]
-        t.add_row(key, json.dumps(v) if isinstance(v, dict | list) else str(v))
+        rows.append((key, _text(v)))
     for n in pred.get("next_purchases", []):
-        t.add_row(f"next {n['kind']}", f"{n['key']}: {n['expected_date']} ({n['status']}, "
-                  f"every {n['avg_days_between']} d, confidence {n['confidence']})")
+        rows.append((f"next {n['kind']}", f"{n['key']}: {n['expected_date']} ({n['status']}, "
+                     f"every {n['avg_days_between']} d, confidence {n['confidence']})"))
     for a in pred.get("alerts", []):
-        t.add_row("alert", a["message"])
+        rows.append(("alert", a["message"]))
     for r in pred.get("recommendations", []):
-        t.add_row("recommend", f"{r['kind']} {r['key']} ({r['reason']}, {r['score']})")
-    console.print(t)
+        rows.append(("recommend", f"{r['kind']} {r['key']} ({r['reason']}, {r['score']})"))
+    source = pred.get("source")
+    if pred.get("fallback_reason"):
+        source = f"{source} (fallback: {pred['fallback_reason']})"
+    rows += analysis_rows(pred.get("analysis"), pred.get("analysis_at"),
+                          pred.get("analysis_model"), source)
+    output.pairs(f"customer {customer_id}", rows)
     return 0
 
 
 def segments(settings: Settings, aws: Aws, as_json: bool) -> int:
-    """``caa segments``: 1 when there is no segment model yet."""
+    """``caa segments``: none (and a note on stderr) when there is no segment model yet."""
     from consumers.refit import SIZES
     from consumers.registry import SEGMENTS
     from consumers.stores.model_snapshots import ModelStore
@@ -73,22 +107,48 @@ def segments(settings: Settings, aws: Aws, as_json: bool) -> int:
 
     found, sized = _read(aws, read)
     if found is None:
-        print("no segment model yet: run `caa consume` first", file=sys.stderr)
-        return 1
+        output.note("no segment model yet: run `caa consume` (or `caa run`) first")
+        if as_json:
+            output.print_json({"version": None, "segments": []})
+        return 0
     version, body = found
     model = SegmentModel.from_dict(body)
     sizes: dict[str, int] = sized[1]["sizes"] if sized else {}
     rows = [{**d, "customers": sizes.get(str(d["name"]), 0)} for d in model.describe()]
     if as_json:
-        print(json.dumps({"version": version, "segments": rows}, indent=2))
+        output.print_json({"version": version, "segments": rows})
         return 0
-    t = Table(title=f"segments (model version {version})")
-    for col in ("id", "name", "customers", "recency_days", "frequency", "monetary"):
-        t.add_column(col, justify="left" if col == "name" else "right")
+    cells = []
     for r in sorted(rows, key=lambda r: -int(str(r["customers"]))):
         c: Any = r.get("centre", r)
-        t.add_row(str(r["id"]), str(r["name"]), f"{r['customers']:,}",
-                  f"{float(c['recency_days']):.0f}", f"{float(c['frequency']):.2f}",
-                  f"{float(c['monetary']):.2f}")
-    console.print(t)
+        cells.append((str(r["id"]), str(r["name"]), f"{r['customers']:,}",
+                      f"{round(float(c['recency_days']))}", f"{float(c['frequency']):.2f}",
+                      f"{float(c['monetary']):.2f}"))
+    output.table(f"segments (model version {version})",
+                 ("id", "name", "customers", "recency_days", "frequency", "monetary"), cells,
+                 right={"id", "customers", "recency_days", "frequency", "monetary"})
     return 0
+
+
+CustomerId = Annotated[str, typer.Argument(
+    help="The customer's id, as in the purchase events (CDNOW: 00001 to 23570).",
+    metavar="CUSTOMER_ID", show_default=False)]
+
+
+def _show(ctx: typer.Context, customer_id: CustomerId, as_json: JsonFlag = False) -> int:
+    inv = current(ctx)
+    return show(inv.settings, inv.aws(), customer_id, as_json)
+
+
+def _segments(ctx: typer.Context, as_json: JsonFlag = False) -> int:
+    inv = current(ctx)
+    return segments(inv.settings, inv.aws(), as_json)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("show", rich_help_panel=output.START,
+                help="One customer's prediction: segment, purchase forecast, next purchases, "
+                     "recommendations and the latest AI analysis.")(_show)
+    app.command("segments", rich_help_panel=output.START,
+                help="The customer segments: sizes and centres (recency, frequency, "
+                     "monetary value).")(_segments)

@@ -4,11 +4,14 @@ consumers.ops.redrive)."""
 from __future__ import annotations
 
 import asyncio
-import json
-import sys
-from typing import Any
+from typing import Annotated, Any
+
+import typer
 
 from caa.aws import Aws
+from caa.cli import output
+from caa.cli.context import current
+from caa.cli.output import JsonFlag
 from caa.settings import Settings
 
 
@@ -41,9 +44,14 @@ def _shown(value: object) -> object:
     return value if isinstance(value, str) and value else 0
 
 
-def dlq_redrive(settings: Settings, aws: Aws, dry_run: bool) -> int:
-    """``caa dlq redrive``: prints the report as JSON."""
-    print(json.dumps(asyncio.run(redrive_letters(settings, aws, dry_run)), indent=2))
+def dlq_redrive(settings: Settings, aws: Aws, dry_run: bool, as_json: bool = False) -> int:
+    """``caa dlq redrive``: prints the report."""
+    report = asyncio.run(redrive_letters(settings, aws, dry_run))
+    if as_json:
+        output.print_json(report)
+    else:
+        output.pairs("dead-letter redrive" + (" (dry run: nothing put back)" if dry_run else ""),
+                     [(k, str(v)) for k, v in report.items()])
     return 0
 
 
@@ -51,12 +59,44 @@ def dlq_list(settings: Settings, aws: Aws, show_all: bool, as_json: bool) -> int
     """``caa dlq list``: the open dead letters (``show_all``: redriven ones too)."""
     rows = asyncio.run(letters(settings, aws, open_only=not show_all))
     if as_json:
-        print(json.dumps([{k: _shown(v) for k, v in d.items()} for d in rows], indent=2))
+        output.print_json([{k: _shown(v) for k, v in d.items()} for d in rows])
         return 0
-    for d in rows:
-        payload: bytes = d["payload"]
-        print(f"{d['received_at']}  {d['status']:<8}  {d['stream']}  "
-              f"{d['shard_id']}  {d['sequence_number']}  {len(payload):>7} B  "
-              f"{d['reason']}")
-    print(f"{len(rows)} dead letter(s)" + ("" if show_all else " open"), file=sys.stderr)
+    output.table("dead letters, oldest first" + ("" if show_all else " (open)"),
+                 ("received", "status", "stream", "shard", "sequence number", "bytes", "reason"),
+                 [(str(d["received_at"]), str(d["status"]), str(d["stream"]), str(d["shard_id"]),
+                   str(d["sequence_number"]), f"{len(d['payload']):,}", str(d["reason"]))
+                  for d in rows], right={"bytes"})
+    output.note(f"{len(rows)} dead letter(s)" + ("" if show_all else " open"))
     return 0
+
+
+dlq_app = typer.Typer(help="Dead letters: the records the consumer could not decode.",
+                      no_args_is_help=True)
+
+
+@dlq_app.command("list", help="The open dead letters, oldest first: time, stream, shard, "
+                              "sequence number, size, reason.")
+def _list(
+    ctx: typer.Context,
+    show_all: Annotated[bool, typer.Option("--all", help="Also the redriven ones.")] = False,
+    as_json: JsonFlag = False,
+) -> int:
+    inv = current(ctx)
+    return dlq_list(inv.settings, inv.aws(), show_all, as_json)
+
+
+@dlq_app.command("redrive", help="Re-check the open dead letters with the current decoder "
+                                 "and put the ones that now decode back on the stream.")
+def _redrive(
+    ctx: typer.Context,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run",
+        help="Only report what would be put back; change nothing.")] = False,
+    as_json: JsonFlag = False,
+) -> int:
+    inv = current(ctx)
+    return dlq_redrive(inv.settings, inv.aws(), dry_run, as_json)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(dlq_app, name="dlq", rich_help_panel=output.OPERATIONS)

@@ -23,36 +23,37 @@ scikit-learn), which are imported only here.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import secrets
-import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
+import typer
 from rich.console import Console
-from rich.progress import Progress
-from rich.table import Table
 
 from caa.aws import Aws
+from caa.cli import output
+from caa.cli.context import current
+from caa.cli.output import JsonFlag
+from caa.errors import CaaError
 from caa.settings import TABLES, Settings
 
 if TYPE_CHECKING:  # the pipeline is imported when the command runs, not with the parser
+    from consumers.progress import Progress
     from models.events import PurchaseEvent
     from models.learn.evaluation import Holdout
     from models.learn.forecaster import ForecastParams
     from models.learn.segmentation import SegmentModel
     from models.state import CustomerState
 
-console = Console()
 err = Console(stderr=True)
 
 
-class EvaluationError(RuntimeError):
+class EvaluationError(CaaError):
     """The pipeline's output is not what the evaluation can score honestly."""
 
 
@@ -90,7 +91,10 @@ class Replay:
     streaming: SegmentModel  # as it stood at the cut-off, before the final refit
 
 
-async def replay(s: Settings, aws: Aws, holdout: Holdout, published: int) -> Replay:
+async def replay(s: Settings, aws: Aws, holdout: Holdout, published: int,
+                 progress: Progress) -> Replay:
+    """Consume the published events (the phase "consuming", counted, then the worker's
+    own), refit as of the cut-off (its phases) and read the tables back."""
     from caa import wiring
     from consumers.refit import refit
     from consumers.registry import PARETO_NBD, SEGMENTS
@@ -99,16 +103,16 @@ async def replay(s: Settings, aws: Aws, holdout: Holdout, published: int) -> Rep
     from models.learn.segmentation import SegmentModel
 
     async with aws.clients("kinesis", "dynamodb") as c:
-        with _progress() as progress:
-            task = progress.add_task("consuming", total=published)
-            w = wiring.worker(s, c["kinesis"], c["dynamodb"],
-                              on_batch=lambda _s, r: progress.advance(task, len(r.outcomes)))
-            await w.run(until_idle=True, final_refit=False)
+        progress.phase("consuming", total=published)
+        w = wiring.worker(s, c["kinesis"], c["dynamodb"],
+                          on_batch=lambda _s, r: progress.advance(len(r.outcomes)))
+        await w.run(until_idle=True, final_refit=False, progress=progress)
         before = {p["customer_id"]: str(p["segment"]["name"]) for p in await w.predictions.all()}
         streaming = await w.registry.store.load(SEGMENTS)
         err.print(f"refit as of {holdout.calibration_end}")
         await refit(w.customers, w.predictions, w.registry, rewrite=True,
-                    as_of_ts=holdout.cutoff_ts)
+                    as_of_ts=holdout.cutoff_ts, progress=progress)
+        progress.phase("reading the states, predictions and models back")
         states = {x.customer_id: x for x in await w.customers.all() if x.purchases}
         predictions = {p["customer_id"]: p for p in await w.predictions.all()}
         fm = await w.registry.store.load(s.forecast_model)
@@ -196,10 +200,6 @@ def score(run: Replay, events: list[PurchaseEvent], holdout: Holdout
     }, rows
 
 
-def _progress() -> Progress:
-    return Progress(console=err, transient=True)
-
-
 @contextmanager
 def evaluation_resources(settings: Settings, aws: Aws, keep: bool) -> Iterator[Settings]:
     """A stream and tables of the evaluation's own, deleted afterwards unless ``keep``."""
@@ -225,7 +225,8 @@ def evaluation_resources(settings: Settings, aws: Aws, keep: bool) -> Iterator[S
 
 
 def evaluate(settings: Settings, holdout: Holdout, limit_customers: int | None,
-             keep: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+             keep: bool = False, aws: Aws | None = None
+             ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     from producers.datasets.cdnow import time_ordered
     from producers.publisher import Publisher
 
@@ -233,14 +234,15 @@ def evaluate(settings: Settings, holdout: Holdout, limit_customers: int | None,
     calibration = time_ordered([e for e in events if holdout.in_calibration(e.occurred_at.date())])
     if not calibration:
         raise EvaluationError(f"no purchase on or before {holdout.calibration_end}")
-    aws = Aws(settings)
-    with evaluation_resources(settings, aws, keep) as s:
-        with _progress() as progress:
-            task = progress.add_task("publishing", total=len(calibration))
+    aws = aws or Aws(settings)
+    with output.progress() as progress:  # on stderr: `--json` output stays parseable
+        with evaluation_resources(settings, aws, keep) as s:
+            progress.phase("publishing", total=len(calibration))
             Publisher(aws.client("kinesis"), s.stream_name).publish(
-                calibration, progress=lambda n: progress.advance(task, n))
-        run = asyncio.run(replay(s, aws, holdout, len(calibration)))
-    return score(run, events, holdout)
+                calibration, progress=progress.advance)
+            run = asyncio.run(replay(s, aws, holdout, len(calibration), progress))
+        progress.phase("scoring against the lifetimes models")
+        return score(run, events, holdout)
 
 
 def write_customers(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -259,72 +261,105 @@ def _fmt(v: float | None, digits: int = 4) -> str:
 
 
 def print_report(out: dict[str, Any]) -> None:
-    t = Table(title=f"holdout {out['calibration_end']} + {out['holdout_weeks']} weeks "
-                    f"({out['customers']:,} customers, {out['total_actual']:,} actual repeat "
-                    f"purchases)")
-    for col in ("model", "MAE", "RMSE", "Pearson", "AUC", "total predicted"):
-        t.add_column(col, justify="left" if col == "model" else "right")
     ours = {"bgnbd": "BG/NBD", "pareto_nbd": "Pareto/NBD"}.get(out.get("forecast_model", ""), "")
+    rows = []
     for key, label in (("ours", f"ours (streaming {ours})"), ("bgnbd", "BG/NBD (lifetimes)"),
                        ("pareto_nbd", "Pareto/NBD (lifetimes)"), ("naive", "naive x/T")):
         m = out[key]
-        t.add_row(label, _fmt(m["mae"]), _fmt(m["rmse"]), _fmt(m["pearson"]), _fmt(m["auc"]),
-                  _fmt(m["total_predicted"], 0))
-    console.print(t)
+        rows.append((label, _fmt(m["mae"]), _fmt(m["rmse"]), _fmt(m["pearson"]),
+                     _fmt(m["auc"]), _fmt(m["total_predicted"], 0)))
+    columns = ("model", "MAE", "RMSE", "Pearson", "AUC", "total predicted")
+    output.table(f"holdout {out['calibration_end']} + {out['holdout_weeks']} weeks "
+                 f"({out['customers']:,} customers, {out['total_actual']:,} actual repeat "
+                 f"purchases)", columns, rows, right=set(columns[1:]))
     for key, label in (("bgnbd", "BG/NBD"), ("pareto_nbd", "Pareto/NBD"), ("ours", "ours")):
         if out[key]["non_finite"]:
-            console.print(f"{label}: {out[key]['non_finite']:,} prediction(s) not finite")
+            print(f"{label}: {out[key]['non_finite']:,} prediction(s) not finite")
     g = out["segments"]
-    s = Table(title="segments at the cut-off", show_header=False)
-    s.add_row("ARI against scikit-learn KMeans", _fmt(g["ari"]))
-    s.add_row("silhouette", _fmt(g["silhouette"]))
-    s.add_row(f"stability: changed since the last purchase (of {g['stability_customers']:,})",
-              _fmt(g["stability"]))
-    s.add_row("refit churn: changed by the final refit alone", _fmt(g["refit_churn"]))
-    s.add_row("ARI streaming model at the cut-off vs refit", _fmt(g["streaming_ari"]))
-    for name, n in g["sizes"].items():
-        s.add_row(f"segment: {name}", f"{n:,}")
-    console.print(s)
+    output.pairs("segments at the cut-off", [
+        ("ARI against scikit-learn KMeans", _fmt(g["ari"])),
+        ("silhouette", _fmt(g["silhouette"])),
+        (f"stability: changed since the last purchase (of {g['stability_customers']:,})",
+         _fmt(g["stability"])),
+        ("refit churn: changed by the final refit alone", _fmt(g["refit_churn"])),
+        ("ARI streaming model at the cut-off vs refit", _fmt(g["streaming_ari"])),
+        *((f"segment: {name}", f"{n:,}") for name, n in g["sizes"].items())])
     if "by_variant" in out:
-        v = Table(title="by A/B variant (ours; anchors in --json)")
-        for col in ("variant", "customers", "MAE", "AUC", "predicted", "actual"):
-            v.add_column(col, justify="left" if col == "variant" else "right")
-        for name, g in out["by_variant"].items():
-            m = g["ours"]
-            v.add_row(name, f"{g['customers']:,}", _fmt(m["mae"]), _fmt(m["auc"]),
-                      _fmt(m["total_predicted"], 0), _fmt(g["total_actual"], 0))
-        console.print(v)
+        columns = ("variant", "customers", "MAE", "AUC", "predicted", "actual")
+        output.table("by A/B variant (ours; anchors in --json)", columns, [
+            (name, f"{v['customers']:,}", _fmt(v["ours"]["mae"]), _fmt(v["ours"]["auc"]),
+             _fmt(v["ours"]["total_predicted"], 0), _fmt(v["total_actual"], 0))
+            for name, v in out["by_variant"].items()], right=set(columns[1:]))
 
 
 def run_evaluation(settings: Settings, calibration_end: date, holdout_weeks: int,
                    limit_customers: int | None, as_json: bool, by_variant: bool,
-                   customers_csv: Path, keep: bool) -> int:
+                   customers_csv: Path, keep: bool,
+                   connect: Callable[[], Aws] | None = None) -> int:
     """``caa evaluate``: the holdout of ``holdout_weeks`` after ``calibration_end``, on the
     first ``limit_customers`` customers (all by default); per-customer figures to
-    ``customers_csv``; ``keep`` keeps the evaluation's stream and tables. 2 without the dev
-    dependencies."""
+    ``customers_csv``; ``keep`` keeps the evaluation's stream and tables; ``connect`` makes
+    the AWS clients once the emulator runs. 1 without the dev dependencies."""
     try:
         import lifetimes  # noqa: F401
         import sklearn  # noqa: F401
     except ImportError as exc:
-        print(f"caa evaluate needs the dev dependencies ({exc.name}): "
-              "pip install -e '.[dev]'", file=sys.stderr)
-        return 2
+        raise CaaError(f"caa evaluate needs the dev dependencies ({exc.name})",
+                       "pip install -e '.[dev]'") from None
     if settings.endpoint_url is None and settings.local_emulator == "auto":
-        from deploy.local import emulator
+        from caa.cli.pipeline import ensure_emulator
 
-        emu, _ = emulator.start(settings.emulator_file, settings.emulator_host,
-                                settings.emulator_port)
-        err.print(f"emulator at {emu.endpoint} (pid {emu.pid}); `caa emulator stop` stops it")
+        ensure_emulator(settings, "`caa emulator stop` stops it")
     from models.learn.evaluation import Holdout
 
     holdout = Holdout(calibration_end, holdout_weeks)
-    out, rows = evaluate(settings, holdout, limit_customers, keep=keep)
+    out, rows = evaluate(settings, holdout, limit_customers, keep=keep,
+                         aws=connect() if connect else None)
     write_customers(customers_csv, rows)
     if not by_variant:
         out.pop("by_variant")
     if as_json:
-        print(json.dumps(out, indent=2))
+        output.print_json(out)
     else:
         print_report(out)
     return 0
+
+
+def _iso_date(value: str | date) -> date:
+    if isinstance(value, date):
+        return value
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"not a date (YYYY-MM-DD): {value!r}") from None
+
+
+def _evaluate(
+    ctx: typer.Context,
+    calibration_end: Annotated[date, typer.Option(
+        parser=_iso_date, metavar="YYYY-MM-DD",
+        help="The last day of the calibration period.")] = date(1997, 9, 30),
+    holdout_weeks: Annotated[int, typer.Option(min=1, help="The holdout's length.")] = 39,
+    limit_customers: Annotated[int | None, typer.Option(
+        min=1, metavar="N", help="Only the first N customers of the log (fast runs).")] = None,
+    as_json: JsonFlag = False,
+    by_variant: Annotated[bool, typer.Option(
+        "--by-variant",
+        help="Also score each A/B variant's customers (CAA_AB_EXPERIMENT, "
+             "CAA_AB_VARIANTS).")] = False,
+    customers_csv: Annotated[Path, typer.Option(
+        help="Where to write per-customer predicted and actual holdout purchases, for "
+             "`caa report`.")] = Path("out/evaluation-customers.csv"),
+    keep: Annotated[bool, typer.Option(
+        "--keep",
+        help="Keep the evaluation's stream and tables (their names go to stderr).")] = False,
+) -> int:
+    inv = current(ctx)
+    return run_evaluation(inv.settings, calibration_end, holdout_weeks, limit_customers,
+                          as_json, by_variant, customers_csv, keep, inv.aws)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("evaluate", rich_help_panel=output.DATA,
+                help="The CDNOW holdout evaluation of the forecasts and segments through the "
+                     "pipeline, beside batch anchors (lifetimes, scikit-learn).")(_evaluate)

@@ -4,39 +4,27 @@ consumer, and all of them at once; with the progress bars and the run summary.""
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
-from rich.text import Text
+import typer
 
 from caa.aws import Aws
+from caa.cli import output
+from caa.cli.context import current
+from caa.cli.output import JsonFlag
 from caa.settings import Settings
-
-console = Console(stderr=False)
-#: progress bars go to stderr, so `--json` output on stdout stays parseable
-progress_console = Console(stderr=True)
 
 
 def cdnow_events(limit: int | None) -> list[Any]:
     """The CDNOW master log, time-ordered; the first ``limit`` events if given."""
     from producers.datasets.cdnow import load_events, time_ordered
 
-    events = time_ordered(load_events())
+    with output.progress() as progress:  # a few seconds
+        progress.phase("reading the CDNOW log")
+        events = time_ordered(load_events())
     return events[:limit] if limit else events
 
 
@@ -47,29 +35,16 @@ def synthetic_events(customers: int, days: int, seed: int, limit: int | None) ->
     return events[:limit] if limit else events
 
 
-class TransferSpeedless(ProgressColumn):
-    """Items per second (rich's own speed column speaks bytes)."""
-
-    def render(self, task: Task) -> Text:
-        return Text(f"{task.speed or 0:>8,.0f}/s")
-
-
-def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TaskProgressColumn(), TransferSpeedless(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), console=progress_console)
-
-
 def publish(settings: Settings, aws: Aws, events: list[Any]) -> Any:
     from producers.publisher import Publisher
 
     pub = Publisher(aws.client("kinesis"), settings.stream_name)
-    with _progress() as progress:
-        task = progress.add_task("publishing", total=len(events))
-        report = pub.publish(events, progress=lambda n: progress.advance(task, n))
-    console.print(f"published {report.records:,} events in {report.seconds:.1f} s "
-                  f"({report.records_per_s:,.0f}/s, {report.calls} PutRecords calls, "
-                  f"{report.retried_records} retried)")
+    with output.progress() as progress:  # on stderr: `--json` output stays parseable
+        progress.phase("publishing", total=len(events))
+        report = pub.publish(events, progress=progress.advance)
+    output.note(f"published {report.records:,} events in {report.seconds:.1f} s "
+                f"({report.records_per_s:,.0f}/s, {report.calls} PutRecords calls, "
+                f"{report.retried_records} retried)")
     return report
 
 
@@ -85,13 +60,16 @@ async def consume(settings: Settings, aws: Aws, until_idle: bool,
     ai = settings.analyzer == "bedrock"
     extra = ["bedrock-runtime"] if ai else []
     async with aws.clients("kinesis", "dynamodb", "cloudwatch", *extra) as c:
-        with _progress() as progress:
-            task = progress.add_task("consuming", total=expected)
+        with output.progress() as progress:
+            # the consuming, counted here; the worker starts the phases after it (winding
+            # down, the AI analyses, the final refit's), which end this one
+            progress.phase("consuming", total=expected)
             worker = wiring.worker(
                 settings, c["kinesis"], c["dynamodb"],
-                on_batch=lambda _s, r: progress.advance(task, len(r.outcomes)),
+                on_batch=lambda _s, r: progress.advance(len(r.outcomes)),
                 bedrock=c.get("bedrock-runtime"), cloudwatch=c.get("cloudwatch"))
-            report = await worker.run(until_idle=until_idle, stop=stop, final_refit=refit)
+            report = await worker.run(until_idle=until_idle, stop=stop, final_refit=refit,
+                                      progress=progress)
         t = worker.applier.totals
         summary: dict[str, Any] = {
             "records_read": t.records, "applied": t.applied, "duplicates": t.duplicate,
@@ -118,7 +96,6 @@ async def consume(settings: Settings, aws: Aws, until_idle: bool,
 
 
 def print_summary(summary: dict[str, Any]) -> None:
-    t = Table(title="customer-ai-analytics: run summary", show_header=False)
     rows = []
     if "table_customers" in summary:
         rows += [
@@ -135,31 +112,72 @@ def print_summary(summary: dict[str, Any]) -> None:
         ("refit + prediction rewrite", f"{summary['refit_s']:.1f} s"),
         ("elapsed", f"{summary['elapsed_s']:.1f} s"),
     ]
-    for k, v in rows:
-        t.add_row(k, v)
-    for k, v in summary.get("ai", {}).items():
-        t.add_row(f"ai: {k}", str(v))
-    for name, n in summary.get("segments", {}).items():
-        t.add_row(f"segment: {name}", f"{n:,}")
-    console.print(t)
+    ai: dict[str, Any] = summary.get("ai", {})
+    rows += [(f"ai: {k}", str(v)) for k, v in ai.items() if k not in ("answered_by", "note")]
+    if ai.get("answered_by"):
+        rows.append(("ai: answered by", ", ".join(ai["answered_by"])))
+    rows += [(f"segment: {name}", f"{n:,}") for name, n in summary.get("segments", {}).items()]
+    # the demo's Bedrock answers from the local test server are said to be so, under the table
+    output.pairs("customer-ai-analytics: run summary", rows, caption=ai.get("note"))
 
 
-def setup(settings: Settings, aws: Aws) -> int:
+def next_steps(summary: dict[str, Any], customer_id: str | None) -> list[tuple[str, str]]:
+    """Three commands to try after ``caa run``."""
+    steps = [(f"caa show {customer_id}", "one customer's prediction and analysis")
+             if customer_id else ("caa segments", "the segments, their sizes and centres")]
+    if customer_id:
+        steps.append(("caa segments", "the segments, their sizes and centres"))
+    if summary.get("rejected"):
+        steps.append(("caa dlq list", f"the {summary['rejected']:,} rejected record(s) and why"))
+    from caa.cli.report import DEFAULT_OUT
+
+    steps.append(("caa report", f"charts of segments, forecasts and costs in {DEFAULT_OUT}"))
+    if len(steps) < 3:
+        steps.append(("caa watch --limit 5", "the prediction change feed"))
+    return steps[:3]
+
+
+def ensure_emulator(settings: Settings, how_to_stop: str) -> None:
+    """Start the local emulator (or find it running); a port chosen by CAA_EMULATOR_PORT
+    that is taken is :class:`~caa.errors.EmulatorError`, else a free one is used."""
+    from caa.errors import EmulatorError
+    from deploy.local import emulator
+
+    try:
+        emu, _ = emulator.start(settings.emulator_file, settings.emulator_host,
+                                settings.emulator_port,
+                                strict="emulator_port" in settings.model_fields_set)
+    except emulator.EmulatorError as exc:
+        raise EmulatorError(f"the emulator did not start: {exc}") from exc
+    output.note(f"emulator at {emu.endpoint} (pid {emu.pid}); {how_to_stop}")
+
+
+def setup(settings: Settings, aws: Aws, as_json: bool = False) -> int:
     """``caa setup``: create the stream and tables (idempotent)."""
     from caa.wiring import ensure_resources
 
     created = ensure_resources(settings, aws.client("kinesis"), aws.client("dynamodb"))
-    console.print("created: " + ", ".join(created) if created else "resources already exist")
+    if as_json:
+        output.print_json({"created": list(created)})
+    else:
+        print("created: " + ", ".join(created) if created else "resources already exist")
     return 0
 
 
 def publish_dataset(settings: Settings, aws: Aws, dataset: str, limit: int | None,
-                    customers: int, days: int, seed: int) -> int:
+                    customers: int, days: int, seed: int, as_json: bool = False) -> int:
     """``caa publish``: the CDNOW log or a synthetic dataset (``customers``, ``days``,
     ``seed``) onto the stream; the first ``limit`` events if given."""
     events = (cdnow_events(limit) if dataset == "cdnow"
               else synthetic_events(customers, days, seed, limit))
-    publish(settings, aws, events)
+    r = publish(settings, aws, events)
+    out = {"records": r.records, "bytes": r.bytes, "calls": r.calls,
+           "retried_records": r.retried_records, "throttled_records": r.throttled_records,
+           "seconds": round(r.seconds, 2), "records_per_s": round(r.records_per_s, 1)}
+    if as_json:
+        output.print_json(out)
+    else:
+        output.pairs(f"published to {settings.stream_name}", [(k, str(v)) for k, v in out.items()])
     return 0
 
 
@@ -167,21 +185,84 @@ def consume_stream(settings: Settings, aws: Aws, until_idle: bool, as_json: bool
                    refit: bool) -> int:
     """``caa consume``: the consumer, until stopped (or idle); then its summary."""
     summary = asyncio.run(consume(settings, aws, until_idle, refit=refit))
-    print(json.dumps(summary, indent=2)) if as_json else print_summary(summary)
+    output.print_json(summary) if as_json else print_summary(summary)
     return 0
 
 
-def run(settings: Settings, limit: int | None) -> int:
-    """``caa run``: emulator + setup + publish CDNOW (``limit`` events) + consume until idle."""
-    from deploy.local import emulator
+def run(settings: Settings, connect: Callable[[], Aws], limit: int | None,
+        as_json: bool = False) -> int:
+    """``caa run``: emulator + setup + publish CDNOW (``limit`` events) + consume until idle;
+    ``connect`` makes the AWS clients once the emulator runs."""
+    ensure_emulator(settings, "`make stop` stops it")
+    aws = connect()
+    from caa.wiring import ensure_resources
 
-    emu, _ = emulator.start(settings.emulator_file, settings.emulator_host,
-                            settings.emulator_port)
-    console.print(f"emulator at {emu.endpoint} (pid {emu.pid}); `make stop` stops it")
-    aws = Aws(settings)
-    setup(settings, aws)
+    created = ensure_resources(settings, aws.client("kinesis"), aws.client("dynamodb"))
+    output.note("created: " + ", ".join(created) if created else "resources already exist")
     events = cdnow_events(limit)
     publish(settings, aws, events)
     summary = asyncio.run(consume(settings, aws, until_idle=True, expected=len(events)))
+    if as_json:
+        output.print_json(summary)
+        return 0
     print_summary(summary)
+    output.lines("try next:", next_steps(summary, events[0].customer_id if events else None))
     return 0
+
+
+Limit = Annotated[int | None, typer.Option(
+    min=1, help="Only the first N events (default: all).", metavar="N")]
+
+
+def _setup(ctx: typer.Context, as_json: JsonFlag = False) -> int:
+    inv = current(ctx)
+    return setup(inv.settings, inv.aws(), as_json)
+
+
+def _publish(
+    ctx: typer.Context,
+    dataset: Annotated[Literal["cdnow", "synthetic"], typer.Option(
+        help="cdnow: the CDNOW master log (time-ordered); synthetic: generated grocery "
+             "orders (see --customers, --days, --seed).")] = "cdnow",
+    limit: Limit = None,
+    customers: Annotated[int, typer.Option(min=1, help="synthetic: customers.")] = 1000,
+    days: Annotated[int, typer.Option(min=1, help="synthetic: days of orders.")] = 120,
+    seed: Annotated[int, typer.Option(help="synthetic: random seed.")] = 42,
+    as_json: JsonFlag = False,
+) -> int:
+    inv = current(ctx)
+    return publish_dataset(inv.settings, inv.aws(), dataset, limit, customers, days, seed,
+                           as_json)
+
+
+def _consume(
+    ctx: typer.Context,
+    until_idle: Annotated[bool, typer.Option(
+        "--until-idle",
+        help="Stop once the stream has no new records (then refit and rewrite the "
+             "predictions); default: run until Ctrl-C or SIGTERM.")] = False,
+    as_json: JsonFlag = False,
+    no_refit: Annotated[bool, typer.Option(
+        "--no-refit",
+        help="Skip the refit and prediction rewrite when --until-idle finishes.")] = False,
+) -> int:
+    inv = current(ctx)
+    return consume_stream(inv.settings, inv.aws(), until_idle, as_json, refit=not no_refit)
+
+
+def _run(ctx: typer.Context, limit: Limit = None, as_json: JsonFlag = False) -> int:
+    inv = current(ctx)
+    return run(inv.settings, lambda: inv.aws(quiet=True), limit, as_json)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run", rich_help_panel=output.START,
+                help="Start the local emulator, create the stream and tables, publish the "
+                     "CDNOW log and consume it until idle (what `make run` does).")(_run)
+    app.command("setup", rich_help_panel=output.PIPELINE,
+                help="Create the stream and tables (idempotent).")(_setup)
+    app.command("publish", rich_help_panel=output.PIPELINE,
+                help="Publish a dataset to the stream, as the orders service would.")(_publish)
+    app.command("consume", rich_help_panel=output.PIPELINE,
+                help="Consume the stream: customer state, segments, forecasts, predictions; "
+                     "then print a summary.")(_consume)

@@ -16,37 +16,25 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import socket
-import sys
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
-from rich.text import Text
+import typer
 
 from caa.aws import Aws
+from caa.cli import output
+from caa.cli.context import current
+from caa.cli.output import JsonFlag
+from caa.errors import BadInput, CaaError, NotFound
 from caa.settings import Settings
 from producers.replay.sources import FileSource, KinesisSource, S3Source, Source
 from producers.replay.tally import ReplayReport
-
-console = Console()
-progress_console = Console(stderr=True)
 
 
 @dataclass(frozen=True)
@@ -83,8 +71,8 @@ def spec(settings: Settings, aws: Aws, opts: Options) -> Spec:
     streams = [s for s in opts.sources if s.startswith("kinesis:")]
     files = [s for s in opts.sources if s not in s3 and s not in streams]
     if sum(map(bool, (s3, streams, files))) != 1 or len(s3) > 1 or len(streams) > 1:
-        raise SystemExit("caa replay: one kind of source per job: files, one s3:// prefix, "
-                         "or one kinesis:// stream")
+        raise BadInput("replay: one kind of source per job: files, one s3:// prefix, "
+                       "or one kinesis:// stream")
     key: dict[str, Any] = {"format": opts.format, "since": opts.since, "until": opts.until}
     if s3:
         bucket, _, prefix = s3[0].removeprefix("s3://").partition("/")
@@ -114,121 +102,83 @@ def job_name(opts: Options, sp: Spec, target: str) -> str:
     return "replay-" + hashlib.sha256(body.encode()).hexdigest()[:12]
 
 
-class RecordsColumn(ProgressColumn):
-    def render(self, task: Task) -> Text:
-        n = int(task.fields.get("records", 0))
-        rate = n / task.elapsed if task.elapsed else 0.0
-        return Text(f"{n:,} rec {rate:,.0f}/s")
-
-
-class RichMeter:
-    def __init__(self, progress: Progress, task: TaskID) -> None:
-        self.progress = progress
-        self.task = task
-        self.records = 0
-
-    def total(self, nbytes: int | None) -> None:
-        self.progress.update(self.task, total=nbytes)
-
-    def read(self, nbytes: int) -> None:
-        self.progress.advance(self.task, nbytes)
-
-    def sent(self, records: int) -> None:
-        self.records += records
-        self.progress.update(self.task, records=self.records)
-
-
-def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                    RecordsColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-                    console=progress_console)
-
-
 def report_table(title: str, rows: list[tuple[str, str]], report: ReplayReport) -> None:
-    t = Table(title=title, show_header=False)
-    for k, v in rows:
-        t.add_row(k, v)
     r = report
-    t.add_row("records read", f"{r.records:,}")
-    t.add_row("  valid", f"{r.valid:,}" + "".join(f"  {k} {n:,}" for k, n in
-                                                  sorted(r.types.items())))
-    t.add_row("  invalid", f"{r.invalid_total:,}" + "".join(f"  {k} {n:,}" for k, n in
-                                                           sorted(r.invalid.items())))
-    t.add_row("customers" + (" (this run)" if r.runs > 1 else ""), f"{len(r.customers):,}")
-    t.add_row("event time", f"{r.first_at or '-'} .. {r.last_at or '-'}")
-    console.print(t)
+    output.pairs(title, [
+        *rows,
+        ("records read", f"{r.records:,}"),
+        ("  valid", f"{r.valid:,}" + "".join(f"  {k} {n:,}" for k, n in
+                                             sorted(r.types.items()))),
+        ("  invalid", f"{r.invalid_total:,}" + "".join(f"  {k} {n:,}" for k, n in
+                                                      sorted(r.invalid.items()))),
+        ("customers" + (" (this run)" if r.runs > 1 else ""), f"{len(r.customers):,}"),
+        ("event time", f"{r.first_at or '-'} .. {r.last_at or '-'}")])
     if r.examples:
-        ex = Table(title="invalid records (first few of each reason)")
-        for col in ("where", "kind", "reason", "sample"):
-            ex.add_column(col, overflow="fold")
-        for e in r.examples:
-            ex.add_row(e.where, e.kind, e.reason, repr(e.sample))
-        console.print(ex)
+        output.table("invalid records (first few of each reason)",
+                     ("where", "kind", "reason", "sample"),
+                     [(e.where, e.kind, e.reason, repr(e.sample)) for e in r.examples])
 
 
 def replay(settings: Settings, sources: Sequence[str], *, to: str, fmt: str,
            since: datetime | None, until: datetime | None, job: str | None, restart: bool,
            dry_run: bool, as_json: bool, chunk: int | None, group_size: int, share: float,
-           refit: bool) -> int:
+           refit: bool, aws: Aws | None = None) -> int:
     """``caa replay``: ``sources`` (files and directories, one ``s3://`` prefix or one
     ``kinesis://`` stream) in ``fmt`` onto the stream (``to="stream"``, using ``share`` of its
     write capacity) or straight into the tables (``"direct"``, ``group_size`` records a batch,
     then a refit unless not ``refit``), ``chunk`` records a commit, as the resumable job
-    ``job`` (default: named after the arguments). 2 on bad input, 1 when writing failed,
-    130 when interrupted."""
+    ``job`` (default: named after the arguments). :mod:`caa.errors` on bad input, 1 when
+    writing failed or a dry run found invalid records, 130 when interrupted."""
     return _replay(settings, Options(
         tuple(sources), to=to, format=fmt, since=since, until=until, job=job, restart=restart,
         dry_run=dry_run, json=as_json, chunk=chunk, group_size=group_size, share=share,
-        refit=refit))
+        refit=refit), aws)
 
 
-def _replay(settings: Settings, opts: Options) -> int:
-    from botocore.exceptions import ClientError
-
+def _replay(settings: Settings, opts: Options, aws: Aws | None = None) -> int:
     from consumers.sources.lease import GroupBusy
     from consumers.stores.dynamo import WriteFailed
     from producers.publisher import PublishError
     from producers.replay.framing import FormatError
     from producers.replay.job import JobMismatch
-    from producers.replay.runner import dry_run
+    from producers.replay.runner import ProgressMeter, dry_run
     from producers.replay.sources import SourceError
 
-    aws = Aws(settings, quiet=opts.json)
+    aws = Aws(settings, quiet=opts.json) if aws is None else aws
     try:
         sp = spec(settings, aws, opts)
         if opts.dry_run:
-            with _progress() as progress:
-                meter = RichMeter(progress, progress.add_task("checking", total=None))
+            with output.progress() as progress:  # on stderr: `--json` stays parseable
+                meter = ProgressMeter(progress, "checking (bytes read)")
                 started = datetime.now(UTC)
                 report = dry_run(sp.make(started), settings.max_event_bytes, meter)
             out: dict[str, Any] = {"dry_run": True, "source": sp.summary,
                                    "report": report.as_dict()}
             if opts.json:
-                print(json.dumps(out, indent=2, default=str))
+                output.print_json(out)
             else:
                 report_table("caa replay --dry-run (nothing written)",
                              [("source", sp.summary)], report)
+            if report.invalid_total:
+                output.note(f"caa replay: {report.invalid_total:,} invalid record(s)")
+                return 1
             return 0
         out = asyncio.run(_run(settings, aws, opts, sp))
-    except (SourceError, FormatError, JobMismatch, GroupBusy) as exc:
-        print(f"caa replay: {exc}", file=sys.stderr)
-        return 2
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") != "ResourceNotFoundException":
-            raise
-        print(f"caa replay: {exc}; create the stream and tables first (caa setup)",
-              file=sys.stderr)
-        return 2
+    except SourceError as exc:
+        raise NotFound(str(exc)) from exc
+    except (FormatError, JobMismatch) as exc:
+        raise BadInput(str(exc)) from exc
+    except GroupBusy as exc:
+        raise CaaError(str(exc)) from exc
     except KeyboardInterrupt:
-        print("caa replay: interrupted; what was acknowledged is committed: run the same "
-              "command again to resume", file=sys.stderr)
+        output.note("caa replay: interrupted; what was acknowledged is committed: run the "
+                    "same command again to resume")
         return 130
     except (PublishError, WriteFailed) as exc:
-        print(f"caa replay: {exc}\nnothing after the last committed chunk counts as sent; "
-              "run the same command again to resume", file=sys.stderr)
-        return 1
+        raise CaaError(f"replay: {exc}", "nothing after the last committed chunk counts "
+                       "as sent; run the same command again to resume") from exc
     if opts.json:
-        print(json.dumps(out, indent=2, default=str))
+        output.print_json(out)
     return 0
 
 
@@ -237,7 +187,7 @@ async def _run(settings: Settings, aws: Aws, opts: Options,
     from caa import wiring
     from consumers.sources.lease import GroupLease
     from producers.replay.job import ReplayJob
-    from producers.replay.runner import run
+    from producers.replay.runner import ProgressMeter, run
     from producers.replay.targets import DirectTarget, RejectedLog, StreamTarget, Target
 
     s = settings
@@ -258,12 +208,11 @@ async def _run(settings: Settings, aws: Aws, opts: Options,
             target = DirectTarget(applier, s.table_prefix, origin=sp.origin, lease=lease,
                                   group_size=opts.group_size, refit=opts.refit)
         job = ReplayJob(wiring.dynamo(s, c["dynamodb"]), s.table("checkpoints"), name, owner)
-        with _progress() as progress:
-            meter = RichMeter(progress, progress.add_task("replaying", total=None))
+        with output.progress() as progress:  # the bytes read, then the refit's phases
             outcome = await run(job, sp.make, target, summary=f"{sp.summary} -> {target.name}",
                                 max_event_bytes=s.max_event_bytes, restart=opts.restart,
-                                chunk_size=opts.chunk,
-                                meter=meter, log=log)
+                                chunk_size=opts.chunk, meter=ProgressMeter(progress), log=log,
+                                progress=progress)
     r = outcome.report
     out: dict[str, Any] = {"job": name, "status": outcome.status, "source": sp.summary,
                            "target": target.name, "report": r.as_dict(),
@@ -297,3 +246,99 @@ async def _run(settings: Settings, aws: Aws, opts: Options,
     if not opts.json:
         report_table("caa replay", rows, r)
     return out
+
+
+# the options' checks: a bad value is a usage error (exit 2) naming the option
+def _job_name(text: str | None) -> str | None:
+    if text is not None and not JOB_NAME.match(text):
+        raise typer.BadParameter("1-100 letters, digits, '.', '_' or '-'")
+    return text
+
+
+def _timestamp(text: str) -> datetime:
+    """ISO 8601 (a time without a zone is UTC) or epoch seconds."""
+    try:
+        return datetime.fromtimestamp(float(text), UTC)
+    except ValueError:
+        pass
+    try:
+        at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise typer.BadParameter(f"not a time: {text!r}") from None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def _share(x: float) -> float:
+    if not 0 < x <= 1:
+        raise typer.BadParameter("a fraction in (0, 1]")
+    return x
+
+
+JOB_NAME = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
+Format = Literal["auto", "json", "csv", "cdnow"]  # "auto" and producers.replay.framing.FORMATS
+
+
+def _replay_command(
+    ctx: typer.Context,
+    sources: Annotated[list[str], typer.Argument(
+        metavar="SOURCE...", show_default=False,
+        help="Files or directories, one s3://BUCKET/PREFIX, or one kinesis://STREAM.")],
+    to: Annotated[Literal["stream", "direct"], typer.Option(
+        help="stream: publish (paced to its capacity); direct: apply straight into the "
+             "tables.")] = "stream",
+    fmt: Annotated[Format, typer.Option(
+        "--format",
+        help="auto: .csv is csv, names with 'cdnow' are cdnow, the rest json.")
+    ] = "auto",
+    since: Annotated[datetime | None, typer.Option(
+        parser=_timestamp, metavar="TIME",
+        help="kinesis source: records that arrived from this time (ISO 8601 or epoch "
+             "seconds; default: the oldest kept).")] = None,
+    until: Annotated[datetime | None, typer.Option(
+        parser=_timestamp, metavar="TIME",
+        help="kinesis/S3 sources: up to this time (default: when the job started).")] = None,
+    job: Annotated[str | None, typer.Option(
+        callback=_job_name, metavar="NAME",
+        help="The job's name, to resume it (default: derived from the arguments).")] = None,
+    restart: Annotated[bool, typer.Option(
+        "--restart", help="Replay the job from the start.")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run",
+        help="Read and validate everything, write nothing, print the report; exit 1 if "
+             "any record is invalid.")] = False,
+    as_json: JsonFlag = False,
+    chunk: Annotated[int | None, typer.Option(
+        min=1, metavar="N", help="Records per commit (default: 2 s of the stream's "
+                                 "capacity, at least 2,000; direct: 10,000).")] = None,
+    group_size: Annotated[int, typer.Option(
+        min=1, metavar="N", help="direct: records per applier batch, whole customers.")] = 300,
+    share: Annotated[float, typer.Option(
+        callback=_share, metavar="F", help="stream: the fraction in (0, 1] of its write "
+                                           "capacity to use (leave room for live producers).")
+    ] = 1.0,
+    no_refit: Annotated[bool, typer.Option(
+        "--no-refit",
+        help="direct: skip the refit and prediction rewrite at the end.")] = False,
+) -> int:
+    inv = current(ctx)
+    return replay(inv.settings, sources, to=to, fmt=fmt, since=since, until=until, job=job,
+                  restart=restart, dry_run=dry_run, as_json=as_json, chunk=chunk,
+                  group_size=group_size, share=share, refit=not no_refit,
+                  aws=inv.aws(quiet=as_json))
+
+
+EPILOG = "\n\n".join((
+    "Sources: files or directories (JSON Lines or Firehose-style concatenated JSON, CSV, the "
+    "CDNOW master format; gzipped or not), one s3://BUCKET/PREFIX, or one kinesis://STREAM "
+    "(kinesis:// alone: CAA_STREAM_NAME) read from --since.",
+    "CSV: one row per line item under a header naming event_id, order_id, customer_id, "
+    "occurred_at, currency, total, product_id, category, quantity, unit_price (optional: "
+    "channel, consent, schema_version); consecutive rows with one event_id are one event.",
+    "Targets: --to stream (CAA_STREAM_NAME, paced to its write capacity) or --to direct (the "
+    "consumer's applier on the CAA_TABLE_PREFIX tables, then a refit)."))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("replay", rich_help_panel=output.DATA, epilog=EPILOG,
+                help="Backfill from files, an S3 prefix or the stream, onto the stream or "
+                     "straight into the tables: a resumable, idempotent job.")(_replay_command)

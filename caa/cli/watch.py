@@ -6,8 +6,14 @@ import asyncio
 import signal
 import sys
 from collections.abc import Callable
+from typing import Annotated
+
+import typer
 
 from caa.aws import Aws
+from caa.cli import output
+from caa.cli.context import current
+from caa.errors import NotSetUp
 from caa.settings import Settings
 from consumers.ops.changefeed import ChangeFeed, FeedItem, FeedProblem, StartAt, stream_arn
 
@@ -76,8 +82,35 @@ def tail(settings: Settings, aws: Aws, start: StartAt, as_json: bool, customer_i
 
     n = asyncio.run(run())
     if n < 0:
-        print(f"table {settings.table('predictions')} has no stream: run `caa setup`",
-              file=sys.stderr)
-        return 1
-    print(f"{n} change(s)", file=sys.stderr)
+        raise NotSetUp(f"table {settings.table('predictions')} has no stream",
+                       "run `caa setup`")
+    output.note(f"{n} change(s)")
     return 0
+
+
+def _watch(
+    ctx: typer.Context,
+    start: Annotated[StartAt, typer.Option(
+        "--from",
+        help="trim_horizon: every change still in the stream (24 h); latest: new "
+                       "changes only (with --follow).")] = "trim_horizon",
+    as_json: Annotated[bool, typer.Option(
+        "--json",
+        help="One PredictionChange JSON object per line (docs/change-feed.md).")
+    ] = False,
+    customer: Annotated[str | None, typer.Option(
+        help="Only this customer's changes.", metavar="ID")] = None,
+    limit: Annotated[int | None, typer.Option(
+        min=1, help="Stop after this many changes.", metavar="N")] = None,
+    follow: Annotated[bool, typer.Option(
+        "--follow",
+        help="Keep waiting for new changes (Ctrl-C stops).")] = False,
+) -> int:
+    inv = current(ctx)
+    return tail(inv.settings, inv.aws(), start, as_json, customer, limit, follow)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("watch", rich_help_panel=output.CUSTOMERS,
+                help="Tail the prediction change feed (DynamoDB Streams): one line per "
+                     "change, old and new.")(_watch)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from caa.aws import Aws
 from caa.settings import Settings
+from consumers.progress import NO_PROGRESS, Progress
 
 if TYPE_CHECKING:
     from caa.report.page import ReportData
@@ -64,9 +65,11 @@ def read_bench(path: Path) -> dict[str, Any]:
     return data
 
 
-async def read_states(customers: CustomerStore) -> list[CustomerState]:
-    """Every customer state with a purchase (ids and bodies only: no event digests)."""
-    return [s for s in await customers.all(digests=False) if s.purchases]
+async def read_states(customers: CustomerStore,
+                      progress: Progress = NO_PROGRESS) -> list[CustomerState]:
+    """Every customer state with a purchase (ids and bodies only: no event digests);
+    ``progress`` counts the customers read."""
+    return [s for s in await customers.all(digests=False, progress=progress) if s.purchases]
 
 
 async def read_models(models: ModelStore
@@ -81,11 +84,12 @@ async def read_models(models: ModelStore
     return model, seg[0] if seg else 0, sizes[1] if sizes else None
 
 
-async def read_tables(settings: Settings, aws: Aws
+async def read_tables(settings: Settings, aws: Aws, progress: Progress = NO_PROGRESS,
                       ) -> tuple[list[CustomerState],
                                  tuple[SegmentModel | None, int, dict[str, Any] | None],
                                  list[dict[str, Any]]]:
-    """What the page shows from DynamoDB: the states, the models and the usage per day."""
+    """What the page shows from DynamoDB: the states, the models and the usage per day
+    (``progress``: "reading customer states", counted, then "reading models and costs")."""
     from consumers.stores.customers import CustomerStore
     from consumers.stores.dynamo import Dynamo
     from consumers.stores.model_snapshots import ModelStore
@@ -94,18 +98,33 @@ async def read_tables(settings: Settings, aws: Aws
     t = settings.tables
     async with aws.clients("dynamodb") as c:
         db = Dynamo(c["dynamodb"])
-        return (await read_states(CustomerStore(db, t.customers)),
-                await read_models(ModelStore(db, t.models)),
+        progress.phase("reading customer states")
+        states = await read_states(CustomerStore(db, t.customers), progress)
+        progress.phase("reading models and costs")
+        return (states, await read_models(ModelStore(db, t.models)),
                 await daily_usage(db, t.usage, settings.daily_budget_usd))
 
 
-def load(settings: Settings, aws: Aws, evaluation: Path, bench: Path) -> ReportData:
-    """Everything the page shows; a missing or unreadable file is noted, not fatal."""
+def load(settings: Settings, aws: Aws, evaluation: Path, bench: Path,
+         progress: Progress = NO_PROGRESS, currency: str = "USD") -> ReportData:
+    """Everything the page shows; a missing or unreadable file is noted, not fatal.
+    ``progress`` hears the phases: reading customer states (counted), reading models and
+    costs, segment sizes over time (counted in cut-offs); :func:`caa.report.page.render`
+    takes it too. Amounts are in the currency the states' orders were in, ``currency`` for
+    states that do not say (written before the currency was kept)."""
     from caa.report.page import ReportData
     from caa.report.scores import ScoreFileError, Scores
+    from caa.report.words import currency_of
     from models.timeline import segment_timeline
 
-    states, (model, version, sizes), usage = asyncio.run(read_tables(settings, aws))
+    def cutoff_done(done: int, of: int) -> None:
+        if done:
+            progress.advance()
+        else:
+            progress.phase("segment sizes over time (cut-offs)", total=of)
+
+    states, (model, version, sizes), usage = asyncio.run(read_tables(settings, aws, progress))
+    unit, unit_note = currency_of((s.currencies for s in states), default=currency)
     scores = scores_error = bench_data = bench_error = None
     if evaluation.is_file():
         try:
@@ -124,8 +143,10 @@ def load(settings: Settings, aws: Aws, evaluation: Path, bench: Path) -> ReportD
         generated_at=datetime.now(UTC), customers=len(states),
         purchases=sum(s.purchases for s in states),
         spend_cents=sum(s.spend_cents for s in states), model=model, model_version=version,
-        sizes_doc=sizes, timeline=segment_timeline(states, model) if model else None,
+        sizes_doc=sizes,
+        timeline=segment_timeline(states, model, step_done=cutoff_done) if model else None,
         evaluation_path=evaluation, scores=scores, scores_error=scores_error,
         bench_path=bench, bench=bench_data, bench_error=bench_error,
-        usage=usage, budget_usd=settings.daily_budget_usd,
+        usage=usage, budget_usd=settings.daily_budget_usd, currency=unit,
+        currency_note=unit_note, analyzer=settings.analyzer,
     )

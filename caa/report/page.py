@@ -2,14 +2,17 @@
 
 Figures are PNGs from :mod:`caa.report.plots`, embedded as ``data:image/png;base64`` URIs; the CSS
 is inline; there is no script and no external resource, so the file can be mailed or
-archived as it is. A section whose input is missing shows what to run to fill it.
+archived as it is. A section whose input is missing shows what to run to fill it, or says
+in one line why it is empty. Written for people who market to these customers: amounts carry
+their currency (:mod:`caa.report.words`), each segment is defined in plain words from its
+centre, and headings and captions avoid technical terms (a small footnote names them).
 """
 
 from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from html import escape
@@ -18,6 +21,9 @@ from typing import Any
 
 from caa.report import plots
 from caa.report.scores import Scores, calibration_bins, gains, lift_deciles
+from caa.report.words import define_segments, money
+from consumers.progress import NO_PROGRESS, Progress
+from consumers.stores.usage import non_aws_endpoints, simulated_note
 from models.learn.evaluation import roc_auc
 from models.learn.segmentation import FEATURES, SEGMENT_NAMES, SegmentModel
 from models.timeline import Timeline
@@ -27,14 +33,19 @@ __all__ = ["SECTIONS", "ReportData", "render"]
 #: (anchor id, heading) of every section, in page order
 SECTIONS = (
     ("segment-sizes", "Segment sizes over time"),
-    ("centroids", "Segment centroids"),
-    ("calibration", "Predicted against actual purchases"),
-    ("lift", "Lift: who buys again"),
+    ("centroids", "What each segment means"),
+    ("calibration", "Forecast purchases against what customers did"),
+    ("lift", "Who buys again: customers ranked by our score"),
     ("bench", "Throughput and latency"),
-    ("costs", "Bedrock cost per day"),
+    ("costs", "AI analysis cost per day (Bedrock)"),
 )
-ANCHOR_LABELS = {"bgnbd": "BG/NBD (lifetimes)", "pareto_nbd": "Pareto/NBD (lifetimes)",
-                 "naive": "naive x/T"}
+#: the reference forecasts in plain words (their technical names: ANCHOR_FOOTNOTE)
+ANCHOR_LABELS = {"bgnbd": "reference forecast 1 (lifetimes)",
+                 "pareto_nbd": "reference forecast 2 (lifetimes)",
+                 "naive": "simple average so far"}
+ANCHOR_FOOTNOTE = ("Reference forecast 1 is the BG/NBD model and 2 the Pareto/NBD model, both "
+                   "fitted by the lifetimes library; the simple average is each customer's "
+                   "purchases so far divided by their time so far (x/T).")
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;
@@ -48,6 +59,8 @@ td.n{text-align:right;font-variant-numeric:tabular-nums}
 .caption{color:#555;font-size:.9em}.meta{color:#666;font-size:.9em}
 .placeholder{background:#fff8e1;border:1px dashed #e0b000;padding:14px;border-radius:4px}
 .warn{color:#a00}code{background:#f4f4f4;padding:1px 4px;border-radius:3px}
+.footnote{color:#777;font-size:.8em}.definition{margin:4px 0}
+.empty{color:#555;font-style:italic}
 """
 
 
@@ -73,6 +86,11 @@ class ReportData:
     bench_error: str | None = None
     usage: list[dict[str, Any]] = field(default_factory=list)  # ``caa costs --json`` rows
     budget_usd: float = 0.0
+    #: the currency of the purchase amounts, and a note when some orders were in another
+    currency: str = "USD"
+    currency_note: str | None = None
+    #: ``CAA_ANALYZER``: "statistical" (the AI analysis is off) or "bedrock"
+    analyzer: str = "statistical"
 
 
 def _num(v: Any, digits: int = 0) -> str:
@@ -111,14 +129,14 @@ def _sizes(d: ReportData) -> str:
                             "this section.")
     caption = (
         f"Customers per segment at {len(tl.cutoffs)} {escape(tl.step)} cut-offs from "
-        f"{_day(tl.cutoffs[0])} to the stream's watermark {_day(tl.cutoffs[-1])}. "
+        f"{_day(tl.cutoffs[0])} to the latest purchase in the data, {_day(tl.cutoffs[-1])}. "
         f"<strong>Every point uses today's segment model</strong> (version {d.model_version})"
         ": no history of models is kept, so this shows how customers moved through today's "
         "segments, not what was shown at the time. Each customer who had bought by a cut-off "
-        "is rebuilt from their stored state: frequency = their distinct purchase days up to "
-        "the cut-off's day; recency = days from the last of those to the cut-off; monetary = "
-        "today's mean order value (the state keeps no per-order amounts, so this one feature "
-        "is not as of the cut-off).")
+        "is placed by what they had done by then: how often (their distinct purchase days up "
+        "to the cut-off's day) and how recently (days from the last of those to the "
+        "cut-off); their order value is today's average (the state keeps no per-order "
+        "amounts, so this one figure is not as of the cut-off).")
     out = [_img(plots.timeline(tl), "customers per segment over time"),
            f'<p class="caption">{caption}</p>', _sizes_check(d, tl)]
     rows = [[_day(t)[:10], *(f"{c:,}" for c in counts), f"{sum(counts):,}"]
@@ -158,17 +176,27 @@ def _centroids(d: ReportData) -> str:
     at = d.timeline.at(-1) if d.timeline else {}
     names = [str(r["name"]) for r in rows]
     centres: list[dict[str, float]] = [r["centre"] for r in rows]  # type: ignore[misc]
+    sizes = [at.get(n, int(str(r["count"]))) for n, r in zip(names, rows, strict=True)]
+    meaning = define_segments(names, centres, sizes, d.currency)
+    definitions = "".join(f'<p class="definition"><strong>{escape(n)}</strong>: '
+                          f"{escape(meaning[n])}</p>" for n in names)
     table = _table(
-        ["segment", "id", "customers at the watermark", "recency (days)",
-         "frequency (purchase days)", "monetary (mean order value)"],
-        ([n, str(r["id"]), f"{at.get(n, 0):,}", _num(c["recency_days"], 1),
-          _num(c["frequency"], 2), _num(c["monetary"], 2)]
-         for n, r, c in zip(names, rows, centres, strict=True)))
-    caption = (f"Centres of segment model version {d.model_version} in original units "
-               f"(the model works on log1p of {', '.join(FEATURES)}, standardised; a centre "
-               "shown here is expm1 of its log-space centre, a geometric-type mean).")
-    return (_img(plots.centroids(names, centres), "segment centres per feature") + table
-            + f'<p class="caption">{escape(caption)}</p>')
+        ["segment", "customers now", "days since the last purchase",
+         "purchase days", f"average order value ({d.currency})"],
+        ([n, f"{at.get(n, 0):,}", _num(c["recency_days"], 1), _num(c["frequency"], 2),
+          money(c["monetary"], d.currency)]
+         for n, c in zip(names, centres, strict=True)))
+    caption = (f"The typical customer of each segment (segment model version "
+               f"{d.model_version}); each customer belongs to the segment whose typical "
+               "customer they are closest to. \"Customers now\" counts them as of the latest "
+               "purchase in the data.")
+    footnote = (f"Technical: each row is a k-means centre over {', '.join(FEATURES)}; the "
+                "model measures distances on log1p of the features, standardised, so a centre "
+                "shown here is expm1 of its log-space centre (a geometric-type mean).")
+    return (definitions
+            + _img(plots.centroids(names, centres, d.currency), "segment centres per feature")
+            + table + f'<p class="caption">{escape(caption)}</p>'
+            + f'<p class="footnote">{escape(footnote)}</p>')
 
 
 def _missing_scores(d: ReportData) -> str:
@@ -187,14 +215,19 @@ def _calibration(s: Scores) -> str:
     mae = float(abs(s.predicted - s.actual).mean())
     rows = ([str(i), f"{b.n:,}", _num(b.mean_predicted, 3), _num(b.mean_actual, 3)]
             for i, b in enumerate(curves["ours"], start=1))
-    caption = (f"{len(s.customer_ids):,} evaluated customers, binned by our predicted holdout "
-               f"purchases into {len(curves['ours'])} groups of equal size (lowest first); per "
-               "bin the mean predicted against the mean actual. Totals: predicted "
-               f"{_num(s.predicted.sum(), 1)}, actual {_num(s.actual.sum())}; MAE "
-               f"{_num(mae, 3)}.")
+    caption = (f"{len(s.customer_ids):,} customers whose later purchases we know, in "
+               f"{len(curves['ours'])} groups of equal size by the purchases we forecast for "
+               "the test period (fewest first); per group the average forecast against the "
+               "average number of days they actually bought on. Points on the dashed line "
+               f"are exact forecasts. In all: forecast {_num(s.predicted.sum(), 1)}, actual "
+               f"{_num(s.actual.sum())}; a customer's forecast was off by "
+               f"{_num(mae, 3)} purchases on average.")
+    footnote = ("Technical: calibration by bins of the predicted holdout purchases; the "
+                f"average error is the mean absolute error (MAE). {ANCHOR_FOOTNOTE}")
     return (_img(plots.calibration(curves), "mean actual against mean predicted purchases")
             + f'<p class="caption">{escape(caption)}</p>'
-            + _table(["bin", "customers", "mean predicted", "mean actual"], rows))
+            + _table(["group", "customers", "average forecast", "average actual"], rows)
+            + f'<p class="footnote">{escape(footnote)}</p>')
 
 
 def _lift(s: Scores) -> str:
@@ -207,13 +240,20 @@ def _lift(s: Scores) -> str:
     rows = ([str(i), f"{g.n:,}", f"{100 * g.bought_share:.1f}%", f"{g.lift:.2f}"]
             for i, g in enumerate(deciles, start=1))
     caption = (f"Customers sorted by our score, highest first, in {len(deciles)} groups of "
-               "equal size: the share who bought again in the holdout (actual ≥ 1) against "
-               "the base rate "
-               f"{100 * base:.1f}% ({int(s.bought.sum()):,} of {len(s.customer_ids):,}); "
-               f"right, the cumulative gains. ROC AUC of the score: {_num(auc, 3)}.")
+               "equal size: the share who bought again in the test period against the share "
+               f"over everyone, {100 * base:.1f}% ({int(s.bought.sum()):,} of "
+               f"{len(s.customer_ids):,}); \"times the average\" says how many times more "
+               "likely a group was to buy again. Right: contacting the top x% of customers by "
+               "score reaches y% of those who bought again. How often the score ranks a "
+               f"customer who bought again above one who did not: "
+               f"{_num(None if auc is None else 100 * auc, 1)}% of pairs (50% is chance, "
+               "100% perfect).")
+    footnote = ("Technical: lift per score decile and the cumulative gains curve; the share "
+                f"of pairs ranked right is the ROC AUC ({_num(auc, 3)}). {ANCHOR_FOOTNOTE}")
     return (_img(plots.lift(deciles, base, curves), "buys-again lift by decile and gains")
             + f'<p class="caption">{escape(caption)}</p>'
-            + _table(["decile", "customers", "bought again", "lift"], rows))
+            + _table(["group", "customers", "bought again", "times the average"], rows)
+            + f'<p class="footnote">{escape(footnote)}</p>')
 
 
 def _bench(d: ReportData) -> str:
@@ -248,41 +288,54 @@ def _costs(d: ReportData) -> str:
     spent = [r for r in d.usage if float(r.get("spend_usd", 0)) > 0]
     if not spent:
         calls = sum(int(r.get("calls", 0)) for r in d.usage)
-        return _placeholder(
-            f"No Bedrock spend recorded in <code>{escape(d.table_prefix)}usage</code>"
-            + (f" ({calls:,} calls, all free)" if calls else "")
-            + ": the analyzer is statistical. <code>CAA_ANALYZER=bedrock</code> turns Bedrock "
-            "on (<code>make run-ai</code> tries it against the local test server); "
-            "<code>caa costs</code> shows the same table.")
+        if d.analyzer != "bedrock" and not calls:
+            return ('<p class="empty">No Bedrock costs: the AI analysis was off '
+                    f"(CAA_ANALYZER={escape(d.analyzer)}).</p>")
+        return (f'<p class="empty">No Bedrock costs recorded in <code>'
+                f"{escape(d.table_prefix)}usage</code>"
+                + (f" ({calls:,} calls, all free)." if calls else
+                   ": no customer has been analysed by Bedrock yet.") + "</p>")
     days = [str(r["day"]) for r in d.usage]
     spend = [float(r["spend_usd"]) for r in d.usage]
-    rows = ([str(r["day"]), f"{float(r['spend_usd']):.4f}", f"{int(r['calls']):,}",
+    rows = ([str(r["day"]), money(float(r["spend_usd"]), "USD", 4), f"{int(r['calls']):,}",
              f"{int(r['input_tokens']):,}", f"{int(r['output_tokens']):,}",
              f"{int(r['analyses']):,}", f"{int(r['fallbacks']):,}", f"{int(r['cache_hits']):,}"]
             for r in d.usage)
+    note = simulated_note(non_aws_endpoints(d.usage))
     return (_img(plots.costs(days, spend, d.budget_usd), "Bedrock spend per day")
-            + _table(["day (UTC)", "spend USD", "calls", "tokens in", "tokens out", "analyses",
-                      "fallbacks", "cache hits"], rows)
-            + f'<p class="caption">Total ${sum(spend):,.4f} over {len(days)} day(s); daily '
-              f"budget ${d.budget_usd:,.2f}. The same data as <code>caa costs</code>.</p>")
+            + (f'<p class="caption warn">{escape(note)}</p>' if note else "")
+            + _table(["day (UTC)", "spend", "calls", "words in (tokens)", "words out (tokens)",
+                      "analyses", "answered without the model", "reused earlier analysis"],
+                     rows)
+            + f'<p class="caption">Total {money(sum(spend), "USD", 4)} over {len(days)} '
+              f"day(s); daily budget {money(d.budget_usd, 'USD')}. Bedrock bills in USD. "
+              "The same data as <code>caa costs</code>.</p>")
 
 
-def render(d: ReportData) -> str:
-    """The whole page."""
-    bodies = {
-        "segment-sizes": _sizes(d),
-        "centroids": _centroids(d),
-        "calibration": _calibration(d.scores) if d.scores else _missing_scores(d),
-        "lift": _lift(d.scores) if d.scores else _missing_scores(d),
-        "bench": _bench(d),
-        "costs": _costs(d),
+def render(d: ReportData, progress: Progress = NO_PROGRESS) -> str:
+    """The whole page; ``progress`` hears the phase "drawing the report", one step a
+    section."""
+    makers: dict[str, Callable[[], str]] = {
+        "segment-sizes": lambda: _sizes(d),
+        "centroids": lambda: _centroids(d),
+        "calibration": lambda: _calibration(d.scores) if d.scores else _missing_scores(d),
+        "lift": lambda: _lift(d.scores) if d.scores else _missing_scores(d),
+        "bench": lambda: _bench(d),
+        "costs": lambda: _costs(d),
     }
+    progress.phase("drawing the report (sections)", total=len(makers))
+    bodies: dict[str, str] = {}
+    for key, make in makers.items():
+        bodies[key] = make()
+        progress.advance()
     toc = "".join(f'<li><a href="#{k}">{escape(h)}</a></li>' for k, h in SECTIONS)
     sections = "".join(f'<section id="{k}"><h2>{escape(h)}</h2>{bodies[k]}</section>'
                        for k, h in SECTIONS)
     meta = (f"Stream <code>{escape(d.stream)}</code>, tables <code>{escape(d.table_prefix)}*"
             f"</code>: {d.customers:,} customers, {d.purchases:,} purchases, spend "
-            f"{d.spend_cents / 100:,.2f}. Generated "
+            f"{money(d.spend_cents / 100, d.currency)}"
+            + (f" ({escape(d.currency_note)})" if d.currency_note else "")
+            + ". Generated "
             f"{escape(d.generated_at.isoformat(timespec='seconds'))} by <code>caa report</code>.")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"

@@ -27,9 +27,9 @@ FloatArray = npt.NDArray[np.float64]
 _PALETTE = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d",
             "#666666")
 OURS, NAIVE, ANCHOR_COLOURS = "#1f77b4", "#ff7f0e", ("#2ca02c", "#9467bd", "#8c564b")
-FEATURE_LABELS = {"recency_days": "recency (days since the last purchase)",
-                  "frequency": "frequency (distinct purchase days)",
-                  "monetary": "monetary (mean order value)"}
+FEATURE_LABELS = {"recency_days": "days since the last purchase",
+                  "frequency": "purchase days (distinct)",
+                  "monetary": "average order value"}
 
 
 def segment_colour(name: str) -> str:
@@ -64,7 +64,7 @@ def timeline(tl: Timeline) -> bytes:
     ax.stackplot(when, *series, labels=tl.names, colors=[segment_colour(n) for n in tl.names],
                  alpha=0.85)
     ax.set_ylabel("customers who had bought by then")
-    ax.set_xlabel(f"cut-off ({tl.step}; the last is the stream's watermark)")
+    ax.set_xlabel(f"cut-off ({tl.step}; the last is the latest purchase in the data)")
     ax.margins(x=0)
     handles, labels = ax.get_legend_handles_labels()
     ax.legend(handles[::-1], labels[::-1], loc="upper left", bbox_to_anchor=(1.01, 1.0),
@@ -74,8 +74,10 @@ def timeline(tl: Timeline) -> bytes:
     return _png(fig)
 
 
-def centroids(names: Sequence[str], centres: Sequence[Mapping[str, float]]) -> bytes:
-    """One horizontal bar per segment for each feature, in original units."""
+def centroids(names: Sequence[str], centres: Sequence[Mapping[str, float]],
+              currency: str = "USD") -> bytes:
+    """One horizontal bar per segment for each feature, in original units (order values
+    in ``currency``)."""
     fig = _figure(10, 0.5 * len(names) + 1.6)
     axes = fig.subplots(1, len(FEATURES), sharey=True)
     y = np.arange(len(names))
@@ -85,7 +87,8 @@ def centroids(names: Sequence[str], centres: Sequence[Mapping[str, float]]) -> b
         for yi, v in zip(y, values, strict=True):
             ax.annotate(f"{v:,.1f}", (v, yi), xytext=(3, 0), textcoords="offset points",
                         va="center", fontsize=8)
-        ax.set_title(FEATURE_LABELS[f], fontsize=9)
+        ax.set_title(FEATURE_LABELS[f] + (f" ({currency})" if f == "monetary" else ""),
+                     fontsize=9)
         ax.margins(x=0.25)
         _style(ax)
     axes[0].set_yticks(y, list(names))

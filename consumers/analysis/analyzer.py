@@ -62,6 +62,8 @@ class AnalyzerResult:
     cost_usd: float = 0.0
     attempts: int = 0
     latency_ms: float = 0.0
+    #: where the answer came from when not from AWS (see consumers.analysis.bedrock.endpoint)
+    endpoint: str | None = None
 
 
 class Analyzer(Protocol):

@@ -27,8 +27,9 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from botocore.exceptions import (
@@ -61,6 +62,28 @@ RETRYABLE: dict[str, FailureKind] = {
     "ModelNotReadyException": "unavailable",
     "ModelTimeoutException": "timeout",
 }
+
+
+#: the header the local test server (deploy.local.bedrock_server) answers with
+TEST_SERVER_HEADER = "x-caa-test-server"
+AWS_DOMAINS = (".amazonaws.com", ".amazonaws.com.cn", ".api.aws")
+
+
+def is_aws(url: str) -> bool:
+    """Is ``url`` one of AWS's own endpoints (regional, FIPS, VPC, China)?"""
+    host = (urlsplit(url).hostname or "").lower()
+    return host.endswith(AWS_DOMAINS)
+
+
+def endpoint(client: Any, headers: Mapping[str, str] | None = None) -> str | None:
+    """What answered when it was not AWS: ``"test server at URL (canned answers)"`` when the
+    response says it came from the local test server, the endpoint URL when it is not
+    AWS's, None for AWS's own endpoint (or a client that does not say where it goes)."""
+    url = getattr(getattr(client, "meta", None), "endpoint_url", None)
+    said = (headers or {}).get(TEST_SERVER_HEADER)
+    if isinstance(said, str) and said:
+        return f"test server at {url if isinstance(url, str) else 'an unknown URL'} ({said})"
+    return url if isinstance(url, str) and not is_aws(url) else None
 
 
 def _validated(uses: list[dict[str, Any]], stop: str,
@@ -119,6 +142,9 @@ class BedrockAnalyzer:
         self._rng = rng or random.Random()
         self._clock = clock
         self._sleep = sleep
+        #: where the answers come from when not from AWS (None: AWS's endpoint); learnt
+        #: from the endpoint URL and the test server's header (see :func:`endpoint`)
+        self.endpoint = endpoint(client)
         prices.cost(model, 0, 0)  # fail at start-up, not per call, when the model has no price
 
     def request(self, x: AnalysisInput) -> dict[str, Any]:
@@ -155,7 +181,7 @@ class BedrockAnalyzer:
             return AnalyzerResult(
                 analysis, "bedrock", self.model, failure, detail, tokens_in, tokens_out,
                 self.prices.cost(self.model, tokens_in, tokens_out), attempts,
-                round((self._clock() - start) * 1000.0, 1),
+                round((self._clock() - start) * 1000.0, 1), self.endpoint,
             )
 
         while True:
@@ -165,6 +191,7 @@ class BedrockAnalyzer:
             try:
                 resp = await asyncio.wait_for(self.client.converse(**req), timeout=remaining)
             except ClientError as exc:
+                self._heard(exc.response)
                 err = exc.response.get("Error", {})
                 code = str(err.get("Code", "Unknown"))
                 detail = f"{code}: {err.get('Message', '')}".strip()
@@ -186,6 +213,7 @@ class BedrockAnalyzer:
                 return result(None, "rejected", f"{type(exc).__name__}: {exc}")
             else:
                 billable += 1
+                self._heard(resp)
                 usage = resp.get("usage", {})
                 tokens_in += int(usage.get("inputTokens", 0))
                 tokens_out += int(usage.get("outputTokens", 0))
@@ -206,6 +234,12 @@ class BedrockAnalyzer:
                 return result(None, failure, f"{detail} (gave up after {attempts} attempt(s) "
                                              f"within the {self.deadline_s:g} s deadline)")
             await self._sleep(delay)
+
+    def _heard(self, resp: Mapping[str, Any]) -> None:
+        """Learn from a response (an answer or an error) whether the test server sent it."""
+        headers = resp.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+        if TEST_SERVER_HEADER in headers:
+            self.endpoint = endpoint(self.client, headers)
 
     @staticmethod
     def _correction(req: dict[str, Any], resp: dict[str, Any], why: str,

@@ -32,7 +32,9 @@ from consumers.analysis.guard import CallGuard, Refused
 from consumers.analysis.trigger import CacheRules, Signature, TriggerPolicy, stale_reason
 from consumers.core import BatchResult
 from consumers.instrument.metrics import Metrics
+from consumers.progress import NO_PROGRESS, Progress
 from consumers.stores.analyses import AnalysisStore
+from consumers.stores.usage import simulated_note
 from models.analysis import AnalysisRecord, TriggerKind
 from models.prediction import Prediction
 from models.prompt import PROMPT_VERSION, AnalysisInput, build_input
@@ -83,6 +85,7 @@ class Enricher:
         self._cache_size = cache_size
         self._inflight: set[str] = set()
         self._tasks: set[asyncio.Task[AnalysisRecord | None]] = set()
+        self._finished = 0  # queued analyses that ended (stored, cache hit or error)
         self._wake = asyncio.Event()
         self._closing = False
         self.counts: Counter[str] = Counter()
@@ -92,6 +95,8 @@ class Enricher:
         self.metrics = metrics or Metrics(None, {})
         self.freshness_s: list[float] = []  # per purchase: arrival -> analysis reflecting it
         self.errors: list[str] = []
+        #: where answers came from when not from AWS (the local test server, say)
+        self.endpoints: set[str] = set()
 
     # -- what the applier and the refit call -------------------------------------------
     def observe(self, result: BatchResult) -> None:
@@ -176,14 +181,32 @@ class Enricher:
         prediction and are analysed on their next trigger); calls in flight finish."""
         self._closing = True
 
-    async def drain(self) -> None:
-        """Analyse everything pending now, debounce or not, and wait (end of a bounded run)."""
+    @property
+    def queued(self) -> int:
+        """Customers waiting for an analysis, and analyses running."""
+        return len(self.policy) + len(self._tasks)
+
+    @property
+    def done(self) -> int:
+        """Queued analyses that ended so far (stored, found in the cache, or failed)."""
+        return self._finished
+
+    async def drain(self, progress: Progress = NO_PROGRESS) -> None:
+        """Analyse everything pending now, debounce or not, and wait (end of a bounded run);
+        ``progress`` hears the phase "AI analyses" out of those queued (when there are any)
+        and counts them."""
         self.policy.expedite(self._clock())
         never = asyncio.Event()
+        start = self._finished
+        if self.queued:
+            progress.phase("AI analyses", total=self.queued)
         while not self._closing and (len(self.policy) or self._tasks):
             self._dispatch(self._clock())
             await self._sleep(never, 0.5)
+            progress.advance(self._finished - start)
+            start = self._finished
         await self.settle()
+        progress.advance(self._finished - start)
 
     async def settle(self) -> None:
         while self._tasks:
@@ -205,6 +228,7 @@ class Enricher:
 
     def _done(self, task: asyncio.Task[AnalysisRecord | None]) -> None:
         self._tasks.discard(task)
+        self._finished += 1
         self._wake.set()  # a slot is free
 
     async def analyze_now(self, customer_id: str, x: AnalysisInput) -> AnalysisRecord | None:
@@ -284,7 +308,10 @@ class Enricher:
             attempts=spent.attempts if spent else 0,
             analysis=result.analysis,
             signature=signature.to_dict() if signature else None,
+            endpoint=spent.endpoint if spent else None,
         )
+        if rec.endpoint:
+            self.endpoints.add(rec.endpoint)
         self._remember(cid, rec)  # before the writes: predictions written meanwhile carry it
         await self.store.record(rec)
         self._count("analyses", shared=True)
@@ -346,4 +373,6 @@ class Enricher:
                                  if k.startswith("fallback_")},
             "errors": c["errors"], "breaker_opened": self.breaker.opened,
             "freshness_p50_s": q(0.5), "freshness_p95_s": q(0.95),
+            **({"answered_by": sorted(self.endpoints), "note": simulated_note(self.endpoints)}
+               if self.endpoints else {}),
         }

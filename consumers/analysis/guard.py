@@ -89,7 +89,8 @@ class CallGuard:
                     "output_tokens": result.output_tokens,
                     "failed_analyses": int(result.failure is not None)}
         try:
-            await self.ledger.settle(day, reserved, result.cost_usd, counters)
+            await self.ledger.settle(day, reserved, result.cost_usd, counters,
+                                     endpoint=result.endpoint)
         except Exception as exc:  # noqa: BLE001 -- one line; the reservation stays committed
             print(f"usage ledger: could not settle a call of {result.cost_usd:.6f} USD on "
                   f"{day} (its reservation of {reserved:.6f} stays): {exc}", file=sys.stderr)

@@ -22,6 +22,7 @@ from consumers.applier import BatchApplier
 from consumers.core import BatchResult
 from consumers.instrument.chaos import NO_CHAOS, Chaos
 from consumers.instrument.metrics import Metrics
+from consumers.progress import NO_PROGRESS, Progress
 from consumers.refit import RefitReport, refit
 from consumers.sources.fanout import FanoutPoller
 from consumers.sources.lease import GroupLease
@@ -124,11 +125,13 @@ class Worker:
             except TimeoutError:
                 await self.lease.acquire(time.time())
 
-    async def _refit(self, rewrite: bool, schedule: bool = True) -> RefitReport | None:
+    async def _refit(self, rewrite: bool, schedule: bool = True,
+                     progress: Progress = NO_PROGRESS) -> RefitReport | None:
         """Refit; a periodic refit also queues active customers for a scheduled analysis."""
         return await refit(self.customers, self.predictions, self.registry, rewrite=rewrite,
                            enricher=self.enricher,
-                           active_days=self.config.analysis_active_days if schedule else 0)
+                           active_days=self.config.analysis_active_days if schedule else 0,
+                           progress=progress)
 
     async def _refit_periodically(self, stop: asyncio.Event) -> None:
         """Refit the global models every ``refit_interval_s`` without blocking any shard."""
@@ -150,7 +153,12 @@ class Worker:
                 await self.enricher.flush_counters()
 
     async def run(self, until_idle: bool = False, stop: asyncio.Event | None = None,
-                  final_refit: bool = True) -> RefitReport | None:
+                  final_refit: bool = True,
+                  progress: Progress = NO_PROGRESS) -> RefitReport | None:
+        """Consume until stopped (or idle); then drain the AI analyses and refit. The
+        caller shows the consuming itself (``on_batch``); ``progress`` hears the phases
+        after it: waiting for the background tasks, the AI analyses (counted), the final
+        refit's phases (:func:`~consumers.refit.refit`)."""
         await self.lease.acquire(time.time())
         await self.registry.load()
         stop = stop or asyncio.Event()
@@ -168,14 +176,15 @@ class Worker:
             if stop.is_set() and self.enricher is not None:
                 self.enricher.abandon_queued()
             quiet.set()
+            progress.phase("winding down")  # the consuming phase is over
             await asyncio.gather(*background)
             if self.enricher is not None and until_idle:
-                await self.enricher.drain()
+                await self.enricher.drain(progress)
             if final_refit and self.applier.totals.records and not stop.is_set():
-                report = await self._refit(rewrite=True, schedule=False)
+                report = await self._refit(rewrite=True, schedule=False, progress=progress)
             if self.enricher is not None:
                 if until_idle:  # a stop signal does not wait for pending analyses
-                    await self.enricher.drain()
+                    await self.enricher.drain(progress)
                 await self.enricher.flush_counters()
         finally:
             self.consume_seconds = self.consume_seconds or time.perf_counter() - started

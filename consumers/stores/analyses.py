@@ -8,9 +8,10 @@
   with one UpdateItem, after the statistical prediction was written.
 
 Both tables hold an item of the same layout (:func:`record_item`: the record as JSON in
-``record``, and its time, source, model, trigger, tokens, cost, confidence and fallback
-reason as their own attributes); the history's ``at`` ends with ``#`` and a random
-suffix, so two analyses in the same microsecond both stay, and it has ``expires_at``.
+``record``, and its time, source, model, trigger, tokens, cost, confidence, fallback
+reason and, when the answer did not come from AWS, ``endpoint`` as their own
+attributes); the history's ``at`` ends with ``#`` and a random suffix, so two analyses in
+the same microsecond both stay, and it has ``expires_at``.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ def record_item(rec: AnalysisRecord) -> Item:
     }
     if rec.fallback_reason:
         item["fallback_reason"] = {"S": rec.fallback_reason}
+    if rec.endpoint:
+        item["endpoint"] = {"S": rec.endpoint}
     return item
 
 

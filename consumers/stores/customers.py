@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from consumers.progress import NO_PROGRESS, Progress
 from consumers.stores.dynamo import Dynamo, Item, now_iso
 from models.state import CustomerState
 
@@ -76,19 +77,26 @@ class CustomerStore:
         await self.delete([customer_id])
         return 1
 
-    async def all(self, digests: bool = True) -> list[CustomerState]:
+    async def all(self, digests: bool = True,
+                  progress: Progress = NO_PROGRESS) -> list[CustomerState]:
         """Every state; ``digests=False`` reads ids and bodies alone (no event-id digests,
-        version 0): enough for readers that only look, such as ``caa report``."""
+        version 0): enough for readers that only look, such as ``caa report``.
+        ``progress`` advances by the items read."""
         if digests:
-            return [state_from_item(i) for i in await self.db.scan(self.table)]
-        items = await self.db.scan(self.table, ProjectionExpression="#c, #b",
+            return [state_from_item(i) for i in await self.db.scan(self.table,
+                                                                   progress=progress)]
+        items = await self.db.scan(self.table, progress=progress,
+                                   ProjectionExpression="#c, #b",
                                    ExpressionAttributeNames={"#c": "customer_id", "#b": "body"})
         return [CustomerState.from_parts(i["customer_id"]["S"], 0, i["body"]["S"], b"")
                 for i in items]
 
-    async def updated_since(self, since: datetime) -> list[CustomerState]:
-        """The states written at or after ``since`` (UTC)."""
+    async def updated_since(self, since: datetime,
+                            progress: Progress = NO_PROGRESS) -> list[CustomerState]:
+        """The states written at or after ``since`` (UTC); ``progress`` advances by the
+        items read."""
         cut = since.isoformat(timespec="milliseconds")  # the format of updated_at (now_iso)
-        items = await self.db.scan(self.table, FilterExpression="updated_at >= :t",
+        items = await self.db.scan(self.table, progress=progress,
+                                   FilterExpression="updated_at >= :t",
                                    ExpressionAttributeValues={":t": {"S": cut}})
         return [state_from_item(i) for i in items]

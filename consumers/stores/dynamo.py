@@ -20,6 +20,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from consumers.instrument.chaos import NO_CHAOS, Chaos
+from consumers.progress import NO_PROGRESS, Progress
 from consumers.retry import Backoff, retry_until_done_async
 
 Item = dict[str, Any]
@@ -163,14 +164,19 @@ class Dynamo:
         await asyncio.gather(*(one(c) for c in _chunks(keys, 100)))
         return out
 
-    async def scan(self, table: str, segments: int = 4, **kw: Any) -> list[Item]:
+    async def scan(self, table: str, segments: int = 4, progress: Progress = NO_PROGRESS,
+                   **kw: Any) -> list[Item]:
+        """Every item (``kw``: more Scan arguments), read in ``segments`` parallel parts;
+        ``progress`` advances by the items of each page read."""
         async def part(seg: int) -> list[Item]:
             items: list[Item] = []
             args: dict[str, Any] = {"TableName": table, "Segment": seg,
                                     "TotalSegments": segments, **kw}
             while True:
                 resp = await self.client.scan(**args)
-                items.extend(resp.get("Items", []))
+                page = resp.get("Items", [])
+                items.extend(page)
+                progress.advance(len(page))
                 if "LastEvaluatedKey" not in resp:
                     return items
                 args["ExclusiveStartKey"] = resp["LastEvaluatedKey"]

@@ -12,12 +12,16 @@ counting ``maxTokens`` in full). Amounts are integer micro-dollars.
 One item per UTC day (key ``day``, ``YYYY-MM-DD``) of number attributes, each added to
 atomically: ``committed_micros``, ``spend_micros``, and the counters the enricher keeps
 (``calls``, ``failed_calls``, ``input_tokens``, ``output_tokens``, ``analyses``,
-``fallbacks``, ``fallback_<reason>``, ``cache_hits``, ...). :func:`daily_usage` reads them
-back, one row per day, for ``caa costs`` and ``caa report``.
+``fallbacks``, ``fallback_<reason>``, ``cache_hits``, ...), and ``endpoints``, a string set
+of where calls went when that was not AWS (the local test server: its answers are canned and
+its "costs" are what AWS would charge for the same tokens). :func:`daily_usage` reads them
+back, one row per day, for ``caa costs`` and ``caa report``; :func:`non_aws_endpoints` and
+:func:`simulated_note` say whether, and in one sentence, the figures are not AWS's.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +48,35 @@ def day_from_item(item: dict[str, Any], budget_usd: float) -> dict[str, Any]:
         "fallback_reasons": {k.removeprefix("fallback_"): int(v) for k, v in r.items()
                              if k.startswith("fallback_")},
         "cache_hits": int(r.get("cache_hits", 0)),
+        "endpoints": sorted(r.get("endpoints", [])),
     }
+
+
+def non_aws_endpoints(days: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Where the calls of these days (rows of :func:`daily_usage`) went when that was not AWS,
+    e.g. ``["test server at http://127.0.0.1:4599 (canned answers)"]``; [] when every call
+    went to AWS (or there were none)."""
+    return sorted({str(e) for d in days for e in d.get("endpoints", [])})
+
+
+def simulated_note(endpoints: Iterable[str]) -> str | None:
+    """One sentence for people reading costs or analyses that came from elsewhere than AWS
+    (``endpoints``: see :func:`non_aws_endpoints`); None when there were none.
+
+    >>> simulated_note(["test server at http://127.0.0.1:4599 (canned answers)"])
+    'Bedrock answers came from the local test server (canned answers), not from a model; \
+costs shown are what AWS would charge for the same tokens.'
+    >>> simulated_note([]) is None
+    True
+    """
+    found = sorted(set(endpoints))
+    if not found:
+        return None
+    if all(e.startswith("test server at ") for e in found):
+        return ("Bedrock answers came from the local test server (canned answers), not from "
+                "a model; costs shown are what AWS would charge for the same tokens.")
+    return (f"Bedrock answers came from {', '.join(found)}, not from AWS; costs shown are "
+            "what AWS would charge for the same tokens.")
 
 
 async def daily_usage(db: Dynamo, table: str, budget_usd: float) -> list[dict[str, Any]]:
@@ -85,19 +117,28 @@ class UsageLedger:
         await self.add(day, {"committed_micros": -micros(usd)})
 
     async def settle(self, day: str, reserved_usd: float, cost_usd: float,
-                     counters: dict[str, int]) -> None:
+                     counters: dict[str, int], endpoint: str | None = None) -> None:
+        """Replace a reservation with the real cost (``endpoint``: where the call went when
+        not to AWS, kept in the day's ``endpoints``)."""
         await self.add(day, {**counters, "committed_micros": micros(cost_usd) -
-                             micros(reserved_usd), "spend_micros": micros(cost_usd)})
+                             micros(reserved_usd), "spend_micros": micros(cost_usd)},
+                       endpoint=endpoint)
 
-    async def add(self, day: str, counters: dict[str, int]) -> None:
-        """Atomically add to the day's counters (names are plain identifiers)."""
+    async def add(self, day: str, counters: dict[str, int],
+                  endpoint: str | None = None) -> None:
+        """Atomically add to the day's counters (names are plain identifiers) and, given an
+        ``endpoint``, add it to the day's ``endpoints``."""
         counters = {k: v for k, v in counters.items() if v}
-        if not counters:
+        if not counters and not endpoint:
             return
         names = {f"#c{i}": k for i, k in enumerate(counters)}
-        values = {f":v{i}": {"N": str(v)} for i, v in enumerate(counters.values())}
+        values: dict[str, Any] = {f":v{i}": {"N": str(v)} for i, v in enumerate(counters.values())}
+        adds = [f"#c{i} :v{i}" for i in range(len(counters))]
+        if endpoint:
+            names["#e"], values[":e"] = "endpoints", {"SS": [endpoint]}
+            adds.append("#e :e")
         await self.db.client.update_item(
             TableName=self.table, Key={"day": {"S": day}},
-            UpdateExpression="ADD " + ", ".join(f"#c{i} :v{i}" for i in range(len(counters))),
+            UpdateExpression="ADD " + ", ".join(adds),
             ExpressionAttributeNames=names, ExpressionAttributeValues=values,
         )

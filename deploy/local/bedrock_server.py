@@ -3,7 +3,9 @@
 It speaks the wire protocol botocore uses (restJson1: ``POST /model/{modelId}/converse``,
 a SigV4 ``Authorization`` header, errors as ``x-amzn-ErrorType`` + ``{"message": ...}``), so
 the real ``boto3``/``aiobotocore`` ``bedrock-runtime`` client reaches it by ``endpoint_url``.
-By default every request gets a tool-use answer generated from the forced tool's JSON schema.
+By default every request gets a tool-use answer generated from the forced tool's JSON schema,
+its free text beginning ``[canned answer from the local Bedrock test server]``; every response
+carries the header ``x-caa-test-server: canned answers``, so nobody mistakes it for a model.
 
 Control API (JSON, no auth): ``POST /_control/script`` ``{"steps": [step, ...], "default":
 step | null}`` replaces the script: steps are consumed FIFO, one per converse request, then
@@ -42,16 +44,20 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
 
-from deploy.local.schema_answer import JsonObj, generate, grounding
+from deploy.local.schema_answer import CANNED, JsonObj, generate, grounding
 
-__all__ = ["BedrockServer", "generate", "launch", "main", "serve"]
+__all__ = ["CANNED", "TEST_SERVER_HEADER", "BedrockServer", "generate", "launch", "main",
+           "serve"]
 
 KINDS = frozenset({"answer", "throttle", "error", "slow", "text", "invalid"})
 CONVERSE_PATH = re.compile(r"^/model/([^/]+)/converse$")
 JOBS_PATH = "/model-invocation-job"
 _JOB_FIELDS = ("jobName", "roleArn", "modelId", "inputDataConfig", "outputDataConfig")
 INVOCATION_TYPES = frozenset({"InvokeModel", "Converse"})  # the API's modelInvocationType
-TEXT_ANSWER = "I think this customer is likely to buy again soon, but I am not certain."
+TEXT_ANSWER = f"{CANNED} I think this customer is likely to buy again soon, but I am not sure."
+#: sent with every response, so a client can tell the answers are canned (see
+#: consumers.analysis.bedrock.answered_by)
+TEST_SERVER_HEADER = ("x-caa-test-server", "canned answers")
 ERRORS = {"throttle": (429, "ThrottlingException", "Too many requests, please wait."),
           "error": (500, "InternalServerException", "Scripted error")}
 
@@ -131,6 +137,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.send_header("x-amzn-RequestId", str(uuid.uuid4()))
+            self.send_header(*TEST_SERVER_HEADER)
             if error_type:
                 self.send_header("x-amzn-ErrorType", error_type)
             self.end_headers()

@@ -14,6 +14,8 @@ from typing import Any, cast
 
 JsonObj = dict[str, Any]
 
+#: how every free-text answer of the test server begins: it is not a model's answer
+CANNED = "[canned answer from the local Bedrock test server]"
 FORMATS = {"date": "2026-12-01", "date-time": "2026-12-01T00:00:00Z", "time": "00:00:00",
            "email": "sample@example.com", "uri": "https://example.com/sample",
            "uuid": "00000000-0000-4000-8000-000000000000", "duration": "P1D"}
@@ -133,7 +135,14 @@ def _number(schema: JsonObj, *, integer: bool) -> int | float:
 
 
 def _string(schema: JsonObj, name: str) -> str:
+    """``"[canned answer from the local Bedrock test server] sample <name>"`` where the
+    field allows that many characters (so free text such as a narrative says what it is),
+    else ``"sample <name>"`` (padded to ``minLength``, cut to ``maxLength``)."""
     if schema.get("format") in FORMATS:
         return FORMATS[str(schema["format"])]
+    longest = schema.get("maxLength")
+    canned = f"{CANNED} sample {name}"
+    if longest is None or len(canned) <= int(longest):
+        return canned.ljust(int(schema.get("minLength", 0)), "x")
     text = f"sample {name}".ljust(int(schema.get("minLength", 0)), "x")
-    return text[: int(schema.get("maxLength", len(text)))]
+    return text[: int(longest)]

@@ -29,6 +29,7 @@ from typing import Literal, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from consumers.progress import NO_PROGRESS, Progress
 from consumers.refit import RefitReport
 from producers.replay.job import JobMismatch, JobState, ReplayJob, digest
 from producers.replay.sources import Cursor, Source, SourceRecord
@@ -52,6 +53,25 @@ class NoMeter:
 
     def read(self, nbytes: int) -> None:
         pass
+
+    def sent(self, records: int) -> None:
+        pass
+
+
+@dataclass
+class ProgressMeter:
+    """A :class:`Meter` over a :class:`~consumers.progress.Progress`: the phase "replaying"
+    counts the bytes read (its total the sources' size, when known), so one progress display
+    can show a replay from its first chunk to the end of its refit."""
+
+    progress: Progress
+    name: str = "replaying (bytes read)"
+
+    def total(self, nbytes: int | None) -> None:
+        self.progress.phase(self.name, total=nbytes)
+
+    def read(self, nbytes: int) -> None:
+        self.progress.advance(nbytes)
 
     def sent(self, records: int) -> None:
         pass
@@ -149,10 +169,14 @@ async def run(
     meter: Meter | None = None,
     log: RejectedLog | None = None,
     renew_every_s: float = 10.0,
+    progress: Progress = NO_PROGRESS,
 ) -> Outcome:
     """Run (or resume) ``job``: ``make_source(started)`` builds the source bounded by the
     job's start time; ``chunk_size`` records are committed at a time (by default the
-    target's choice). The job's lock and the target's lease are renewed meanwhile."""
+    target's choice). The job's lock and the target's lease are renewed meanwhile.
+    ``meter`` hears the bytes read and records sent; ``progress`` the phases after them
+    ("finishing", then the target's own: the direct target's refit). With
+    ``meter=ProgressMeter(progress)`` one progress display shows it all."""
     m = meter or NoMeter()
     await job.lock(time.time())
     renewing = asyncio.create_task(_renew(job, target, renew_every_s))
@@ -185,7 +209,8 @@ async def run(
             state.status = "finishing"
             await job.save(state)
         seconds = time.perf_counter() - started
-        refitted = await target.finish()
+        progress.phase("finishing the replay")
+        refitted = await target.finish(progress)
         state.status = "complete"
         await job.save(state)
         return Outcome(job.name, "complete", report, refitted, sent, seconds)

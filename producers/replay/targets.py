@@ -37,6 +37,7 @@ from typing import IO, Any
 
 from consumers.applier import BatchApplier
 from consumers.core import Rejected, StreamRecord
+from consumers.progress import NO_PROGRESS, Progress
 from consumers.refit import RefitReport, refit
 from consumers.sources.lease import GroupBusy, GroupLease
 from consumers.stores.predictions import PredictionStore
@@ -74,8 +75,8 @@ class Target(ABC):
         """Returns once every record of ``chunk`` is acknowledged (published, applied or
         dead-lettered); raises when that cannot be had."""
 
-    async def finish(self) -> RefitReport | None:
-        """After the last chunk of a job."""
+    async def finish(self, progress: Progress = NO_PROGRESS) -> RefitReport | None:
+        """After the last chunk of a job (``progress``: its phases, if it has any)."""
         return None
 
     async def renew(self, now: float) -> None:  # noqa: B027 (optional hook)
@@ -301,14 +302,14 @@ class DirectTarget(Target):
     def chunk(self) -> int:
         return self._chunk
 
-    async def finish(self) -> RefitReport | None:
+    async def finish(self, progress: Progress = NO_PROGRESS) -> RefitReport | None:
         """The refit ``caa consume --until-idle`` ends with: both models over the customer
         table, every prediction rewritten as of the latest event."""
         if not self.refit:
             return None
         a = self.applier
         return await refit(a.customers, self.predictions, a.registry, rewrite=True,
-                           enricher=a.enricher, active_days=0)
+                           enricher=a.enricher, active_days=0, progress=progress)
 
     async def close(self) -> None:
         if self.lease is not None:

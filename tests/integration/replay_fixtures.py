@@ -51,11 +51,11 @@ def write_jsonl_gz(path: Path, lines: list[bytes]) -> Path:
     return path
 
 
-def replay(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:
-    """`caa replay ... --json` in this process; its JSON answer."""
+def replay(capsys: pytest.CaptureFixture[str], *argv: str, expect: int = 0) -> dict[str, Any]:
+    """`caa replay ... --json` in this process; its JSON answer (its exit code: ``expect``)."""
     rc = cli.main(["replay", *argv, "--json"])
     out, err = capsys.readouterr()
-    assert rc == 0, err
+    assert rc == expect, err
     answer: dict[str, Any] = json.loads(out)
     return answer
 

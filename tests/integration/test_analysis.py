@@ -8,7 +8,7 @@ import json
 import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -21,11 +21,12 @@ from caa.cli import main as cli
 from caa.settings import Settings
 from consumers.analysis.enricher import Enricher
 from consumers.core import StreamRecord, decode_batch, process_batch
+from consumers.progress import RecordedProgress
 from consumers.registry import ModelRegistry
 from consumers.sources.worker import Worker
 from consumers.stores.dynamo import Dynamo
 from consumers.stores.predictions import PredictionStore
-from deploy.local.bedrock_server import BedrockServer
+from deploy.local.bedrock_server import CANNED, BedrockServer
 from models.events import Contact, LineItem, PurchaseEvent
 from models.prompt import pseudonym
 from models.state import CustomerState
@@ -42,16 +43,18 @@ class Run:
     worker: Worker
     predictions: dict[str, dict[str, Any]]
     checkpoints: dict[str, str | None]
+    progress: RecordedProgress = field(default_factory=RecordedProgress)
 
 
 async def _run(s: Settings) -> Run:
     async with Aws(s).clients("kinesis", "dynamodb", "bedrock-runtime", "cloudwatch") as c:
         w = wiring.worker(s, c["kinesis"], c["dynamodb"], bedrock=c["bedrock-runtime"],
                           cloudwatch=c["cloudwatch"])
-        await w.run(until_idle=True)
+        progress = RecordedProgress()
+        await w.run(until_idle=True, progress=progress)
         preds = {p["customer_id"]: p for p in await w.predictions.all()}
         cps = {k: v.sequence_number for k, v in (await w.checkpoints.all()).items()}
-        return Run(w, preds, cps)
+        return Run(w, preds, cps, progress)
 
 
 def run(s: Settings, events: list[PurchaseEvent]) -> Run:
@@ -96,6 +99,39 @@ def last_sequence_per_shard(s: Settings) -> dict[str, str]:
     return out
 
 
+def canned_and_counted(s: Settings, out: Run, bedrock_server: BedrockServer,
+                       consenting: set[str]) -> str:
+    """The test server's answers say they are canned and every record says where it came
+    from; the progress after the consuming counted the AI analyses and the refit. Returns
+    how the records name the test server."""
+    # The answers say they are canned, and every record says where it came from.
+    test_server = f"test server at {bedrock_server.endpoint} (canned answers)"
+    stored = [json.loads(i["record"]["S"]) for i in Aws(s).client("dynamodb").scan(
+        TableName=s.table("analyses"))["Items"]]
+    from_bedrock = [r for r in stored if r["source"] == "bedrock"]
+    assert len(from_bedrock) == len(consenting)
+    for r in from_bedrock:
+        assert r["endpoint"] == test_server
+        assert r["analysis"]["narrative"].startswith(CANNED)
+        assert r["analysis"]["next_best_action"]["detail"].startswith(CANNED)
+    assert all(r["endpoint"] is None for r in stored if r["source"] == "statistical")
+    summary = out.worker.enricher.summary() if out.worker.enricher else {}
+    assert summary["answered_by"] == [test_server]
+    assert "local test server (canned answers)" in str(summary["note"])
+
+    # Progress after the consuming: the AI analyses, counted, then the refit's phases.
+    phases = [name for name, _ in out.progress.phases]
+    assert phases[0] == "winding down" and "AI analyses" in phases
+    assert phases.index("AI analyses") < phases.index("refit: reading customer states") \
+        < phases.index("rewriting predictions")
+    drained = sum(t or 0 for name, t in out.progress.phases if name == "AI analyses")
+    assert drained and out.progress.done["AI analyses"] == drained
+    assert out.progress.done["refit: reading customer states"] == len(out.predictions)
+    assert ("rewriting predictions", len(out.predictions)) in out.progress.phases
+    assert out.progress.done["rewriting predictions"] == len(out.predictions)
+    return test_server
+
+
 def test_every_customer_is_analysed_and_no_prompt_carries_personal_data(
     ai_settings: Callable[..., Settings], bedrock_server: BedrockServer,
     capsys: pytest.CaptureFixture[str],
@@ -137,10 +173,13 @@ def test_every_customer_is_analysed_and_no_prompt_carries_personal_data(
                      default=repr)
     assert "@example.com" not in raw and "Market Street" not in raw  # PII is not stored
 
+    test_server = canned_and_counted(s, out, bedrock_server, consenting)
+
     # `caa costs` and `caa history` answer from the tables the run wrote.
     assert cli.main(["costs", "--json"]) == 0
     days = json.loads(capsys.readouterr().out)
     assert len(days) == 1
+    assert days[0]["endpoints"] == [test_server]
     assert days[0]["calls"] == len(requests)
     assert days[0]["spend_usd"] > 0
     assert days[0]["fallback_reasons"]["no_consent"] >= len(refused)

@@ -181,7 +181,7 @@ def test_scheduled_analyses_respect_the_cache_and_on_demand_bypasses_it(
     assert asyncio.run(schedule()) == 3  # all three active, none changed: no call
     assert len(bedrock_server.requests()) == after_run
 
-    assert cli.main(["analyze", "b"]) == 0
+    assert cli.main(["analyze", "b", "--json"]) == 0
     answer = json.loads(capsys.readouterr().out)
     assert (answer["trigger"], answer["source"]) == ("on_demand", "bedrock")
     assert len(bedrock_server.requests()) == after_run + 1

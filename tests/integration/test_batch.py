@@ -19,6 +19,7 @@ import pytest
 from caa import wiring
 from caa.aws import Aws
 from caa.cli import main as cli
+from caa.cli.daily import NOT_FINISHED
 from caa.settings import Settings
 from consumers.analysis.analyzer import PriceTable
 from consumers.analysis.bedrock import BedrockAnalyzer
@@ -188,7 +189,7 @@ def test_daily_batch_submits_a_bedrock_job_and_ingests_its_answers(
     assert not any(c.encode() in raw for c in [*analysed, "nope"])  # no customer id in it
 
     # -- still running: nothing is ingested --------------------------------------------
-    assert run_cli(capsys, "batch", "--ingest", job["job"], "--json")[0] == 3
+    assert run_cli(capsys, "batch", "--ingest", job["job"], "--json")[0] == NOT_FINISHED
     assert run_cli(capsys, "history", "c1", "--json") == (0, [])
 
     write_output(s, job, {who[ln["recordId"]]: ln for ln in lines})
@@ -228,6 +229,7 @@ def check_ingested(capsys: pytest.CaptureFixture[str], s: Settings,
                                                            s.bedrock_model_id)
         assert (h["input_tokens"], h["output_tokens"]) == (1000, 200)
         assert h["cost_usd"] == pytest.approx(each)
+        assert str(h["endpoint"]).startswith("test server at ")  # no model ran that job
     for cid, reason, cost in (("c3", "invalid_answer", each), ("c4", "batch_error", 0),
                               ("c5", "batch_missing", 0), ("nope", "no_consent", 0)):
         h = latest(cid)
@@ -243,6 +245,7 @@ def check_ingested(capsys: pytest.CaptureFixture[str], s: Settings,
     assert (day["calls"], day["input_tokens"], day["output_tokens"]) == (3, 3000, 600)
     assert day["fallback_reasons"] == {"batch_error": 1, "batch_missing": 1,
                                        "invalid_answer": 1, "no_consent": 1}
+    assert [e.startswith("test server at ") for e in day["endpoints"]] == [True]
 
 
 def test_statistical_batch_rewrites_active_predictions_and_small_jobs_are_not_submitted(
@@ -259,7 +262,7 @@ def test_statistical_batch_rewrites_active_predictions_and_small_jobs_are_not_su
     assert generated_at(s, "a") != before
 
     monkeypatch.setenv("CAA_ANALYZER", "bedrock")
-    assert run_cli(capsys, "batch", "--active-since", "1d")[0] == 2  # no bucket, no role
+    assert run_cli(capsys, "batch", "--active-since", "1d")[0] == 7  # BadInput: no bucket, role
     monkeypatch.setenv("CAA_BATCH_BUCKET", "never-written")
     monkeypatch.setenv("CAA_BATCH_ROLE_ARN", ROLE)
     rc, out = run_cli(capsys, "batch", "--active-since", "1d", "--json")

@@ -68,21 +68,21 @@ def test_redrive_after_a_fix_applies_the_record_once(
     assert "exceeds the limit of 2048" in oversized["reason"]
 
     # Before the fix nothing decodes: nothing is re-sent.
-    assert _run(capsys, "dlq", "redrive") == {
+    assert _run(capsys, "dlq", "redrive", "--json") == {
         "checked": 2, "redriven": 0, "still_rejected": {"not_json": 1, "oversized": 1},
         "dry_run": False}
 
     monkeypatch.setenv("CAA_MAX_EVENT_BYTES", "65536")  # the fix
-    dry = _run(capsys, "dlq", "redrive", "--dry-run")
+    dry = _run(capsys, "dlq", "redrive", "--dry-run", "--json")
     assert dry == {"checked": 2, "redriven": 1, "still_rejected": {"not_json": 1},
                    "dry_run": True}
-    assert _run(capsys, "dlq", "redrive") == {**dry, "dry_run": False}
+    assert _run(capsys, "dlq", "redrive", "--json") == {**dry, "dry_run": False}
     # An interrupted redrive (put done, mark lost) re-sends it on the next redrive.
     Aws(s).client("dynamodb").update_item(
         TableName=s.table("dead-letters"), Key={"id": {"S": oversized["id"]}},
         UpdateExpression="SET #s = :o", ExpressionAttributeNames={"#s": "status"},
         ExpressionAttributeValues={":o": {"S": "open"}})
-    assert _run(capsys, "dlq", "redrive")["redriven"] == 1  # type: ignore[index]
+    assert _run(capsys, "dlq", "redrive", "--json")["redriven"] == 1  # type: ignore[index]
 
     second = _run(capsys, "consume", "--until-idle", "--json", "--no-refit")
     assert isinstance(second, dict)

@@ -153,7 +153,7 @@ def test_cli_show_and_segments_answer(
     assert f'"customer_id": "{cid}"' in shown
     assert cli.main(["segments", "--json"]) == 0
     assert '"segments"' in capsys.readouterr().out
-    assert cli.main(["show", "99999"]) == 1
+    assert cli.main(["show", "99999"]) == 6  # caa.errors.NotFound
 
 
 def test_resources_are_idempotent(settings: Settings) -> None:

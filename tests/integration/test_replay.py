@@ -203,7 +203,7 @@ def test_dry_run_reports_and_writes_nothing(
     lines[8] = lines[8].replace(b'"currency":"USD"', b'"currency":"usd"')
     path = write_jsonl_gz(tmp_path / "slice.jsonl.gz", lines)
 
-    out = replay(capsys, str(path), "--dry-run")
+    out = replay(capsys, str(path), "--dry-run", expect=1)  # invalid records: exit 1
     r = out["report"]
     assert out["dry_run"] is True
     assert (r["records"], r["valid"], r["invalid"]) == (len(lines), len(lines) - 2,

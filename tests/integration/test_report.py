@@ -43,6 +43,7 @@ from PIL import Image  # matplotlib depends on pillow
 
 from caa.report.page import SECTIONS
 from caa.report.scores import Scores
+from caa.report.words import jargon_in
 
 pytestmark = pytest.mark.integration
 
@@ -219,7 +220,8 @@ def test_report_on_a_consumed_cdnow_slice_renders_in_chromium(
     page = report(capsys, tmp_path / "first.html", evaluation, bench)
     assert page.count("Run <code>caa evaluate</code> to fill this section") == 2
     assert "Run <code>make bench</code> to fill this section" in page
-    assert "No Bedrock spend recorded" in page
+    assert ('<p class="empty">No Bedrock costs: the AI analysis was off '
+            "(CAA_ANALYZER=statistical).</p>") in page
     assert page.count("<img ") == 2
 
     # 2. every input, produced from the consumed data
@@ -235,7 +237,7 @@ def test_report_on_a_consumed_cdnow_slice_renders_in_chromium(
     page = report(capsys, path, evaluation, bench)
     for _, heading in SECTIONS:
         assert f"<h2>{heading}</h2>" in page
-    assert "Run <code>" not in page and "No Bedrock spend" not in page
+    assert "Run <code>" not in page and "No Bedrock costs" not in page
     images = page.count("<img ")
     assert images == 6
     assert re.findall(r'src="([^"]{0,22})', page) == ["data:image/png;base64,"] * images
@@ -244,14 +246,25 @@ def test_report_on_a_consumed_cdnow_slice_renders_in_chromium(
             png.load()  # the whole PNG, not only its header
     assert not re.search(r'(?:src|href)="(?:https?:|//|file:)', page, re.IGNORECASE)
     assert "<script" not in page.lower() and "<link" not in page.lower()
-    assert f"{len(states):,} customers, {len(events):,} purchases" in page
+    spend = sum(x.spend_cents for x in states.values()) / 100
+    assert f"{len(states):,} customers, {len(events):,} purchases, spend ${spend:,.2f}." in page
+    # one plain-words definition per segment, its order value in dollars (CDNOW is USD)
+    definitions = re.findall(r'<p class="definition"><strong>([^<]+)</strong>: ([^<]+)</p>',
+                             page)
+    assert len(definitions) == s.n_segments
+    assert all(re.search(r", \$[\d,]+\.\d\d an order\.$", text) for _, text in definitions)
+    for text in re.findall(r'<p class="caption[^"]*">(.*?)</p>', page) + re.findall(
+            r"<h2>(.*?)</h2>", page):
+        assert not jargon_in(text), text
+    # the costs came from the test server, and the page says so
+    assert "Bedrock answers came from the local test server (canned answers)" in page
     # the last point of the segment series is what the refit stored for today's model
     assert "Check: the last point equals the segment sizes the refit stored" in page
     assert "today&#x27;s segment model" in page or "today's segment model" in page
     assert f"actual {actual:,}" in page
     assert f"<td>ours</td><td class=\"n\">{ours['events_per_s']:,.0f}</td>" in page
     for day in costs:
-        assert f"<td>{day['day']}</td><td class=\"n\">{day['spend_usd']:.4f}</td>" in page
+        assert f"<td>{day['day']}</td><td class=\"n\">${day['spend_usd']:.4f}</td>" in page
 
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium package (CI does) to "

@@ -35,7 +35,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from consumers.analysis.analyzer import PriceTable
-from consumers.analysis.bedrock import parse_native_answer
+from consumers.analysis.bedrock import endpoint, parse_native_answer
 from consumers.analysis.daily.job import BatchConfig, statistical_record, store_all
 from consumers.stores.analyses import AnalysisStore
 from consumers.stores.usage import UsageLedger, micros
@@ -139,8 +139,9 @@ async def read_answers(config: BatchConfig, s3: Any, job: BatchJob, now: datetim
 
 
 async def _count(config: BatchConfig, store: AnalysisStore, records: list[AnalysisRecord],
-                 now: datetime) -> dict[str, Any]:
-    """Add the job to the day's usage counters, in one update."""
+                 now: datetime, where: str | None = None) -> dict[str, Any]:
+    """Add the job to the day's usage counters, in one update (``where``: the job's
+    endpoint when not AWS's, added to the day's ``endpoints``)."""
     reasons = Counter(r.fallback_reason for r in records if r.fallback_reason)
     billed = [r for r in records if r.attempts]
     spend = micros(sum(r.cost_usd for r in records))
@@ -153,7 +154,7 @@ async def _count(config: BatchConfig, store: AnalysisStore, records: list[Analys
         "source_bedrock": sum(r.source == "bedrock" for r in records),
         "source_statistical": sum(r.source == "statistical" for r in records),
         "fallbacks": sum(reasons.values()),
-        **{f"fallback_{k}": v for k, v in reasons.items()}})
+        **{f"fallback_{k}": v for k, v in reasons.items()}}, endpoint=where)
     return {"cost_usd": spend / 1e6, "bedrock": sum(r.source == "bedrock" for r in records),
             "fallbacks": dict(sorted(reasons.items()))}
 
@@ -163,7 +164,10 @@ async def ingest(config: BatchConfig, store: AnalysisStore, s3: Any, bedrock: An
     """Ingest an ended job; a job still running is reported (``ingested`` false)."""
     if job.job_arn is None:
         raise IngestRefused(f"job {job.name} was never submitted: {job.submit_error}")
-    status = str((await bedrock.get_model_invocation_job(jobIdentifier=job.job_arn))["status"])
+    described = await bedrock.get_model_invocation_job(jobIdentifier=job.job_arn)
+    status = str(described["status"])
+    # a job described by something other than AWS (the local test server) ran no model
+    where = endpoint(bedrock, described.get("ResponseMetadata", {}).get("HTTPHeaders"))
     report: dict[str, Any] = {"job": job.name, "job_arn": job.job_arn, "status": status,
                               "records": len(job.entries), "ingested": False}
     if status not in ENDED:
@@ -180,8 +184,11 @@ async def ingest(config: BatchConfig, store: AnalysisStore, s3: Any, bedrock: An
         raise
     try:
         records, problems = await read_answers(config, s3, job, now)
+        if where:
+            records = [r.model_copy(update={"endpoint": where}) if r.attempts else r
+                       for r in records]
         errors = await store_all(store, records)
-        report.update(await _count(config, store, records, now))
+        report.update(await _count(config, store, records, now, where))
     except BaseException:  # nothing counted: free the claim, so the job can be ingested again
         with contextlib.suppress(Exception):
             await s3.delete_object(Bucket=bucket, Key=marker)

@@ -34,6 +34,7 @@ from consumers.analysis.analyzer import PriceTable, statistical_analysis
 from consumers.analysis.bedrock import BedrockAnalyzer
 from consumers.analysis.enricher import AB_CONTROL, Enricher
 from consumers.analysis.trigger import Signature, stale_reason
+from consumers.progress import NO_PROGRESS, Progress
 from consumers.refit import rewrite_predictions
 from consumers.registry import ModelRegistry
 from consumers.stores.analyses import AnalysisStore
@@ -76,16 +77,21 @@ class Plan:
     worst_case_usd: float = 0.0
 
 
-async def active_states(db: Dynamo, table: str, since: datetime) -> list[CustomerState]:
-    """Customers with purchases whose state was written at or after ``since`` (UTC)."""
-    states = await CustomerStore(db, table).updated_since(since)
+async def active_states(db: Dynamo, table: str, since: datetime,
+                        progress: Progress = NO_PROGRESS) -> list[CustomerState]:
+    """Customers with purchases whose state was written at or after ``since`` (UTC);
+    ``progress``: the phase "finding active customers" counts the customers read."""
+    progress.phase("finding active customers")
+    states = await CustomerStore(db, table).updated_since(since, progress)
     return sorted((s for s in states if s.purchases), key=lambda s: s.customer_id)
 
 
 async def recompute(registry: ModelRegistry, predictions: PredictionStore,
                     states: Sequence[CustomerState],
-                    enricher: Enricher | None) -> tuple[int, list[Prediction]]:
-    """Rewrite these customers' predictions with the current models: (as_of, predictions)."""
+                    enricher: Enricher | None,
+                    progress: Progress = NO_PROGRESS) -> tuple[int, list[Prediction]]:
+    """Rewrite these customers' predictions with the current models: (as_of, predictions);
+    ``progress``: the phase "rewriting predictions", counted."""
     await registry.load()
     fitted = await registry.store.load(registry.forecast_model)
     as_of = max([*(s.last_ts for s in states), int(fitted[1].get("as_of", 0)) if fitted else 0])
@@ -93,7 +99,7 @@ async def recompute(registry: ModelRegistry, predictions: PredictionStore,
     segments = [model.predict_one(rfm(s, as_of)) for s in states]
     out = await rewrite_predictions(states, segments, model.segment_names(),
                                     registry.view().forecaster, registry.segments_version,
-                                    as_of, predictions, enricher)
+                                    as_of, predictions, enricher, progress)
     return as_of, out
 
 
@@ -104,8 +110,9 @@ def statistical_record(cid: str, x: AnalysisInput, at: datetime, reason: str) ->
 
 
 async def store_all(store: AnalysisStore, records: Sequence[AnalysisRecord],
-                    concurrency: int = 8) -> list[str]:
-    """Store every record (latest, history, prediction); the errors, as text."""
+                    concurrency: int = 8, progress: Progress = NO_PROGRESS) -> list[str]:
+    """Store every record (latest, history, prediction); the errors, as text.
+    ``progress`` advances by one per record stored (or failed)."""
     sem = asyncio.Semaphore(concurrency)
 
     async def one(rec: AnalysisRecord) -> str | None:
@@ -114,16 +121,20 @@ async def store_all(store: AnalysisStore, records: Sequence[AnalysisRecord],
                 await store.record(rec)
             except Exception as exc:  # noqa: BLE001 -- reported; the rest go on
                 return f"{rec.customer_id}: {type(exc).__name__}: {exc}"[:300]
+            finally:
+                progress.advance()
             return None
 
     return [e for e in await asyncio.gather(*(one(r) for r in records)) if e]
 
 
 async def plan(config: BatchConfig, enricher: Enricher, states: Sequence[CustomerState],
-               predictions: Sequence[Prediction], as_of: int, now: datetime) -> Plan:
+               predictions: Sequence[Prediction], as_of: int, now: datetime,
+               progress: Progress = NO_PROGRESS) -> Plan:
     """Consent and cache first (settled now, written like the enricher writes them); the
     rest become input lines with the on-demand analyzer's exact request (in the model's
-    native format)."""
+    native format). ``progress``: "storing statistical analyses" (no consent, A/B control;
+    counted), then "preparing the batch input" (counted, out of the rest)."""
     analyzer = enricher.analyzer
     assert isinstance(analyzer, BedrockAnalyzer), "the batch needs the Bedrock analyzer"
     by_id = {p.customer_id: p for p in predictions}
@@ -136,16 +147,20 @@ async def plan(config: BatchConfig, enricher: Enricher, states: Sequence[Custome
     # the A/B control variant is never analysed by a model (as in Enricher._analyze)
     control = [cid for cid in inputs if cid not in set(refused)
                and enricher.variants.is_control(cid)]
+    progress.phase("storing statistical analyses", total=len(refused) + len(control))
     errors = await store_all(enricher.store, [
         *(statistical_record(cid, inputs[cid], now, "no_consent") for cid in refused),
-        *(statistical_record(cid, inputs[cid], now, AB_CONTROL) for cid in control)])
+        *(statistical_record(cid, inputs[cid], now, AB_CONTROL) for cid in control)],
+        progress=progress)
     if errors:
         raise RuntimeError(f"could not store {len(errors)} analyses: {errors[0]}")
     out.no_consent, out.ab_control = len(refused), len(control)
     asked = [cid for cid in inputs if cid not in {*refused, *control}]
+    progress.phase("preparing the batch input", total=len(asked))
     previous = await enricher.store.latest(asked)
     prices = config.prices
     for cid in asked:
+        progress.advance()
         x = inputs[cid]
         sig = Signature.of(x, enricher.version)
         prev = previous.get(cid)

@@ -37,7 +37,7 @@ def test_print_openapi(capsys: pytest.CaptureFixture[str]) -> None:
 def test_serve_refuses_to_start_without_keys(monkeypatch: pytest.MonkeyPatch,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.delenv("CAA_API_KEYS", raising=False)
-    assert cli.main(["serve", "--port", "1"]) == 2
+    assert cli.main(["serve", "--port", "1"]) == 7  # caa.errors.BadInput
     assert "CAA_API_KEYS" in capsys.readouterr().err
 
 

@@ -23,9 +23,11 @@ pytest.importorskip("matplotlib")
 from PIL import Image  # matplotlib depends on pillow
 
 from caa.report import scores as scores_module
+from caa.report import words as words_module
 from caa.report.build import BenchFileError, read_bench
 from caa.report.page import SECTIONS, ReportData, render
 from caa.report.scores import ScoreFileError, Scores, calibration_bins, gains, lift_deciles
+from caa.report.words import currency_of, define_segments, jargon_in, money
 from models.features import rfm
 from models.learn.segmentation import SegmentModel
 from models.state import DAY, CustomerState
@@ -172,8 +174,33 @@ def test_calibration_bins_lift_and_gains() -> None:
     assert lift_deciles(score, np.zeros(6))[0].lift == 0.0  # nobody bought again
 
 
-def test_scores_module_doctests() -> None:
+def test_scores_and_words_module_doctests() -> None:
     assert doctest.testmod(scores_module).failed == 0
+    assert doctest.testmod(words_module).failed == 0
+
+
+# -- plain words ----------------------------------------------------------------------------
+def test_amounts_carry_their_currency() -> None:
+    assert money(20.468, "USD") == "$20.47" and money(-3, "EUR") == "-€3.00"
+    assert money(1.5, "SEK") == "SEK 1.50" and money(math.nan, "USD") == "n/a"
+    assert currency_of([{"EUR": 3}, {}], default="USD") == ("EUR", None)
+    assert currency_of([], default="GBP") == ("GBP", None)  # states that do not say
+    main, note = currency_of([{"USD": 9}, {"EUR": 1}], default="USD")
+    assert main == "USD" and note is not None and "1 of 10 orders" in note
+
+
+def test_segment_definitions_come_from_the_centres_not_the_names() -> None:
+    centres = [{"recency_days": 8.0, "frequency": 9.0, "monetary": 90.0},
+               {"recency_days": 400.0, "frequency": 1.0, "monetary": 12.0},
+               {"recency_days": 60.0, "frequency": 3.0, "monetary": 35.0}]
+    defs = define_segments(["X", "Y", "Z"], centres, [10, 60, 30], "EUR")
+    assert defs["X"].startswith("bought recently, buys often and spends the most per order")
+    assert defs["Y"].startswith("has not bought for a long time, has bought on one day only "
+                                "and spends the least per order")
+    assert "€90.00 an order" in defs["X"] and "1 purchase day," in defs["Y"]
+    # renamed segments keep their meaning: it is the centre that speaks
+    assert define_segments(["Champions", "b", "c"], centres, [10, 60, 30], "EUR")[
+        "Champions"] == defs["X"]
 
 
 # -- the bench file -----------------------------------------------------------------------
@@ -262,8 +289,43 @@ def test_page_has_every_section_and_only_embedded_images(tmp_path: Path) -> None
     assert all(tag not in ("script", "link", "iframe") for tag, _ in page.tags)
     assert "today&#x27;s segment model" in html or "today's segment model" in html
     assert "2,400" in html and "31" in html  # the bench table
-    assert "0.7500" in html  # a day's spend
+    assert '<td class="n">$0.7500</td>' in html  # a day's spend, in USD
     assert "Pure core (no I/O): 25,000 events/s" in html
+    d = synthetic(tmp_path)
+    assert f"spend ${d.spend_cents / 100:,.2f}." in html  # the purchases' currency (default)
+    # every amount has its currency: the order values of the segments too
+    assert d.model is not None
+    names = [str(r["name"]) for r in d.model.describe()]
+    values = re.findall(r'<td class="n">([^<]*)</td></tr>', html.split('id="centroids"')[1]
+                        .split("</table>")[0])
+    assert len(values) == len(names) and all(v.startswith("$") for v in values)
+    # one plain definition per segment, derived from its centre
+    definitions = re.findall(r'<p class="definition"><strong>([^<]+)</strong>: ([^<]+)</p>',
+                             html)
+    assert sorted(n for n, _ in definitions) == sorted(names)
+    assert all(re.match(r"(bought recently|has not bought|last bought)", t) and " an order."
+               in t for _, t in definitions)
+    # no maths jargon in headings and captions (a footnote may name the technical terms)
+    captions = re.findall(r'<p class="caption[^"]*">(.*?)</p>', html) + page.h2
+    assert len(captions) >= 10
+    for text in captions:
+        assert not jargon_in(text), text
+    assert "ROC AUC" in html and "BG/NBD" in html  # ... in the footnotes
+
+
+def test_page_amounts_follow_the_data_and_say_when_bedrock_was_the_test_server(
+        tmp_path: Path) -> None:
+    server = "test server at http://127.0.0.1:4599 (canned answers)"
+    usage = [{"day": "2025-01-01", "spend_usd": 0.5, "calls": 4, "input_tokens": 900,
+              "output_tokens": 300, "analyses": 4, "fallbacks": 0, "cache_hits": 0,
+              "endpoints": [server]}]
+    html = render(synthetic(tmp_path, currency="EUR", usage=usage, analyzer="bedrock"))
+    assert "spend €" in html and "(EUR)" in html and '<td class="n">€' in html
+    assert ("Bedrock answers came from the local test server (canned answers), not from a "
+            "model; costs shown are what AWS would charge") in html
+    assert '<td class="n">$0.5000</td>' in html  # Bedrock bills in USD whatever the data
+    aws = render(synthetic(tmp_path, usage=[{**usage[0], "endpoints": []}]))
+    assert "test server" not in aws
 
 
 def test_page_placeholders_say_what_to_run(tmp_path: Path) -> None:
@@ -275,8 +337,12 @@ def test_page_placeholders_say_what_to_run(tmp_path: Path) -> None:
     assert page.attrs("src") == []
     assert html.count("Run <code>caa evaluate</code> to fill this section") == 2
     assert "Run <code>make bench</code> to fill this section" in html
-    assert "No Bedrock spend recorded" in html
+    # an empty section says why in one line
+    assert ('<p class="empty">No Bedrock costs: the AI analysis was off '
+            "(CAA_ANALYZER=statistical).</p>") in html
     assert "run <code>caa consume</code>" in html
+    on = render(synthetic(tmp_path, usage=[], analyzer="bedrock"))
+    assert "no customer has been analysed by Bedrock yet" in on
 
 
 def test_page_reports_an_unreadable_file_and_the_stored_sizes_check(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from consumers.analysis.analyzer import statistical_analysis
+from consumers.analysis.bedrock import endpoint, is_aws
 from consumers.analysis.breaker import CircuitBreaker
 from consumers.analysis.trigger import CacheRules, Signature, TriggerPolicy, stale_reason
 from models.analysis import Analysis, input_schema
@@ -152,3 +153,28 @@ def test_breaker_reopens_when_the_probe_fails() -> None:
     assert not b.allow(5.0) and b.allow(10.0)
     b.record_failure(10.5)
     assert b.state == "open" and not b.allow(15.0) and b.opened == 2
+
+
+class _Meta:
+    def __init__(self, url: str) -> None:
+        self.endpoint_url = url
+
+
+class _Client:
+    def __init__(self, url: str) -> None:
+        self.meta = _Meta(url)
+
+
+@pytest.mark.parametrize(("url", "headers", "expected"), [
+    ("https://bedrock-runtime.eu-central-1.amazonaws.com", None, None),
+    ("https://bedrock-runtime-fips.us-east-1.amazonaws.com", {}, None),
+    ("https://bedrock-runtime.cn-north-1.amazonaws.com.cn", None, None),
+    ("http://127.0.0.1:4599", None, "http://127.0.0.1:4599"),  # not AWS: said as it is
+    ("http://127.0.0.1:4599", {"x-caa-test-server": "canned answers"},
+     "test server at http://127.0.0.1:4599 (canned answers)"),
+])
+def test_an_answer_not_from_aws_says_where_it_came_from(
+        url: str, headers: dict[str, str] | None, expected: str | None) -> None:
+    assert endpoint(_Client(url), headers) == expected
+    assert is_aws(url) is (expected is None)
+    assert endpoint(object()) is None  # a client that does not say where it goes

@@ -33,7 +33,7 @@ from consumers.stores.customers import state_from_item, state_to_item, totals_fr
 from consumers.stores.dead_letters import DeadLetterStore, dead_letter_item
 from consumers.stores.dynamo import Dynamo, Item
 from consumers.stores.predictions import customer_of_key, prediction_key
-from consumers.stores.usage import day_from_item
+from consumers.stores.usage import day_from_item, non_aws_endpoints, simulated_note
 from models.analysis import AnalysisRecord
 from models.events import LineItem, PurchaseEvent
 from models.prompt import build_input
@@ -156,7 +156,22 @@ def test_a_usage_day_reads_as_caa_costs_shows_it() -> None:
     assert day_from_item(item, 5.0) == {
         "day": "2024-01-02", "spend_usd": 0.0015, "budget_usd": 5.0, "calls": 3,
         "failed_calls": 0, "input_tokens": 0, "output_tokens": 0, "analyses": 0,
-        "fallbacks": 2, "fallback_reasons": {"timeout": 2}, "cache_hits": 0}
+        "fallbacks": 2, "fallback_reasons": {"timeout": 2}, "cache_hits": 0, "endpoints": []}
+    assert non_aws_endpoints([day_from_item(item, 5.0)]) == []
+
+
+def test_a_usage_day_says_when_its_calls_did_not_go_to_aws() -> None:
+    test_server = "test server at http://127.0.0.1:4599 (canned answers)"
+    item = {"day": {"S": "2024-01-02"}, "calls": {"N": "3"},
+            "endpoints": {"SS": [test_server, "http://localhost:9000"]}}
+    row = day_from_item(item, 5.0)
+    assert row["endpoints"] == ["http://localhost:9000", test_server]
+    assert non_aws_endpoints([row, {"day": "2024-01-03", "endpoints": []}]) == row["endpoints"]
+    note = simulated_note([test_server])
+    assert note is not None and "local test server (canned answers)" in note
+    assert "what AWS would charge" in note
+    assert "http://localhost:9000" in (simulated_note(row["endpoints"]) or "")
+    assert simulated_note([]) is None
 
 
 class _Scanned:

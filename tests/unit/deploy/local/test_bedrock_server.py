@@ -22,7 +22,14 @@ import pytest
 from botocore.config import Config
 from pydantic import BaseModel, ConfigDict, Field
 
-from deploy.local.bedrock_server import BedrockServer, generate, launch, serve
+from deploy.local.bedrock_server import (
+    CANNED,
+    TEST_SERVER_HEADER,
+    BedrockServer,
+    generate,
+    launch,
+    serve,
+)
 
 MODEL_ID = "eu.anthropic.claude-haiku-4-5-20251001-v1:0"
 REGION = "eu-central-1"
@@ -146,7 +153,12 @@ def test_schema_generated_answer_validates(client: Any) -> None:
     assert len(analysis.drivers) == 2 and analysis.previous is not None
     assert analysis.next_purchase == date(2026, 12, 1)
     assert analysis.analysed_at.isoformat().startswith("2026-12-01T00:00:00")
-    assert analysis.headline == "sample h" and analysis.priority == 3
+    assert analysis.headline == "sample h" and analysis.priority == 3  # no room to say more
+    # free text says it is canned, and so does every response
+    assert analysis.customer_id == f"{CANNED} sample customer_id"
+    assert analysis.tags == [f"{CANNED} sample tags"]
+    header, value = TEST_SERVER_HEADER
+    assert result["ResponseMetadata"]["HTTPHeaders"][header] == value
     assert len(analysis.drivers[0].factor) == 20 and len(analysis.tags) == 1
     assert converse(client)["output"]["message"]["content"][0]["toolUse"]["input"] == use[
         "input"]  # deterministic
@@ -155,13 +167,14 @@ def test_schema_generated_answer_validates(client: Any) -> None:
 def test_generate_edge_cases() -> None:
     node = generate(Node.model_json_schema())
     Node.model_validate(node)  # recursion ends
-    assert node["children"] == [{"name": "sample name"}]
+    assert node["children"] == [{"name": f"{CANNED} sample name"}]
     assert generate({"type": "integer", "exclusiveMinimum": 1, "maximum": 2}) == 2
     assert generate({"type": "integer", "minimum": 7}) == 8
     assert generate({"type": "number", "exclusiveMaximum": 0}) == -1.0
     assert generate({"type": "number"}) == 1.0
     assert generate({"type": "array", "items": {"type": "string"}, "minItems": 3,
-                     "maxItems": 5}, name="tag") == ["sample tag"] * 3
+                     "maxItems": 5}, name="tag") == [f"{CANNED} sample tag"] * 3
+    assert generate({"type": "string", "maxLength": 12}, name="tag") == "sample tag"
     assert generate({"type": "array", "items": {"type": "boolean"}, "maxItems": 0}) == []
     assert generate({"type": ["null", "string"], "format": "date-time"}) == (
         "2026-12-01T00:00:00Z")
@@ -259,7 +272,8 @@ def test_text_and_invalid_answers(client: Any, server: BedrockServer) -> None:
                    {"kind": "invalid"}])
     text = converse(client)
     assert text["stopReason"] == "end_turn"
-    assert text["output"]["message"]["content"][0]["text"].startswith("I think this customer")
+    assert text["output"]["message"]["content"][0]["text"].startswith(
+        f"{CANNED} I think this customer")
     assert all("toolUse" not in block for block in text["output"]["message"]["content"])
     assert tool_use(converse(client))["input"] == {"segment": 42}
     assert tool_use(converse(client))["input"] == {"unexpected": True}

@@ -12,10 +12,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from consumers.progress import RecordedProgress
 from models.events import PurchaseEvent, decode_event
 from producers.datasets.cdnow import dataset_path, load_events
 from producers.datasets.synthetic import generate
 from producers.replay.framing import FormatError, Framed, frame
+from producers.replay.runner import ProgressMeter, dry_run
 from producers.replay.sources import Cursor, FileSource
 
 EVENTS = generate(customers=4, days=30, seed=5)[:12]
@@ -147,3 +149,13 @@ def test_a_file_source_resumes_after_its_cursor(tmp_path: Path) -> None:
     cursor = Cursor(str(b.resolve()), "3")
     rest = list(source.records(cursor, lambda _n: None))
     assert rest == everything[len(EVENTS) + 4:]
+
+
+def test_a_progress_meter_counts_the_bytes_read_out_of_the_sources_size(
+        tmp_path: Path) -> None:
+    (tmp_path / "a.jsonl").write_bytes(JSONL)
+    progress = RecordedProgress()
+    report = dry_run(FileSource([tmp_path]), 100_000, ProgressMeter(progress))
+    assert report.records == len(EVENTS)
+    assert progress.phases == [("replaying (bytes read)", len(JSONL))]
+    assert progress.done == {"replaying (bytes read)": len(JSONL)}

@@ -1,0 +1,47 @@
+"""Run ``caa`` as a real process, with an environment built from nothing but what is given:
+no AWS_* or CAA_* variable of the machine leaks in, credentials and config files are empty
+files, EC2 metadata is off."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+#: generous: the point is that nothing waits for minutes, not a benchmark
+TIMEOUT_S = 30.0
+
+
+def clean_env(tmp: Path, **extra: str) -> dict[str, str]:
+    """The environment of one ``caa`` process: state in ``tmp``, no target, no credentials,
+    plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CAA_"))}
+    empty = tmp / "aws-empty"
+    empty.touch()
+    env.update(AWS_SHARED_CREDENTIALS_FILE=str(empty), AWS_CONFIG_FILE=str(empty),
+               AWS_EC2_METADATA_DISABLED="true", AWS_REGION="eu-central-1",
+               CAA_STATE_DIR=str(tmp / ".caa"), NO_COLOR="1")
+    env.update(extra)
+    return env
+
+
+def fake_creds(endpoint: str | None = None, **extra: str) -> dict[str, str]:
+    out = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", **extra}
+    if endpoint:
+        out["AWS_ENDPOINT_URL"] = endpoint
+    return out
+
+
+def caa(env: dict[str, str], *argv: str, cwd: Path | None = None,
+        timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "caa.cli.main", *argv], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def one_line(proc: subprocess.CompletedProcess[str]) -> str:
+    """The single non-empty stderr line of a failed command, which starts with ``caa:``."""
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("caa: "), proc.stderr
+    return lines[0]
