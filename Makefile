@@ -6,7 +6,7 @@ SUM := $(shell cksum pyproject.toml | cut -d' ' -f1)
 RUN_STAMP := $(VENV)/.installed-run-$(SUM)
 TEST_STAMP := $(VENV)/.installed-test-$(SUM)
 
-.PHONY: setup setup-dev run run-ai stop test lint bench chaos clean show segments
+.PHONY: setup setup-dev run run-ai stop test lint bench chaos clean
 
 $(RUN_STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -42,7 +42,8 @@ run-ai: setup
 	@mkdir -p .caa
 	@rm -f .caa/bedrock.log; $(PY) -m deploy.local.bedrock_server --port 4599 > .caa/bedrock.log 2>&1 & echo $$! > .caa/bedrock.pid
 	@until grep -q READY .caa/bedrock.log; do sleep 0.1; done
-	$(AI_ENV) $(VENV)/bin/caa run --limit $(or $(LIMIT),5000); rc=$$?; \
+	@echo "run-ai: caa run on stream caa-ai-purchases and tables caa-ai-*, Bedrock = the local test server (canned answers)"
+	@$(AI_ENV) $(VENV)/bin/caa run --limit $(or $(LIMIT),5000); rc=$$?; \
 	$(AI_ENV) $(VENV)/bin/caa costs; $(AI_ENV) $(VENV)/bin/caa history 00001; \
 	kill $$(cat .caa/bedrock.pid); rm -f .caa/bedrock.pid; exit $$rc
 

@@ -129,7 +129,7 @@ class RichProgress:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self.close()
+        self.close(failed=exc is not None)
 
     # -- the protocol ---------------------------------------------------------------------
     def phase(self, name: str, total: int | None = None) -> None:
@@ -151,9 +151,12 @@ class RichProgress:
             if self._bars is not None and self._task is not None:
                 self._bars.advance(self._task, n)
 
-    def close(self) -> None:
-        """End the last phase (and stop drawing)."""
+    def close(self, failed: bool = False) -> None:
+        """End the last phase (and stop drawing); ``failed``: it did not finish, so no line
+        says it is done (the command's error line follows)."""
         with self._lock:
+            if failed:
+                self._name = ""  # not "done": the caller reports what went wrong
             self._end()
             if self._bars is not None:
                 self._bars.stop()

@@ -34,6 +34,9 @@ def stop(settings: Settings) -> int:
     """Stop the recorded emulator if it is alive and ours; a stale record is removed."""
     from deploy.local import emulator
 
+    if settings.emulator_file.exists():
+        console.print("stopping the emulator (its data, kept in memory, is discarded) ...",
+                      markup=False, highlight=False)
     console.print("emulator stopped" if emulator.stop(settings.emulator_file)
                   else "no emulator was running")
     return 0

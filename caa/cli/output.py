@@ -25,6 +25,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from caa.progress import RichProgress
 
@@ -65,12 +66,13 @@ def pairs(title: str, rows: Iterable[tuple[str, str]], caption: str | None = Non
         for k, v in rows:
             print(f"{_flat(k).rstrip()}: {_flat(v)}")
         return
-    t = Table(title=title, show_header=False, caption=caption, caption_justify="left")
+    t = Table(title=Text(title), show_header=False, caption=_text(caption),
+              caption_justify="left")
     t.add_column(overflow="fold")
     t.add_column(overflow="fold")
     for k, v in rows:
-        t.add_row(k, v)
-    console().print(t)
+        t.add_row(Text(k), Text(v))  # data, never markup: "[canned ...]" stays
+    _print_fitting(t, title, None, pair_rows=rows, caption=caption)
 
 
 def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]],
@@ -85,12 +87,53 @@ def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]],
         for r in rows:
             print("\t".join(_flat(c) for c in r))
         return
-    t = Table(title=title, caption=caption, caption_justify="left")
+    rows = [list(r) for r in rows]
+    t = Table(title=Text(title), caption=_text(caption), caption_justify="left")
     for c in columns:
-        t.add_column(c, justify="right" if c in right else "left", overflow="fold")
+        t.add_column(Text(c), justify="right" if c in right else "left", overflow="fold")
     for r in rows:
-        t.add_row(*r)
-    console().print(t)
+        t.add_row(*(Text(c) for c in r))  # data, never markup
+    _print_fitting(t, title, columns, table_rows=rows, caption=caption)
+
+
+def _text(value: str | None) -> Text | None:
+    return None if value is None else Text(value)
+
+
+def _print_fitting(t: Table, title: str, columns: Sequence[str] | None, *,
+                   pair_rows: Sequence[tuple[str, str]] = (),
+                   table_rows: Sequence[Sequence[str]] = (),
+                   caption: str | None = None) -> None:
+    """Print ``t`` when its columns fit the terminal without breaking words; otherwise the
+    plain rows (``key: value`` lines, or one ``column: value`` block per row)."""
+    out = console()
+    if _fits(out, t):
+        out.print(t)
+        return
+    out.print(Text(title, style="bold"))
+    if caption:
+        out.print(Text(caption))
+    if columns is None:
+        for k, v in pair_rows:
+            out.print(Text(f"{_flat(k).rstrip()}: {_flat(v)}"))
+        return
+    for i, r in enumerate(table_rows):
+        if i:
+            out.print()
+        for c, v in zip(columns, r, strict=False):
+            out.print(Text(f"{c}: {_flat(v)}"))
+
+
+def _fits(out: Console, t: Table) -> bool:
+    """Whether every column gets at least its longest word (rich folds the rest)."""
+    widths = [0] * len(t.columns)
+    for i, col in enumerate(t.columns):
+        for cell in [col.header, *col.cells]:
+            text = cell.plain if isinstance(cell, Text) else str(cell)
+            longest = max((len(w) for w in text.split()), default=0)
+            widths[i] = max(widths[i], longest)
+    # borders and padding: 3 characters a column, plus 1
+    return sum(widths) + 3 * len(widths) + 1 <= out.width
 
 
 def lines(title: str, rows: Iterable[tuple[str, str]]) -> None:

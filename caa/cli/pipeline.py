@@ -4,7 +4,11 @@ consumer, and all of them at once; with the progress bars and the run summary.""
 from __future__ import annotations
 
 import asyncio
+import os
+import shlex
+import shutil
 import signal
+import sys
 import time
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
@@ -73,6 +77,7 @@ async def consume(settings: Settings, aws: Aws, until_idle: bool,
         t = worker.applier.totals
         summary: dict[str, Any] = {
             "records_read": t.records, "applied": t.applied, "duplicates": t.duplicate,
+            "duplicate_orders": t.duplicate_order,
             "rejected": t.rejected, "batches": t.batches,
             "predictions_written": t.predictions
             + (report.predictions_rewritten if report else 0),
@@ -121,20 +126,49 @@ def print_summary(summary: dict[str, Any]) -> None:
     output.pairs("customer-ai-analytics: run summary", rows, caption=ai.get("note"))
 
 
-def next_steps(summary: dict[str, Any], customer_id: str | None) -> list[tuple[str, str]]:
-    """Three commands to try after ``caa run``."""
-    steps = [(f"caa show {customer_id}", "one customer's prediction and analysis")
-             if customer_id else ("caa segments", "the segments, their sizes and centres")]
+def next_steps(summary: dict[str, Any], customer_id: str | None,
+               prog: str = "caa") -> list[tuple[str, str]]:
+    """Three commands to try after ``caa run``; ``prog``: how to call caa here
+    (:func:`how_to_call`)."""
+    steps = [(f"{prog} show {customer_id}", "one customer's prediction and analysis")
+             if customer_id else (f"{prog} segments", "the segments, their sizes and centres")]
     if customer_id:
-        steps.append(("caa segments", "the segments, their sizes and centres"))
+        steps.append((f"{prog} segments", "the segments, their sizes and centres"))
     if summary.get("rejected"):
-        steps.append(("caa dlq list", f"the {summary['rejected']:,} rejected record(s) and why"))
+        steps.append((f"{prog} dlq list",
+                      f"the {summary['rejected']:,} rejected record(s) and why"))
     from caa.cli.report import DEFAULT_OUT
 
-    steps.append(("caa report", f"charts of segments, forecasts and costs in {DEFAULT_OUT}"))
+    steps.append((f"{prog} report", f"charts of segments, forecasts and costs in {DEFAULT_OUT}"))
     if len(steps) < 3:
-        steps.append(("caa watch --limit 5", "the prediction change feed"))
+        steps.append((f"{prog} watch --limit 5", "the prediction change feed"))
     return steps[:3]
+
+
+#: the variables that choose this run's stream and tables: a command to try must repeat them
+_CHOOSERS = ("CAA_STREAM_NAME", "CAA_TABLE_PREFIX", "CAA_CONSUMER_GROUP")
+
+
+def how_to_call(argv0: str | None = None, environ: dict[str, str] | None = None) -> str:
+    """The command a user types to reach the same data: the path of this ``caa`` when it is
+    not the one on the PATH (``.venv/bin/caa`` after ``make run``), preceded by the variables
+    that chose another stream or tables (``make run-ai``'s ``caa-ai-`` ones).
+
+    >>> how_to_call("/nowhere/bin/caa", {"CAA_TABLE_PREFIX": "caa-ai-"})
+    'CAA_TABLE_PREFIX=caa-ai- /nowhere/bin/caa'
+    """
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    env = dict(os.environ) if environ is None else environ
+    prog = "caa"
+    if os.path.basename(argv0) == "caa":
+        on_path = shutil.which("caa")
+        same = on_path is not None and os.path.exists(argv0) and os.path.samefile(on_path, argv0)
+        if not same:
+            rel = os.path.relpath(argv0)
+            prog = rel if not rel.startswith("..") else argv0
+            prog = prog if "/" in prog else f"./{prog}"
+    chosen = [f"{k}={shlex.quote(env[k])}" for k in _CHOOSERS if env.get(k)]
+    return " ".join([*chosen, shlex.quote(prog)])
 
 
 def ensure_emulator(settings: Settings, how_to_stop: str) -> None:
@@ -206,7 +240,8 @@ def run(settings: Settings, connect: Callable[[], Aws], limit: int | None,
         output.print_json(summary)
         return 0
     print_summary(summary)
-    output.lines("try next:", next_steps(summary, events[0].customer_id if events else None))
+    output.lines("try next:", next_steps(summary, events[0].customer_id if events else None,
+                                         how_to_call()))
     return 0
 
 

@@ -5,6 +5,7 @@ files, EC2 metadata is off."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,9 +40,15 @@ def caa(env: dict[str, str], *argv: str, cwd: Path | None = None,
                           capture_output=True, text=True, timeout=timeout, check=False)
 
 
+#: a progress line of a phase that had started when the command failed (plain mode, stderr)
+_PHASE = re.compile(r"^\S.* \.\.\.$")
+
+
 def one_line(proc: subprocess.CompletedProcess[str]) -> str:
-    """The single non-empty stderr line of a failed command, which starts with ``caa:``."""
+    """The single ``caa:`` line a failed command ends with on stderr. Before it, only the start
+    lines of progress phases that were running may stand (``name ...``): no traceback, no other
+    error text, and no phase reported ``done``."""
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("caa: "), proc.stderr
-    return lines[0]
+    assert lines and lines[-1].startswith("caa: "), proc.stderr
+    assert all(_PHASE.match(line) for line in lines[:-1]), proc.stderr
+    return lines[-1]
