@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     consumer_group: str = "caa-consumer"
 
     max_event_bytes: int = Field(256 * 1024, ge=1024, le=1024 * 1024)
+    #: seconds an event's occurred_at may be ahead of its arrival in the stream; a later
+    #: one is dead-lettered (``future_event``) and never becomes the watermark
+    future_tolerance_s: float = Field(300.0, ge=0.0)
     get_records_limit: int = Field(5000, ge=1, le=10_000)
     poll_interval_s: float = Field(0.25, ge=0.0)
     idle_polls: int = Field(3, ge=1)

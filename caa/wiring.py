@@ -152,7 +152,8 @@ def applier_and_enricher(settings: Settings, dynamodb: Any, *, cache_size: int,
           if s.analyzer == "bedrock" and bedrock is not None else None)
     applier = BatchApplier(CustomerStore(db, t.customers), PredictionStore(db, t.predictions),
                            DeadLetterStore(db, t.dead_letters), models, s.max_event_bytes,
-                           cache_size=cache_size, enricher=ai)
+                           cache_size=cache_size, enricher=ai,
+                           future_tolerance_s=s.future_tolerance_s)
     return applier, ai
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from consumers.admission import FUTURE_TOLERANCE_S
 from consumers.core import BatchResult, StreamRecord, decode_batch, process_batch
 from consumers.hook import AnalysisHook
 from consumers.registry import ModelRegistry
@@ -28,12 +29,13 @@ class Totals:
     batches: int = 0
     applied: int = 0
     duplicate: int = 0
+    duplicate_order: int = 0
     rejected: int = 0
     predictions: int = 0
 
     @property
     def records(self) -> int:
-        return self.applied + self.duplicate + self.rejected
+        return self.applied + self.duplicate + self.duplicate_order + self.rejected
 
 
 def _utcnow() -> datetime:
@@ -93,12 +95,14 @@ class BatchApplier:
         clock: Callable[[], datetime] = _utcnow,
         cache_size: int = 0,
         enricher: AnalysisHook | None = None,
+        future_tolerance_s: float = FUTURE_TOLERANCE_S,
     ) -> None:
         self.customers = customers
         self.predictions = predictions
         self.dead_letters = dead_letters
         self.registry = registry
         self.max_event_bytes = max_event_bytes
+        self.future_tolerance_s = future_tolerance_s
         self._clock = clock
         self.watermark = 0
         self.totals = Totals()
@@ -106,7 +110,9 @@ class BatchApplier:
         self.enricher = enricher
 
     async def apply(self, records: Sequence[StreamRecord]) -> BatchResult:
-        decoded = decode_batch(records, self.max_event_bytes)
+        now = self._clock()
+        decoded = decode_batch(records, self.max_event_bytes, now=now,
+                               future_tolerance_s=self.future_tolerance_s)
         ids = decoded.customer_ids
         states, missing = self.cache.get_many(ids)
         if missing:
@@ -114,7 +120,7 @@ class BatchApplier:
             self.cache.put_many(loaded.values())
             states.update(loaded)
         result = process_batch(
-            decoded, states, self.registry.view(), now=self._clock(), watermark=self.watermark
+            decoded, states, self.registry.view(), now=now, watermark=self.watermark
         )
         predictions = result.predictions
         if self.enricher is not None:  # keep the latest AI analysis on the rewritten item
@@ -138,6 +144,7 @@ class BatchApplier:
         t.batches += 1
         t.applied += result.counts["applied"]
         t.duplicate += result.counts["duplicate"]
+        t.duplicate_order += result.counts["duplicate_order"]
         t.rejected += result.counts["rejected"]
         t.predictions += len(result.predictions)
         return result

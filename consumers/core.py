@@ -28,16 +28,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Literal
 
+from consumers.admission import FUTURE_TOLERANCE_S, admit
 from models.events import (
     MAX_EVENT_BYTES,
     ConsentEvent,
     ErasureEvent,
     EventRejected,
     StreamEvent,
-    decode_event,
 )
 from models.features import rfm
 from models.learn.forecaster import Forecaster
@@ -45,8 +45,8 @@ from models.learn.segmentation import SegmentModel
 from models.prediction import Prediction, SegmentRef
 from models.state import CustomerState
 
-Status = Literal["applied", "duplicate", "rejected"]
-Position = tuple[str, str]  # (shard id, sequence number)
+Status = Literal["applied", "duplicate", "duplicate_order", "rejected"]
+Position = tuple[str, str, int]  # (shard id, sequence number, sub-sequence number)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,11 +59,15 @@ class StreamRecord:
     shard_id: str
     stream: str = ""
     arrived_at: datetime | None = None
+    arrival_ts: float | None = None  # ApproximateArrivalTimestamp, seconds since the epoch
+    #: a KPL aggregate's user records share its sequence number, numbered 0, 1, ... here
+    sub_sequence_number: int = 0
 
     @property
     def position(self) -> Position:
-        """Unique in a batch, even one that mixes shards (sequence numbers are per shard)."""
-        return self.shard_id, self.sequence_number
+        """Unique in a batch, even one that mixes shards (sequence numbers are per shard) or
+        holds the user records of a KPL aggregate (one sequence number, sub-sequence numbers)."""
+        return self.shard_id, self.sequence_number, self.sub_sequence_number
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,26 +124,37 @@ class BatchResult:
         return [o for o in self.outcomes if o.status == "rejected"]
 
 
+def arrival(rec: StreamRecord) -> float | None:
+    """When the record reached the stream (epoch seconds), None when the adapter did not say."""
+    if rec.arrival_ts is not None:
+        return rec.arrival_ts
+    return rec.arrived_at.timestamp() if rec.arrived_at is not None else None
+
+
 def decode_batch(
-    records: Sequence[StreamRecord], max_bytes: int = MAX_EVENT_BYTES
+    records: Sequence[StreamRecord], max_bytes: int = MAX_EVENT_BYTES, *,
+    now: datetime | None = None, future_tolerance_s: float = FUTURE_TOLERANCE_S,
 ) -> DecodedBatch:
+    """Every check of :func:`consumers.admission.admit` per record; ``now`` (the wall clock
+    when None) stands in for an unknown arrival time."""
+    now_ts = (now or datetime.now(UTC)).timestamp()
     events: dict[Position, StreamEvent] = {}
     rejected: dict[Position, Rejected] = {}
     for rec in records:
         try:
-            event = decode_event(rec.data, max_bytes)
+            events[rec.position] = admit(
+                rec.data, rec.partition_key, arrival_ts=arrival(rec), now_ts=now_ts,
+                max_bytes=max_bytes, future_tolerance_s=future_tolerance_s)
         except EventRejected as exc:
             rejected[rec.position] = Rejected(rec, exc.kind, str(exc))
-            continue
-        if rec.partition_key and rec.partition_key != event.customer_id:
-            rejected[rec.position] = Rejected(
-                rec, "partition_key",
-                f"partition_key: {rec.partition_key!r} is not the event's customer_id "
-                f"{event.customer_id!r} (per-customer order would not hold)",
-            )
-            continue
-        events[rec.position] = event
     return DecodedBatch(list(records), events, rejected)
+
+
+def _ceiling(records: Sequence[StreamRecord], now: datetime) -> int:
+    """The latest arrival time of the batch (``now`` when none is known): the watermark
+    never runs ahead of it."""
+    known = [t for t in map(arrival, records) if t is not None]
+    return int(max(known) if known else now.timestamp())
 
 
 @dataclass(slots=True)
@@ -171,13 +186,13 @@ class _Fold:
             return "applied"
         state = self.state(cid, states)
         if isinstance(event, ConsentEvent):
-            fresh = state.apply_consent(event)
+            if not state.apply_consent(event):
+                return "duplicate"
         else:
-            fresh = state.apply(event)
-            if fresh:
-                self.bought.add(cid)
-        if not fresh:
-            return "duplicate"
+            status = state.apply_purchase(event)
+            if status != "applied":
+                return status
+            self.bought.add(cid)
         self.changed.add(cid)
         return "applied"
 
@@ -210,11 +225,15 @@ def process_batch(
 
     Consent events change only the consent (a customer not seen yet gets a state with no
     purchases and no prediction); an erasure event starts the customer afresh, so what
-    follows it on the shard makes a new customer and what came before is gone.
+    follows it on the shard makes a new customer and what came before is gone. The
+    watermark (the forecasts' "now") is the latest purchase time, never ahead of the batch's
+    latest arrival time (``now`` when unknown); ``decode_batch`` already refused events
+    dated after their arrival, so one bad clock cannot age every customer.
     """
     f = _fold(batch, states)
     working, changed, outcomes = f.working, f.changed, f.outcomes
-    watermark = max([watermark, *(s.last_ts for s in working.values())])
+    watermark = min(max([watermark, *(s.last_ts for s in working.values())]),
+                    _ceiling(batch.records, now))
     names = models.segmenter.segment_names()
     learn: list[dict[str, float]] = []
     predictions: list[Prediction] = []
@@ -234,7 +253,7 @@ def process_batch(
                 watermark, now, models.segments_version,
             )
         )
-    counts = {"applied": 0, "duplicate": 0, "rejected": 0}
+    counts = {"applied": 0, "duplicate": 0, "duplicate_order": 0, "rejected": 0}
     for o in outcomes:
         counts[o.status] += 1
     return BatchResult(

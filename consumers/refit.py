@@ -105,7 +105,10 @@ async def refit(
               if s.purchases]  # not consent-only states
     if not states:
         return None
-    as_of = as_of_ts if as_of_ts is not None else max(s.last_ts for s in states)
+    # the latest purchase, yet never ahead of the wall clock (so never ahead of the latest
+    # arrival either): a state written before future events were refused cannot move it
+    as_of = as_of_ts if as_of_ts is not None else min(max(s.last_ts for s in states),
+                                                       int(time.time()))
     rows = Counter(bgnbd_inputs(s, as_of) for s in states)
     keys = list(rows)
     arr = np.array(keys, dtype=float)

@@ -46,6 +46,8 @@ from pydantic import (
     model_validator,
 )
 
+from models.kpl import aggregate_defect, is_aggregate
+
 SCHEMA_VERSION = 1
 SUPPORTED_VERSIONS = frozenset({SCHEMA_VERSION})
 #: Default largest encoded event we accept; Kinesis itself allows 1 MiB per record.
@@ -175,6 +177,9 @@ def _statement(text: str, exc: ValidationError) -> ConsentEvent | ErasureEvent |
 
 def decode_event(data: bytes, max_bytes: int = MAX_EVENT_BYTES) -> StreamEvent:
     """Decode one record's bytes, or raise :class:`EventRejected` saying why."""
+    if is_aggregate(data):  # the adapters de-aggregate: one that reaches here is corrupt
+        raise EventRejected("bad_aggregate", aggregate_defect(data)
+                            or "a KPL aggregate must be de-aggregated before decoding")
     if len(data) > max_bytes:
         raise EventRejected("oversized", f"{len(data)} bytes exceeds the limit of {max_bytes}")
     try:

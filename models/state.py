@@ -4,7 +4,9 @@ Every field is a commutative merge (sums, min/max, set unions, "latest by
 (occurred_at, event_id)"), and each event is applied at most once thanks to a
 set of 64-bit event-id digests kept in the state itself. So applying a batch
 twice equals applying it once, and any delivery order gives the same state:
-the properties exactly-once effects rest on.
+the properties exactly-once effects rest on. A second set, of 64-bit order-id digests,
+makes a purchase whose order the customer already has a duplicate too, whatever its
+event id (a producer retry that regenerates event ids counts once).
 
 >>> from models.events import PurchaseEvent
 >>> e = PurchaseEvent.model_validate({
@@ -13,8 +15,8 @@ the properties exactly-once effects rest on.
 ...     "items": [{"product_id": "milk", "category": "dairy", "quantity": 2,
 ...                "unit_price": "1.20"}], "total": "2.40"})
 >>> s = CustomerState.new("c1")
->>> s.apply(e), s.apply(e)
-(True, False)
+>>> s.apply(e), s.apply(e), s.apply_purchase(e.model_copy(update={"event_id": "e-2"}))
+(True, False, 'duplicate_order')
 >>> s.purchases, s.spend_cents, s.products["milk"].quantity, s.currencies
 (1, 240, 2, {'EUR': 1})
 """
@@ -26,11 +28,12 @@ import hashlib
 import json
 import struct
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from models.events import ConsentEvent, PurchaseEvent
 
 DAY = 86_400
+PurchaseStatus = Literal["applied", "duplicate", "duplicate_order"]
 
 
 def event_digest(event_id: str) -> int:
@@ -85,6 +88,9 @@ class CustomerState:
     consent: bool | None = None
     consent_ts: int = 0
     seen: set[int] = field(default_factory=set)
+    #: digests of the order ids of the purchases applied (states written before they were
+    #: kept have none, so only orders applied since are recognised)
+    orders: set[int] = field(default_factory=set)
 
     @classmethod
     def new(cls, customer_id: str) -> CustomerState:
@@ -108,6 +114,7 @@ class CustomerState:
             consent=self.consent,
             consent_ts=self.consent_ts,
             seen=set(self.seen),
+            orders=set(self.orders),
         )
 
     def state_consent(self, consent: bool, ts: int) -> None:
@@ -137,10 +144,23 @@ class CustomerState:
 
     def apply(self, event: PurchaseEvent) -> bool:
         """Fold one event in; returns False (and changes nothing) for a duplicate."""
+        return self.apply_purchase(event) == "applied"
+
+    def apply_purchase(self, event: PurchaseEvent) -> PurchaseStatus:
+        """Fold one event in, unless its event id (``duplicate``) or its order id
+        (``duplicate_order``) was applied already; a duplicate changes nothing."""
         digest = event_digest(event.event_id)
         if digest in self.seen:
-            return False
+            return "duplicate"
+        order = event_digest(event.order_id)
+        if order in self.orders:
+            return "duplicate_order"
         self.seen.add(digest)
+        self.orders.add(order)
+        self._fold(event)
+        return "applied"
+
+    def _fold(self, event: PurchaseEvent) -> None:
         ts = int(event.occurred_at.timestamp())
         day = ts // DAY
         cents = int(event.total * 100)
@@ -174,7 +194,6 @@ class CustomerState:
                     touched.add(key)
                     stats.orders += 1
                     _add_day(stats.days, day)
-        return True
 
     # -- persistence -------------------------------------------------------
     def to_json(self) -> str:
@@ -201,8 +220,12 @@ class CustomerState:
     def seen_bytes(self) -> bytes:
         return struct.pack(f">{len(self.seen)}Q", *sorted(self.seen))
 
+    def order_bytes(self) -> bytes:
+        return struct.pack(f">{len(self.orders)}Q", *sorted(self.orders))
+
     @classmethod
-    def from_parts(cls, customer_id: str, version: int, body: str, seen: bytes) -> CustomerState:
+    def from_parts(cls, customer_id: str, version: int, body: str, seen: bytes,
+                   orders: bytes = b"") -> CustomerState:
         d = json.loads(body)
         return cls(
             customer_id=customer_id,
@@ -221,8 +244,9 @@ class CustomerState:
             consent=d["c"],
             consent_ts=d["ct"],
             seen=set(struct.unpack(f">{len(seen) // 8}Q", seen)),
+            orders=set(struct.unpack(f">{len(orders) // 8}Q", orders)),
         )
 
     def comparable(self) -> tuple[Any, ...]:
         """Everything but the write version: equal iff the same events were applied."""
-        return (self.customer_id, self.to_json(), self.seen_bytes())
+        return (self.customer_id, self.to_json(), self.seen_bytes(), self.order_bytes())

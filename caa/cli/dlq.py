@@ -32,7 +32,8 @@ async def redrive_letters(settings: Settings, aws: Aws, dry_run: bool) -> dict[s
     async with aws.clients("kinesis", "dynamodb") as c:
         report = await redrive(Dynamo(c["dynamodb"]), settings.tables.dead_letters,
                                c["kinesis"], settings.stream_name, settings.max_event_bytes,
-                               dry_run=dry_run)
+                               dry_run=dry_run,
+                               future_tolerance_s=settings.future_tolerance_s)
     return report.as_dict()
 
 

@@ -30,12 +30,14 @@ def batch_deltas(counts: Mapping[str, int]) -> dict[str, float]:
     """What every adapter reports per batch (a result's ``counts``): the dashboard's
     events and dead-letter widgets.
 
-    >>> batch_deltas({"applied": 3, "duplicate": 1, "rejected": 2})
-    {'records_applied': 3.0, 'records_duplicate': 1.0, 'dead_letters': 2.0}
+    >>> batch_deltas({"applied": 3, "duplicate": 1, "duplicate_order": 1, "rejected": 2})
+    {'records_applied': 3.0, 'records_duplicate': 1.0, 'records_duplicate_order': 1.0, \
+'dead_letters': 2.0}
     """
     c = counts
     return {"records_applied": float(c.get("applied", 0)),
             "records_duplicate": float(c.get("duplicate", 0)),
+            "records_duplicate_order": float(c.get("duplicate_order", 0)),
             "dead_letters": float(c.get("rejected", 0))}
 
 

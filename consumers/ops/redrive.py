@@ -3,7 +3,9 @@
 The consumer dead-letters what it cannot decode (``models.events.decode_event``)
 with the raw payload, its stream position and the reason. After a fix (a reader
 that knows a new schema version, a raised ``CAA_MAX_EVENT_BYTES``), ``caa dlq
-redrive`` re-checks every open dead letter with the current decoder:
+redrive`` re-checks every open dead letter with every check the consumer makes
+(``consumers.admission.admit``: the decoder, partition key = customer id, and the event
+time against the letter's stored arrival time, or now when the letter has none):
 
 - one that now decodes is put back on the stream under its original partition
   key, so it reaches its customer's single writer like any other event, and is
@@ -27,10 +29,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from consumers.admission import FUTURE_TOLERANCE_S, admit
 from consumers.retry import Backoff, retry_until_done_async
 from consumers.stores.dead_letters import DeadLetterStore
 from consumers.stores.dynamo import Dynamo
-from models.events import EventRejected, decode_event
+from models.events import EventRejected
+from models.kpl import BadAggregate, deaggregate
 
 #: PutRecords limits: 500 records and 5 MiB a call (we stay under 4 MiB)
 _MAX_RECORDS, _MAX_BYTES = 500, 4 * 1024 * 1024
@@ -70,11 +74,12 @@ def _chunks(entries: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
 
 async def _put(kinesis: Any, stream: str, letters: list[dict[str, Any]],
                attempts: int = 6) -> dict[str, str]:
-    """Put each letter's payload back; {dead-letter id: "shard/sequence number"}.
+    """Put each letter's payload back, as plain records (a KPL aggregate's user records one
+    by one); {dead-letter id: "shard/sequence number" (comma-separated for an aggregate)}.
 
     Entries PutRecords refuses are sent again after a backoff with full jitter (0.1 s
     doubling to at most 2 s), ``attempts`` calls in all."""
-    sent: dict[str, str] = {}
+    sent: dict[str, list[str]] = {}
 
     async def put(pending: list[dict[str, Any]]) -> list[dict[str, Any]]:
         resp = await kinesis.put_records(StreamName=stream, Records=[
@@ -84,17 +89,35 @@ async def _put(kinesis: Any, stream: str, letters: list[dict[str, Any]],
             if "ErrorCode" in r:
                 retry.append(e)
             else:
-                sent[e["_id"]] = f"{r['ShardId']}/{r['SequenceNumber']}"
+                sent.setdefault(e["_id"], []).append(f"{r['ShardId']}/{r['SequenceNumber']}")
         return retry
 
     backoff = Backoff(base=0.1, cap=2.0, attempts=attempts)
-    for chunk in _chunks([{"Data": d["payload"], "PartitionKey": d["partition_key"],
-                           "_id": d["id"]} for d in letters]):
+    for chunk in _chunks([{"Data": data, "PartitionKey": key, "_id": d["id"]}
+                          for d in letters for key, data in user_records(d)]):
         pending = await retry_until_done_async(backoff, put, chunk)
         if pending:
             raise RedriveFailed(f"{len(pending)} record(s) not accepted by {stream} after "
                                 f"{attempts} attempts; they stay open")
-    return sent
+    return {lid: ",".join(positions) for lid, positions in sent.items()}
+
+
+def user_records(letter: dict[str, Any]) -> list[tuple[str, bytes]]:
+    """(partition key, payload) to re-check and put back: the letter's own, or, for a whole
+    KPL aggregate dead-lettered before the consumers de-aggregated, its user records (a
+    letter of one user record holds that record's payload and key: a plain record).
+
+    >>> user_records({"payload": b"{}", "partition_key": "c1"})
+    [('c1', b'{}')]
+    """
+    payload, key = bytes(letter["payload"]), str(letter.get("partition_key", ""))
+    try:
+        users = deaggregate(payload)
+    except BadAggregate:
+        users = None  # corrupt: re-checked whole, still rejected as bad_aggregate
+    if users is None:
+        return [(key, payload)]
+    return [(u.partition_key, u.data) for u in users]
 
 
 async def open_letters(db: Dynamo, table: str) -> list[dict[str, Any]]:
@@ -102,14 +125,21 @@ async def open_letters(db: Dynamo, table: str) -> list[dict[str, Any]]:
 
 
 async def redrive(db: Dynamo, table: str, kinesis: Any, stream: str, max_event_bytes: int,
-                  dry_run: bool = False) -> RedriveReport:
+                  dry_run: bool = False,
+                  future_tolerance_s: float = FUTURE_TOLERANCE_S) -> RedriveReport:
     letters = await open_letters(db, table)
     report = RedriveReport(checked=len(letters), dry_run=dry_run)
     fixed: list[dict[str, Any]] = []
     still: dict[str, EventRejected] = {}
+    now_ts = datetime.now(UTC).timestamp()
     for d in letters:
+        arrived = d.get("arrival_ts")
         try:
-            decode_event(d["payload"], max_event_bytes)
+            for key, data in user_records(d):  # a whole KPL aggregate: each of its records
+                admit(data, key,
+                      arrival_ts=float(arrived) if arrived is not None else None,
+                      now_ts=now_ts, max_bytes=max_event_bytes,
+                      future_tolerance_s=future_tolerance_s)
             fixed.append(d)
         except EventRejected as exc:
             still[d["id"]] = exc

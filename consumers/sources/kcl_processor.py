@@ -25,8 +25,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
-from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -35,20 +34,8 @@ from consumers.core import BatchResult, StreamRecord
 from consumers.instrument.metrics import MetricSink, batch_deltas
 from consumers.retry import Backoff, Jitter
 from consumers.sources.hold import KCL_LINES, ShardHold
+from consumers.sources.records import KclRecord, from_kcl
 from consumers.stores.dynamo import WriteFailed
-
-
-class KclRecord(Protocol):
-    """What the processor reads of ``amazon_kclpy.messages.Record``."""
-
-    @property
-    def binary_data(self) -> bytes: ...
-    @property
-    def sequence_number(self) -> str: ...
-    @property
-    def partition_key(self) -> str: ...
-    @property
-    def timestamp_millis(self) -> int | None: ...
 
 
 def log(message: str) -> None:
@@ -56,17 +43,16 @@ def log(message: str) -> None:
 
 
 def stream_record(record: KclRecord, shard_id: str, stream: str) -> StreamRecord:
-    arrived = record.timestamp_millis  # approximate arrival, milliseconds since the epoch
-    return StreamRecord(
-        data=record.binary_data, sequence_number=record.sequence_number,
-        partition_key=record.partition_key, shard_id=shard_id, stream=stream,
-        arrived_at=datetime.fromtimestamp(arrived / 1000, UTC) if arrived else None,
-    )
+    """The daemon de-aggregates KPL records: each user record comes with its aggregate's
+    sequence number and its sub-sequence number."""
+    return from_kcl(record, shard_id, stream)
 
 
 def checkpoint(checkpointer: Any, sequence_number: str | None = None,
+               sub_sequence_number: int | None = None,
                attempts: int = 5, pause_s: float = 1.0) -> bool:
-    """Checkpoint through the daemon, retrying what the KCL says may be retried.
+    """Checkpoint through the daemon, retrying what the KCL says may be retried (at a user
+    record of a KPL aggregate: its sequence number and sub-sequence number).
 
     Returns False when this worker may no longer checkpoint (shutdown, lease lost).
     """
@@ -74,7 +60,7 @@ def checkpoint(checkpointer: Any, sequence_number: str | None = None,
 
     for attempt in range(1, attempts + 1):
         try:
-            checkpointer.checkpoint(sequence_number)
+            checkpointer.checkpoint(sequence_number, sub_sequence_number)
             return True
         except CheckpointError as exc:
             if exc.value == "ShutdownException":
@@ -106,7 +92,8 @@ class Processor:
                               KCL_LINES)
         self.on_batch = on_batch
         self.shard_id = ""
-        self.last_applied: str | None = None
+        #: (sequence number, sub-sequence number) of the last user record applied
+        self.last_applied: tuple[str, int] | None = None
         self.stopping = False
 
     def initialize(self, shard_id: str, sequence_number: str | None) -> None:
@@ -150,10 +137,11 @@ class Processor:
         result = self.apply(records)
         if result is None:
             return
-        self.last_applied = records[-1].sequence_number
+        last = records[-1]
+        self.last_applied = (last.sequence_number, last.sub_sequence_number or 0)
         if self.on_batch is not None:
             self.on_batch(self.shard_id, result)
-        checkpoint(checkpointer, self.last_applied)
+        checkpoint(checkpointer, *self.last_applied)
 
     def shard_ended(self, checkpointer: Any) -> None:
         log(f"{self.shard_id}: shard ended")
@@ -162,7 +150,7 @@ class Processor:
     def shutdown_requested(self, checkpointer: Any) -> None:
         self.stopping = True
         if self.last_applied is not None:
-            checkpoint(checkpointer, self.last_applied)
+            checkpoint(checkpointer, *self.last_applied)
 
     def lease_lost(self) -> None:
         self.stopping = True

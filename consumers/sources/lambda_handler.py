@@ -28,11 +28,9 @@ statistical prediction is written.
 from __future__ import annotations
 
 import asyncio
-import base64
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
-from datetime import UTC, datetime
 from typing import Any
 
 from aws_lambda_powertools.utilities.batch import (
@@ -47,22 +45,17 @@ from aws_lambda_powertools.utilities.data_classes.kinesis_stream_event import (
 from consumers.applier import BatchApplier
 from consumers.core import RecordOutcome, StreamRecord
 from consumers.instrument.metrics import EmfMetrics, MetricSink, batch_deltas
+from consumers.sources.records import from_lambda
 
 
 class EffectsNotWritten(RuntimeError):
     """The batch's effects could not be written: this record must be delivered again."""
 
 
-def stream_record(raw: Mapping[str, Any]) -> StreamRecord:
-    """One record of a Kinesis event source mapping event, as the core takes it."""
-    k = raw["kinesis"]
-    arrived = k.get("approximateArrivalTimestamp")
-    return StreamRecord(
-        data=base64.b64decode(k["data"]), sequence_number=k["sequenceNumber"],
-        partition_key=k["partitionKey"], shard_id=raw["eventID"].split(":", 1)[0],
-        stream=raw["eventSourceARN"].rsplit("/", 1)[-1],
-        arrived_at=datetime.fromtimestamp(float(arrived), UTC) if arrived else None,
-    )
+def stream_records(raw: Mapping[str, Any]) -> list[StreamRecord]:
+    """One record of a Kinesis event source mapping event, as the core takes it: its user
+    records when it is a KPL aggregate (:mod:`consumers.sources.records`)."""
+    return from_lambda(raw)
 
 
 class CoreBatchProcessor(BatchProcessor):
@@ -80,7 +73,7 @@ class CoreBatchProcessor(BatchProcessor):
     def _prepare(self) -> None:
         super()._prepare()  # type: ignore[no-untyped-call]
         self.outcomes, self.failure = {}, None
-        records = [stream_record(r) for r in self.records]
+        records = [rec for r in self.records for rec in stream_records(r)]
         try:
             result = self.loop.run_until_complete(self.applier.apply(records))
         except Exception as exc:  # noqa: BLE001 - becomes each record's failure below
@@ -98,6 +91,7 @@ class CoreBatchProcessor(BatchProcessor):
         """The record handler: this record's outcome, or the batch's failure raised."""
         if self.failure is not None:
             raise EffectsNotWritten(f"batch not written: {self.failure}") from self.failure
+        # a KPL aggregate's user records share its sequence number: the last one's outcome
         return self.outcomes[record.kinesis.sequence_number].status
 
 

@@ -43,6 +43,7 @@ from consumers.instrument.chaos import NO_CHAOS, Chaos
 from consumers.instrument.metrics import Metrics, MetricSink, batch_deltas
 from consumers.retry import Backoff, Jitter, pause
 from consumers.sources.hold import POLLER_LINES, ShardHold
+from consumers.sources.records import from_kinesis
 from consumers.stores.checkpoints import Checkpoint, CheckpointStore
 from consumers.stores.dynamo import WriteFailed
 
@@ -153,14 +154,8 @@ class Poller:
         return resp, resp.get("NextShardIterator")
 
     def _records(self, shard_id: str, raw: list[dict[str, Any]]) -> list[StreamRecord]:
-        return [
-            StreamRecord(
-                data=r["Data"], sequence_number=r["SequenceNumber"],
-                partition_key=r["PartitionKey"], shard_id=shard_id, stream=self.stream_name,
-                arrived_at=r.get("ApproximateArrivalTimestamp"),
-            )
-            for r in raw
-        ]
+        """KPL aggregates de-aggregated (:mod:`consumers.sources.records`)."""
+        return from_kinesis(raw, shard_id, self.stream_name)
 
     async def _count(self, deltas: dict[str, float]) -> None:
         """Batch counts add up here and go out at most every ``METRICS_FLUSH_S``."""
@@ -217,6 +212,8 @@ class Poller:
             print(recovered, file=sys.stderr, flush=True)
         await self._count(batch_deltas(result.counts))
         self.chaos.point("before_checkpoint")
+        # the Kinesis sequence number of the last record: every user record of an aggregate
+        # is applied by now, so a re-read starts after the whole aggregate
         p.after = raw[-1]["SequenceNumber"]
         await self.checkpoints.save(p.shard_id, p.after, ended=ended)
         self.chaos.point("after_checkpoint")

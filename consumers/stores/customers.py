@@ -1,6 +1,8 @@
 """The customers table: one item per customer holding its state (key ``customer_id``).
 
-Besides the state itself (``body``, JSON, and ``seen``, the event-id digests), an item
+Besides the state itself (``body``, JSON, ``seen``, the event-id digests, and ``orders``,
+the order-id digests: 8 bytes per event and 8 per order; items written before ``orders``
+was kept load with none), an item
 carries ``version``, ``purchases``, ``spend_cents``, ``first_at``, ``last_at`` and
 ``updated_at`` as their own attributes, for filters and people.
 """
@@ -27,13 +29,14 @@ def state_to_item(state: CustomerState) -> Item:
         "body": {"S": state.to_json()},
         "seen": {"B": state.seen_bytes()},
         "updated_at": {"S": now_iso()},
+        **({"orders": {"B": state.order_bytes()}} if state.orders else {}),
     }
 
 
 def state_from_item(item: Item) -> CustomerState:
     return CustomerState.from_parts(
         item["customer_id"]["S"], int(item["version"]["N"]), item["body"]["S"],
-        item["seen"]["B"],
+        item["seen"]["B"], item.get("orders", {}).get("B", b""),
     )
 
 

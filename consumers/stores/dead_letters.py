@@ -1,8 +1,10 @@
 """The dead-letters table: poison records with their raw payload and reason (key ``id``
-= stream/shard/sequence number).
+= stream/shard/sequence number, and /sub-sequence number for a KPL user record after the
+first: :func:`dead_letter_id`).
 
 An item holds ``stream``, ``shard_id``, ``sequence_number``, ``partition_key``, the raw
-``payload`` (binary), ``kind`` and ``reason`` of the rejection, ``received_at`` and
+``payload`` (binary), ``kind`` and ``reason`` of the rejection, ``arrival_ts`` (the
+record's arrival in the stream, epoch seconds, when the adapter knew it), ``received_at`` and
 ``status`` (``open``, or ``redriven`` with ``redriven_at`` and ``redriven_to``; a redrive
 that still rejects it sets ``kind``, ``reason`` and ``checked_at``). Readers get each item
 as a plain dict of those attributes (text as str, the payload as bytes).
@@ -14,23 +16,37 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from consumers.core import Rejected
+from consumers.core import Rejected, StreamRecord, arrival
 from consumers.stores.dynamo import Dynamo, Item, from_attr, now_iso
+
+
+def dead_letter_id(rec: StreamRecord) -> str:
+    """stream/shard/sequence number, then /sub-sequence number for a user record of a KPL
+    aggregate after the first (a plain record's id is as it always was).
+
+    >>> dead_letter_id(StreamRecord(b"", "49", "c1", "shard-0", "s", sub_sequence_number=2))
+    's/shard-0/49/2'
+    """
+    base = f"{rec.stream}/{rec.shard_id}/{rec.sequence_number}"
+    return f"{base}/{rec.sub_sequence_number}" if rec.sub_sequence_number else base
 
 
 def dead_letter_item(r: Rejected) -> Item:
     rec = r.record
     return {
-        "id": {"S": f"{rec.stream}/{rec.shard_id}/{rec.sequence_number}"},
+        "id": {"S": dead_letter_id(rec)},
         "stream": {"S": rec.stream},
         "shard_id": {"S": rec.shard_id},
         "sequence_number": {"S": rec.sequence_number},
+        **({"sub_sequence_number": {"N": str(rec.sub_sequence_number)}}
+           if rec.sub_sequence_number else {}),
         "partition_key": {"S": rec.partition_key},
         "payload": {"B": rec.data},
         "kind": {"S": r.kind},
         "reason": {"S": r.reason},
         "received_at": {"S": now_iso()},
         "status": {"S": "open"},
+        **({"arrival_ts": {"N": repr(float(at))}} if (at := arrival(rec)) is not None else {}),
     }
 
 

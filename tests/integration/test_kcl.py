@@ -2,7 +2,8 @@
 record processor against kinesis-mock (Kinesis) and moto (its lease tables and ours).
 
 One run, stopped with SIGTERM, then a second daemon under the same application name
-resumes from the KCL's checkpoints: every event is applied exactly once, the poison
+resumes from the KCL's checkpoints: every event (3 of them in one KPL aggregate) is
+applied exactly once, the poison
 record is in the dead letters, every shard's KCL checkpoint is its last record, and the
 processors' EMF metrics (their stderr) add up to the records applied, with no record
 delivered twice. The KCL takes about 100 s to hand out its first leases.
@@ -11,6 +12,7 @@ delivered twice. The KCL takes about 100 s to hand out its first leases.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import shutil
@@ -34,6 +36,7 @@ from models.events import PurchaseEvent
 from models.state import CustomerState
 from producers.datasets.synthetic import generate
 from producers.publisher import Publisher
+from tests.unit.consumers.test_records import aggregate
 
 pytestmark = [
     pytest.mark.integration,
@@ -82,6 +85,11 @@ def _emf(log: Path) -> dict[str, float]:
     return dict(totals)
 
 
+def _lower_half(partition_key: str) -> bool:
+    """The key hashes into the first of 2 shards (its MD5 below 2**127)."""
+    return int.from_bytes(hashlib.md5(partition_key.encode()).digest(), "big") < 2**127
+
+
 def _expected(events: list[PurchaseEvent]) -> dict[str, tuple[int, int]]:
     out: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for e in events:
@@ -100,7 +108,15 @@ def test_multilang_daemon_processes_every_record_once_across_a_restart(
     events = generate(customers=50, days=40, seed=11)
     first, second = events[: 2 * len(events) // 3], events[2 * len(events) // 3:]
     publisher = Publisher(kinesis, s.stream_name)
-    publisher.publish(first)
+    # 3 of the first part as one KPL aggregate: the daemon de-aggregates it, the processor
+    # checkpoints its last user record (sequence and sub-sequence number), and the second
+    # daemon resumes after it (a re-delivered user record would show as a duplicate). Like
+    # the KPL, only user records of one shard go together: the KCL drops an aggregate whose
+    # user records' hash keys are not all in its shard's range.
+    kpl = [e for e in first if _lower_half(e.customer_id)][-3:]
+    publisher.publish([e for e in first if e not in kpl])
+    pk, blob = aggregate([(e.customer_id, e.to_bytes()) for e in kpl])
+    kinesis.put_record(StreamName=s.stream_name, Data=blob, PartitionKey=pk)
     kinesis.put_record(StreamName=s.stream_name, Data=b"{not json", PartitionKey="poison")
 
     app = f"kcl-{uuid.uuid4().hex[:8]}"

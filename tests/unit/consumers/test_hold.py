@@ -146,6 +146,7 @@ class KclRecord:
     sequence_number: str
     partition_key: str = "c"
     timestamp_millis: int | None = None
+    sub_sequence_number: int | None = 0
 
 
 def test_the_kcl_processor_holds_logs_and_recovers(
