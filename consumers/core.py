@@ -58,8 +58,7 @@ class StreamRecord:
     partition_key: str
     shard_id: str
     stream: str = ""
-    arrived_at: datetime | None = None
-    arrival_ts: float | None = None  # ApproximateArrivalTimestamp, seconds since the epoch
+    arrived_at: datetime | None = None  # ApproximateArrivalTimestamp
     #: a KPL aggregate's user records share its sequence number, numbered 0, 1, ... here
     sub_sequence_number: int = 0
 
@@ -126,8 +125,6 @@ class BatchResult:
 
 def arrival(rec: StreamRecord) -> float | None:
     """When the record reached the stream (epoch seconds), None when the adapter did not say."""
-    if rec.arrival_ts is not None:
-        return rec.arrival_ts
     return rec.arrived_at.timestamp() if rec.arrived_at is not None else None
 
 

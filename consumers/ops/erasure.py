@@ -46,11 +46,6 @@ class ErasureTargets:
     dead_letters: str
     audit: str
 
-    def keyed(self) -> dict[str, str]:
-        """The tables keyed by customer id, under the names the audit entry counts them by."""
-        return {"customers": self.customers, "predictions": self.predictions,
-                "analyses": self.analyses, "analysis-history": self.analysis_history}
-
 
 @dataclass
 class ErasureReport:

@@ -24,8 +24,8 @@ SubscribeToShard and Lambda apply every user record wherever it hashes.
 ...     "PartitionKey": "c1", "ApproximateArrivalTimestamp": at}], "shard-0", "s")]
 [('shard-0', '7', 0)]
 >>> from_kinesis([{"Data": b"{}", "SequenceNumber": "7", "PartitionKey": "c1",
-...     "ApproximateArrivalTimestamp": at}], "shard-0", "s")[0].arrival_ts
-1704067200.0
+...     "ApproximateArrivalTimestamp": at}], "shard-0", "s")[0].arrived_at == at
+True
 """
 
 from __future__ import annotations
@@ -52,10 +52,10 @@ def expand(data: bytes, sequence_number: str, partition_key: str, shard_id: str,
         users = None  # kept whole: the decoder rejects it as bad_aggregate, with the reason
     if users is None:
         return [StreamRecord(data, sequence_number, partition_key, shard_id, stream,
-                             _at(arrival_ts), arrival_ts)]
+                             _at(arrival_ts))]
     return [
         StreamRecord(u.data, sequence_number, u.partition_key, shard_id, stream,
-                     _at(arrival_ts), arrival_ts, sub_sequence_number=i)
+                     _at(arrival_ts), sub_sequence_number=i)
         for i, u in enumerate(users)
     ]
 
@@ -117,5 +117,5 @@ def from_kcl(record: KclRecord, shard_id: str, stream: str) -> StreamRecord:
     ms = record.timestamp_millis
     ts = ms / 1000 if ms is not None else None
     return StreamRecord(record.binary_data, record.sequence_number, record.partition_key,
-                        shard_id, stream, _at(ts), ts,
+                        shard_id, stream, _at(ts),
                         sub_sequence_number=record.sub_sequence_number or 0)

@@ -41,9 +41,9 @@ def test_a_purchase_dated_2100_is_dead_lettered_and_never_becomes_the_watermark(
     last = max(s.last_ts for s in states.values())
     e = event(99_999, "c0", 150)
     future = StreamRecord(_dated(e, "2100-01-01T00:00:00Z", "ef", "of"), "1", "c0", "shard-0",
-                          arrival_ts=NOW.timestamp())
+                          arrived_at=NOW)
     touch = [StreamRecord(event(50_000 + c, f"c{c}", 150).to_bytes(), str(2 + c), f"c{c}",
-                          "shard-0", arrival_ts=NOW.timestamp()) for c in range(200)]
+                          "shard-0", arrived_at=NOW) for c in range(200)]
     batch = decode_batch([future, *touch], now=NOW)
     assert [d.kind for d in batch.rejected.values()] == ["future_event"]
     r = process_batch(batch, states, view(), now=NOW, watermark=last)
@@ -63,7 +63,7 @@ def test_the_watermark_never_runs_ahead_of_the_latest_arrival() -> None:
     ahead.apply(event(1, "a", 0))
     ahead.last_ts = int(datetime(2100, 1, 1, tzinfo=UTC).timestamp())
     rec = StreamRecord(event(2, "a", 10).to_bytes(), "1", "a", "s",
-                       arrival_ts=NOW.timestamp() - 3600)
+                       arrived_at=NOW - timedelta(hours=1))
     r = process_batch(decode_batch([rec], now=NOW), {"a": ahead}, view(), now=NOW)
     assert r.watermark == int(NOW.timestamp()) - 3600
     # unknown arrival: the batch's clock is the ceiling

@@ -15,7 +15,14 @@ from typing import Any
 import pytest
 from aws_kinesis_agg.aggregator import RecordAggregator
 
-from consumers.core import BatchResult, ModelView, StreamRecord, decode_batch, process_batch
+from consumers.core import (
+    BatchResult,
+    ModelView,
+    StreamRecord,
+    arrival,
+    decode_batch,
+    process_batch,
+)
 from consumers.sources.kcl_processor import Processor
 from consumers.sources.records import epoch_seconds, from_kcl, from_kinesis, from_lambda
 from consumers.stores.dead_letters import dead_letter_id, dead_letter_item
@@ -114,14 +121,14 @@ def test_getrecords_records_are_de_aggregated_and_plain_ones_kept() -> None:
                                           ("shard-0", "100", 2), ("shard-0", "101", 0)]
     assert [r.partition_key for r in recs] == ["c1", "c2", "c1", "c9"]
     assert [r.data for r in recs[:3]] == [d for _, d in PURCHASES] and recs[3].data == b"plain"
-    assert {r.arrival_ts for r in recs} == {AT.timestamp()} and recs[0].arrived_at == AT
+    assert {r.arrived_at for r in recs} == {AT}
     assert {r.stream for r in recs} == {"s"}
 
 
 def test_a_corrupt_aggregate_stays_one_record() -> None:
     bad = corrupt(aggregate(PURCHASES)[1])
     (rec,) = from_kinesis([{"Data": bad, "SequenceNumber": "7", "PartitionKey": "k"}], "sh", "s")
-    assert rec.data == bad and rec.position == ("sh", "7", 0) and rec.arrival_ts is None
+    assert rec.data == bad and rec.position == ("sh", "7", 0) and rec.arrived_at is None
 
 
 def lambda_record(data: bytes, seq: str, pk: str, at: float) -> dict[str, Any]:
@@ -136,7 +143,7 @@ def test_lambda_records_are_de_aggregated() -> None:
     pk, blob = aggregate(PURCHASES)
     recs = from_lambda(lambda_record(blob, "49", pk, 1714564800.25))
     assert [r.position for r in recs] == [("shardId-000000000003", "49", i) for i in range(3)]
-    assert {r.arrival_ts for r in recs} == {1714564800.25} and {r.stream for r in recs} == {"s"}
+    assert {arrival(r) for r in recs} == {1714564800.25} and {r.stream for r in recs} == {"s"}
     (plain,) = from_lambda(lambda_record(b"x", "50", "c1", 1714564800.0))
     assert plain.position == ("shardId-000000000003", "50", 0) and plain.data == b"x"
 
@@ -152,7 +159,7 @@ class KclRecord:
 
 def test_kcl_records_keep_their_sub_sequence_numbers() -> None:
     rec = from_kcl(KclRecord(b"x", "49", "c1", 2), "shardId-1", "s")
-    assert rec.position == ("shardId-1", "49", 2) and rec.arrival_ts == 1714564800.25
+    assert rec.position == ("shardId-1", "49", 2) and arrival(rec) == 1714564800.25
     assert from_kcl(KclRecord(b"x", "49", "c1", None, None), "sh", "s").sub_sequence_number == 0
 
 
