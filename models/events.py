@@ -6,8 +6,15 @@ customer's privacy statements, so the consumer stays the single writer of a
 customer's state and they apply in order with the purchases: a
 :class:`ConsentEvent` (``"type": "consent"``, published by the API or the
 orders service) and an :class:`ErasureEvent` (``"type": "erasure"``, published by
-``caa erase``). Money is exact (``Decimal``, at most two
-decimals); a total must equal the sum of its line items to the cent.
+``caa erase``). After an order, the orders service may publish a :class:`RefundEvent`
+(``"type": "refund"``: an amount given back, optionally with the lines returned) or a
+:class:`CancellationEvent` (``"type": "cancellation"``: the order never counts), keyed by
+the order's ``order_id``; either may arrive before its purchase. Money is exact
+(``Decimal``) in an ISO 4217 currency with at most as many decimals as its minor unit
+(USD 2, JPY 0, KWD 3); a total must equal the sum of its line items exactly.
+
+These types were added within schema version 1: a version-1 reader that predates them
+rejects them as ``schema`` dead letters (redrive applies them after an upgrade).
 
 >>> e = PurchaseEvent.model_validate({
 ...     "event_id": "e-1", "order_id": "o-1", "customer_id": "00001",
@@ -25,6 +32,11 @@ models.events.EventRejected: unknown_version: schema_version 9 is not supported 
 ...                  b'"occurred_at": "1997-01-02T00:00:00Z", "analysis": false}')
 >>> type(c).__name__, c.analysis
 ('ConsentEvent', False)
+>>> r = decode_event(b'{"type": "refund", "event_id": "r-1", "order_id": "o-1", '
+...                  b'"customer_id": "00001", "occurred_at": "1997-01-03T00:00:00Z", '
+...                  b'"currency": "USD", "amount": "5.50"}')
+>>> type(r).__name__, r.amount
+('RefundEvent', Decimal('5.50'))
 >>> decode_event(b'{"type": "consent", "event_id": "c-1"}')  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
@@ -47,13 +59,15 @@ from pydantic import (
 )
 
 from models.kpl import aggregate_defect, is_aggregate
+from models.money import exponent
 
 SCHEMA_VERSION = 1
 SUPPORTED_VERSIONS = frozenset({SCHEMA_VERSION})
 #: Default largest encoded event we accept; Kinesis itself allows 1 MiB per record.
 MAX_EVENT_BYTES = 256 * 1024
 
-Money = Annotated[Decimal, Field(ge=0, max_digits=12, decimal_places=2)]
+Money = Annotated[Decimal, Field(ge=0, max_digits=15, decimal_places=3)]
+CurrencyCode = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
 Identifier = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:@-]+$")]
 Label = Annotated[str, Field(min_length=1, max_length=128)]
 Channel = Literal["web", "app", "store", "phone", "marketplace", "other"]
@@ -88,6 +102,16 @@ class Contact(BaseModel):
     address: Annotated[str, Field(max_length=1024)] | None = None
 
 
+def _check_amounts(currency: str, amounts: list[Decimal]) -> None:
+    """``ValueError`` unless ``currency`` is an ISO 4217 code and every amount fits its minor
+    unit (no more decimals than it has)."""
+    places = exponent(currency)
+    for amount in amounts:
+        decimals = -int(amount.normalize().as_tuple().exponent)
+        if decimals > places:
+            raise ValueError(f"{amount} {currency} has more than {places} decimal places")
+
+
 class PurchaseEvent(BaseModel):
     """One order as the orders service publishes it."""
 
@@ -98,7 +122,7 @@ class PurchaseEvent(BaseModel):
     order_id: Identifier
     customer_id: Identifier
     occurred_at: AwareDatetime
-    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
+    currency: CurrencyCode
     items: Annotated[list[LineItem], Field(min_length=1, max_length=500)]
     total: Money
     channel: Channel = "web"
@@ -107,6 +131,7 @@ class PurchaseEvent(BaseModel):
 
     @model_validator(mode="after")
     def _total_matches_items(self) -> PurchaseEvent:
+        _check_amounts(self.currency, [self.total, *(i.unit_price for i in self.items)])
         expected = sum((i.unit_price * i.quantity for i in self.items), Decimal("0"))
         if expected != self.total:
             raise ValueError(f"total {self.total} does not match the sum of its items {expected}")
@@ -143,9 +168,51 @@ class ErasureEvent(_Statement):
     type: Literal["erasure"]
 
 
-StreamEvent = PurchaseEvent | ConsentEvent | ErasureEvent
-_STATEMENTS: dict[str, type[ConsentEvent] | type[ErasureEvent]] = {
-    "consent": ConsentEvent, "erasure": ErasureEvent}
+class _OrderFollowUp(BaseModel):
+    """What refund and cancellation events share: something that happened to an order."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: Literal[1] = 1
+    event_id: Identifier
+    order_id: Identifier
+    customer_id: Identifier
+    occurred_at: AwareDatetime
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode()
+
+
+class RefundEvent(_OrderFollowUp):
+    """Money given back on an order: ``amount`` (in the order's ``currency``) reduces the
+    customer's spend; ``items``, when given, are the lines returned (their quantities
+    come off the product and category statistics). Several refunds of one order add up,
+    capped at the order's total."""
+
+    type: Literal["refund"]
+    currency: CurrencyCode
+    amount: Money
+    items: Annotated[list[LineItem], Field(max_length=500)] = []
+
+    @model_validator(mode="after")
+    def _amounts_fit(self) -> RefundEvent:
+        _check_amounts(self.currency, [self.amount, *(i.unit_price for i in self.items)])
+        return self
+
+
+class CancellationEvent(_OrderFollowUp):
+    """The order is cancelled: it leaves the counts, spend, intervals and BTYD inputs
+    (and, when ``items`` are given, the product statistics) as if never placed."""
+
+    type: Literal["cancellation"]
+    items: Annotated[list[LineItem], Field(max_length=500)] = []
+
+
+StreamEvent = PurchaseEvent | ConsentEvent | ErasureEvent | RefundEvent | CancellationEvent
+_STATEMENTS: dict[str, type[ConsentEvent] | type[ErasureEvent] | type[RefundEvent]
+                  | type[CancellationEvent]] = {
+    "consent": ConsentEvent, "erasure": ErasureEvent, "refund": RefundEvent,
+    "cancellation": CancellationEvent}
 
 
 def _describe(err: ValidationError) -> str:
@@ -156,8 +223,9 @@ def _describe(err: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def _statement(text: str, exc: ValidationError) -> ConsentEvent | ErasureEvent | None:
-    """A consent or erasure event, when the purchase schema refused only its ``type``."""
+def _statement(text: str, exc: ValidationError) -> StreamEvent | None:
+    """A consent, erasure, refund or cancellation event, when the purchase schema refused
+    its ``type``."""
     if not any(e["loc"] == ("type",) and e["type"] == "extra_forbidden"
                for e in exc.errors(include_url=False)):
         return None

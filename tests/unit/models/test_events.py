@@ -1,11 +1,20 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from typing import Any
 
 import pytest
 
-from models.events import ConsentEvent, ErasureEvent, EventRejected, PurchaseEvent, decode_event
+from models.events import (
+    CancellationEvent,
+    ConsentEvent,
+    ErasureEvent,
+    EventRejected,
+    PurchaseEvent,
+    RefundEvent,
+    decode_event,
+)
 
 
 def good(**over: Any) -> dict[str, Any]:
@@ -88,9 +97,40 @@ def test_consent_and_erasure_events_decode_and_bad_types_are_rejected():
     assert isinstance(consent, ConsentEvent) and consent.analysis is False
     erasure = decode_event(json.dumps({**base, "type": "erasure"}).encode())
     assert isinstance(erasure, ErasureEvent) and erasure.customer_id == "00042"
-    with pytest.raises(EventRejected, match="schema: type: 'refund' is not one of"):
+    with pytest.raises(EventRejected, match="schema: type: 'return' is not one of"):
+        decode_event(json.dumps({**base, "type": "return"}).encode())
+    with pytest.raises(EventRejected, match="schema: order_id: Field required; currency"):
         decode_event(json.dumps({**base, "type": "refund"}).encode())
     with pytest.raises(EventRejected, match="schema: analysis"):
         decode_event(json.dumps({**base, "type": "consent", "analysis": "maybe"}).encode())
     with pytest.raises(EventRejected, match="schema: "):  # a purchase may not carry a type
         decode_event(enc(good(type="purchase")))
+
+
+def test_money_is_checked_against_the_currency_minor_unit():
+    # JPY has no minor unit, KWD three decimals, ABC is no ISO 4217 currency
+    line = {"product_id": "p", "category": "k", "quantity": 1}
+    yen = decode_event(enc(good(currency="JPY", items=[{**line, "unit_price": "6000"}],
+                                total="6000")))
+    assert yen.total == 6000
+    with pytest.raises(EventRejected, match="more than 0 decimal places"):
+        decode_event(enc(good(currency="JPY", items=[{**line, "unit_price": "1.5"}],
+                              total="1.5")))
+    assert decode_event(enc(good(currency="KWD", items=[{**line, "unit_price": "1.125"}],
+                                 total="1.125"))).total == Decimal("1.125")
+    with pytest.raises(EventRejected, match="'ABC' is not an ISO 4217 currency"):
+        decode_event(enc(good(currency="ABC")))
+
+
+def test_refund_and_cancellation_events_decode():
+    base = {"event_id": "r1", "order_id": "o1", "customer_id": "00042",
+            "occurred_at": "2024-01-02T00:00:00Z"}
+    refund = decode_event(json.dumps({**base, "type": "refund", "currency": "EUR",
+                                      "amount": "4.50"}).encode())
+    assert isinstance(refund, RefundEvent) and refund.amount == Decimal("4.50")
+    assert refund.items == []
+    cancel = decode_event(json.dumps({**base, "type": "cancellation"}).encode())
+    assert isinstance(cancel, CancellationEvent) and cancel.order_id == "o1"
+    with pytest.raises(EventRejected, match="more than 2 decimal places"):
+        decode_event(json.dumps({**base, "type": "refund", "currency": "EUR",
+                                 "amount": "4.505"}).encode())
