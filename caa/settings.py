@@ -15,6 +15,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from deploy.resources import TABLES, TableNames
+from models.money import DEFAULT_REPORTING_CURRENCY, exponent
 
 __all__ = ["DEFAULT_PRICES", "HAIKU_45_EU", "TABLES", "Settings"]
 
@@ -82,6 +83,13 @@ class Settings(BaseSettings):
     n_segments: int = Field(6, ge=5, le=7)
     segment_seed: int = 42
     segment_warmup: int = Field(500, ge=10)
+
+    # -- money (models.money, caa.rates) --------------------------------------------------
+    #: the ISO 4217 currency monetary features, predictions, prompts and reports are in
+    reporting_currency: str = DEFAULT_REPORTING_CURRENCY
+    #: the operator's exchange rates into it: a JSON or CSV file with their date (format:
+    #: caa/rates.py); without one, amounts in other currencies are left out and named
+    fx_rates: Path | None = None
 
     # -- AI analysis (Bedrock) ---------------------------------------------------------
     analyzer: Literal["statistical", "bedrock"] = "statistical"
@@ -151,6 +159,23 @@ class Settings(BaseSettings):
     #: this probability
     chaos_points: str = ""
     chaos_probability: float = Field(0.0, ge=0.0, le=1.0)
+
+    @field_validator("reporting_currency", mode="before")
+    @classmethod
+    def _currency_code(cls, v: Any) -> Any:
+        """``CAA_REPORTING_CURRENCY``: an ISO 4217 code with a minor unit (upper-cased)."""
+        code = str(v).strip().upper()
+        try:
+            exponent(code)
+        except ValueError as exc:
+            raise ValueError(f"CAA_REPORTING_CURRENCY: {exc}") from None
+        return code
+
+    @field_validator("fx_rates", mode="before")
+    @classmethod
+    def _no_rates_file(cls, v: Any) -> Any:
+        """``CAA_FX_RATES=`` (empty): no rates file."""
+        return None if isinstance(v, str) and not v.strip() else v
 
     @field_validator("api_keys", mode="before")
     @classmethod

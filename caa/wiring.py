@@ -4,8 +4,9 @@ The one module that reads :class:`~caa.settings.Settings` on behalf of ``models/
 ``producers/``, ``consumers/`` and ``deploy/``: those take plain values or the small frozen
 config objects declared next to the code that uses them (:class:`TableNames`,
 :class:`RegistryConfig`, :class:`WorkerConfig`, :class:`BatchConfig`,
-:class:`ErasureTargets`), and this module builds them, and the stores, registry, enricher,
-applier and worker on top, from one settings object. The command line, the HTTP API, the
+:class:`ErasureTargets`, the exchange rates :class:`~models.money.Rates`), and this module
+builds them, and the stores, registry, enricher, applier and worker on top, from one
+settings object. The command line, the HTTP API, the
 report and the Lambda and KCL entry points (:mod:`caa.entry`) call it.
 """
 
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
+from caa import rates as rates_file
 from caa.aws import Aws
 from caa.settings import Settings
 from consumers.analysis.analyzer import PriceTable
@@ -41,6 +43,7 @@ from consumers.stores.predictions import PredictionStore
 from consumers.stores.usage import UsageLedger
 from deploy import resources
 from deploy.resources import TableNames
+from models.money import Rates
 from models.variant import VariantPlan
 
 # -- names and resources ----------------------------------------------------------------
@@ -80,9 +83,22 @@ def registry_config(settings: Settings) -> RegistryConfig:
         variants=VariantPlan.parse(settings.ab_experiment, settings.ab_variants))
 
 
-def registry(settings: Settings, db: Dynamo) -> ModelRegistry:
-    """The global models, kept in the models table (not loaded yet)."""
-    return ModelRegistry(ModelStore(db, tables(settings).models), registry_config(settings))
+def rates(settings: Settings) -> Rates:
+    """The exchange rates into ``CAA_REPORTING_CURRENCY``, read from ``CAA_FX_RATES`` (format:
+    :mod:`caa.rates`); without a file, only the reporting currency converts (the others
+    are left out and named). A missing or malformed file is :class:`caa.errors.NotFound` /
+    :class:`caa.errors.BadInput` (one line). Read once per process: build it once and
+    pass it down (the registry keeps it for the models' view)."""
+    if settings.fx_rates is None:
+        return Rates(settings.reporting_currency)
+    return rates_file.load(settings.fx_rates, settings.reporting_currency)
+
+
+def registry(settings: Settings, db: Dynamo, fx: Rates | None = None) -> ModelRegistry:
+    """The global models, kept in the models table (not loaded yet), with the exchange
+    rates (``fx``; read from the settings by :func:`rates` when not given)."""
+    return ModelRegistry(ModelStore(db, tables(settings).models), registry_config(settings),
+                         rates=fx if fx is not None else rates(settings))
 
 
 def analysis_store(settings: Settings, db: Dynamo) -> AnalysisStore:

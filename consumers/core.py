@@ -34,14 +34,16 @@ from typing import Literal
 from consumers.admission import FUTURE_TOLERANCE_S, admit
 from models.events import (
     MAX_EVENT_BYTES,
-    ConsentEvent,
     ErasureEvent,
     EventRejected,
+    PurchaseEvent,
     StreamEvent,
 )
 from models.features import rfm
 from models.learn.forecaster import Forecaster
 from models.learn.segmentation import SegmentModel
+from models.money import NO_RATES, Rates
+from models.order_book import ORDER_HORIZON
 from models.prediction import Prediction, SegmentRef
 from models.state import CustomerState
 
@@ -102,6 +104,8 @@ class ModelView:
     segmenter: SegmentModel
     segments_version: int
     forecaster: Forecaster
+    #: into the reporting currency of monetary features and predictions
+    rates: Rates = NO_RATES
 
 
 @dataclass(slots=True)
@@ -154,6 +158,15 @@ def _ceiling(records: Sequence[StreamRecord], now: datetime) -> int:
     return int(max(known) if known else now.timestamp())
 
 
+#: why the state refused an event it decoded (the record goes to the dead letters)
+_REFUSED = {
+    "beyond_horizon": "the event is dated before this customer's de-duplication horizon "
+                      f"(the latest {ORDER_HORIZON} orders are kept); it cannot be told from "
+                      "one already applied",
+    "currency_mismatch": "the refund's currency is not its order's currency",
+}
+
+
 @dataclass(slots=True)
 class _Fold:
     """The records of a batch folded into working copies of the states."""
@@ -164,6 +177,11 @@ class _Fold:
     bought: set[str] = field(default_factory=set)
     outcomes: list[RecordOutcome] = field(default_factory=list)
     checkpoints: dict[str, str] = field(default_factory=dict)
+    refused: list[Rejected] = field(default_factory=list)
+    #: customers whose events raised: all their records of the batch are dead letters
+    failed: dict[str, str] = field(default_factory=dict)
+    #: the outcome indexes and records of each customer's events
+    seen: dict[str, list[tuple[int, StreamRecord]]] = field(default_factory=dict)
 
     def state(self, cid: str, states: Mapping[str, CustomerState]) -> CustomerState:
         state = self.working.get(cid)
@@ -172,8 +190,7 @@ class _Fold:
             state = self.working[cid] = known.clone() if known else CustomerState.new(cid)
         return state
 
-    def apply(self, event: StreamEvent,
-              states: Mapping[str, CustomerState]) -> Status:
+    def apply(self, event: StreamEvent, states: Mapping[str, CustomerState]) -> str:
         cid = event.customer_id
         if isinstance(event, ErasureEvent):
             self.working[cid] = CustomerState.new(cid)
@@ -181,17 +198,22 @@ class _Fold:
             self.changed.discard(cid)
             self.bought.discard(cid)
             return "applied"
-        state = self.state(cid, states)
-        if isinstance(event, ConsentEvent):
-            if not state.apply_consent(event):
-                return "duplicate"
-        else:
-            status = state.apply_purchase(event)
-            if status != "applied":
-                return status
+        status = self.state(cid, states).apply(event)
+        if status != "applied":
+            return status
+        if isinstance(event, PurchaseEvent):
             self.bought.add(cid)
         self.changed.add(cid)
         return "applied"
+
+    def fail(self, cid: str, exc: BaseException) -> None:
+        """An exception while handling one of ``cid``'s events: the customer's effect is
+        left out of the batch and every record of theirs becomes a dead letter."""
+        self.failed.setdefault(cid, f"internal_error: {type(exc).__name__}: {exc}"[:500])
+        self.working.pop(cid, None)
+        self.changed.discard(cid)
+        self.bought.discard(cid)
+        self.erased.discard(cid)
 
 
 def _fold(batch: DecodedBatch, states: Mapping[str, CustomerState]) -> _Fold:
@@ -205,9 +227,39 @@ def _fold(batch: DecodedBatch, states: Mapping[str, CustomerState]) -> _Fold:
         if bad is not None:
             f.outcomes.append(RecordOutcome(seq, rec.shard_id, "rejected", bad.reason))
             continue
-        status = f.apply(batch.events[rec.position], states)
-        f.outcomes.append(RecordOutcome(seq, rec.shard_id, status))
+        event = batch.events[rec.position]
+        cid = event.customer_id
+        f.seen.setdefault(cid, []).append((len(f.outcomes), rec))
+        if cid in f.failed:
+            f.outcomes.append(RecordOutcome(seq, rec.shard_id, "rejected", f.failed[cid]))
+            continue
+        try:
+            status = f.apply(event, states)
+        except Exception as exc:  # noqa: BLE001 - any defect is this customer's dead letter
+            f.fail(cid, exc)
+            f.outcomes.append(RecordOutcome(seq, rec.shard_id, "rejected", f.failed[cid]))
+            continue
+        if status in _REFUSED:
+            reason = f"{status}: {_REFUSED[status]}"
+            f.refused.append(Rejected(rec, status, reason))
+            f.outcomes.append(RecordOutcome(seq, rec.shard_id, "rejected", reason))
+            continue
+        f.outcomes.append(RecordOutcome(seq, rec.shard_id, status))  # type: ignore[arg-type]
     return f
+
+
+def _fail_customers(f: _Fold) -> list[Rejected]:
+    """Every record of the failed customers, as dead letters; their outcomes rejected."""
+    lettered = {r.record.position for r in f.refused}
+    letters = []
+    for cid, reason in f.failed.items():
+        for index, rec in f.seen.get(cid, []):
+            if rec.position in lettered:
+                continue
+            o = f.outcomes[index]
+            f.outcomes[index] = RecordOutcome(o.sequence_number, o.shard_id, "rejected", reason)
+            letters.append(Rejected(rec, "internal_error", reason))
+    return letters
 
 
 def process_batch(
@@ -220,6 +272,10 @@ def process_batch(
 ) -> BatchResult:
     """Apply a decoded batch to copies of ``states``; the inputs are not modified.
 
+    Purchases, refunds and cancellations apply through :meth:`CustomerState.apply`; an
+    event the state refuses (``beyond_horizon``, ``currency_mismatch``) is a dead letter,
+    and so is every record of a customer whose events or prediction raised anything
+    (``internal_error``: that customer's effect is left out, the batch goes on).
     Consent events change only the consent (a customer not seen yet gets a state with no
     purchases and no prediction); an erasure event starts the customer afresh, so what
     follows it on the shard makes a new customer and what came before is gone. The
@@ -228,39 +284,43 @@ def process_batch(
     dated after their arrival, so one bad clock cannot age every customer.
     """
     f = _fold(batch, states)
-    working, changed, outcomes = f.working, f.changed, f.outcomes
-    watermark = min(max([watermark, *(s.last_ts for s in working.values())]),
+    watermark = min(max([watermark, *(s.last_ts for s in f.working.values())]),
                     _ceiling(batch.records, now))
     names = models.segmenter.segment_names()
     learn: list[dict[str, float]] = []
     predictions: list[Prediction] = []
-    for cid in sorted(working):
-        state = working[cid]
-        if cid in changed:
-            state.version += 1
-        if not state.purchases:  # consent only, or erased: no prediction
+    for cid in sorted(f.working):
+        state = f.working[cid]
+        try:
+            if cid in f.changed:
+                state.version += 1
+                state.bound()
+            if not state.purchases:  # consent only, erased or all cancelled: no prediction
+                continue
+            features = rfm(state, watermark, models.rates)
+            seg = models.segmenter.predict_one(features)
+            prediction = models.forecaster.predict(
+                state, SegmentRef(id=seg, name=names.get(seg, f"segment {seg}")),
+                watermark, now, models.segments_version, rates=models.rates)
+        except Exception as exc:  # noqa: BLE001 - any defect is this customer's dead letter
+            f.fail(cid, exc)
             continue
-        features = rfm(state, watermark)
         if cid in f.bought:
             learn.append(features)
-        seg = models.segmenter.predict_one(features)
-        predictions.append(
-            models.forecaster.predict(
-                state, SegmentRef(id=seg, name=names.get(seg, f"segment {seg}")),
-                watermark, now, models.segments_version,
-            )
-        )
+        predictions.append(prediction)
+    outcomes = f.outcomes
+    dead_letters = [*batch.rejected.values(), *f.refused, *_fail_customers(f)]
     counts = {"applied": 0, "duplicate": 0, "duplicate_order": 0, "rejected": 0}
     for o in outcomes:
         counts[o.status] += 1
     return BatchResult(
         outcomes=outcomes,
-        states={cid: working[cid] for cid in sorted(changed)},
-        predictions=predictions,
-        dead_letters=list(batch.rejected.values()),
+        states={cid: f.working[cid] for cid in sorted(f.changed)},
+        predictions=[p for p in predictions if p.customer_id not in f.failed],
+        dead_letters=dead_letters,
         learn=learn,
         watermark=watermark,
         checkpoints=f.checkpoints,
         counts=counts,
-        erased=f.erased - changed,
+        erased=f.erased - f.changed,
     )

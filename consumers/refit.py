@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -28,6 +28,7 @@ from models.features import bgnbd_inputs, rfm
 from models.learn import bgnbd, pareto_nbd
 from models.learn.forecaster import Forecaster, ForecastParams, model_name
 from models.learn.segmentation import SegmentModel
+from models.money import NO_RATES, Rates
 from models.prediction import Prediction, SegmentRef
 from models.state import DAY, CustomerState
 
@@ -40,7 +41,8 @@ REWRITE_CHUNK = 2000
 class RefitReport:
     customers: int
     purchases: int
-    spend_cents: int
+    #: the customers' spend per ISO currency, in minor units (never summed across currencies)
+    spend_minor: dict[str, int]
     segment_sizes: dict[str, int]
     as_of: datetime
     params: ForecastParams
@@ -48,28 +50,54 @@ class RefitReport:
     segments_version: int
     predictions_rewritten: int
     seconds: float
+    #: the exchange rates the refit ran with (the registry's): :attr:`spend` is converted
+    rates: Rates = NO_RATES
 
     @property
     def forecast_model(self) -> str:
         return model_name(self.params)
+
+    @property
+    def currency(self) -> str:
+        """The reporting currency :attr:`spend` is in."""
+        return self.rates.reporting
+
+    @property
+    def spend(self) -> float:
+        """The spend in the reporting currency (major units), without :attr:`unconverted`."""
+        return self.rates.convert(self.spend_minor)[0]
+
+    @property
+    def unconverted(self) -> tuple[str, ...]:
+        """The currencies left out of :attr:`spend` for want of a rate."""
+        return self.rates.convert(self.spend_minor)[1]
+
+
+def spend_by_currency(states: Iterable[CustomerState]) -> dict[str, int]:
+    """The states' spend per currency, in minor units (sorted by code)."""
+    total: Counter[str] = Counter()
+    for s in states:
+        total.update(s.spend_minor)
+    return dict(sorted(total.items()))
 
 
 async def rewrite_predictions(
     states: Sequence[CustomerState], segments: Sequence[int], names: dict[int, str],
     forecaster: Forecaster, segments_version: int, as_of: int, predictions: PredictionStore,
     enricher: AnalysisHook | None = None, progress: Progress = NO_PROGRESS,
+    rates: Rates = NO_RATES,
 ) -> list[Prediction]:
     """Write one prediction per state with these models as of ``as_of`` (keeping each
-    customer's latest AI analysis), ``REWRITE_CHUNK`` customers at a time (the progress
-    phase "rewriting predictions" counts them); the refit and the daily batch
-    (consumers.analysis.daily.job) share it."""
+    customer's latest AI analysis; money in ``rates``' reporting currency),
+    ``REWRITE_CHUNK`` customers at a time (the progress phase "rewriting predictions"
+    counts them); the refit and the daily batch (consumers.analysis.daily.job) share it."""
     now = datetime.now(UTC)
     progress.phase("rewriting predictions", total=len(states))
     written: list[Prediction] = []
     for i in range(0, len(states), REWRITE_CHUNK):
         out = [
             forecaster.predict(s, SegmentRef(id=seg, name=names.get(seg, f"segment {seg}")),
-                               as_of, now, segments_version)
+                               as_of, now, segments_version, rates=rates)
             for s, seg in zip(states[i:i + REWRITE_CHUNK], segments[i:i + REWRITE_CHUNK],
                               strict=True)
         ]
@@ -126,7 +154,7 @@ async def refit(
     )
     progress.phase(f"refit: fitting the segments ({len(states):,} customers)")
     ordered = sorted(states, key=lambda s: s.customer_id)
-    features = [rfm(s, as_of) for s in ordered]
+    features = [rfm(s, as_of, registry.rates) for s in ordered]
     model = SegmentModel.from_dict(registry.segmenter.to_dict())
     if len(features) >= model.n_clusters:  # too few customers: keep the streaming model
         model.refit(features)
@@ -141,7 +169,7 @@ async def refit(
         out = await rewrite_predictions(ordered, segments, names, Forecaster(
             params, version, variants=registry.variants),
             registry.segments_version, as_of, predictions,
-            enricher, progress)
+            enricher, progress, registry.rates)
         written = len(out)
         if enricher is not None and active_days:
             since = as_of - active_days * DAY
@@ -149,8 +177,8 @@ async def refit(
             by_id = {p.customer_id: p for p in out}
             enricher.schedule(active, by_id, as_of)
     return RefitReport(
-        len(states), sum(s.purchases for s in states), sum(s.spend_cents for s in states),
+        len(states), sum(s.purchases for s in states), spend_by_currency(states),
         dict(sizes.most_common()), datetime.fromtimestamp(as_of, UTC), params,
         version, registry.segments_version, written,
-        time.perf_counter() - started,
+        time.perf_counter() - started, registry.rates,
     )

@@ -23,6 +23,7 @@ from models.learn.bgnbd import DEFAULT_PRIOR, BgNbdParams
 from models.learn.forecaster import Forecaster, ForecastParams, model_name
 from models.learn.pareto_nbd import ParetoNbdParams
 from models.learn.segmentation import SegmentModel
+from models.money import NO_RATES, Rates
 from models.variant import NO_EXPERIMENT, VariantPlan
 
 SEGMENTS = "segments"
@@ -43,8 +44,11 @@ class RegistryConfig:
 
 class ModelRegistry:
     def __init__(self, store: ModelStore, config: RegistryConfig,
-                 max_conflicts: int = 20) -> None:
+                 max_conflicts: int = 20, rates: Rates = NO_RATES) -> None:
         self.store = store
+        #: the exchange rates into the reporting currency the models' view carries (the
+        #: operator's, read once at the edge; they do not change while the process runs)
+        self.rates = rates
         self._config = config
         self._max_conflicts = max_conflicts
         self._lock = asyncio.Lock()
@@ -73,7 +77,7 @@ class ModelRegistry:
         params, version = self.forecast
         return ModelView(
             self.segmenter, self.segments_version,
-            Forecaster(params, version, variants=self.variants)
+            Forecaster(params, version, variants=self.variants), rates=self.rates,
         )
 
     async def load(self) -> None:

@@ -202,10 +202,21 @@ class RefundEvent(_OrderFollowUp):
 
 class CancellationEvent(_OrderFollowUp):
     """The order is cancelled: it leaves the counts, spend, intervals and BTYD inputs
-    (and, when ``items`` are given, the product statistics) as if never placed."""
+    (and, when ``items`` are given with the ``currency``, the product statistics) as if
+    never placed."""
 
     type: Literal["cancellation"]
     items: Annotated[list[LineItem], Field(max_length=500)] = []
+    #: the order's currency; required with ``items`` (their prices are in it)
+    currency: CurrencyCode | None = None
+
+    @model_validator(mode="after")
+    def _priced_lines(self) -> CancellationEvent:
+        if self.items:
+            if self.currency is None:
+                raise ValueError("a cancellation with items needs the order's currency")
+            _check_amounts(self.currency, [i.unit_price for i in self.items])
+        return self
 
 
 StreamEvent = PurchaseEvent | ConsentEvent | ErasureEvent | RefundEvent | CancellationEvent
@@ -244,16 +255,40 @@ def _statement(text: str, exc: ValidationError) -> StreamEvent | None:
 
 
 def decode_event(data: bytes, max_bytes: int = MAX_EVENT_BYTES) -> StreamEvent:
-    """Decode one record's bytes, or raise :class:`EventRejected` saying why."""
+    """Decode one record's bytes, or raise :class:`EventRejected` saying why.
+
+    Beyond the schema: a byte order mark is refused (``not_json``; JSON text must not
+    start with one), and so is an object with a key twice (``duplicate_key``: parsers
+    disagree on which value counts, so the event is ambiguous).
+
+    >>> decode_event(b'{"type": "refund", "type": "consent"}')  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    models.events.EventRejected: duplicate_key: key 'type' appears more than once in ...
+    """
     if is_aggregate(data):  # the adapters de-aggregate: one that reaches here is corrupt
         raise EventRejected("bad_aggregate", aggregate_defect(data)
                             or "a KPL aggregate must be de-aggregated before decoding")
     if len(data) > max_bytes:
         raise EventRejected("oversized", f"{len(data)} bytes exceeds the limit of {max_bytes}")
+    if data.startswith(_UTF8_BOM):
+        raise EventRejected("not_json", "starts with a UTF-8 byte order mark (U+FEFF), "
+                                        "which JSON text must not")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise EventRejected("not_utf8", f"invalid UTF-8 at byte {exc.start}") from None
+        raise EventRejected("not_utf8", f"invalid UTF-8 at byte {exc.start}"
+                                        f"{_encoding_hint(data)}") from None
+    try:
+        json.loads(text, object_pairs_hook=_unique_keys)
+    except EventRejected:
+        raise
+    except (ValueError, RecursionError):
+        pass  # not JSON (or too deep): the schema's parser below says why
+    return _validate(text)
+
+
+def _validate(text: str) -> StreamEvent:
     try:
         return PurchaseEvent.model_validate_json(text)
     except ValidationError as exc:
@@ -268,6 +303,29 @@ def decode_event(data: bytes, max_bytes: int = MAX_EVENT_BYTES) -> StreamEvent:
         raise EventRejected("schema", _describe(exc)) from None
 
 
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def _encoding_hint(data: bytes) -> str:
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return " (starts with a UTF-16 byte order mark: the producer must send UTF-8)"
+    if data.startswith(b"\x1f\x8b"):
+        return " (starts with the gzip magic bytes: the producer must not compress)"
+    return ""
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """``json.loads``'s object hook: :class:`EventRejected` on a key given twice."""
+    out: dict[str, object] = {}
+    for key, value in pairs:
+        if key in out:
+            raise EventRejected("duplicate_key", f"key {key[:64]!r} appears more than once in "
+                                                 f"one object (parsers disagree on which "
+                                                 f"value counts)")
+        out[key] = value
+    return out
+
+
 def _version_error(text: str) -> EventRejected:
     try:
         version = json.loads(text).get("schema_version")
@@ -275,6 +333,6 @@ def _version_error(text: str) -> EventRejected:
         version = None
     return EventRejected(
         "unknown_version",
-        f"schema_version {version} is not supported (this reader knows "
+        f"schema_version {json.dumps(version)[:40]} is not supported (this reader knows "
         f"{', '.join(map(str, sorted(SUPPORTED_VERSIONS)))})",
     )

@@ -2,10 +2,11 @@
 
 Time in the stream is event time: ``as_of`` is a watermark taken from the
 events themselves, so a replay of 1997 data is judged as of 1997, not today.
+Money is in the reporting currency of ``rates`` (:class:`models.money.Rates`); orders in a
+currency without a rate are left out of the monetary feature.
 
 >>> from models.state import CustomerState, DAY
->>> s = CustomerState.new("c")
->>> s.purchases, s.spend_cents, s.days, s.first_ts, s.last_ts = 3, 3000, [0, 7, 14], 0, 14 * DAY
+>>> s = CustomerState.sketch("c", [0, 7, 14], order_minor=1000)
 >>> rfm(s, 21 * DAY)
 {'recency_days': 7.0, 'frequency': 3.0, 'monetary': 10.0}
 >>> bgnbd_inputs(s, 21 * DAY)
@@ -14,17 +15,19 @@ events themselves, so a replay of 1997 data is judged as of 1997, not today.
 
 from __future__ import annotations
 
+from models.money import NO_RATES, Rates
 from models.state import DAY, CustomerState
 
 WEEK_DAYS = 7.0
 
 
-def rfm(state: CustomerState, as_of_ts: int) -> dict[str, float]:
-    """Recency in days, frequency in distinct purchase days, monetary = mean order value."""
+def rfm(state: CustomerState, as_of_ts: int, rates: Rates = NO_RATES) -> dict[str, float]:
+    """Recency in days, frequency in distinct purchase days, monetary = mean order value
+    (reporting currency, over the orders whose currency has a rate)."""
     return {
         "recency_days": max(0.0, (as_of_ts - state.last_ts) / DAY),
-        "frequency": float(len(state.days)),
-        "monetary": state.spend_cents / 100.0 / max(1, state.purchases),
+        "frequency": float(state.purchase_days),
+        "monetary": state.order_value(rates)[0],
     }
 
 
@@ -34,8 +37,8 @@ def bgnbd_inputs(state: CustomerState, as_of_ts: int) -> tuple[int, float, float
     Day numbers are whole UTC days; T counts from the first purchase day to the
     day of ``as_of`` (so a customer who bought today has T = 0).
     """
-    if not state.days:
+    if not state.purchase_days:
         return 0, 0.0, 0.0
-    first, last = state.days[0], state.days[-1]
+    first, last = state.first_day, state.last_day
     as_of_day = max(last, as_of_ts // DAY)
-    return len(state.days) - 1, (last - first) / WEEK_DAYS, (as_of_day - first) / WEEK_DAYS
+    return state.purchase_days - 1, (last - first) / WEEK_DAYS, (as_of_day - first) / WEEK_DAYS

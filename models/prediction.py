@@ -69,7 +69,12 @@ class Prediction(_Frozen):
     data_quality: Grade
     data_quality_reason: str
     purchases: int
+    #: spend net of refunds in ``currency`` (the reporting currency), major units
     spend: float
+    currency: str = "USD"
+    #: currencies the customer paid in that have no rate: left out of ``spend`` and of the
+    #: monetary feature
+    unconverted: list[str] = []
     model_versions: dict[str, int]
     #: the customer's A/B variant (models.variant), when an experiment runs
     variant: str | None = None

@@ -1,70 +1,76 @@
-"""Per-customer state: an order-independent, idempotent summary of purchases.
+"""Per-customer state: an order-independent, idempotent, bounded summary of a customer.
 
-Every field is a commutative merge (sums, min/max, set unions, "latest by
-(occurred_at, event_id)"), and each event is applied at most once thanks to a
-set of 64-bit event-id digests kept in the state itself. So applying a batch
-twice equals applying it once, and any delivery order gives the same state:
-the properties exactly-once effects rest on. A second set, of 64-bit order-id digests,
-makes a purchase whose order the customer already has a duplicate too, whatever its
-event id (a producer retry that regenerates event ids counts once).
+The state is built from the customer's events (purchases, refunds, cancellations,
+consent) so that applying a batch twice equals applying it once and any delivery order
+gives the same state, the properties exactly-once effects rest on:
 
->>> from models.events import PurchaseEvent
->>> e = PurchaseEvent.model_validate({
-...     "event_id": "e-1", "order_id": "o-1", "customer_id": "c1",
-...     "occurred_at": "2024-05-01T10:00:00Z", "currency": "EUR",
-...     "items": [{"product_id": "milk", "category": "dairy", "quantity": 2,
-...                "unit_price": "1.20"}], "total": "2.40"})
+* the latest orders are kept one by one (:mod:`models.order_book`: order-id digest, time,
+  currency, amount, refunds), with the latest event-id digests; everything a marketer
+  reads (purchases, spend per currency, purchase days, first and last purchase) is
+  derived from them plus the running sums of the orders compacted past the
+  de-duplication horizon, so a cancellation or refund that arrives before its purchase
+  applies all the same;
+* a purchase whose event id or order id was applied is a duplicate (``duplicate``,
+  ``duplicate_order``); an event dated before the horizon's floor is ``beyond_horizon``;
+* what was bought is kept per product and category in bounded tables
+  (:mod:`models.item_stats`) as sums that commute: a purchase adds its lines, a refund or
+  cancellation takes off the lines it carries, whatever arrived first (so a cancellation
+  sent without its lines leaves them in the product statistics; its order still leaves
+  every customer-level figure);
+* money stays per ISO 4217 currency in minor units (:mod:`models.money`): one number only
+  through :meth:`CustomerState.spend` with the operator's rates.
+
+Size bound: a state item is at most :data:`MAX_STATE_BYTES` (160,000 bytes, 40% of
+DynamoDB's 400 KB), whatever the history; :meth:`CustomerState.bound` evicts products and
+categories if the tables' own limits are not enough (long names).
+
+>>> from models.events import decode_event
+>>> buy = decode_event(b'{"event_id": "e-1", "order_id": "o-1", "customer_id": "c1", '
+...     b'"occurred_at": "2024-05-01T10:00:00Z", "currency": "EUR", "items": [{"product_id": '
+...     b'"milk", "category": "dairy", "quantity": 2, "unit_price": "1.20"}], "total": "2.40"}')
 >>> s = CustomerState.new("c1")
->>> s.apply(e), s.apply(e), s.apply_purchase(e.model_copy(update={"event_id": "e-2"}))
-(True, False, 'duplicate_order')
->>> s.purchases, s.spend_cents, s.products["milk"].quantity, s.currencies
-(1, 240, 2, {'EUR': 1})
+>>> s.apply(buy), s.apply(buy), s.apply(buy.model_copy(update={"event_id": "e-2"}))
+('applied', 'duplicate', 'duplicate_order')
+>>> s.purchases, s.spend_minor, s.products["milk"].quantity, s.currencies
+(1, {'EUR': 240}, 2, {'EUR': 1})
+>>> s.apply(decode_event(b'{"type": "cancellation", "event_id": "x-1", "order_id": "o-1", '
+...     b'"customer_id": "c1", "occurred_at": "2024-05-02T10:00:00Z"}'))
+'applied'
+>>> s.purchases, s.spend_minor, s.purchase_days
+(0, {}, 0)
 """
 
 from __future__ import annotations
 
-import bisect
-import hashlib
 import json
-import struct
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from models.events import ConsentEvent, PurchaseEvent
+from models.events import (
+    CancellationEvent,
+    ConsentEvent,
+    ErasureEvent,
+    LineItem,
+    PurchaseEvent,
+    RefundEvent,
+    StreamEvent,
+)
+from models.item_stats import MAX_CATEGORIES, MAX_PRODUCTS, ItemStats, ItemTable
+from models.money import NO_RATES, Rates, to_minor
+from models.order_book import DAY, Compacted, OrderBook, OrderRecord, event_digest
+from models.state_view import StateView
 
-DAY = 86_400
-PurchaseStatus = Literal["applied", "duplicate", "duplicate_order"]
+__all__ = ["DAY", "MAX_STATE_BYTES", "ApplyStatus", "CustomerState", "ItemStats",
+           "event_digest"]
+
+#: the largest state item written (bytes; DynamoDB allows 400 KB)
+MAX_STATE_BYTES = 160_000
+ApplyStatus = Literal["applied", "duplicate", "duplicate_order", "beyond_horizon",
+                      "currency_mismatch"]
 
 
-def event_digest(event_id: str) -> int:
-    """Stable 64-bit digest of an event id (independent of PYTHONHASHSEED)."""
-    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big")
-
-
-def _add_day(days: list[int], day: int) -> None:
-    i = bisect.bisect_left(days, day)
-    if i == len(days) or days[i] != day:
-        days.insert(i, day)
-
-
-@dataclass(slots=True)
-class ItemStats:
-    """Purchases of one product or one category by one customer."""
-
-    orders: int = 0
-    quantity: int = 0
-    spend_cents: int = 0
-    days: list[int] = field(default_factory=list)  # distinct UTC day numbers, sorted
-
-    def clone(self) -> ItemStats:
-        return ItemStats(self.orders, self.quantity, self.spend_cents, list(self.days))
-
-    def to_list(self) -> list[Any]:
-        return [self.orders, self.quantity, self.spend_cents, self.days]
-
-    @classmethod
-    def from_list(cls, v: list[Any]) -> ItemStats:
-        return cls(int(v[0]), int(v[1]), int(v[2]), [int(d) for d in v[3]])
+def _lines(items: list[LineItem], currency: str) -> list[tuple[LineItem, int]]:
+    return [(i, to_minor(i.unit_price, currency) * i.quantity) for i in items]
 
 
 @dataclass(slots=True)
@@ -73,49 +79,169 @@ class CustomerState:
 
     customer_id: str
     version: int = 0
-    purchases: int = 0
-    spend_cents: int = 0
-    quantity: int = 0
-    first_ts: int = 0  # epoch seconds of the earliest purchase (0 when none)
-    last_ts: int = 0
-    last_event_id: str = ""
-    days: list[int] = field(default_factory=list)
-    products: dict[str, ItemStats] = field(default_factory=dict)
-    categories: dict[str, ItemStats] = field(default_factory=dict)
-    channels: dict[str, int] = field(default_factory=dict)
-    #: orders per ISO currency code (states written before it was kept have none)
-    currencies: dict[str, int] = field(default_factory=dict)
+    book: OrderBook = field(default_factory=OrderBook)
+    products: ItemTable = field(default_factory=lambda: ItemTable(MAX_PRODUCTS))
+    categories: ItemTable = field(default_factory=lambda: ItemTable(MAX_CATEGORIES))
     consent: bool | None = None
     consent_ts: int = 0
-    seen: set[int] = field(default_factory=set)
-    #: digests of the order ids of the purchases applied (states written before they were
-    #: kept have none, so only orders applied since are recognised)
-    orders: set[int] = field(default_factory=set)
+    #: the latest purchase event applied, by (occurred_at, event_id), cancelled or not
+    last_event_id: str = ""
+    last_event_ts: int = 0
+    _view: StateView | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def new(cls, customer_id: str) -> CustomerState:
         return cls(customer_id=customer_id)
 
+    @classmethod
+    def sketch(cls, customer_id: str, days: list[int], order_minor: int = 1000,
+               currency: str = "USD", products: dict[str, list[int]] | None = None,
+               last_ts: int | None = None) -> CustomerState:
+        """A state with one order of ``order_minor`` on each of ``days`` (UTC day numbers;
+        the last at ``last_ts`` when given) and ``products`` bought on the days listed:
+        for examples and tests, without writing events.
+
+        >>> CustomerState.sketch("c", [0, 7], products={"milk": [0, 7]}).products["milk"].days
+        [0, 7]
+        """
+        state = cls.new(customer_id)
+        for i, day in enumerate(days):
+            ts = last_ts if last_ts is not None and i == len(days) - 1 else day * DAY
+            rec = state.book.order(event_digest(f"{customer_id}/sketch/{i}"), ts)
+            rec.placed, rec.currency, rec.amount, rec.quantity = True, currency, order_minor, 1
+        for key, bought in (products or {}).items():
+            for day in bought:
+                state.products.add(key, day, 1, order_minor, currency, new_order=True)
+        state.last_event_ts = max((r.ts for r in state.book.orders.values()), default=0)
+        return state
+
     def clone(self) -> CustomerState:
-        return CustomerState(
-            customer_id=self.customer_id,
-            version=self.version,
-            purchases=self.purchases,
-            spend_cents=self.spend_cents,
-            quantity=self.quantity,
-            first_ts=self.first_ts,
-            last_ts=self.last_ts,
-            last_event_id=self.last_event_id,
-            days=list(self.days),
-            products={k: v.clone() for k, v in self.products.items()},
-            categories={k: v.clone() for k, v in self.categories.items()},
-            channels=dict(self.channels),
-            currencies=dict(self.currencies),
-            consent=self.consent,
-            consent_ts=self.consent_ts,
-            seen=set(self.seen),
-            orders=set(self.orders),
-        )
+        return CustomerState(self.customer_id, self.version, self.book.clone(),
+                             self.products.clone(), self.categories.clone(), self.consent,
+                             self.consent_ts, self.last_event_id, self.last_event_ts,
+                             self._view)
+
+    # -- derived figures ---------------------------------------------------------------
+    @property
+    def view(self) -> StateView:
+        """The derived figures (computed once per change)."""
+        if self._view is None:
+            self._view = StateView.of(self.book)
+        return self._view
+
+    @property
+    def purchases(self) -> int:
+        """Orders that count: placed and not cancelled."""
+        return self.view.purchases
+
+    @property
+    def purchase_days(self) -> int:
+        """Distinct UTC days with a counted order (BTYD frequency is this less one)."""
+        return self.view.purchase_days
+
+    @property
+    def first_ts(self) -> int:
+        return self.view.first_ts
+
+    @property
+    def last_ts(self) -> int:
+        return self.view.last_ts
+
+    @property
+    def first_day(self) -> int:
+        return self.view.first_ts // DAY
+
+    @property
+    def last_day(self) -> int:
+        return self.view.last_ts // DAY
+
+    @property
+    def quantity(self) -> int:
+        return self.view.quantity
+
+    @property
+    def spend_minor(self) -> dict[str, int]:
+        """Spend net of refunds per currency, minor units (counted orders only)."""
+        return self.view.spend
+
+    @property
+    def currencies(self) -> dict[str, int]:
+        """Counted orders per currency."""
+        return self.view.currencies
+
+    @property
+    def channels(self) -> dict[str, int]:
+        return self.view.channels
+
+    def spend(self, rates: Rates = NO_RATES) -> tuple[float, tuple[str, ...]]:
+        """Spend in the reporting currency (major units) and the currencies left out."""
+        return rates.convert(self.spend_minor)
+
+    def order_value(self, rates: Rates = NO_RATES) -> tuple[float, tuple[str, ...]]:
+        """Mean order value in the reporting currency over the orders in currencies with a
+        rate (0 when none), and the currencies left out."""
+        total, missing = rates.convert(self.spend_minor)
+        orders = sum(n for c, n in self.currencies.items() if c not in missing)
+        return (total / orders if orders else 0.0), missing
+
+    def days_through(self, day: int) -> tuple[int, int]:
+        """(distinct purchase days on or before ``day``, the latest of them); see
+        :meth:`StateView.days_through`."""
+        return self.view.days_through(self.book.base, day)
+
+    # -- applying events ---------------------------------------------------------------
+    def apply(self, event: StreamEvent) -> ApplyStatus:
+        """Fold one event in; a status other than ``applied`` means nothing changed.
+
+        Erasure events are not the state's to apply (the core starts a new state)."""
+        if isinstance(event, ErasureEvent):
+            raise TypeError("an erasure replaces the state; it is not applied to it")
+        ts = int(event.occurred_at.timestamp())
+        if isinstance(event, ConsentEvent):
+            return self._consent(event, ts)
+        book = self.book
+        if book.beyond(ts):
+            return "beyond_horizon"
+        digest = event_digest(event.event_id)
+        if digest in book.events:
+            return "duplicate"
+        rec = book.order(event_digest(event.order_id), ts)
+        if not rec.placed:  # known from follow-ups only: dated by the earliest
+            rec.ts = min(rec.ts, ts)
+        if isinstance(event, PurchaseEvent):
+            if rec.placed:
+                return "duplicate_order"
+            self._purchase(event, rec, ts)
+        elif isinstance(event, RefundEvent):
+            if rec.placed and rec.currency != event.currency:
+                return "currency_mismatch"
+            self._refund(event, rec)
+        elif isinstance(event, CancellationEvent):
+            if rec.cancelled:
+                return "duplicate_order"
+            self._cancel(event, rec)
+        book.events[digest] = ts
+        self._compact()
+        self._view = None
+        return "applied"
+
+    def _compact(self) -> None:
+        floor = self.book.base.floor_ts
+        self.book.compact()
+        if self.book.base.floor_ts != floor:
+            day = self.book.base.floor_ts // DAY
+            self.products.compact(day)
+            self.categories.compact(day)
+
+    def _consent(self, event: ConsentEvent, ts: int) -> ApplyStatus:
+        digest = event_digest(event.event_id)
+        if digest in self.book.events:
+            return "duplicate"
+        if not self.book.beyond(ts):  # before the floor a statement is still idempotent
+            self.book.events[digest] = ts
+            self._compact()
+        self.state_consent(event.analysis, ts)
+        return "applied"
 
     def state_consent(self, consent: bool, ts: int) -> None:
         """A consent statement made at ``ts``: the latest wins; at the same instant a refusal
@@ -125,128 +251,103 @@ class CustomerState:
         elif ts == self.consent_ts:
             self.consent = self.consent and consent
 
-    def apply_consent(self, event: ConsentEvent) -> bool:
-        """A consent event; False (nothing changed) for a duplicate.
-
-        >>> from models.events import decode_event
-        >>> s = CustomerState.new("c1")
-        >>> no = decode_event(b'{"type": "consent", "event_id": "k1", "customer_id": "c1", '
-        ...                   b'"occurred_at": "2024-05-02T00:00:00Z", "analysis": false}')
-        >>> s.apply_consent(no), s.apply_consent(no), s.consent, s.purchases
-        (True, False, False, 0)
-        """
-        digest = event_digest(event.event_id)
-        if digest in self.seen:
-            return False
-        self.seen.add(digest)
-        self.state_consent(event.analysis, int(event.occurred_at.timestamp()))
-        return True
-
-    def apply(self, event: PurchaseEvent) -> bool:
-        """Fold one event in; returns False (and changes nothing) for a duplicate."""
-        return self.apply_purchase(event) == "applied"
-
-    def apply_purchase(self, event: PurchaseEvent) -> PurchaseStatus:
-        """Fold one event in, unless its event id (``duplicate``) or its order id
-        (``duplicate_order``) was applied already; a duplicate changes nothing."""
-        digest = event_digest(event.event_id)
-        if digest in self.seen:
-            return "duplicate"
-        order = event_digest(event.order_id)
-        if order in self.orders:
-            return "duplicate_order"
-        self.seen.add(digest)
-        self.orders.add(order)
-        self._fold(event)
-        return "applied"
-
-    def _fold(self, event: PurchaseEvent) -> None:
-        ts = int(event.occurred_at.timestamp())
-        day = ts // DAY
-        cents = int(event.total * 100)
-        self.purchases += 1
-        self.spend_cents += cents
-        if self.purchases == 1 or ts < self.first_ts:
-            self.first_ts = ts
-        if self.purchases == 1 or (ts, event.event_id) > (self.last_ts, self.last_event_id):
-            self.last_ts = ts
-            self.last_event_id = event.event_id
-        _add_day(self.days, day)
-        self.channels[event.channel] = self.channels.get(event.channel, 0) + 1
-        self.currencies[event.currency] = self.currencies.get(event.currency, 0) + 1
+    def _purchase(self, event: PurchaseEvent, rec: OrderRecord, ts: int) -> None:
+        if rec.currency and rec.currency != event.currency:
+            rec.refunded = 0  # a refund in another currency than its order cannot apply
+        rec.ts, rec.placed, rec.currency = ts, True, event.currency
+        rec.amount = to_minor(event.total, event.currency)
+        rec.quantity = sum(i.quantity for i in event.items)
+        rec.channel = event.channel
         if event.consent is not None:
             self.state_consent(event.consent, ts)
-        touched_products: set[str] = set()
-        touched_categories: set[str] = set()
-        for item in event.items:
-            item_cents = int(item.unit_price * 100) * item.quantity
-            self.quantity += item.quantity
-            for key, table, touched in (
-                (item.product_id, self.products, touched_products),
-                (item.category, self.categories, touched_categories),
-            ):
-                stats = table.get(key)
-                if stats is None:
-                    stats = table[key] = ItemStats()
-                stats.quantity += item.quantity
-                stats.spend_cents += item_cents
-                if key not in touched:
-                    touched.add(key)
-                    stats.orders += 1
-                    _add_day(stats.days, day)
+        self.last_event_ts, self.last_event_id = max((self.last_event_ts, self.last_event_id),
+                                                     (ts, event.event_id))
+        self._lines(event.items, event.currency, ts // DAY, take_back=False)
 
-    # -- persistence -------------------------------------------------------
+    def _refund(self, event: RefundEvent, rec: OrderRecord) -> None:
+        rec.currency = rec.currency or event.currency
+        rec.refunded += to_minor(event.amount, event.currency)
+        self._lines(event.items, event.currency, 0, take_back=True)
+
+    def _cancel(self, event: CancellationEvent, rec: OrderRecord) -> None:
+        rec.cancelled = True
+        if event.currency is not None:
+            self._lines(event.items, event.currency, 0, take_back=True, whole=True)
+
+    def _lines(self, items: list[LineItem], currency: str, day: int, *, take_back: bool,
+               whole: bool = False) -> None:
+        priced = _lines(items, currency)
+        for table, by_product in ((self.products, True), (self.categories, False)):
+            touched: set[str] = set()
+            for item, minor in priced:
+                key = item.product_id if by_product else item.category
+                if take_back:
+                    table.take_back(key, item.quantity, minor, currency,
+                                    whole and key not in touched)
+                else:
+                    table.add(key, day, item.quantity, minor, currency, key not in touched)
+                touched.add(key)
+
+    # -- bounds and persistence ----------------------------------------------------------
+    def size(self) -> int:
+        """Bytes of the item's state attributes (body and the two binary ones)."""
+        orders, events = self.book.pack()
+        return len(self.to_json().encode()) + len(orders) + len(events)
+
+    def bound(self, max_bytes: int = MAX_STATE_BYTES) -> None:
+        """Evict products and categories (least recently bought first) until the state
+        fits ``max_bytes``; a no-op unless names are long and tables full."""
+        cheap = (len(self.book.orders) * 41 + len(self.book.events) * 16
+                 + sum(len(k) + 40 + 7 * len(v.days) for t in (self.products, self.categories)
+                       for k, v in t.items()))
+        if cheap < max_bytes // 2:
+            return
+        while self.size() > max_bytes and (self.products or self.categories):
+            for table in (self.products, self.categories):
+                table.evict(max(1, len(table) // 8))
+
     def to_json(self) -> str:
-        """The body of the state (everything but the id, version and digests)."""
+        """The body of the state: the compacted sums, products, categories, consent."""
         return json.dumps(
             {
-                "p": self.purchases,
-                "s": self.spend_cents,
-                "q": self.quantity,
-                "f": self.first_ts,
-                "l": self.last_ts,
-                "le": self.last_event_id,
-                "d": self.days,
+                "v": 2,
+                "b": self.book.base.to_list(),
                 "pr": {k: v.to_list() for k, v in sorted(self.products.items())},
                 "ca": {k: v.to_list() for k, v in sorted(self.categories.items())},
-                "ch": dict(sorted(self.channels.items())),
                 "c": self.consent,
                 "ct": self.consent_ts,
-                **({"cu": dict(sorted(self.currencies.items()))} if self.currencies else {}),
+                "le": self.last_event_id,
+                "lt": self.last_event_ts,
             },
             separators=(",", ":"),
         )
 
-    def seen_bytes(self) -> bytes:
-        return struct.pack(f">{len(self.seen)}Q", *sorted(self.seen))
-
-    def order_bytes(self) -> bytes:
-        return struct.pack(f">{len(self.orders)}Q", *sorted(self.orders))
-
     @classmethod
-    def from_parts(cls, customer_id: str, version: int, body: str, seen: bytes,
-                   orders: bytes = b"") -> CustomerState:
+    def from_parts(cls, customer_id: str, version: int, body: str, orders: bytes = b"",
+                   events: bytes = b"") -> CustomerState:
+        """The state from its item's parts (``body`` from :meth:`to_json`, the binary
+        attributes from ``book.pack()``); a body written before version 2 is migrated by
+        :func:`models.state_view.migrate`."""
         d = json.loads(body)
+        if d.get("v") != 2:
+            from models.state_view import migrate
+
+            d, events = migrate(d, events)
+            orders = b""
         return cls(
             customer_id=customer_id,
             version=version,
-            purchases=d["p"],
-            spend_cents=d["s"],
-            quantity=d["q"],
-            first_ts=d["f"],
-            last_ts=d["l"],
-            last_event_id=d["le"],
-            days=d["d"],
-            products={k: ItemStats.from_list(v) for k, v in d["pr"].items()},
-            categories={k: ItemStats.from_list(v) for k, v in d["ca"].items()},
-            channels=d["ch"],
-            currencies=d.get("cu", {}),
+            book=OrderBook.unpack(orders, events, Compacted.from_list(d["b"])),
+            products=ItemTable(MAX_PRODUCTS,
+                               {k: ItemStats.from_list(v) for k, v in d["pr"].items()}),
+            categories=ItemTable(MAX_CATEGORIES,
+                                 {k: ItemStats.from_list(v) for k, v in d["ca"].items()}),
             consent=d["c"],
             consent_ts=d["ct"],
-            seen=set(struct.unpack(f">{len(seen) // 8}Q", seen)),
-            orders=set(struct.unpack(f">{len(orders) // 8}Q", orders)),
+            last_event_id=d.get("le", ""),
+            last_event_ts=d.get("lt", 0),
         )
 
     def comparable(self) -> tuple[Any, ...]:
         """Everything but the write version: equal iff the same events were applied."""
-        return (self.customer_id, self.to_json(), self.seen_bytes(), self.order_bytes())
+        return (self.customer_id, self.to_json(), *self.book.pack())

@@ -1,7 +1,8 @@
 """Segment sizes over time, rebuilt from today's customer states with today's model (pure).
 
-A customer's state keeps its distinct purchase days (``days``), the time of its latest
-purchase (``last_ts``), its purchase count and total spend, but not each order. So the
+A customer's state keeps its latest orders one by one and running sums of older ones
+(:mod:`models.order_book`), the time of its latest purchase (``last_ts``), its purchase
+count and spend, but no order amounts as of the past. So the
 features :class:`models.learn.segmentation.SegmentModel` takes are rebuilt as of a past cut-off
 like this (:func:`rfm_as_of`):
 
@@ -9,7 +10,9 @@ like this (:func:`rfm_as_of`):
   the cut-off's day (``day <= cutoff_ts // DAY``): model time runs in whole days, as in the
   holdout evaluation (:mod:`models.learn.evaluation`, where purchases dated ``calibration_end``
   belong to the calibration). A customer with no such day is left out (not a customer yet).
-* **frequency**: the number of those purchase days (exact).
+* **frequency**: the number of those purchase days (exact, except inside the compacted
+  part of a customer with more orders than the de-duplication horizon keeps, where
+  :meth:`models.state.CustomerState.days_through` interpolates).
 * **recency_days**: ``(cutoff_ts - last) / DAY``, floored at 0, where ``last`` is ``last_ts``
   when the last kept day is the customer's latest purchase day, else 00:00 UTC of that day
   (the state keeps no time of day for earlier purchases; CDNOW orders are dated at 00:00, so
@@ -31,8 +34,7 @@ day, or every 7 days from the first purchase day when the data spans less than
 ``WEEKLY_BELOW_DAYS`` days, then the watermark itself.
 
 >>> from models.state import CustomerState
->>> s = CustomerState.new("c")
->>> s.purchases, s.spend_cents, s.days, s.last_ts = 3, 3000, [0, 7, 14], 14 * DAY
+>>> s = CustomerState.sketch("c", [0, 7, 14], order_minor=1000)
 >>> rfm_as_of(s, 10 * DAY)
 {'recency_days': 3.0, 'frequency': 2.0, 'monetary': 10.0}
 >>> rfm_as_of(s, 21 * DAY) == rfm(s, 21 * DAY)
@@ -51,6 +53,7 @@ from datetime import UTC, datetime
 
 from models.features import rfm
 from models.learn.segmentation import SEGMENT_NAMES, SegmentModel
+from models.money import NO_RATES, Rates
 from models.state import DAY, CustomerState
 
 __all__ = ["WEEKLY_BELOW_DAYS", "Timeline", "cutoffs", "rfm_as_of", "segment_timeline",
@@ -60,20 +63,20 @@ __all__ = ["WEEKLY_BELOW_DAYS", "Timeline", "cutoffs", "rfm_as_of", "segment_tim
 WEEKLY_BELOW_DAYS = 180
 
 
-def rfm_as_of(state: CustomerState, cutoff_ts: int) -> dict[str, float] | None:
+def rfm_as_of(state: CustomerState, cutoff_ts: int,
+              rates: Rates = NO_RATES) -> dict[str, float] | None:
     """The segment features of ``state`` as of ``cutoff_ts`` (see the module's definition);
     None when the customer had not bought by then."""
     day = cutoff_ts // DAY
-    kept = sum(1 for d in state.days if d <= day)  # days are sorted and distinct
+    kept, last_day = state.days_through(day)
     if kept == 0:
         return None
-    if kept == len(state.days):
-        return rfm(state, cutoff_ts)
-    last = state.days[kept - 1] * DAY
+    if kept == state.purchase_days:
+        return rfm(state, cutoff_ts, rates)
     return {
-        "recency_days": max(0.0, (cutoff_ts - last) / DAY),
+        "recency_days": max(0.0, (cutoff_ts - last_day * DAY) / DAY),
         "frequency": float(kept),
-        "monetary": state.spend_cents / 100.0 / max(1, state.purchases),
+        "monetary": state.order_value(rates)[0],
     }
 
 
@@ -125,17 +128,18 @@ class Timeline:
 
 def segment_timeline(states: Sequence[CustomerState], model: SegmentModel,
                      when: Sequence[int] | None = None,
-                     step_done: Callable[[int, int], None] | None = None) -> Timeline | None:
+                     step_done: Callable[[int, int], None] | None = None,
+                     rates: Rates = NO_RATES) -> Timeline | None:
     """Segment sizes at each cut-off (by default :func:`cutoffs` over the states' span, up to
     their watermark, the latest ``last_ts``); None when no state has a purchase or the model
     has no centres yet. ``step_done(done, of)`` hears the cut-offs done: (0, n) first,
     then after each one."""
-    bought = [s for s in states if s.purchases and s.days]
+    bought = [s for s in states if s.purchases]
     if not bought or not model.is_ready:
         return None
     step = "given"
     if when is None:
-        first, as_of = min(s.days[0] for s in bought) * DAY, max(s.last_ts for s in bought)
+        first, as_of = min(s.first_day for s in bought) * DAY, max(s.last_ts for s in bought)
         when, step = cutoffs(first, as_of), "weekly" if weekly(first, as_of) else "monthly"
     ids = model.segment_names()
     order = sorted(ids, key=lambda j: (SEGMENT_NAMES.index(ids[j]), j))
@@ -146,7 +150,7 @@ def segment_timeline(states: Sequence[CustomerState], model: SegmentModel,
     for ts in when:
         row = [0] * len(order)
         for s in bought:
-            x = rfm_as_of(s, ts)
+            x = rfm_as_of(s, ts, rates)
             if x is not None:
                 row[column[model.predict_one(x)]] += 1
         counts.append(row)

@@ -54,6 +54,7 @@ from consumers.stores.predictions import PredictionStore
 from models.analysis import AnalysisRecord
 from models.events import ConsentEvent
 from models.learn.segmentation import SegmentModel
+from models.money import Rates
 from models.prediction import Prediction
 
 #: the customer-id format of the wire schema (models.events.Identifier)
@@ -93,7 +94,7 @@ class ConsentOut(BaseModel):
 class Centre(BaseModel):
     recency_days: float
     frequency: float
-    monetary: float
+    monetary: float = Field(description="average order value, in the segments' currency")
 
 
 class Segment(BaseModel):
@@ -106,6 +107,8 @@ class Segment(BaseModel):
 
 class Segments(BaseModel):
     version: int = Field(description="segment model version (0: no model yet)")
+    currency: str = Field(description="ISO 4217 code of the monetary centres (the reporting "
+                                      "currency, CAA_REPORTING_CURRENCY)")
     segments: list[Segment]
 
 
@@ -259,8 +262,9 @@ async def segments(live: Live) -> Segments:
     c, db = live
     store = ModelStore(db, c.settings.table("models"))
     found, sized = await asyncio.gather(store.load(SEGMENTS), store.load(SIZES))
+    currency = c.settings.reporting_currency
     if found is None:
-        return Segments(version=0, segments=[])
+        return Segments(version=0, currency=currency, segments=[])
     sizes: dict[str, Any] = sized[1].get("sizes", {}) if sized else {}
     rows = []
     for d in SegmentModel.from_dict(found[1]).describe():
@@ -268,7 +272,7 @@ async def segments(live: Live) -> Segments:
         rows.append(Segment(id=int(str(d["id"])), name=name, customers=int(sizes.get(name, 0)),
                             learned=int(str(d["count"])),
                             centre=Centre.model_validate(d["centre"])))
-    return Segments(version=found[0], segments=rows)
+    return Segments(version=found[0], currency=currency, segments=rows)
 
 
 health_router = APIRouter()
@@ -299,7 +303,10 @@ def _describe(exc: RequestValidationError) -> str:
                      for e in exc.errors()[:5]) or "malformed request"
 
 
-def create_app(settings: Settings, clock: Callable[[], float] = time.monotonic) -> FastAPI:
+def create_app(settings: Settings, clock: Callable[[], float] = time.monotonic,
+               rates: Rates | None = None) -> FastAPI:
+    """The API over ``settings``; ``rates``: the exchange rates the models' view carries
+    (read from ``CAA_FX_RATES`` when the app starts, when not given)."""
     s = settings
     ctx = _Ctx(s, [hashlib.sha256(k.get_secret_value().encode()).digest() for k in s.api_keys],
                SlidingWindow(s.api_customer_requests_per_minute, 60.0),
@@ -312,7 +319,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.monotonic) 
                                               *(["bedrock-runtime"] if ai else [])) as c:
             ctx.db = wiring.dynamo(s, c["dynamodb"])
             ctx.kinesis = c["kinesis"]
-            ctx.registry = wiring.registry(s, ctx.db)
+            ctx.registry = wiring.registry(s, ctx.db, rates)
             ctx.enricher = (wiring.enricher(s, ctx.db, c["bedrock-runtime"], ctx.registry)
                             if ai else None)
             try:

@@ -55,6 +55,22 @@ def analysis_rows(analysis: dict[str, Any] | None, at: Any = None,
     return rows
 
 
+def spend_text(pred: dict[str, Any]) -> str:
+    """A prediction's spend with its (reporting) currency, naming the currencies left out
+    for want of a rate; a prediction written before amounts were converted says so."""
+    from caa.report.words import money
+
+    spend = float(pred.get("spend") or 0.0)
+    currency = pred.get("currency")
+    if not currency:
+        return f"{spend:,.2f} (currency not recorded: written before amounts were converted)"
+    line = money(spend, str(currency))
+    left_out = pred.get("unconverted") or []
+    if left_out:
+        line += f" (left out for want of a rate: {', '.join(map(str, left_out))})"
+    return line
+
+
 def show(settings: Settings, aws: Aws, customer_id: str, as_json: bool) -> int:
     """``caa show``: :class:`NotFound` when the customer has no prediction."""
     from consumers.stores.predictions import PredictionStore
@@ -76,6 +92,8 @@ def show(settings: Settings, aws: Aws, customer_id: str, as_json: bool) -> int:
         v: Any = pred.get(key)
         if key == "segment":
             v = v["name"]
+        elif key == "spend":
+            v = spend_text(pred)
         rows.append((key, _text(v)))
     for n in pred.get("next_purchases", []):
         rows.append((f"next {n['kind']}", f"{n['key']}: {n['expected_date']} ({n['status']}, "
@@ -95,6 +113,7 @@ def show(settings: Settings, aws: Aws, customer_id: str, as_json: bool) -> int:
 
 def segments(settings: Settings, aws: Aws, as_json: bool) -> int:
     """``caa segments``: none (and a note on stderr) when there is no segment model yet."""
+    from caa.report.words import money
     from consumers.refit import SIZES
     from consumers.registry import SEGMENTS
     from consumers.stores.model_snapshots import ModelStore
@@ -115,18 +134,20 @@ def segments(settings: Settings, aws: Aws, as_json: bool) -> int:
     model = SegmentModel.from_dict(body)
     sizes: dict[str, int] = sized[1]["sizes"] if sized else {}
     rows = [{**d, "customers": sizes.get(str(d["name"]), 0)} for d in model.describe()]
+    currency = settings.reporting_currency  # the monetary feature's
     if as_json:
-        output.print_json({"version": version, "segments": rows})
+        output.print_json({"version": version, "currency": currency, "segments": rows})
         return 0
     cells = []
     for r in sorted(rows, key=lambda r: -int(str(r["customers"]))):
         c: Any = r.get("centre", r)
         cells.append((str(r["id"]), str(r["name"]), f"{r['customers']:,}",
                       f"{round(float(c['recency_days']))}", f"{float(c['frequency']):.2f}",
-                      f"{float(c['monetary']):.2f}"))
+                      money(float(c["monetary"]), currency, symbol=False)))
     output.table(f"segments (model version {version})",
                  ("id", "name", "customers", "recency_days", "frequency", "monetary"), cells,
-                 right={"id", "customers", "recency_days", "frequency", "monetary"})
+                 right={"id", "customers", "recency_days", "frequency", "monetary"},
+                 caption=f"monetary: the average order value, in {currency}")
     return 0
 
 

@@ -11,7 +11,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
@@ -19,7 +19,12 @@ from caa.aws import Aws
 from caa.cli import output
 from caa.cli.context import current
 from caa.cli.output import JsonFlag
+from caa.report.words import converted, money
 from caa.settings import Settings
+from models.money import to_major
+
+if TYPE_CHECKING:
+    from consumers.refit import RefitReport
 
 
 def cdnow_events(limit: int | None) -> list[Any]:
@@ -91,13 +96,32 @@ async def consume(settings: Settings, aws: Aws, until_idle: bool,
         if worker.enricher is not None:
             summary["ai"] = worker.enricher.summary()
         if report:
-            summary.update(
-                forecast_model=report.forecast_model, forecast_params=report.params.to_dict(),
-                table_customers=report.customers,
-                table_purchases=report.purchases, table_spend=report.spend_cents / 100,
-                segments=report.segment_sizes,
-            )
+            summary.update(refit_summary(report))
     return summary
+
+
+def refit_summary(report: RefitReport) -> dict[str, Any]:
+    """The final refit's part of the run summary: the customer table's totals, its spend in
+    the reporting currency (``table_spend``, ``table_spend_currency``), per currency in major
+    units, the currencies left out for want of a rate and a note saying so."""
+    return dict(
+        forecast_model=report.forecast_model, forecast_params=report.params.to_dict(),
+        table_customers=report.customers,
+        table_purchases=report.purchases, table_spend=report.spend,
+        table_spend_currency=report.currency,
+        table_spend_unconverted=list(report.unconverted),
+        table_spend_by_currency={c: to_major(m, c) for c, m in report.spend_minor.items()},
+        table_spend_note=converted(report.spend_minor, report.rates)[1],
+        segments=report.segment_sizes,
+    )
+
+
+def _spend(summary: dict[str, Any]) -> str:
+    """The table's spend in the reporting currency, with what was converted at which rates'
+    date and what was left out for want of a rate (:func:`caa.report.words.converted`)."""
+    line = money(summary["table_spend"], summary["table_spend_currency"])
+    note = summary.get("table_spend_note")
+    return f"{line} ({note})" if note else line
 
 
 def print_summary(summary: dict[str, Any]) -> None:
@@ -106,7 +130,7 @@ def print_summary(summary: dict[str, Any]) -> None:
         rows += [
             ("events in the customer table", f"{summary['table_purchases']:,}"),
             ("customers", f"{summary['table_customers']:,}"),
-            ("spend", f"{summary['table_spend']:,.2f}"),
+            ("spend", _spend(summary)),
         ]
     rows += [
         ("records read this run", f"{summary['records_read']:,}"),

@@ -31,11 +31,13 @@ def report(settings: Settings, aws: Aws, out: Path, evaluation: Path, bench: Pat
         import matplotlib  # noqa: F401
     except ImportError:
         raise CaaError("caa report needs matplotlib", "pip install -e '.[report]'") from None
+    from caa import wiring
     from caa.report.build import load
     from caa.report.page import render
 
+    fx = wiring.rates(settings)  # a bad rates file fails before anything is read
     with output.progress() as progress:  # on stderr: `--json` output stays parseable
-        data = load(settings, aws, evaluation, bench, progress)
+        data = load(settings, aws, evaluation, bench, progress, fx)
         page = render(data, progress)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(page, encoding="utf-8")

@@ -24,9 +24,12 @@ def serve(settings: Settings, host: str, port: int, print_openapi: bool) -> int:
         return 0
     if not settings.api_keys:
         raise BadInput("caa serve needs API keys", "set CAA_API_KEYS (comma-separated)")
+    from caa import wiring
+
+    fx = wiring.rates(settings)  # a bad CAA_FX_RATES file: one line, before listening
     import uvicorn
 
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(settings, rates=fx), host=host, port=port, log_level="info")
     return 0
 
 

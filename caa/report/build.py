@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from caa.aws import Aws
 from caa.settings import Settings
 from consumers.progress import NO_PROGRESS, Progress
+from models.money import NO_RATES, Rates
 
 if TYPE_CHECKING:
     from caa.report.page import ReportData
@@ -106,15 +107,15 @@ async def read_tables(settings: Settings, aws: Aws, progress: Progress = NO_PROG
 
 
 def load(settings: Settings, aws: Aws, evaluation: Path, bench: Path,
-         progress: Progress = NO_PROGRESS, currency: str = "USD") -> ReportData:
+         progress: Progress = NO_PROGRESS, rates: Rates = NO_RATES) -> ReportData:
     """Everything the page shows; a missing or unreadable file is noted, not fatal.
     ``progress`` hears the phases: reading customer states (counted), reading models and
     costs, segment sizes over time (counted in cut-offs); :func:`caa.report.page.render`
-    takes it too. Amounts are in the currency the states' orders were in, ``currency`` for
-    states that do not say (written before the currency was kept)."""
+    takes it too. Spend is kept per currency and shown in the reporting currency of
+    ``rates`` (:func:`caa.wiring.rates`), naming what was left out for want of a rate."""
     from caa.report.page import ReportData
     from caa.report.scores import ScoreFileError, Scores
-    from caa.report.words import currency_of
+    from consumers.refit import spend_by_currency
     from models.timeline import segment_timeline
 
     def cutoff_done(done: int, of: int) -> None:
@@ -124,7 +125,6 @@ def load(settings: Settings, aws: Aws, evaluation: Path, bench: Path,
             progress.phase("segment sizes over time (cut-offs)", total=of)
 
     states, (model, version, sizes), usage = asyncio.run(read_tables(settings, aws, progress))
-    unit, unit_note = currency_of((s.currencies for s in states), default=currency)
     scores = scores_error = bench_data = bench_error = None
     if evaluation.is_file():
         try:
@@ -142,11 +142,12 @@ def load(settings: Settings, aws: Aws, evaluation: Path, bench: Path,
         stream=settings.stream_name, table_prefix=settings.table_prefix,
         generated_at=datetime.now(UTC), customers=len(states),
         purchases=sum(s.purchases for s in states),
-        spend_cents=sum(s.spend_cents for s in states), model=model, model_version=version,
+        spend_minor=spend_by_currency(states), model=model, model_version=version,
         sizes_doc=sizes,
-        timeline=segment_timeline(states, model, step_done=cutoff_done) if model else None,
+        timeline=(segment_timeline(states, model, step_done=cutoff_done, rates=rates)
+                  if model else None),
         evaluation_path=evaluation, scores=scores, scores_error=scores_error,
         bench_path=bench, bench=bench_data, bench_error=bench_error,
-        usage=usage, budget_usd=settings.daily_budget_usd, currency=unit,
-        currency_note=unit_note, analyzer=settings.analyzer,
+        usage=usage, budget_usd=settings.daily_budget_usd, rates=rates,
+        analyzer=settings.analyzer,
     )

@@ -4,8 +4,10 @@ Figures are PNGs from :mod:`caa.report.plots`, embedded as ``data:image/png;base
 is inline; there is no script and no external resource, so the file can be mailed or
 archived as it is. A section whose input is missing shows what to run to fill it, or says
 in one line why it is empty. Written for people who market to these customers: amounts carry
-their currency (:mod:`caa.report.words`), each segment is defined in plain words from its
-centre, and headings and captions avoid technical terms (a small footnote names them).
+their currency (:mod:`caa.report.words`; spend in several currencies is converted into the
+reporting currency with the operator's rates, naming their date and what had no rate),
+each segment is defined in plain words from its centre, and headings and captions avoid
+technical terms (a small footnote names them).
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ from typing import Any
 
 from caa.report import plots
 from caa.report.scores import Scores, calibration_bins, gains, lift_deciles
-from caa.report.words import define_segments, money
+from caa.report.words import converted, define_segments, money
 from consumers.progress import NO_PROGRESS, Progress
 from consumers.stores.usage import non_aws_endpoints, simulated_note
 from models.learn.evaluation import roc_auc
 from models.learn.segmentation import FEATURES, SEGMENT_NAMES, SegmentModel
+from models.money import NO_RATES, Rates
 from models.timeline import Timeline
 
 __all__ = ["SECTIONS", "ReportData", "render"]
@@ -73,7 +76,8 @@ class ReportData:
     generated_at: datetime
     customers: int  # with at least one purchase
     purchases: int
-    spend_cents: int
+    #: the customers' spend per ISO currency, in minor units (shown converted with ``rates``)
+    spend_minor: dict[str, int]
     model: SegmentModel | None
     model_version: int
     sizes_doc: dict[str, Any] | None  # the refit's ``segment-sizes`` document
@@ -86,11 +90,16 @@ class ReportData:
     bench_error: str | None = None
     usage: list[dict[str, Any]] = field(default_factory=list)  # ``caa costs --json`` rows
     budget_usd: float = 0.0
-    #: the currency of the purchase amounts, and a note when some orders were in another
-    currency: str = "USD"
-    currency_note: str | None = None
+    #: the exchange rates into the reporting currency every amount is shown in (with their
+    #: date); a currency without a rate is left out of the totals and named
+    rates: Rates = NO_RATES
     #: ``CAA_ANALYZER``: "statistical" (the AI analysis is off) or "bedrock"
     analyzer: str = "statistical"
+
+
+def _currency(d: ReportData) -> str:
+    """The reporting currency of the page's amounts (Bedrock's costs aside: USD)."""
+    return d.rates.reporting
 
 
 def _num(v: Any, digits: int = 0) -> str:
@@ -177,24 +186,24 @@ def _centroids(d: ReportData) -> str:
     names = [str(r["name"]) for r in rows]
     centres: list[dict[str, float]] = [r["centre"] for r in rows]  # type: ignore[misc]
     sizes = [at.get(n, int(str(r["count"]))) for n, r in zip(names, rows, strict=True)]
-    meaning = define_segments(names, centres, sizes, d.currency)
+    meaning = define_segments(names, centres, sizes, _currency(d))
     definitions = "".join(f'<p class="definition"><strong>{escape(n)}</strong>: '
                           f"{escape(meaning[n])}</p>" for n in names)
     table = _table(
         ["segment", "customers now", "days since the last purchase",
-         "purchase days", f"average order value ({d.currency})"],
+         "purchase days", f"average order value ({_currency(d)})"],
         ([n, f"{at.get(n, 0):,}", _num(c["recency_days"], 1), _num(c["frequency"], 2),
-          money(c["monetary"], d.currency)]
+          money(c["monetary"], _currency(d))]
          for n, c in zip(names, centres, strict=True)))
     caption = (f"The typical customer of each segment (segment model version "
                f"{d.model_version}); each customer belongs to the segment whose typical "
                "customer they are closest to. \"Customers now\" counts them as of the latest "
-               "purchase in the data.")
+               f"purchase in the data. Order values are in {_currency(d)}.")
     footnote = (f"Technical: each row is a k-means centre over {', '.join(FEATURES)}; the "
                 "model measures distances on log1p of the features, standardised, so a centre "
                 "shown here is expm1 of its log-space centre (a geometric-type mean).")
     return (definitions
-            + _img(plots.centroids(names, centres, d.currency), "segment centres per feature")
+            + _img(plots.centroids(names, centres, _currency(d)), "segment centres per feature")
             + table + f'<p class="caption">{escape(caption)}</p>'
             + f'<p class="footnote">{escape(footnote)}</p>')
 
@@ -331,10 +340,11 @@ def render(d: ReportData, progress: Progress = NO_PROGRESS) -> str:
     toc = "".join(f'<li><a href="#{k}">{escape(h)}</a></li>' for k, h in SECTIONS)
     sections = "".join(f'<section id="{k}"><h2>{escape(h)}</h2>{bodies[k]}</section>'
                        for k, h in SECTIONS)
+    spend, spend_note = converted(d.spend_minor, d.rates)
     meta = (f"Stream <code>{escape(d.stream)}</code>, tables <code>{escape(d.table_prefix)}*"
             f"</code>: {d.customers:,} customers, {d.purchases:,} purchases, spend "
-            f"{money(d.spend_cents / 100, d.currency)}"
-            + (f" ({escape(d.currency_note)})" if d.currency_note else "")
+            f"{escape(spend)}"
+            + (f" ({escape(spend_note)})" if spend_note else "")
             + ". Generated "
             f"{escape(d.generated_at.isoformat(timespec='seconds'))} by <code>caa report</code>.")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"

@@ -3,20 +3,34 @@ the technical terms kept out of its headings and captions.
 
 >>> money(20.468, "USD"), money(1234.5, "EUR"), money(3, "CHF"), money(0.00075, "USD", 4)
 ('$20.47', '€1,234.50', 'CHF 3.00', '$0.0008')
->>> currency_of([{"USD": 5}, {"USD": 2, "EUR": 1}], default="GBP")
-('USD', 'amounts are in USD; 1 of 8 orders were in another currency (EUR), counted as USD')
->>> currency_of([{}], default="USD")
-('USD', None)
+>>> money(6000, "JPY"), money(1.5, "KWD"), money(40, "EUR", symbol=False)
+('¥6,000', 'KWD 1.500', 'EUR 40.00')
+
+Amounts in several currencies are never summed as they are: :func:`converted` turns them
+into the reporting currency with the operator's rates and names what it left out.
+
+>>> converted({"EUR": 4000, "JPY": 6000, "USD": 1500},
+...           Rates("USD", {"EUR": 1.08, "JPY": 0.0067}, as_of="2026-11-30"))
+('$98.40', 'in USD at the rates of 2026-11-30, from EUR 40.00, JPY 6,000, USD 15.00')
+>>> converted({"EUR": 4000, "JPY": 6000, "USD": 1500}, Rates("USD", {"EUR": 1.08}, "2026-11-30"))
+('$58.20', 'in USD at the rates of 2026-11-30, from EUR 40.00, USD 15.00; left out for want of \
+a rate: JPY 6,000')
+>>> converted({"USD": 1500, "JPY": 6000}, Rates("USD"))
+('$15.00', 'in USD, no exchange rates given; left out for want of a rate: JPY 6,000')
+>>> converted({"USD": 1500}, Rates("USD"))
+('$15.00', None)
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
-__all__ = ["JARGON", "SYMBOLS", "currency_of", "define_segments", "jargon_in", "money"]
+from models.money import Rates, exponent, to_major
+
+__all__ = ["JARGON", "SYMBOLS", "converted", "define_segments", "jargon_in", "money",
+           "money_minor", "rates_date"]
 
 SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥", "INR": "₹"}
 
@@ -40,30 +54,52 @@ def jargon_in(text: str) -> list[str]:
     return found
 
 
-def money(amount: float, currency: str, digits: int = 2) -> str:
-    """``amount`` with its currency: a symbol where one is common, else the ISO code."""
+def money(amount: float, currency: str, digits: int | None = None, *,
+          symbol: bool = True) -> str:
+    """``amount`` with its currency: a symbol where one is common (``symbol``), else the ISO
+    code; ``digits`` defaults to the currency's minor unit (USD 2, JPY 0, KWD 3)."""
     if not math.isfinite(amount):
         return "n/a"
+    if digits is None:
+        try:
+            digits = exponent(currency)
+        except ValueError:
+            digits = 2
     sign, value = ("-" if amount < 0 else ""), f"{abs(amount):,.{digits}f}"
-    symbol = SYMBOLS.get(currency)
-    return f"{sign}{symbol}{value}" if symbol else f"{sign}{currency} {value}"
+    mark = SYMBOLS.get(currency) if symbol else None
+    return f"{sign}{mark}{value}" if mark else f"{sign}{currency} {value}"
 
 
-def currency_of(per_customer: Iterable[Mapping[str, int]], default: str
-                ) -> tuple[str, str | None]:
-    """The currency most orders were in (``default`` when the states do not say: they were
-    written before the currency was kept), and a note when some orders were in another."""
-    orders: Counter[str] = Counter()
-    for c in per_customer:
-        orders.update(c)
-    if not orders:
-        return default, None
-    (main, n), total = orders.most_common(1)[0], sum(orders.values())
-    if n == total:
-        return main, None
-    others = ", ".join(sorted(k for k in orders if k != main))
-    return main, (f"amounts are in {main}; {total - n:,} of {total:,} orders were in another "
-                  f"currency ({others}), counted as {main}")
+def money_minor(minor: int, currency: str, *, symbol: bool = True) -> str:
+    """An amount in the currency's minor units (cents, yen) with its currency."""
+    return money(to_major(minor, currency), currency, symbol=symbol)
+
+
+def rates_date(rates: Rates) -> str:
+    """Which rates: "the rates of <date>", "rates of unknown date" or "no exchange rates"."""
+    if not rates.rates:
+        return "no exchange rates"
+    return f"the rates of {rates.as_of}" if rates.as_of else "rates of unknown date"
+
+
+def converted(minor: Mapping[str, int], rates: Rates) -> tuple[str, str | None]:
+    """Amounts per currency (minor units) as one amount in the reporting currency, and a
+    note (None when every amount was in it already): the rates' date, what was converted
+    and what was left out for want of a rate. Never a sum across currencies."""
+    total, missing = rates.convert(minor)
+    codes = sorted(c for c, m in minor.items() if m)
+    shown = money(total, rates.reporting)
+    if all(c == rates.reporting for c in codes):
+        return shown, None
+    used = [c for c in codes if c not in missing]
+    note = (f"in {rates.reporting} at {rates_date(rates)}" if rates.rates
+            else f"in {rates.reporting}, no exchange rates given")
+    if any(c != rates.reporting for c in used):
+        note += ", from " + ", ".join(money_minor(minor[c], c, symbol=False) for c in used)
+    if missing:
+        note += ("; left out for want of a rate: "
+                 + ", ".join(money_minor(minor[c], c, symbol=False) for c in missing))
+    return shown, note
 
 
 def _z(values: Sequence[float], weights: Sequence[float]) -> list[float]:

@@ -8,12 +8,9 @@ purchase updates them at once. Product- and category-level replenishment comes f
 the customer's own inter-purchase intervals.
 
 >>> from datetime import datetime, timezone
->>> from models.state import CustomerState, ItemStats, DAY
->>> s = CustomerState.new("c1")
->>> s.purchases, s.spend_cents, s.days = 4, 4000, [0, 7, 14, 21]
->>> s.first_ts, s.last_ts, s.last_event_id = 0, 21 * DAY, "e4"
->>> s.products["milk"] = ItemStats(4, 4, 400, [0, 7, 14, 21])
->>> s.categories["dairy"] = ItemStats(4, 4, 400, [0, 7, 14, 21])
+>>> from models.state import CustomerState, DAY
+>>> s = CustomerState.sketch("c1", [0, 7, 14, 21], products={"milk": [0, 7, 14, 21]})
+>>> s.categories = s.products.clone(); s.categories["dairy"] = s.categories.pop("milk")
 >>> f = Forecaster(DEFAULT_PRIOR)
 >>> now = datetime(2024, 1, 1, tzinfo=timezone.utc)
 >>> p = f.predict(s, SegmentRef(id=0, name="Loyal"), 27 * DAY, now)
@@ -31,9 +28,11 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 
 from models.features import WEEK_DAYS, bgnbd_inputs
+from models.item_stats import ItemStats
 from models.learn import bgnbd, pareto_nbd
 from models.learn.bgnbd import DEFAULT_PRIOR, BgNbdParams
 from models.learn.pareto_nbd import ParetoNbdParams
+from models.money import NO_RATES, Rates
 from models.prediction import (
     Alert,
     Grade,
@@ -44,7 +43,7 @@ from models.prediction import (
     SegmentRef,
     Status,
 )
-from models.state import DAY, CustomerState, ItemStats
+from models.state import DAY, CustomerState
 from models.variant import NO_EXPERIMENT, VariantPlan
 
 __all__ = ["DEFAULT_PRIOR", "ForecastParams", "Forecaster", "expected_purchases", "model_name"]
@@ -126,18 +125,22 @@ class Forecaster:
     def _next(
         self, kind: str, key: str, stats: ItemStats, as_of_day: int
     ) -> NextPurchase | None:
-        days = stats.days
-        if len(days) < 2:
+        """The mean gap is over all the item's distinct days (``day_count``), its spread
+        (coefficient of variation) over the gaps between the days kept one by one (those
+        within the de-duplication horizon: all of them for most customers)."""
+        mean = stats.mean_gap
+        if mean is None or stats.orders <= 0:
             return None
-        gaps = [b - a for a, b in itertools.pairwise(days)]
-        mean = (days[-1] - days[0]) / len(gaps)
-        if len(gaps) > 1 and mean > 0:
-            var = sum((g - mean) ** 2 for g in gaps) / len(gaps)
-            cv = math.sqrt(var) / mean
+        n_gaps = stats.day_count - 1
+        gaps = [b - a for a, b in itertools.pairwise(stats.days)]
+        if n_gaps > 1 and mean > 0 and len(gaps) > 1:
+            gap_mean = sum(gaps) / len(gaps)
+            var = sum((g - gap_mean) ** 2 for g in gaps) / len(gaps)
+            cv = math.sqrt(var) / gap_mean if gap_mean > 0 else 1.0
         else:
             cv = 1.0
-        confidence = round((1.0 - 1.0 / math.sqrt(len(gaps) + 1)) / (1.0 + cv), 3)
-        expected = days[-1] + mean
+        confidence = round((1.0 - 1.0 / math.sqrt(n_gaps + 1)) / (1.0 + cv), 3)
+        expected = stats.last_day + mean
         status: Status
         if as_of_day >= expected:
             status = "due"
@@ -150,19 +153,23 @@ class Forecaster:
             key=key,
             expected_date=_day_date(expected),
             avg_days_between=round(mean, 2),
-            purchases=len(days),
+            purchases=stats.day_count,
             confidence=confidence,
             status=status,
         )
 
     def predict(
         self, state: CustomerState, segment: SegmentRef, as_of_ts: int, now: datetime,
-        segments_version: int = 0,
+        segments_version: int = 0, rates: Rates = NO_RATES,
     ) -> Prediction:
+        """The prediction for one customer as of ``as_of_ts`` (event time, epoch seconds);
+        money in ``rates``' reporting currency (currencies without a rate are named in
+        ``unconverted`` and left out of ``spend``)."""
         x, t_x, big_t = bgnbd_inputs(state, as_of_ts)
-        as_of_day = max(state.days[-1] if state.days else 0, as_of_ts // DAY)
-        tenure = as_of_day - state.days[0] if state.days else 0
-        grade, reason, confidence = data_quality(len(state.days), tenure)
+        as_of_day = max(state.last_day if state.purchase_days else 0, as_of_ts // DAY)
+        tenure = as_of_day - state.first_day if state.purchase_days else 0
+        grade, reason, confidence = data_quality(state.purchase_days, tenure)
+        spend, unconverted = state.spend(rates)
         alive, (e30, e90) = purchase_forecast(
             self.params, x, t_x, big_t, [h / WEEK_DAYS for h in self.horizons_days])
         nexts = [
@@ -197,14 +204,16 @@ class Forecaster:
             data_quality=grade,
             data_quality_reason=reason,
             purchases=state.purchases,
-            spend=state.spend_cents / 100.0,
+            spend=round(spend, 2),
+            currency=rates.reporting,
+            unconverted=list(unconverted),
             model_versions={model_name(self.params): self.params_version,
                             "segments": segments_version},
             as_of=datetime.fromtimestamp(as_of_ts, UTC),
             generated_at=now,
             last_event=LastEvent(
                 event_id=state.last_event_id,
-                occurred_at=datetime.fromtimestamp(state.last_ts, UTC),
+                occurred_at=datetime.fromtimestamp(state.last_event_ts, UTC),
             ),
         )
 
@@ -221,8 +230,9 @@ class Forecaster:
             for n in nexts
             if n.kind == "product" and n.status != "later"
         ]
-        total = sum(c.orders for c in state.categories.values()) or 1
-        ranked = sorted(state.categories.items(), key=lambda kv: (-kv[1].orders, kv[0]))
+        total = sum(max(0, c.orders) for c in state.categories.values()) or 1
+        ranked = sorted(((k, v) for k, v in state.categories.items() if v.orders > 0),
+                        key=lambda kv: (-kv[1].orders, kv[0]))
         recs.extend(
             Recommendation(
                 key=key, kind="category", reason="category_affinity",

@@ -201,8 +201,8 @@ def test_stream_replay_and_direct_backfill_give_identical_predictions(
     # the states too (their versions count writes, so they differ with the batching)
     assert {c: s.to_json() for c, s in via_stream.states.items()} == \
         {c: s.to_json() for c, s in backfilled.states.items()}
-    assert {c: s.seen for c, s in via_stream.states.items()} == \
-        {c: s.seen for c, s in backfilled.states.items()}
+    assert {c: s.book.events for c, s in via_stream.states.items()} == \
+        {c: s.book.events for c, s in backfilled.states.items()}
 
 
 def test_a_running_job_and_a_consumer_holding_the_group_are_not_raced(

@@ -96,10 +96,10 @@ async def recompute(registry: ModelRegistry, predictions: PredictionStore,
     fitted = await registry.store.load(registry.forecast_model)
     as_of = max([*(s.last_ts for s in states), int(fitted[1].get("as_of", 0)) if fitted else 0])
     model = registry.segmenter
-    segments = [model.predict_one(rfm(s, as_of)) for s in states]
+    segments = [model.predict_one(rfm(s, as_of, registry.rates)) for s in states]
     out = await rewrite_predictions(states, segments, model.segment_names(),
                                     registry.view().forecaster, registry.segments_version,
-                                    as_of, predictions, enricher, progress)
+                                    as_of, predictions, enricher, progress, registry.rates)
     return as_of, out
 
 

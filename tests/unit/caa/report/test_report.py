@@ -27,22 +27,21 @@ from caa.report import words as words_module
 from caa.report.build import BenchFileError, read_bench
 from caa.report.page import SECTIONS, ReportData, render
 from caa.report.scores import ScoreFileError, Scores, calibration_bins, gains, lift_deciles
-from caa.report.words import currency_of, define_segments, jargon_in, money
+from caa.report.words import converted, define_segments, jargon_in, money
 from models.features import rfm
 from models.learn.segmentation import SegmentModel
+from models.money import Rates
 from models.state import DAY, CustomerState
 from models.timeline import cutoffs, rfm_as_of, segment_timeline
 
 JAN_1997 = int(datetime(1997, 1, 1, tzinfo=UTC).timestamp()) // DAY
 
 
-def customer(cid: str, days: list[int], purchases: int, spend_cents: int,
+def customer(cid: str, days: list[int], order_cents: int,
              last_ts: int | None = None) -> CustomerState:
-    s = CustomerState.new(cid)
-    s.days, s.purchases, s.spend_cents = sorted(days), purchases, spend_cents
-    s.first_ts = s.days[0] * DAY
-    s.last_ts = s.days[-1] * DAY if last_ts is None else last_ts
-    return s
+    """One USD order of ``order_cents`` on each of ``days`` (a day listed twice: two orders
+    that day), the last at ``last_ts`` when given."""
+    return CustomerState.sketch(cid, sorted(days), order_cents, "USD", last_ts=last_ts)
 
 
 def population(n: int = 400, seed: int = 3) -> list[CustomerState]:
@@ -51,8 +50,8 @@ def population(n: int = 400, seed: int = 3) -> list[CustomerState]:
     for i in range(n):
         first = JAN_1997 + rng.randint(0, 300)
         days = sorted({first, *(first + rng.randint(0, 200) for _ in range(rng.randint(0, 7)))})
-        purchases = len(days) + rng.randint(0, 2)
-        out.append(customer(f"{i:05d}", days, purchases, purchases * rng.randint(500, 20_000)))
+        orders = [*days, *[days[0]] * rng.randint(0, 2)]  # some days with two orders
+        out.append(customer(f"{i:05d}", orders, rng.randint(500, 20_000)))
     return out
 
 
@@ -65,7 +64,8 @@ def fitted(states: list[CustomerState]) -> SegmentModel:
 
 # -- segment sizes over time --------------------------------------------------------------
 def test_rfm_as_of_keeps_the_days_up_to_the_cutoff_day_and_todays_order_value() -> None:
-    s = customer("c", [100, 110, 130], purchases=4, spend_cents=10_000, last_ts=130 * DAY + 3600)
+    s = customer("c", [100, 100, 110, 130], order_cents=2_500, last_ts=130 * DAY + 3600)
+    assert (s.purchases, s.purchase_days, s.spend_minor) == (4, 3, {"USD": 10_000})
     assert rfm_as_of(s, 99 * DAY + 80_000) is None  # not a customer yet
     # a purchase dated on the cut-off's day counts (model time runs in whole days)
     assert rfm_as_of(s, 110 * DAY) == {"recency_days": 0.0, "frequency": 2.0, "monetary": 25.0}
@@ -98,7 +98,7 @@ def test_segment_timeline_counts_each_customer_once_with_todays_model() -> None:
     totals = [sum(row) for row in tl.counts]
     assert totals == sorted(totals)  # customers only join
     for ts, total in zip(tl.cutoffs, totals, strict=True):
-        assert total == sum(1 for s in states if s.days[0] * DAY <= ts // DAY * DAY)
+        assert total == sum(1 for s in states if s.first_day * DAY <= ts // DAY * DAY)
     names = model.segment_names()
     # the last point is the live features with today's model: what the refit stores
     as_of = max(s.last_ts for s in states)
@@ -183,10 +183,46 @@ def test_scores_and_words_module_doctests() -> None:
 def test_amounts_carry_their_currency() -> None:
     assert money(20.468, "USD") == "$20.47" and money(-3, "EUR") == "-€3.00"
     assert money(1.5, "SEK") == "SEK 1.50" and money(math.nan, "USD") == "n/a"
-    assert currency_of([{"EUR": 3}, {}], default="USD") == ("EUR", None)
-    assert currency_of([], default="GBP") == ("GBP", None)  # states that do not say
-    main, note = currency_of([{"USD": 9}, {"EUR": 1}], default="USD")
-    assert main == "USD" and note is not None and "1 of 10 orders" in note
+    assert money(6000, "JPY") == "¥6,000" and money(1.2346, "KWD") == "KWD 1.235"
+    assert money(40, "EUR", symbol=False) == "EUR 40.00"
+
+
+ONE_CUSTOMER = {"EUR": 4000, "JPY": 6000, "USD": 1500}  # EUR 40.00 + JPY 6000 + USD 15.00
+RATES = Rates("USD", {"EUR": 1.08, "JPY": 0.0067}, as_of="2026-11-30")
+
+
+def test_spend_in_several_currencies_is_converted_never_summed() -> None:
+    shown, note = converted(ONE_CUSTOMER, RATES)
+    assert shown == "$98.40" and "6,055" not in shown
+    assert note == "in USD at the rates of 2026-11-30, from EUR 40.00, JPY 6,000, USD 15.00"
+    shown, note = converted(ONE_CUSTOMER, Rates("USD", {"EUR": 1.08}, "2026-11-30"))
+    assert shown == "$58.20"
+    assert note is not None and note.endswith("left out for want of a rate: JPY 6,000")
+    assert "the rates of 2026-11-30" in note
+    # no rates at all: only the reporting currency's amounts, the others named
+    shown, note = converted(ONE_CUSTOMER, Rates("USD"))
+    assert shown == "$15.00" and note == ("in USD, no exchange rates given; left out for "
+                                          "want of a rate: EUR 40.00, JPY 6,000")
+    assert converted({"USD": 1500}, RATES) == ("$15.00", None)
+    assert converted({}, RATES) == ("$0.00", None)
+    # in another reporting currency (JPY: no minor unit)
+    assert converted({"JPY": 6000, "USD": 1500}, Rates("JPY", {"USD": 150.0}, "2026-11-30")
+                     )[0] == "¥8,250"
+
+
+def test_the_report_totals_say_the_rates_date_and_what_was_left_out(tmp_path: Path) -> None:
+    html = render(synthetic(tmp_path, customers=1, purchases=3, spend_minor=ONE_CUSTOMER,
+                            rates=RATES))
+    meta = html.split('<p class="meta">')[1].split("</p>")[0]
+    assert "spend $98.40 (in USD at the rates of 2026-11-30, from EUR 40.00, JPY 6,000, " \
+           "USD 15.00)." in meta
+    assert "6,055" not in html and "6055" not in html
+    html = render(synthetic(tmp_path, customers=1, purchases=3, spend_minor=ONE_CUSTOMER,
+                            rates=Rates("USD", {"EUR": 1.08}, "2026-11-30")))
+    meta = html.split('<p class="meta">')[1].split("</p>")[0]
+    assert "spend $58.20 (in USD at the rates of 2026-11-30, from EUR 40.00, USD 15.00; " \
+           "left out for want of a rate: JPY 6,000)." in meta
+    assert "6,055" not in html and "6055" not in html
 
 
 def test_segment_definitions_come_from_the_centres_not_the_names() -> None:
@@ -258,7 +294,8 @@ def synthetic(tmp_path: Path, **over: Any) -> ReportData:
     data: dict[str, Any] = dict(
         stream="s", table_prefix="p-", generated_at=datetime(2025, 1, 2, tzinfo=UTC),
         customers=len(states), purchases=sum(s.purchases for s in states),
-        spend_cents=sum(s.spend_cents for s in states), model=model, model_version=3,
+        spend_minor={"USD": sum(s.spend_minor["USD"] for s in states)}, model=model,
+        model_version=3,
         sizes_doc=None, timeline=segment_timeline(states, model),
         evaluation_path=tmp_path / "evaluation-customers.csv",
         scores=Scores.of([s.customer_id for s in states], predicted, actual,
@@ -292,7 +329,8 @@ def test_page_has_every_section_and_only_embedded_images(tmp_path: Path) -> None
     assert '<td class="n">$0.7500</td>' in html  # a day's spend, in USD
     assert "Pure core (no I/O): 25,000 events/s" in html
     d = synthetic(tmp_path)
-    assert f"spend ${d.spend_cents / 100:,.2f}." in html  # the purchases' currency (default)
+    # the reporting currency (default USD): one currency, nothing converted, no note
+    assert f"spend {money(d.spend_minor['USD'] / 100, 'USD')}." in html
     # every amount has its currency: the order values of the segments too
     assert d.model is not None
     names = [str(r["name"]) for r in d.model.describe()]
@@ -319,7 +357,9 @@ def test_page_amounts_follow_the_data_and_say_when_bedrock_was_the_test_server(
     usage = [{"day": "2025-01-01", "spend_usd": 0.5, "calls": 4, "input_tokens": 900,
               "output_tokens": 300, "analyses": 4, "fallbacks": 0, "cache_hits": 0,
               "endpoints": [server]}]
-    html = render(synthetic(tmp_path, currency="EUR", usage=usage, analyzer="bedrock"))
+    html = render(synthetic(tmp_path, rates=Rates("EUR"), spend_minor={"EUR": 123_456},
+                            usage=usage, analyzer="bedrock"))
+    assert "spend €1,234.56." in html
     assert "spend €" in html and "(EUR)" in html and '<td class="n">€' in html
     assert ("Bedrock answers came from the local test server (canned answers), not from a "
             "model; costs shown are what AWS would charge") in html
@@ -329,7 +369,7 @@ def test_page_amounts_follow_the_data_and_say_when_bedrock_was_the_test_server(
 
 
 def test_page_placeholders_say_what_to_run(tmp_path: Path) -> None:
-    empty = synthetic(tmp_path, customers=0, purchases=0, spend_cents=0, model=None,
+    empty = synthetic(tmp_path, customers=0, purchases=0, spend_minor={}, model=None,
                       timeline=None, scores=None, bench=None, usage=[])
     html = render(empty)
     page = Page(html)

@@ -37,7 +37,7 @@ from consumers.stores.usage import day_from_item, non_aws_endpoints, simulated_n
 from models.analysis import AnalysisRecord
 from models.events import LineItem, PurchaseEvent
 from models.prompt import build_input
-from models.state import CustomerState
+from models.state import CustomerState, event_digest
 from producers.replay.job import JobState
 from producers.replay.sources import Cursor
 
@@ -121,8 +121,29 @@ def test_a_customer_state_round_trips_and_its_totals_read_alone() -> None:
     s = _state()
     item = state_to_item(s)
     back = state_from_item(item)
-    assert back.to_json() == s.to_json() and back.seen_bytes() == s.seen_bytes()
-    assert totals_from_item(item) == ("c1", 1, 1250)
+    assert back.comparable() == s.comparable()
+    assert totals_from_item(item) == ("c1", 1, (("EUR", 1250),))
+
+
+def test_a_state_written_before_the_bounded_layout_still_loads() -> None:
+    # the version-1 item: full day lists, one spend in cents, 8-byte event and order digests
+    old_body = ('{"p":2,"s":3000,"q":3,"f":86400,"l":864000,"le":"e2","d":[1,10],'
+                '"pr":{"milk":[2,3,3000,[1,10]]},"ca":{"dairy":[2,3,3000,[1,10]]},'
+                '"ch":{"web":2},"c":true,"ct":86400,"cu":{"EUR":2}}')
+    seen = event_digest("e1").to_bytes(8, "big") + event_digest("e2").to_bytes(8, "big")
+    item = {"customer_id": {"S": "c1"}, "version": {"N": "4"}, "body": {"S": old_body},
+            "seen": {"B": seen}, "purchases": {"N": "2"}, "spend_cents": {"N": "3000"}}
+    s = state_from_item(item)
+    assert (s.version, s.purchases, s.purchase_days, s.spend_minor) == (4, 2, 2, {"EUR": 3000})
+    assert (s.first_day, s.last_day, s.products["milk"].mean_gap) == (1, 10, 9.0)
+    redelivered = PurchaseEvent(
+        event_id="e2", order_id="o2", customer_id="c1",
+        occurred_at=datetime(1970, 1, 11, tzinfo=UTC), currency="EUR", total=Decimal("1.00"),
+        items=[LineItem(product_id="milk", category="dairy", quantity=1,
+                        unit_price=Decimal("1.00"))])
+    assert s.apply(redelivered) == "duplicate"
+    assert s.apply(redelivered.model_copy(update={"event_id": "e3"})) == "applied"
+    assert (s.purchases, s.purchase_days, s.spend_minor) == (3, 2, {"EUR": 3100})
 
 
 def test_the_customer_id_of_a_predictions_key() -> None:

@@ -110,11 +110,7 @@ def test_calibration_summary_merges_same_day_purchases_and_counts_the_holdout() 
 
 
 def _state(cid: str, days: list[date]) -> CustomerState:
-    s = CustomerState.new(cid)
-    s.days = sorted({(x - date(1970, 1, 1)).days for x in days})
-    s.purchases = len(days)
-    s.first_ts, s.last_ts = s.days[0] * DAY, s.days[-1] * DAY
-    return s
+    return CustomerState.sketch(cid, sorted((x - date(1970, 1, 1)).days for x in days))
 
 
 @pytest.fixture(scope="module")

@@ -206,9 +206,7 @@ def test_fit_input_checks_and_degenerate_data() -> None:
 
 
 def test_the_forecaster_scores_with_pareto_nbd_and_says_so() -> None:
-    s = CustomerState.new("c1")
-    s.purchases, s.spend_cents, s.days = 3, 3000, [0, 14, 35]
-    s.first_ts, s.last_ts, s.last_event_id = 0, 35 * DAY, "e3"
+    s = CustomerState.sketch("c1", [0, 14, 35])
     p = Forecaster(SAMPLE, 7).predict(s, SegmentRef(id=0, name="Loyal"), 70 * DAY,
                                       datetime(2024, 1, 1, tzinfo=UTC), 2)
     assert p.model_versions == {"pareto_nbd": 7, "segments": 2}

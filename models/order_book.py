@@ -1,0 +1,201 @@
+"""A customer's recent orders and event ids, bounded by the de-duplication horizon.
+
+Exactly-once rests on remembering what was applied. Remembering everything grows a
+customer's item without bound (DynamoDB refuses items over 400 KB), so the state keeps
+the **latest** :data:`ORDER_HORIZON` orders (one :class:`OrderRecord` each: its order-id
+digest, time, currency, amount, refunds, quantity, channel) and the latest
+:data:`EVENT_HORIZON` event-id digests, ordered by event time. Older orders are folded
+into :class:`Compacted` running sums, and the **floor** (``Compacted.floor_ts``) moves
+past them.
+
+The de-duplication horizon, stated: a customer's events dated at or after the floor
+are applied exactly once, however often they are redelivered or replayed, and a purchase
+whose order id is among the kept orders is a duplicate whatever its event id. The floor
+stays at 0 (everything is exact, for ever) until the customer has more than
+:data:`ORDER_HORIZON` orders or :data:`EVENT_HORIZON` events (plus an eighth: compaction
+runs in steps); after that at least the latest 1,024 orders and 2,048 events (by event
+time) stay exact. An event dated before the
+floor can no longer be told from one already applied, so it is refused
+(``beyond_horizon``, a dead letter with its reason) rather than risk counting it twice;
+consent statements are the exception, being idempotent by themselves (the latest
+wins). A refund or cancellation whose order is not among the kept orders waits for it
+(out-of-order delivery); one for an order already compacted changes nothing.
+
+Sizes: an order record packs into :data:`ORDER_BYTES` (41) bytes and an event digest into
+16, so the book is at most 1,152 x 41 + 2,304 x 16 = 84,096 bytes.
+
+>>> book = OrderBook()
+>>> for i in range(ORDER_HORIZON + 129):
+...     rec = book.order(event_digest(f"o{i}"), ts=i * 86_400)
+...     rec.placed, rec.currency, rec.amount, rec.quantity = True, "USD", 100, 1
+...     book.events[event_digest(f"e{i}")] = i * 86_400
+...     book.compact()
+>>> len(book.orders), book.base.orders, book.base.floor_ts == 128 * 86_400 + 1
+(1024, 129, True)
+>>> OrderBook.unpack(*book.pack()).orders == book.orders
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+DAY = 86_400
+#: orders kept one by one (the order-id de-duplication horizon, and what refunds and
+#: cancellations can reach)
+ORDER_HORIZON = 1024
+#: event-id digests kept (the event-id de-duplication horizon)
+EVENT_HORIZON = 2048
+CHANNELS = ("web", "app", "store", "phone", "marketplace", "other")
+_ORDER = struct.Struct(">QqBB3sqqI")
+ORDER_BYTES = _ORDER.size
+_EVENT = struct.Struct(">Qq")
+
+
+def event_digest(text: str) -> int:
+    """Stable 64-bit digest of an event or order id (independent of PYTHONHASHSEED)."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+
+
+@dataclass(slots=True)
+class OrderRecord:
+    """One order within the horizon; amounts in minor units of ``currency``.
+
+    A record may exist before its purchase (``placed`` False): a refund or cancellation
+    that arrived first. ``ts`` is then the follow-up's time, and becomes the purchase's."""
+
+    ts: int
+    placed: bool = False
+    cancelled: bool = False
+    currency: str = ""
+    amount: int = 0
+    refunded: int = 0
+    quantity: int = 0
+    channel: str = "web"
+
+    @property
+    def counted(self) -> bool:
+        """Does the order count (placed and not cancelled)?"""
+        return self.placed and not self.cancelled
+
+    @property
+    def net(self) -> int:
+        """What the customer kept paying: the total less refunds, never below 0."""
+        return max(0, self.amount - self.refunded)
+
+
+def _add(counts: dict[str, int], key: str, n: int) -> None:
+    counts[key] = counts.get(key, 0) + n
+
+
+@dataclass(slots=True)
+class Compacted:
+    """Running sums of the orders older than the floor (all counted ones: placed, not
+    cancelled); amounts net of the refunds they had when compacted."""
+
+    floor_ts: int = 0
+    orders: int = 0
+    days: int = 0  # distinct UTC purchase days
+    first_ts: int = 0
+    last_ts: int = 0
+    quantity: int = 0
+    spend: dict[str, int] = field(default_factory=dict)  # minor units per currency
+    currencies: dict[str, int] = field(default_factory=dict)  # orders per currency
+    channels: dict[str, int] = field(default_factory=dict)
+
+    def fold(self, rec: OrderRecord) -> None:
+        if not rec.counted:
+            return
+        if not self.orders or rec.ts // DAY != self.last_ts // DAY:
+            self.days += 1
+        if not self.orders:
+            self.first_ts = rec.ts
+        self.orders += 1
+        self.last_ts = max(self.last_ts, rec.ts)
+        self.quantity += rec.quantity
+        _add(self.spend, rec.currency, rec.net)
+        _add(self.currencies, rec.currency, 1)
+        _add(self.channels, rec.channel, 1)
+
+    def to_list(self) -> list[Any]:
+        return [self.floor_ts, self.orders, self.days, self.first_ts, self.last_ts,
+                self.quantity, self.spend, self.currencies, self.channels]
+
+    @classmethod
+    def from_list(cls, v: list[Any]) -> Compacted:
+        return cls(int(v[0]), int(v[1]), int(v[2]), int(v[3]), int(v[4]), int(v[5]),
+                   dict(v[6]), dict(v[7]), dict(v[8]))
+
+    def clone(self) -> Compacted:
+        return Compacted(self.floor_ts, self.orders, self.days, self.first_ts, self.last_ts,
+                         self.quantity, dict(self.spend), dict(self.currencies),
+                         dict(self.channels))
+
+
+@dataclass(slots=True)
+class OrderBook:
+    """Order records by order-id digest, event-id digests with their event time, and the
+    compacted rest."""
+
+    orders: dict[int, OrderRecord] = field(default_factory=dict)
+    events: dict[int, int] = field(default_factory=dict)  # digest -> epoch seconds
+    base: Compacted = field(default_factory=Compacted)
+
+    def clone(self) -> OrderBook:
+        return OrderBook(
+            {k: OrderRecord(r.ts, r.placed, r.cancelled, r.currency, r.amount, r.refunded,
+                            r.quantity, r.channel) for k, r in self.orders.items()},
+            dict(self.events), self.base.clone())
+
+    def order(self, digest: int, ts: int) -> OrderRecord:
+        """The record of an order, created (not placed) at ``ts`` when unknown."""
+        rec = self.orders.get(digest)
+        if rec is None:
+            rec = self.orders[digest] = OrderRecord(ts)
+        return rec
+
+    def beyond(self, ts: int) -> bool:
+        """Is an event dated ``ts`` before the floor (past the de-duplication horizon)?"""
+        return ts < self.base.floor_ts
+
+    def compact(self) -> None:
+        """Once a part holds an eighth more than its horizon, fold the oldest orders and
+        forget the oldest event digests down to the horizon (so the sorting is paid once
+        per eighth); the floor moves past everything dropped, and what shares a second
+        with a dropped entry goes with it."""
+        if len(self.orders) > ORDER_HORIZON + ORDER_HORIZON // 8:
+            times = sorted(r.ts for r in self.orders.values())
+            self._drop_before(times[len(times) - ORDER_HORIZON - 1] + 1)
+        if len(self.events) > EVENT_HORIZON + EVENT_HORIZON // 8:
+            times = sorted(self.events.values())
+            self._drop_before(times[len(times) - EVENT_HORIZON - 1] + 1)
+
+    def _drop_before(self, cut: int) -> None:
+        self.base.floor_ts = max(self.base.floor_ts, cut)
+        old = sorted((r.ts, k) for k, r in self.orders.items() if r.ts < cut)
+        for _, k in old:
+            self.base.fold(self.orders.pop(k))
+        for k in [k for k, ts in self.events.items() if ts < cut]:
+            del self.events[k]
+
+    # -- persistence: two binary attributes ----------------------------------------------
+    def pack(self) -> tuple[bytes, bytes]:
+        """(order records, event digests), sorted, :data:`ORDER_BYTES` and 16 bytes each."""
+        orders = b"".join(
+            _ORDER.pack(k, r.ts, r.placed | (r.cancelled << 1), CHANNELS.index(r.channel),
+                        r.currency.encode().ljust(3, b"\0"), r.amount, r.refunded, r.quantity)
+            for k, r in sorted(self.orders.items()))
+        events = b"".join(_EVENT.pack(k, ts) for k, ts in sorted(self.events.items()))
+        return orders, events
+
+    @classmethod
+    def unpack(cls, orders: bytes, events: bytes, base: Compacted | None = None) -> OrderBook:
+        recs = {}
+        for k, ts, flags, ch, cur, amount, refunded, qty in _ORDER.iter_unpack(orders):
+            recs[k] = OrderRecord(ts, bool(flags & 1), bool(flags & 2),
+                                  cur.rstrip(b"\0").decode(), amount, refunded, qty,
+                                  CHANNELS[ch])
+        return cls(recs, dict(_EVENT.iter_unpack(events)), base or Compacted())

@@ -1,0 +1,220 @@
+"""Producers' real data in the customer state (issue 14 items 2, 5, 7): huge customers stay
+bounded and correct, money stays per currency, refunds and cancellations apply exactly once
+in any order."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from consumers.core import ModelView, StreamRecord, decode_batch, process_batch
+from models.events import CancellationEvent, LineItem, PurchaseEvent, RefundEvent, StreamEvent
+from models.features import bgnbd_inputs, rfm
+from models.learn.forecaster import DEFAULT_PRIOR, Forecaster
+from models.learn.segmentation import SegmentModel
+from models.money import NO_RATES, Rates
+from models.order_book import ORDER_HORIZON
+from models.state import DAY, MAX_STATE_BYTES, CustomerState
+
+T0 = datetime(2020, 1, 1, tzinfo=UTC)
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def buy(n: int, at: datetime, total: str = "10.00", currency: str = "USD",
+        lines: list[tuple[str, int, str]] | None = None, cid: str = "c") -> PurchaseEvent:
+    items = [LineItem(product_id=p, category="cat-" + p[:1], quantity=q,
+                      unit_price=Decimal(u)) for p, q, u in (lines or [("milk", 1, total)])]
+    return PurchaseEvent(event_id=f"e{n}", order_id=f"o{n}", customer_id=cid, occurred_at=at,
+                         currency=currency, items=items,
+                         total=sum((i.unit_price * i.quantity for i in items), Decimal(0)))
+
+
+def refund(n: int, order: int, at: datetime, amount: str, currency: str = "USD",
+           lines: list[tuple[str, int, str]] | None = None) -> RefundEvent:
+    return RefundEvent(type="refund", event_id=f"r{n}", order_id=f"o{order}", customer_id="c",
+                       occurred_at=at, currency=currency, amount=Decimal(amount),
+                       items=[LineItem(product_id=p, category="cat-" + p[:1], quantity=q,
+                                       unit_price=Decimal(u)) for p, q, u in lines or []])
+
+
+def cancel(n: int, order: int, at: datetime) -> CancellationEvent:
+    return CancellationEvent(type="cancellation", event_id=f"x{n}", order_id=f"o{order}",
+                             customer_id="c", occurred_at=at)
+
+
+def fold(events: list[StreamEvent], cid: str = "c") -> CustomerState:
+    s = CustomerState.new(cid)
+    for e in events:
+        s.apply(e)
+    return s
+
+
+def view(rates: Rates = NO_RATES) -> ModelView:
+    return ModelView(SegmentModel(warmup=10), 0, Forecaster(DEFAULT_PRIOR), rates=rates)
+
+
+def run(events: list[StreamEvent], states: dict[str, CustomerState] | None = None,
+        rates: Rates = NO_RATES):
+    recs = [StreamRecord(e.to_bytes(), str(i + 1), e.customer_id, "shard-0")
+            for i, e in enumerate(events)]
+    return process_batch(decode_batch(recs, now=NOW), states or {}, view(rates), now=NOW)
+
+
+# -- item 2: bounded state ---------------------------------------------------------------
+
+
+def test_a_20000_order_customer_stays_bounded_and_exact_where_it_matters() -> None:
+    orders = [buy(i, T0 + timedelta(hours=2 * i)) for i in range(20_000)]
+    s = fold(orders)
+    assert s.size() < MAX_STATE_BYTES
+    days = {int(e.occurred_at.timestamp()) // DAY for e in orders}
+    assert (s.purchases, s.purchase_days, s.spend_minor) == (20_000, len(days),
+                                                             {"USD": 20_000 * 1000})
+    assert (s.first_day, s.last_day) == (min(days), max(days))
+    assert s.products["milk"].day_count == len(days)
+    x, t_x, _ = bgnbd_inputs(s, s.last_ts)
+    assert (x, t_x) == (len(days) - 1, (max(days) - min(days)) / 7)
+    # a redelivery of any of the latest 1,024 orders is a duplicate, an older one refused
+    assert s.apply(orders[-ORDER_HORIZON]) == "duplicate"
+    assert s.apply(orders[0]) == "beyond_horizon"
+    assert s.purchases == 20_000
+
+
+def test_the_huge_customer_goes_through_the_core_and_gets_a_prediction() -> None:
+    orders = [buy(i, T0 + timedelta(hours=2 * i)) for i in range(20_000)]
+    r = run(orders)
+    assert r.counts == {"applied": 20_000, "duplicate": 0, "duplicate_order": 0, "rejected": 0}
+    assert r.states["c"].size() < MAX_STATE_BYTES
+    (p,) = r.predictions
+    assert p.purchases == 20_000 and p.spend == 200_000.0 and 0.0 <= p.p_alive <= 1.0
+    # the next batch replays the first hundred: refused with a reason, never counted twice
+    again = run(orders[:100], {"c": r.states["c"]})
+    assert again.counts["rejected"] == 100 and again.states == {}
+    assert {d.kind for d in again.dead_letters} == {"beyond_horizon"}
+
+
+def test_four_orders_of_500_distinct_lines_stay_bounded() -> None:
+    orders = [buy(i, T0 + timedelta(days=i),
+                  lines=[(f"p{i}-{k:03d}", 1, "1.00") for k in range(500)]) for i in range(4)]
+    r = run(orders)
+    s = r.states["c"]
+    assert s.size() < MAX_STATE_BYTES and len(s.products) <= 256
+    assert (s.purchases, s.spend_minor, s.quantity) == (4, {"USD": 200_000}, 2000)
+    assert {k[:2] for k in s.products} == {"p3"}  # the most recently bought are kept
+    assert r.predictions[0].purchases == 4
+
+
+# -- item 5: money by currency -----------------------------------------------------------
+
+
+def test_three_currencies_are_never_summed_silently() -> None:
+    events: list[StreamEvent] = [buy(1, T0, "40.00", "EUR"),
+                                 buy(2, T0 + timedelta(days=1), "6000", "JPY"),
+                                 buy(3, T0 + timedelta(days=2), "15.00", "USD")]
+    s = fold(events)
+    assert s.spend_minor == {"EUR": 4000, "JPY": 6000, "USD": 1500}
+    rates = Rates("USD", {"EUR": 1.08, "JPY": 0.0067}, as_of="2026-11-30")
+    assert s.spend(rates) == (98.4, ())
+    assert rfm(s, s.last_ts, rates)["monetary"] == 98.4 / 3
+    partial = Rates("USD", {"EUR": 1.08})
+    assert s.spend(partial) == (58.2, ("JPY",))
+    assert rfm(s, s.last_ts, partial)["monetary"] == 58.2 / 2  # JPY order left out
+    (p,) = run(events, rates=partial).predictions
+    assert (p.spend, p.currency, p.unconverted) == (58.2, "USD", ["JPY"])
+
+
+# -- item 7: refunds and cancellations ----------------------------------------------------
+
+
+def test_a_cancellation_takes_the_order_out_of_everything() -> None:
+    orders = [buy(i, T0 + timedelta(days=10 * i)) for i in range(3)]
+    s = fold([*orders, cancel(1, 2, T0 + timedelta(days=21))])
+    assert (s.purchases, s.purchase_days, s.spend_minor) == (2, 2, {"USD": 2000})
+    assert s.last_day == (T0 + timedelta(days=10)).timestamp() // DAY
+    assert bgnbd_inputs(s, int((T0 + timedelta(days=30)).timestamp())) == (1, 10 / 7, 30 / 7)
+    # a second cancellation of the order (a new event id) changes nothing
+    assert s.apply(cancel(2, 2, T0 + timedelta(days=22))) == "duplicate_order"
+    # cancelling every order leaves a customer without purchases: no prediction
+    r = run([*orders, *(cancel(i, i, T0 + timedelta(days=30)) for i in range(3))])
+    assert r.states["c"].purchases == 0 and r.predictions == []
+
+
+def test_refunds_reduce_spend_and_quantities_once_and_never_below_zero() -> None:
+    order = buy(1, T0, lines=[("milk", 4, "2.50"), ("tea", 1, "5.00")])
+    back = refund(1, 1, T0 + timedelta(days=3), "5.00", lines=[("milk", 2, "2.50")])
+    s = fold([order, back, back])
+    assert s.spend_minor == {"USD": 1000} and s.products["milk"].quantity == 2
+    assert s.purchases == 1  # a refund keeps the order
+    s.apply(refund(2, 1, T0 + timedelta(days=4), "50.00"))
+    assert s.spend_minor == {"USD": 0}
+    assert s.apply(refund(3, 1, T0 + timedelta(days=5), "1", currency="JPY")) == \
+        "currency_mismatch"
+
+
+def test_follow_ups_before_their_purchase_give_the_same_state_in_any_order() -> None:
+    events: list[StreamEvent] = [
+        buy(1, T0, lines=[("milk", 4, "2.50")]), buy(2, T0 + timedelta(days=3)),
+        refund(1, 1, T0 + timedelta(days=5), "2.50", lines=[("milk", 1, "2.50")]),
+        cancel(1, 2, T0 + timedelta(days=6)), buy(3, T0 + timedelta(days=9), "3.00")]
+    states = {fold(list(p)).comparable() for p in itertools.permutations(events)}
+    assert len(states) == 1
+    s = fold(events)
+    # the cancellation carries no lines: order 2's milk stays in the product statistics
+    assert (s.purchases, s.spend_minor, s.products["milk"].quantity) == (2, {"USD": 1050}, 5)
+
+
+follow_ups = st.lists(
+    st.tuples(st.sampled_from(["buy", "refund", "cancel"]), st.integers(0, 6),
+              st.integers(0, 60), st.integers(1, 3000)), min_size=1, max_size=25)
+
+
+@settings(max_examples=150, deadline=None)
+@given(follow_ups, st.randoms(use_true_random=False))
+def test_any_delivery_order_and_redelivery_gives_one_state(rows, rnd) -> None:
+    events: list[StreamEvent] = []
+    for n, (kind, order, day, cents) in enumerate(rows):
+        at = T0 + timedelta(days=day, minutes=n)
+        amount = f"{cents / 100:.2f}"
+        if kind == "buy":  # (which event of an order re-sent under a new id counts depends
+            # on arrival, and the states then differ in their last event: not generated)
+            events.append(buy(order, T0 + timedelta(days=order), "1.00"))
+        elif kind == "refund":
+            events.append(refund(n, order, at, amount, lines=[("milk", 1, "0.01")]))
+        else:
+            events.append(cancel(n, order, at))
+    once = fold(events)
+    shuffled = list(events) + rnd.sample(events, len(events) // 2)  # redeliveries too
+    rnd.shuffle(shuffled)
+    again = fold(shuffled)
+    # the same effect: body and orders (of two cancellations of one order, whichever came
+    # first is the one whose event id is remembered; the other is a duplicate_order)
+    assert (again.to_json(), again.book.pack()[0]) == (once.to_json(), once.book.pack()[0])
+
+
+# -- every record of a customer whose handling raised is a dead letter; the rest go on -----
+
+
+def test_an_exception_for_one_customer_dead_letters_only_that_customer(monkeypatch) -> None:
+    broken = Forecaster(DEFAULT_PRIOR)
+    real = broken.predict
+
+    def predict(state, *args, **kwargs):
+        if state.customer_id == "bad":
+            raise ZeroDivisionError("a defect")
+        return real(state, *args, **kwargs)
+
+    monkeypatch.setattr(broken, "predict", predict)
+    events = [buy(1, T0, cid="bad"), buy(2, T0, cid="good"), buy(3, T0, cid="bad")]
+    recs = [StreamRecord(e.to_bytes(), str(i + 1), e.customer_id, "shard-0")
+            for i, e in enumerate(events)]
+    r = process_batch(decode_batch(recs, now=NOW), {},
+                      ModelView(SegmentModel(warmup=10), 0, broken), now=NOW)
+    assert [o.status for o in r.outcomes] == ["rejected", "applied", "rejected"]
+    assert [d.kind for d in r.dead_letters] == ["internal_error", "internal_error"]
+    assert "ZeroDivisionError: a defect" in r.dead_letters[0].reason
+    assert set(r.states) == {"good"} and [p.customer_id for p in r.predictions] == ["good"]
+    assert r.checkpoints == {"shard-0": "3"}
