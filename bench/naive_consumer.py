@@ -38,10 +38,12 @@ from typing import Any
 from consumers.stores.predictions import prediction_to_item
 from models.events import EventRejected, PurchaseEvent, decode_event
 from models.features import rfm
+from models.item_stats import ItemStats
 from models.learn.forecaster import DEFAULT_PRIOR, Forecaster
 from models.learn.segmentation import SegmentModel
+from models.order_book import Compacted
 from models.prediction import SegmentRef
-from models.state import DAY, CustomerState, ItemStats
+from models.state import DAY, CustomerState
 
 #: called once per event after its prediction PutItem returned: (record, acknowledged at,
 #: epoch seconds)
@@ -74,7 +76,9 @@ def update_args(event: PurchaseEvent) -> dict[str, Any]:
         add(f"{kind}#{key}#d", {"NS": [str(day)]})
     values[":ts"] = {"N": str(ts)}
     values[":eid"] = {"S": event.event_id}
-    sets = ["first_ts = if_not_exists(first_ts, :ts)", "last_ts = :ts", "last_event_id = :eid"]
+    values[":cur"] = {"S": event.currency}
+    sets = ["first_ts = if_not_exists(first_ts, :ts)", "last_ts = :ts", "last_event_id = :eid",
+            "currency = :cur"]
     if event.consent is not None:
         values[":consent"] = {"BOOL": event.consent}
         sets.append("consent = :consent")
@@ -88,21 +92,16 @@ def update_args(event: PurchaseEvent) -> dict[str, Any]:
 
 
 def state_from_item(item: dict[str, Any]) -> CustomerState:
-    """The customer's state rebuilt from the item the UpdateItem returned."""
+    """The customer's state rebuilt from the item the UpdateItem returned: its orders as
+    compacted sums (the naive item keeps no order one by one), one currency (the last)."""
+    days = sorted(int(d) for d in item["days"]["NS"])
+    purchases, currency = int(item["purchases"]["N"]), item["currency"]["S"]
+    channels: dict[str, int] = {}
     s = CustomerState.new(item["customer_id"]["S"])
-    s.purchases = int(item["purchases"]["N"])
-    s.spend_cents = int(item["spend_cents"]["N"])
-    s.quantity = int(item["quantity"]["N"])
-    s.first_ts = int(item["first_ts"]["N"])
-    s.last_ts = int(item["last_ts"]["N"])
-    s.last_event_id = item["last_event_id"]["S"]
-    s.days = sorted(int(d) for d in item["days"]["NS"])
-    if "consent" in item:
-        s.consent = bool(item["consent"]["BOOL"])
     for attr, value in item.items():
         parts = attr.split("#")
         if parts[0] == "ch" and len(parts) == 2:
-            s.channels[parts[1]] = int(value["N"])
+            channels[parts[1]] = int(value["N"])
         elif parts[0] in ("p", "c") and len(parts) == 3:
             table = s.products if parts[0] == "p" else s.categories
             stats = table.setdefault(parts[1], ItemStats())
@@ -110,6 +109,14 @@ def state_from_item(item: dict[str, Any]) -> CustomerState:
                 stats.orders = int(value["N"])
             elif parts[2] == "d":
                 stats.days = sorted(int(d) for d in value["NS"])
+                stats.first_day = stats.days[0]
+    s.book.base = Compacted(0, purchases, len(days), int(item["first_ts"]["N"]),
+                            int(item["last_ts"]["N"]), int(item["quantity"]["N"]),
+                            {currency: int(item["spend_cents"]["N"])}, {currency: purchases},
+                            channels)
+    s.last_event_id, s.last_event_ts = item["last_event_id"]["S"], int(item["last_ts"]["N"])
+    if "consent" in item:
+        s.consent = bool(item["consent"]["BOOL"])
     return s
 
 

@@ -43,7 +43,7 @@ def expected(events: list[PurchaseEvent]) -> dict[str, tuple[int, int]]:
 
 
 def counts(states: dict[str, CustomerState]) -> dict[str, tuple[int, int]]:
-    return {c: (s.purchases, s.spend_cents) for c, s in states.items()}
+    return {c: (s.purchases, sum(s.spend_minor.values())) for c, s in states.items()}
 
 
 def write_jsonl_gz(path: Path, lines: list[bytes]) -> Path:

@@ -117,7 +117,7 @@ async def run_worker(s: Settings, scenario: Callable[[Run], Awaitable[None]] | N
             finally:
                 stop.set()
                 await task
-        run.states = {x.customer_id: (x.purchases, x.spend_cents)
+        run.states = {x.customer_id: (x.purchases, sum(x.spend_minor.values()))
                       for x in await w.customers.all()}
         return run
 

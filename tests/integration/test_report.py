@@ -246,7 +246,7 @@ def test_report_on_a_consumed_cdnow_slice_renders_in_chromium(
             png.load()  # the whole PNG, not only its header
     assert not re.search(r'(?:src|href)="(?:https?:|//|file:)', page, re.IGNORECASE)
     assert "<script" not in page.lower() and "<link" not in page.lower()
-    spend = sum(x.spend_cents for x in states.values()) / 100
+    spend = sum(x.spend_minor.get("USD", 0) for x in states.values()) / 100
     assert f"{len(states):,} customers, {len(events):,} purchases, spend ${spend:,.2f}." in page
     # one plain-words definition per segment, its order value in dollars (CDNOW is USD)
     definitions = re.findall(r'<p class="definition"><strong>([^<]+)</strong>: ([^<]+)</p>',

@@ -5,6 +5,7 @@ in any order."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -46,7 +47,7 @@ def cancel(n: int, order: int, at: datetime) -> CancellationEvent:
                              customer_id="c", occurred_at=at)
 
 
-def fold(events: list[StreamEvent], cid: str = "c") -> CustomerState:
+def fold(events: Sequence[StreamEvent], cid: str = "c") -> CustomerState:
     s = CustomerState.new(cid)
     for e in events:
         s.apply(e)
@@ -57,7 +58,7 @@ def view(rates: Rates = NO_RATES) -> ModelView:
     return ModelView(SegmentModel(warmup=10), 0, Forecaster(DEFAULT_PRIOR), rates=rates)
 
 
-def run(events: list[StreamEvent], states: dict[str, CustomerState] | None = None,
+def run(events: Sequence[StreamEvent], states: dict[str, CustomerState] | None = None,
         rates: Rates = NO_RATES):
     recs = [StreamRecord(e.to_bytes(), str(i + 1), e.customer_id, "shard-0")
             for i, e in enumerate(events)]
