@@ -78,6 +78,7 @@ bench: setup-dev
 	$(PY) bench/pipeline.py
 	$(PY) bench/analysis_policy.py
 	$(PY) bench/replay.py
+	$(PY) bench/state_size.py
 
 clean:
 	rm -rf $(VENV) .caa out .pytest_cache .mypy_cache .ruff_cache

@@ -66,7 +66,11 @@ class PredictionSnapshot(_Frozen):
     expected_purchases_30d: float
     expected_purchases_90d: float
     purchases: int
+    #: net of refunds, in ``currency`` (the reporting currency); ``unconverted`` names what
+    #: was left out for want of a rate
     spend: float
+    currency: str = "USD"
+    unconverted: list[str] = []
     data_quality: Grade
     source: Literal["statistical", "bedrock"]
     fallback_reason: str | None = None
@@ -86,7 +90,8 @@ class PredictionSnapshot(_Frozen):
         return cls(segment=p.segment, p_alive=p.p_alive,
                    expected_purchases_30d=p.expected_purchases_30d,
                    expected_purchases_90d=p.expected_purchases_90d, purchases=p.purchases,
-                   spend=p.spend, data_quality=p.data_quality, source=p.source,
+                   spend=p.spend, currency=p.currency, unconverted=p.unconverted,
+                   data_quality=p.data_quality, source=p.source,
                    fallback_reason=p.fallback_reason, analysis=summary, variant=p.variant,
                    as_of=p.as_of,
                    generated_at=p.generated_at)

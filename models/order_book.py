@@ -13,7 +13,7 @@ are applied exactly once, however often they are redelivered or replayed, and a 
 whose order id is among the kept orders is a duplicate whatever its event id. The floor
 stays at 0 (everything is exact, for ever) until the customer has more than
 :data:`ORDER_HORIZON` orders or :data:`EVENT_HORIZON` events (plus an eighth: compaction
-runs in steps); after that at least the latest 1,024 orders and 2,048 events (by event
+runs in steps); after that at least the latest 512 orders and 1,024 events (by event
 time) stay exact. An event dated before the
 floor can no longer be told from one already applied, so it is refused
 (``beyond_horizon``, a dead letter with its reason) rather than risk counting it twice;
@@ -22,16 +22,16 @@ wins). A refund or cancellation whose order is not among the kept orders waits f
 (out-of-order delivery); one for an order already compacted changes nothing.
 
 Sizes: an order record packs into :data:`ORDER_BYTES` (41) bytes and an event digest into
-16, so the book is at most 1,152 x 41 + 2,304 x 16 = 84,096 bytes.
+16, so the book is at most 576 x 41 + 1,152 x 16 = 42,048 bytes.
 
 >>> book = OrderBook()
->>> for i in range(ORDER_HORIZON + 129):
+>>> for i in range(ORDER_HORIZON + 65):
 ...     rec = book.order(event_digest(f"o{i}"), ts=i * 86_400)
 ...     rec.placed, rec.currency, rec.amount, rec.quantity = True, "USD", 100, 1
 ...     book.events[event_digest(f"e{i}")] = i * 86_400
 ...     book.compact()
->>> len(book.orders), book.base.orders, book.base.floor_ts == 128 * 86_400 + 1
-(1024, 129, True)
+>>> len(book.orders), book.base.orders, book.base.floor_ts == 64 * 86_400 + 1
+(512, 65, True)
 >>> OrderBook.unpack(*book.pack()).orders == book.orders
 True
 """
@@ -46,9 +46,9 @@ from typing import Any
 DAY = 86_400
 #: orders kept one by one (the order-id de-duplication horizon, and what refunds and
 #: cancellations can reach)
-ORDER_HORIZON = 1024
+ORDER_HORIZON = 512
 #: event-id digests kept (the event-id de-duplication horizon)
-EVENT_HORIZON = 2048
+EVENT_HORIZON = 1024
 CHANNELS = ("web", "app", "store", "phone", "marketplace", "other")
 _ORDER = struct.Struct(">QqBB3sqqI")
 ORDER_BYTES = _ORDER.size

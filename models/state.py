@@ -20,8 +20,8 @@ gives the same state, the properties exactly-once effects rest on:
 * money stays per ISO 4217 currency in minor units (:mod:`models.money`): one number only
   through :meth:`CustomerState.spend` with the operator's rates.
 
-Size bound: a state item is at most :data:`MAX_STATE_BYTES` (160,000 bytes, 40% of
-DynamoDB's 400 KB), whatever the history; :meth:`CustomerState.bound` evicts products and
+Size bound: a state item is at most :data:`MAX_STATE_BYTES` (128,000 bytes, under a third
+of DynamoDB's 400 KB), whatever the history; :meth:`CustomerState.bound` evicts products and
 categories if the tables' own limits are not enough (long names).
 
 >>> from models.events import decode_event
@@ -64,7 +64,7 @@ __all__ = ["DAY", "MAX_STATE_BYTES", "ApplyStatus", "CustomerState", "ItemStats"
            "event_digest"]
 
 #: the largest state item written (bytes; DynamoDB allows 400 KB)
-MAX_STATE_BYTES = 160_000
+MAX_STATE_BYTES = 128_000
 ApplyStatus = Literal["applied", "duplicate", "duplicate_order", "beyond_horizon",
                       "currency_mismatch"]
 

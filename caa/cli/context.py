@@ -7,9 +7,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import typer
+from pydantic import ValidationError
 
 from caa.aws import Aws
+from caa.errors import BadInput
 from caa.settings import Settings
+
+
+def settings_error(exc: ValidationError) -> BadInput:
+    """A settings value pydantic refused, as one line naming the ``CAA_`` variable."""
+    parts = []
+    for err in exc.errors(include_url=False)[:3]:
+        name = "CAA_" + "_".join(str(p) for p in err["loc"]).upper()
+        parts.append(f"{name}={err.get('input')!r}: {err['msg']}")
+    return BadInput("bad setting " + "; ".join(parts),
+                    "fix the environment variable (see README, Configuration)")
 
 
 @dataclass
@@ -23,7 +35,10 @@ class Invocation:
     @property
     def settings(self) -> Settings:
         if self._settings is None:
-            self._settings = Settings()
+            try:
+                self._settings = Settings()
+            except ValidationError as exc:
+                raise settings_error(exc) from None
         return self._settings
 
     def aws(self, quiet: bool = False) -> Aws:

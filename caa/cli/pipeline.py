@@ -38,9 +38,10 @@ def cdnow_events(limit: int | None) -> list[Any]:
 
 
 def synthetic_events(customers: int, days: int, seed: int, limit: int | None) -> list[Any]:
-    from producers.datasets.synthetic import generate
+    """The synthetic stream: purchases with a few percent of them refunded or cancelled."""
+    from producers.datasets.synthetic import generate_stream
 
-    events = generate(customers=customers, days=days, seed=seed)
+    events = generate_stream(customers=customers, days=days, seed=seed)
     return events[:limit] if limit else events
 
 

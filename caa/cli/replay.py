@@ -5,7 +5,11 @@ CDNOW master format; gzipped or not), one ``s3://BUCKET/PREFIX``, or one
 ``kinesis://STREAM`` (``kinesis://`` alone: CAA_STREAM_NAME) read from ``--since``.
 CSV: one row per line item under a header naming event_id, order_id, customer_id,
 occurred_at, currency, total, product_id, category, quantity, unit_price (optional:
-channel, consent, schema_version); consecutive rows with one event_id are one event.
+channel, consent, schema_version, type, amount); consecutive rows with one event_id are
+one event. JSON carries every event type of the wire schema; in CSV a ``type`` of
+``refund`` (with ``amount``, no ``total``) or ``cancellation`` makes the rows a refund's
+returned lines or a cancellation's lines (a row with empty product columns: none).
+The report counts valid records by type: purchase, refund, cancellation, consent, erasure.
 Targets: ``--to stream`` (CAA_STREAM_NAME, paced to its write capacity) or
 ``--to direct`` (the consumer's applier on the CAA_TABLE_PREFIX tables, then a refit).
 """
@@ -333,7 +337,9 @@ EPILOG = "\n\n".join((
     "(kinesis:// alone: CAA_STREAM_NAME) read from --since.",
     "CSV: one row per line item under a header naming event_id, order_id, customer_id, "
     "occurred_at, currency, total, product_id, category, quantity, unit_price (optional: "
-    "channel, consent, schema_version); consecutive rows with one event_id are one event.",
+    "channel, consent, schema_version, type, amount); consecutive rows with one event_id "
+    "are one event. A type of refund (with amount, no total) or cancellation makes the rows "
+    "its lines (empty product columns: none); JSON carries every event type.",
     "Targets: --to stream (CAA_STREAM_NAME, paced to its write capacity) or --to direct (the "
     "consumer's applier on the CAA_TABLE_PREFIX tables, then a refit)."))
 

@@ -5,11 +5,39 @@ cycle (days between purchases, jittered per order), a preferred channel, and a
 habit of "bursts": a second small order minutes after the first (the item they
 forgot). Same seed, same events, whatever the machine or PYTHONHASHSEED.
 
+:func:`generate` gives the orders only (:class:`~models.events.PurchaseEvent`).
+:func:`generate_stream` gives the same orders (event for event, for the same seed and
+knobs) plus what happens to some of them afterwards, as the orders service publishes it,
+each with its own event id, the order's ``order_id`` and customer id (the partition key):
+
+* ``cancel_rate`` (default 3%) of orders are cancelled (:class:`CancellationEvent`,
+  with the order's lines) ``cancel_after_s`` (default 1 to 60 minutes) after being placed;
+* ``refund_rate`` (default 4%) of orders get one :class:`RefundEvent`
+  ``refund_after_days`` (default 2 to 21 days) later, in the order's currency: 30% in
+  full (every line, the order's total), 50% some lines returned (a few of the lines, part
+  of their quantities; the amount is those lines' worth), 20% an amount given back
+  without returned lines (10-50% of the total). A refund never exceeds its order's total.
+  Refunds may be dated after the last order of the ``days`` window;
+* ``early_refund_rate`` (default 2%) of those refunds come *before* their purchase in the
+  stream's order (a producer's retry that lost the race), to exercise out-of-order
+  handling; they keep their true time, after the purchase.
+
+An order is cancelled or refunded, never both. Everything else is in time order (ties by
+event id). The follow-ups draw on a random stream of their own (per seed and customer),
+so the orders of a seed are the same whatever the rates.
+
 >>> a = generate(customers=5, days=30, seed=7)
 >>> b = generate(customers=5, days=30, seed=7)
 >>> [e.event_id for e in a] == [e.event_id for e in b] and len(a) > 10
 True
 >>> all(x.occurred_at <= y.occurred_at for x, y in zip(a, a[1:]))
+True
+>>> s = generate_stream(customers=40, days=60, seed=7, early_refund_rate=0)
+>>> [e for e in s if isinstance(e, PurchaseEvent)] == generate(customers=40, days=60, seed=7)
+True
+>>> sorted({type(e).__name__ for e in s})
+['CancellationEvent', 'PurchaseEvent', 'RefundEvent']
+>>> all(x.occurred_at <= y.occurred_at for x, y in zip(s, s[1:]))
 True
 """
 
@@ -19,9 +47,17 @@ import itertools
 import random
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 
-from models.events import Contact, LineItem, PurchaseEvent
+from models.events import (
+    CancellationEvent,
+    Contact,
+    LineItem,
+    PurchaseEvent,
+    RefundEvent,
+    StreamEvent,
+)
+from models.money import exponent
 
 #: (product_id, category, unit price, typical days between purchases)
 CATALOG: tuple[tuple[str, str, str, int], ...] = (
@@ -132,3 +168,103 @@ def generate(customers: int = 1000, days: int = 120, seed: int = 42,
                                        burst_rate, burst_gap_s, burst_orders))
     events.sort(key=lambda e: (e.occurred_at, e.event_id))
     return events
+
+
+#: :func:`generate_stream`'s defaults: the share of orders cancelled, of orders refunded,
+#: and of refunds published before their purchase
+CANCEL_RATE = 0.03
+REFUND_RATE = 0.04
+EARLY_REFUND_RATE = 0.02
+
+
+def _refund(order: PurchaseEvent, rng: random.Random, at: datetime) -> RefundEvent:
+    """A full refund, some lines returned, or an amount without lines; at most the total."""
+    kind = rng.random()
+    if kind < 0.3:  # in full: every line back
+        items = list(order.items)
+        amount = order.total
+    elif kind < 0.8:  # some lines returned, part of their quantities
+        picked = sorted(rng.sample(range(len(order.items)), rng.randint(1, len(order.items))))
+        items = [order.items[i].model_copy(
+                     update={"quantity": rng.randint(1, order.items[i].quantity)})
+                 for i in picked]
+        amount = sum((i.unit_price * i.quantity for i in items), Decimal("0"))
+    else:  # money back without a return (a goodwill gesture, a damaged delivery)
+        items = []
+        unit = Decimal(1).scaleb(-exponent(order.currency))
+        share = Decimal(rng.randint(10, 50)) / 100
+        amount = (order.total * share).quantize(unit, rounding=ROUND_DOWN)
+    return RefundEvent(type="refund", event_id=f"{order.event_id}-refund",
+                       order_id=order.order_id, customer_id=order.customer_id,
+                       occurred_at=at, currency=order.currency, amount=amount, items=items)
+
+
+def _check_rates(cancel_rate: float, refund_rate: float, early_refund_rate: float) -> None:
+    if not (min(cancel_rate, refund_rate) >= 0 and cancel_rate + refund_rate <= 1
+            and 0 <= early_refund_rate <= 1):
+        raise ValueError("cancel_rate and refund_rate must be >= 0 with a sum <= 1, "
+                         "early_refund_rate in [0, 1]")
+
+
+def follow_ups(orders: list[PurchaseEvent], rng: random.Random, *,
+               cancel_rate: float = CANCEL_RATE, refund_rate: float = REFUND_RATE,
+               early_refund_rate: float = EARLY_REFUND_RATE,
+               cancel_after_s: tuple[int, int] = (60, 3600),
+               refund_after_days: tuple[int, int] = (2, 21),
+               ) -> list[tuple[CancellationEvent | RefundEvent, bool]]:
+    """What happens to some of one customer's ``orders`` (in their order) afterwards: each
+    cancellation or refund with whether it is published before its purchase."""
+    _check_rates(cancel_rate, refund_rate, early_refund_rate)
+    out: list[tuple[CancellationEvent | RefundEvent, bool]] = []
+    for order in orders:
+        u = rng.random()
+        if u < cancel_rate:
+            at = order.occurred_at + timedelta(seconds=rng.randint(*cancel_after_s))
+            out.append((CancellationEvent(
+                type="cancellation", event_id=f"{order.event_id}-cancel",
+                order_id=order.order_id, customer_id=order.customer_id, occurred_at=at,
+                items=list(order.items), currency=order.currency), False))
+        elif u < cancel_rate + refund_rate:
+            at = order.occurred_at + timedelta(days=rng.randint(*refund_after_days),
+                                               seconds=rng.randint(0, 86_399))
+            refund = _refund(order, rng, at)
+            out.append((refund, rng.random() < early_refund_rate))
+    return out
+
+
+def generate_stream(customers: int = 1000, days: int = 120, seed: int = 42,
+                    start: datetime | None = None, burst_rate: float = 0.3,
+                    burst_gap_s: tuple[int, int] = (120, 900), burst_orders: int = 2, *,
+                    cancel_rate: float = CANCEL_RATE, refund_rate: float = REFUND_RATE,
+                    early_refund_rate: float = EARLY_REFUND_RATE,
+                    cancel_after_s: tuple[int, int] = (60, 3600),
+                    refund_after_days: tuple[int, int] = (2, 21)) -> list[StreamEvent]:
+    """:func:`generate`'s orders with their cancellations and refunds (see the module's
+    text for the rates), in stream order: by time, except the refunds published early,
+    each just before its purchase."""
+    _check_rates(cancel_rate, refund_rate, early_refund_rate)
+    orders = generate(customers, days, seed, start, burst_rate, burst_gap_s, burst_orders)
+    by_customer: dict[str, list[PurchaseEvent]] = {}
+    for order in orders:
+        by_customer.setdefault(order.customer_id, []).append(order)
+    on_time: list[StreamEvent] = list(orders)
+    early: dict[str, list[StreamEvent]] = {}  # order id -> refunds published before it
+    for cid in sorted(by_customer):
+        # a random stream of its own, so the orders stay those of generate()
+        rng = random.Random(f"synthetic-follow-ups:{seed}:{cid}")
+        for event, ahead in follow_ups(
+                sorted(by_customer[cid], key=lambda e: e.event_id), rng,
+                cancel_rate=cancel_rate, refund_rate=refund_rate,
+                early_refund_rate=early_refund_rate, cancel_after_s=cancel_after_s,
+                refund_after_days=refund_after_days):
+            if ahead:
+                early.setdefault(event.order_id, []).append(event)
+            else:
+                on_time.append(event)
+    on_time.sort(key=lambda e: (e.occurred_at, e.event_id))
+    out: list[StreamEvent] = []
+    for e in on_time:
+        if isinstance(e, PurchaseEvent):
+            out += early.get(e.order_id, [])
+        out.append(e)
+    return out

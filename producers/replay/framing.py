@@ -21,6 +21,13 @@ columns (in any order): ``event_id, order_id, customer_id, occurred_at, currency
 total, product_id, category, quantity, unit_price``, optionally ``channel``,
 ``consent`` (true/false) and ``schema_version``. Consecutive rows with the same
 event_id make one event; its event columns come from its rows, which must agree.
+Refunds and cancellations ride in the same file with the optional ``type`` column
+(``refund`` or ``cancellation``; empty or ``purchase`` for an order) and, for a refund,
+``amount``: their lines are their rows (returned or cancelled lines), and a row with
+empty product columns adds none (a refund of an amount alone, a cancellation without
+its lines). Beside event_id, order_id, customer_id and occurred_at they take only the
+columns that are not empty (a refund: currency and amount), so the decoder names a
+column they must not have (``total``, ``channel``) rather than it being dropped.
 
 **cdnow**: the CDNOW master file's own lines (customer id, YYYYMMDD, CDs, dollars),
 converted as ``caa publish --dataset cdnow`` does, with the same ids (``cdnow-<row>``).
@@ -58,7 +65,9 @@ MAX_SPAN = 2 * 1024 * 1024
 
 CSV_EVENT = ("event_id", "order_id", "customer_id", "occurred_at", "currency", "total")
 CSV_ITEM = ("product_id", "category", "quantity", "unit_price")
-CSV_OPTIONAL = ("channel", "consent", "schema_version")
+CSV_OPTIONAL = ("channel", "consent", "schema_version", "type", "amount")
+#: the columns every event has; a refund's or cancellation's others are taken when not empty
+CSV_ALWAYS = ("event_id", "order_id", "customer_id", "occurred_at")
 
 
 class FormatError(ValueError):
@@ -260,10 +269,13 @@ def _csv_event(rows: list[tuple[int, str, dict[str, str]]]) -> Framed:
         return Framed(line, raw, first["customer_id"],
                       ("csv", f"line {line}: the rows of event {first['event_id']!r} "
                               f"disagree on {', '.join(differ)}"))
-    obj: dict[str, Any] = {c: first[c] for c in CSV_EVENT}
+    kind = first.get("type", "").strip()
+    purchase = kind in ("", "purchase")  # on the wire an order has no type
+    obj: dict[str, Any] = {c: first[c] for c in CSV_EVENT
+                           if purchase or c in CSV_ALWAYS or first[c].strip()}
     for c in CSV_OPTIONAL:
         value = first.get(c, "").strip()
-        if not value:
+        if not value or (c == "type" and purchase):
             continue
         if c == "consent" and value.lower() in ("true", "false"):
             obj[c] = value.lower() == "true"
@@ -271,7 +283,8 @@ def _csv_event(rows: list[tuple[int, str, dict[str, str]]]) -> Framed:
             obj[c] = _number(value) if c == "schema_version" else value
     obj["items"] = [{"product_id": r["product_id"], "category": r["category"],
                      "quantity": _number(r["quantity"]), "unit_price": r["unit_price"]}
-                    for _, _, r in rows]
+                    for _, _, r in rows
+                    if purchase or any(r[c].strip() for c in CSV_ITEM)]
     return Framed(line, json.dumps(obj, separators=(",", ":")).encode(), first["customer_id"])
 
 

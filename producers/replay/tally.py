@@ -1,7 +1,8 @@
 """What a replay read, what was wrong with it, and what the target made of it.
 
 Every record is checked once with the consumer's own decoder (:func:`check`); the
-:class:`ReplayReport` counts valid records by type and invalid ones by reason, keeps
+:class:`ReplayReport` counts valid records by type (:func:`event_type`: purchase, refund,
+cancellation, consent, erasure) and invalid ones by reason, keeps
 the first few examples of each reason, the customers and the event-time range. Its
 counts are committed with the job's cursor (``tallies``), so a resumed job reports the
 whole job exactly, never a record twice.
@@ -25,6 +26,8 @@ from models.events import (
     ConsentEvent,
     ErasureEvent,
     EventRejected,
+    PurchaseEvent,
+    RefundEvent,
     StreamEvent,
     decode_event,
 )
@@ -60,9 +63,21 @@ def check(record: SourceRecord, max_bytes: int) -> Checked:
 
 
 def event_type(event: StreamEvent) -> str:
+    """The report's name for an event's type (purchases have no ``type`` on the wire).
+
+    >>> from producers.datasets.synthetic import generate_stream
+    >>> sorted({event_type(e) for e in generate_stream(customers=30, days=60, seed=1)})
+    ['cancellation', 'purchase', 'refund']
+    """
+    if isinstance(event, PurchaseEvent):
+        return "purchase"
     if isinstance(event, ConsentEvent):
         return "consent"
-    return "erasure" if isinstance(event, ErasureEvent) else "purchase"
+    if isinstance(event, ErasureEvent):
+        return "erasure"
+    if isinstance(event, RefundEvent):
+        return "refund"
+    return "cancellation"
 
 
 @dataclass(frozen=True)

@@ -174,3 +174,12 @@ def test_the_command_line_says_what_is_wrong_with_the_file_in_one_line(
     assert cli.main(["serve", "--port", "1"]) == 7
     err = capsys.readouterr().err
     assert "the rate of EUR must be positive" in err and err.count("\n") == 1
+
+
+def test_a_bad_setting_is_one_line_naming_the_variable(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("CAA_REPORTING_CURRENCY", "XYZ")
+    assert cli.main(["show", "00001"]) == 7
+    err = capsys.readouterr().err
+    assert err.startswith("caa: bad setting CAA_REPORTING_CURRENCY='XYZ'")
+    assert "not an ISO 4217 currency" in err and err.count("\n") == 1

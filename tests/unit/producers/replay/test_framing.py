@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from datetime import UTC
 from pathlib import Path
 
 import pytest
@@ -13,12 +15,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from consumers.progress import RecordedProgress
-from models.events import PurchaseEvent, decode_event
+from models.events import (
+    CancellationEvent,
+    EventRejected,
+    PurchaseEvent,
+    RefundEvent,
+    StreamEvent,
+    decode_event,
+)
 from producers.datasets.cdnow import dataset_path, load_events
-from producers.datasets.synthetic import generate
+from producers.datasets.synthetic import generate, generate_stream
 from producers.replay.framing import FormatError, Framed, frame
 from producers.replay.runner import ProgressMeter, dry_run
 from producers.replay.sources import Cursor, FileSource
+from producers.replay.tally import event_type
 
 EVENTS = generate(customers=4, days=30, seed=5)[:12]
 JSONL = b"".join(e.to_bytes() + b"\n" for e in EVENTS)
@@ -159,3 +169,78 @@ def test_a_progress_meter_counts_the_bytes_read_out_of_the_sources_size(
     assert report.records == len(EVENTS)
     assert progress.phases == [("replaying (bytes read)", len(JSONL))]
     assert progress.done == {"replaying (bytes read)": len(JSONL)}
+
+
+# refunds and cancellations (issue 14 item 7): framed, checked and counted like orders
+STREAM = generate_stream(customers=30, days=60, seed=5, cancel_rate=0.1, refund_rate=0.15,
+                         early_refund_rate=0.3)
+STREAM_CSV_HEADER = ("event_id,order_id,customer_id,occurred_at,currency,total,channel,"
+                     "consent,type,amount,product_id,category,quantity,unit_price\n")
+
+
+def to_csv_stream(events: Sequence[StreamEvent]) -> str:
+    rows = [STREAM_CSV_HEADER]
+    for e in events:
+        d = json.loads(e.to_bytes())
+        consent = "" if d.get("consent") is None else str(d["consent"]).lower()
+        head = [d["event_id"], d["order_id"], d["customer_id"], d["occurred_at"],
+                d.get("currency", ""), d.get("total", ""), d.get("channel", ""), consent,
+                d.get("type", ""), d.get("amount", "")]
+        lines = [[i["product_id"], i["category"], str(i["quantity"]), i["unit_price"]]
+                 for i in d.get("items", [])] or [["", "", "", ""]]
+        rows += [",".join(head + line) + "\n" for line in lines]
+    return "".join(rows)
+
+
+def test_refunds_and_cancellations_frame_and_are_counted_by_type(tmp_path: Path) -> None:
+    kinds = Counter(type(e).__name__ for e in STREAM)
+    assert kinds["RefundEvent"] and kinds["CancellationEvent"]
+    data = b"".join(e.to_bytes() + b"\n" for e in STREAM)
+    for blob in (data, gzip.compress(b"".join(e.to_bytes() for e in STREAM))):
+        got = _records([blob])
+        assert [decode_event(r.data) for r in got] == STREAM  # stream order kept
+        assert [r.key for r in got] == [e.customer_id for e in STREAM]
+    (tmp_path / "s.jsonl").write_bytes(data)
+    report = dry_run(FileSource([tmp_path]), 100_000)
+    assert (report.records, report.valid, report.invalid_total) == (len(STREAM),) * 2 + (0,)
+    assert dict(report.types) == {"purchase": kinds["PurchaseEvent"],
+                                  "refund": kinds["RefundEvent"],
+                                  "cancellation": kinds["CancellationEvent"]}
+    assert {event_type(e) for e in STREAM} == {"purchase", "refund", "cancellation"}
+    first = min(e.occurred_at for e in STREAM).astimezone(UTC).isoformat()
+    last = max(e.occurred_at for e in STREAM).astimezone(UTC).isoformat()
+    assert (report.first_at, report.last_at) == (first, last)  # not the stream's ends
+
+
+def test_csv_carries_refunds_and_cancellations_with_a_type_column() -> None:
+    events = [e.model_copy(update={"contact": None}) if isinstance(e, PurchaseEvent) else e
+              for e in STREAM]
+    assert any(isinstance(e, RefundEvent) and not e.items for e in events)
+    got = _records([to_csv_stream(events).encode()], "csv")
+    assert all(r.problem is None for r in got)
+    assert [decode_event(r.data) for r in got] == events
+    assert [r.key for r in got] == [e.customer_id for e in events]
+    # a purchase-only file is read as before, "purchase" naming an order as well
+    orders = [e for e in events if isinstance(e, PurchaseEvent)][:5]
+    rows = [line.split(",") for line in to_csv_stream(orders).splitlines()]
+    named = "\n".join(",".join([*r[:8], "purchase" if n else "type", *r[9:]])
+                       for n, r in enumerate(rows)) + "\n"
+    assert named.count(",purchase,") == sum(len(e.items) for e in orders)
+    assert [decode_event(r.data) for r in _records([named.encode()], "csv")] == orders
+
+
+def test_csv_columns_a_refund_must_not_have_are_named_by_the_decoder() -> None:
+    refund = next(e for e in STREAM if isinstance(e, RefundEvent) and e.items)
+    cancel = next(e for e in STREAM if isinstance(e, CancellationEvent))
+    with_total = to_csv_stream([refund]).replace(f",{refund.currency},,",
+                                                 f",{refund.currency},9.99,")
+    unknown = to_csv_stream([cancel]).replace(",cancellation,", ",chargeback,")
+    got = _records([with_total.encode(), unknown.split("\n", 1)[1].encode()], "csv")
+    assert len(got) == 2 and all(r.problem is None for r in got)
+    reasons = []
+    for r in got:
+        with pytest.raises(EventRejected) as info:
+            decode_event(r.data)
+        reasons.append(str(info.value))
+    assert "total" in reasons[0] and "Extra inputs" in reasons[0]
+    assert "'chargeback' is not one of" in reasons[1]
