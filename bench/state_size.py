@@ -23,9 +23,9 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from functools import partial
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 from consumers.stores.customers import state_to_item
