@@ -80,5 +80,23 @@ bench: setup-dev
 	$(PY) bench/replay.py
 	$(PY) bench/state_size.py
 
+.PHONY: package deploy
+## package: every Lambda artifact of deploy/template.yaml for arm64 / Python 3.12
+## (build/lambda/caa-<name>.zip) from deploy/lambda-requirements.txt only (pinned, no
+## pandas, scikit-learn, matplotlib, moto, localstack-client or dev tools); prints each one's
+## unzipped and zipped size, then builds the same tree for this machine and imports the
+## handlers from it (the smoke check). Wheels are kept in build/wheels/.
+package: setup
+	$(PY) -m deploy.package --smoke
+
+## deploy: STACK=name [CONFIRM=1] [REGION=r] [BUCKET=b] [PARAMS="Key=Value ..."]: prints what
+## it will create (target account, uploads, every resource), then, confirmed, uploads the
+## artifacts and creates or updates the stack (boto3: AWS_PROFILE, AWS_REGION as usual)
+deploy: package
+	@test -n "$(STACK)" || { echo "usage: make deploy STACK=name [CONFIRM=1]" >&2; exit 2; }
+	$(PY) -m deploy.stack --stack $(STACK) $(if $(CONFIRM),--yes) \
+	  $(if $(REGION),--region $(REGION)) $(if $(BUCKET),--bucket $(BUCKET)) \
+	  $(foreach p,$(PARAMS),--param $(p))
+
 clean:
-	rm -rf $(VENV) .caa out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .caa out build .pytest_cache .mypy_cache .ruff_cache

@@ -7,13 +7,23 @@ convenience: with ``CAA_LOCAL_EMULATOR=auto`` (the default) and no
 ``AWS_ENDPOINT_URL``, a running emulator started by ``caa emulator start`` is used.
 This module never refuses a target: the interactive command line does, before building
 clients (:func:`caa.target.require_target`); the Lambda/KCL entry points and the API do not.
+
+LocalStack (:func:`localstack_host`) is recognised by ``AWS_ENDPOINT_URL`` alone: port 4576
+(docker-compose.yml's host port), host ``localstack`` (the compose service name, port 4566
+inside the compose network) or a ``*.localstack.cloud`` host. Its sync clients then come
+from ``localstack_client``'s session, its async ones from the endpoint ``localstack_client``
+resolves for the service; without credentials it gets LocalStack's ``test``/``test``.
+``localstack_client`` is imported only then: it is a local-only dependency, left out of the
+Lambda artifacts (deploy/package.py).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import boto3
 from aiobotocore.session import get_session
@@ -32,6 +42,10 @@ _CONFIG = Config(
     connect_timeout=5,
 )
 _DUMMY = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+#: LocalStack's conventional credentials (account 000000000000)
+_LOCALSTACK_DUMMY = {"aws_access_key_id": "test", "aws_secret_access_key": "test"}
+#: docker-compose.yml publishes LocalStack's edge port 4566 on this host port (4566 is ours)
+LOCALSTACK_COMPOSE_PORT = 4576
 #: attempts of a call to an endpoint that has never answered this client (see _FailFast)
 _UNREACHED_ATTEMPTS = 2
 
@@ -68,6 +82,35 @@ def local_emulator_endpoint(settings: Settings) -> str | None:
     return found.endpoint if found else None
 
 
+def localstack_host(endpoint_url: str | None) -> str | None:
+    """``host:port`` of LocalStack when ``endpoint_url`` (``AWS_ENDPOINT_URL``) is one, else
+    None: port 4576 (docker-compose.yml), host ``localstack`` (the compose network) or a
+    ``*.localstack.cloud`` host.
+
+    >>> localstack_host("http://localhost:4576"), localstack_host("http://localstack:4566")
+    ('localhost:4576', 'localstack:4566')
+    >>> localstack_host("http://127.0.0.1:4566") is None  # the embedded emulator's port
+    True
+    """
+    if not endpoint_url:
+        return None
+    parts = urlsplit(endpoint_url)
+    host = (parts.hostname or "").lower()
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return None
+    if (port == LOCALSTACK_COMPOSE_PORT or host in {"localstack", "localstack.cloud"}
+            or host.endswith(".localstack.cloud")):
+        return f"{host}:{port}"
+    return None
+
+
+def _service_endpoint_set(service: str) -> bool:
+    """``AWS_ENDPOINT_URL_<SERVICE>`` is set: botocore's own choice then stands."""
+    return bool(os.environ.get("AWS_ENDPOINT_URL_" + service.upper().replace("-", "_")))
+
+
 class Aws:
     """Client factory bound to one settings object. It prints nothing: the command line
     names the target before commands that change something (:mod:`caa.target`), and error
@@ -85,6 +128,39 @@ class Aws:
         self._needs_dummy = self._session.get_credentials() is None and (
             self.endpoint_url is not None or settings.endpoint_url is not None
         )
+        #: ``host:port`` when the target is LocalStack (see :func:`localstack_host`)
+        self.localstack = localstack_host(settings.endpoint_url)
+
+    def _localstack_for(self, service: str) -> str | None:
+        """LocalStack's ``host:port`` for this service's client, or None (not LocalStack,
+        Bedrock, or a service-specific endpoint variable)."""
+        if (self.localstack is None or service in ("bedrock", "bedrock-runtime")
+                or _service_endpoint_set(service)):
+            return None
+        return self.localstack
+
+    def _localstack_client(self, service: str) -> Any:
+        """A sync client from ``localstack_client``'s session (LocalStack's endpoint, its
+        region and credentials), or None when that session does not know the service."""
+        from localstack_client import config as ls_config
+        from localstack_client.session import Session as LocalStackSession
+
+        if service not in ls_config.get_service_endpoints(self.localstack):
+            return None
+        creds = self._session.get_credentials()
+        keys = ({"aws_access_key_id": creds.access_key, "aws_secret_access_key": creds.secret_key,
+                 "aws_session_token": creds.token} if creds is not None
+                else {**_LOCALSTACK_DUMMY, "aws_session_token": None})
+        session = LocalStackSession(region_name=self.settings.region,
+                                    localstack_host=self.localstack, **keys)
+        return session.client(service, config=_CONFIG)
+
+    def _localstack_endpoint(self, service: str) -> str | None:
+        """The endpoint ``localstack_client`` resolves for ``service`` (async clients)."""
+        from localstack_client import config as ls_config
+
+        endpoint: str | None = ls_config.get_service_endpoint(service, self.localstack)
+        return endpoint
 
     def _kwargs(self, service: str = "") -> dict[str, Any]:
         s = self.settings
@@ -96,6 +172,11 @@ class Aws:
             kw["region_name"] = s.bedrock_region or s.region
         elif self.endpoint_url:
             kw["endpoint_url"] = self.endpoint_url
+        elif self._localstack_for(service) and (found := self._localstack_endpoint(service)):
+            kw["endpoint_url"] = found
+            if self._session.get_credentials() is None:
+                kw.update(_LOCALSTACK_DUMMY)
+            return kw
         if self._needs_dummy:
             kw.update(_DUMMY)
         return kw
@@ -120,6 +201,10 @@ class Aws:
         return kw
 
     def client(self, service: str) -> Any:
+        if self._localstack_for(service):
+            local = self._localstack_client(service)
+            if local is not None:
+                return _fail_fast(local)
         kw = self._kwargs(service)
         return _fail_fast(self._session.client(service, **kw))  # type: ignore[call-overload]
 
