@@ -7,6 +7,10 @@ data; the caller (:mod:`consumers.analysis.enricher`) falls back to the statisti
 analyzer, which needs no service and whose answers are built from the features
 alone (it is never checked for sensitive terms: it states none).
 
+The caller steers the calls of one analysis with :class:`Calls`: the analyzer reports every
+call that failed on the service's side and every answer (the circuit breaker counts them), asks
+before each retry, and gives up at once, as ``stopped``, when the stop event is set.
+
 >>> from datetime import date
 >>> from models.prompt import AnalysisInput, ItemFeature, StatisticalHint
 >>> x = AnalysisInput(subject="cust_1", as_of=date(2024, 3, 1), consent=True, purchases=6,
@@ -28,7 +32,8 @@ alone (it is never checked for sensitive terms: it states none).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal, Protocol
@@ -47,7 +52,39 @@ from models.analysis import (
 )
 from models.prompt import AnalysisInput
 
-FailureKind = Literal["throttled", "unavailable", "timeout", "invalid_answer", "rejected"]
+#: ``stopped``: the stop event cut the analysis short (its customer is analysed later)
+FailureKind = Literal["throttled", "unavailable", "timeout", "invalid_answer", "rejected",
+                      "stopped"]
+
+
+def _nothing() -> None:
+    return None
+
+
+def _always() -> bool:
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class Calls:
+    """How the caller steers the calls one analysis makes.
+
+    ``failed()`` after each call that failed on the service's side (throttled, unavailable,
+    timed out, unreachable), ``answered()`` after each answer (even an unusable one);
+    ``may_retry()`` before each retry; ``stop`` set: no further call, the analysis ends as
+    ``stopped`` (a call in flight is the caller's to wait for or cancel)."""
+
+    stop: asyncio.Event | None = None
+    failed: Callable[[], None] = _nothing
+    answered: Callable[[], None] = _nothing
+    may_retry: Callable[[], bool] = _always
+
+    def stopped(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
+
+
+#: no steering: every retry the analyzer's own policy allows, never stopped
+FREE = Calls()
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +110,7 @@ class Analyzer(Protocol):
         """(input, output) tokens one analysis can be billed at most."""
         ...
 
-    async def analyze(self, x: AnalysisInput) -> AnalyzerResult: ...
+    async def analyze(self, x: AnalysisInput, calls: Calls = FREE) -> AnalyzerResult: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,5 +227,5 @@ class StatisticalAnalyzer:
     def worst_case_tokens(self, x: AnalysisInput) -> tuple[int, int]:
         return 0, 0
 
-    async def analyze(self, x: AnalysisInput) -> AnalyzerResult:
+    async def analyze(self, x: AnalysisInput, calls: Calls = FREE) -> AnalyzerResult:
         return AnalyzerResult(statistical_analysis(x), "statistical", self.model, attempts=0)

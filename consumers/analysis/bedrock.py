@@ -13,12 +13,18 @@ The daily batch sends this same request in the model's native format
 (:func:`models.daily_job.messages_body`; batch jobs support tool use only with InvokeModel)
 and reads its answers with :func:`parse_native_answer`, through the same validation.
 
-Throttling, service-unavailable, internal errors, model timeouts and transport
-failures are retried with exponential backoff and full jitter (:mod:`consumers.retry`,
-``backoff_base_s`` doubling per attempt to at most ``backoff_cap_s``) while the
-deadline allows; botocore's own retries are off (the client is built with one
+Throttling, service-unavailable, internal errors (and any other 429 or 5xx answer), model
+timeouts and transport failures are retried with exponential backoff and full jitter
+(:mod:`consumers.retry`, ``backoff_base_s`` doubling per attempt to at most ``backoff_cap_s``)
+while the deadline allows; botocore's own retries are off (the client is built with one
 attempt), so every attempt is counted here. Every failure is returned as data:
 the caller falls back to the statistical analyzer.
+
+The caller's :class:`~consumers.analysis.analyzer.Calls` hears of every call that failed on
+the service's side (the retryable errors above, timeouts, transport failures; not a request
+rejected as invalid) and of every answer, so the circuit breaker counts calls, not analyses;
+it is asked before each retry (no retry once the breaker is open), and its stop event ends
+the backoff at once: no call starts after a stop, the analysis ends as ``stopped``.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from botocore.exceptions import (
 )
 from pydantic import ValidationError
 
-from consumers.analysis.analyzer import AnalyzerResult, FailureKind, PriceTable
+from consumers.analysis.analyzer import FREE, AnalyzerResult, Calls, FailureKind, PriceTable
 from consumers.retry import Backoff
 from models.analysis import TOOL_NAME, Analysis, tool_spec
 from models.prompt import SYSTEM_PROMPT, AnalysisInput, render_user
@@ -62,6 +68,14 @@ RETRYABLE: dict[str, FailureKind] = {
     "ModelNotReadyException": "unavailable",
     "ModelTimeoutException": "timeout",
 }
+
+
+def _by_status(resp: Mapping[str, Any]) -> FailureKind | None:
+    """An error code not named above, by its HTTP status: 429 throttled, 5xx unavailable."""
+    status = resp.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    if status == 429:
+        return "throttled"
+    return "unavailable" if isinstance(status, int) and status >= 500 else None
 
 
 #: the header the local test server (deploy.local.bedrock_server) answers with
@@ -167,7 +181,7 @@ class BedrockAnalyzer:
         first = self.input_tokens_bound(x)
         return 2 * first + self.max_tokens + 300, 2 * self.max_tokens
 
-    async def analyze(self, x: AnalysisInput) -> AnalyzerResult:
+    async def analyze(self, x: AnalysisInput, calls: Calls = FREE) -> AnalyzerResult:
         req = self.request(x)
         items = {i.name for i in (*x.products, *x.categories)} | {
             h.name for h in x.statistical_next}
@@ -195,8 +209,8 @@ class BedrockAnalyzer:
                 err = exc.response.get("Error", {})
                 code = str(err.get("Code", "Unknown"))
                 detail = f"{code}: {err.get('Message', '')}".strip()
-                retry_as = RETRYABLE.get(code)
-                if retry_as is None:
+                retry_as = RETRYABLE.get(code) or _by_status(exc.response)
+                if retry_as is None:  # the request's fault: says nothing of the service
                     return result(None, "rejected", detail)
                 failure = retry_as
             except (ReadTimeoutError, TimeoutError) as exc:
@@ -213,6 +227,7 @@ class BedrockAnalyzer:
                 return result(None, "rejected", f"{type(exc).__name__}: {exc}")
             else:
                 billable += 1
+                calls.answered()
                 self._heard(resp)
                 usage = resp.get("usage", {})
                 tokens_in += int(usage.get("inputTokens", 0))
@@ -225,15 +240,48 @@ class BedrockAnalyzer:
                     why = "; ".join(problems[:5])
                 if billable >= MAX_BILLABLE or self._clock() >= deadline:
                     return result(None, "invalid_answer", why)
+                if calls.stopped():
+                    return result(None, "stopped", f"stopped before correcting: {why}")
                 req = self._correction(req, resp, why, use)
                 continue
+            calls.failed()  # here only when the call failed on the service's side
             if billable >= MAX_BILLABLE:
                 return result(None, failure, f"{detail} (after {billable} billable attempts)")
-            delay = self.backoff.delay(attempts - 1, self._rng)
-            if self._clock() + delay >= deadline:
-                return result(None, failure, f"{detail} (gave up after {attempts} attempt(s) "
-                                             f"within the {self.deadline_s:g} s deadline)")
-            await self._sleep(delay)
+            end = await self._backoff(failure, detail, attempts, deadline, calls)
+            if end is not None:
+                return result(None, *end)
+
+    async def _backoff(self, failure: FailureKind, detail: str, attempts: int, deadline: float,
+                       calls: Calls) -> tuple[FailureKind, str] | None:
+        """Wait before the next attempt; or why there is none (the deadline, the breaker,
+        a stop): the failure to end with and its detail."""
+        delay = self.backoff.delay(attempts - 1, self._rng)
+        if self._clock() + delay >= deadline:
+            return failure, (f"{detail} (gave up after {attempts} attempt(s) within the "
+                             f"{self.deadline_s:g} s deadline)")
+        refused = f"{detail} (no retry after {attempts} attempt(s): the breaker is open)"
+        if not calls.may_retry():
+            return failure, refused
+        if calls.stopped() or await self._pause(delay, calls.stop):
+            return "stopped", f"{detail} (stopped after {attempts} attempt(s))"
+        if not calls.may_retry():  # opened while this one waited
+            return failure, refused
+        return None
+
+    async def _pause(self, seconds: float, stop: asyncio.Event | None) -> bool:
+        """Sleep ``seconds`` (the injected sleep), or less when ``stop`` is set first;
+        True when it is set."""
+        if stop is None:
+            await self._sleep(seconds)
+            return False
+        sleeping = asyncio.ensure_future(self._sleep(seconds))
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({sleeping, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeping.cancel()
+            stopping.cancel()
+        return stop.is_set()
 
     def _heard(self, resp: Mapping[str, Any]) -> None:
         """Learn from a response (an answer or an error) whether the test server sent it."""

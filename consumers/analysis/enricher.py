@@ -17,11 +17,20 @@ Each analysis is stored (latest, history, merged into the prediction item).
 A write that fails is counted and the customer is analysed again on the next
 trigger; the statistical prediction is already durable, so nothing is lost and
 no shard waits.
+
+A stop (:meth:`Enricher.abandon_queued`, on SIGTERM/SIGINT) starts nothing new and cancels
+every Bedrock retry at once (the stop event reaches the analyzer's backoff); calls in flight
+get at most :data:`STOP_GRACE_S` seconds to answer, then are cancelled. An analysis cut short
+is not stored: its customer goes back into the queue, like every customer still waiting.
+The queue lives in memory, so at exit they are counted and said on stderr (and in
+``summary()["pending_at_stop"]``); each keeps its statistical prediction and is analysed on
+its next purchase, or by the scheduled re-analysis when it is active.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -29,7 +38,13 @@ from datetime import UTC, datetime
 
 from consumers.analysis.analyzer import AnalyzerResult, StatisticalAnalyzer
 from consumers.analysis.guard import CallGuard, Refused
-from consumers.analysis.trigger import CacheRules, Signature, TriggerPolicy, stale_reason
+from consumers.analysis.trigger import (
+    CacheRules,
+    Pending,
+    Signature,
+    TriggerPolicy,
+    stale_reason,
+)
 from consumers.core import BatchResult
 from consumers.instrument.metrics import Metrics
 from consumers.progress import NO_PROGRESS, Progress
@@ -42,6 +57,14 @@ from models.state import CustomerState
 from models.variant import NO_EXPERIMENT, VariantPlan
 
 MAX_ERRORS_KEPT = 100
+
+#: after a stop, the longest the enricher waits for Bedrock calls in flight (seconds) before
+#: cancelling them. The rest of a shutdown (the poller's last batches, flushing counters,
+#: releasing the lease, closing the clients) takes about 0.5 s, up to 2.5 s on a loaded
+#: 2-core machine, so SIGTERM-to-exit stays under 5 s (issue 15), well inside a usual 30 s
+#: grace period. A call cancelled may still be billed: its budget reservation is kept (see
+#: consumers.analysis.guard).
+STOP_GRACE_S = 1.5
 
 
 #: the fallback reason of the A/B control variant's analyses
@@ -88,6 +111,10 @@ class Enricher:
         self._finished = 0  # queued analyses that ended (stored, cache hit or error)
         self._wake = asyncio.Event()
         self._closing = False
+        self._stop = asyncio.Event()  # set by a stop: reaches the analyzer's retries
+        self._stop_deadline = 0.0  # after a stop: when calls in flight are cancelled
+        self._cut = 0  # analyses cut short by a stop (their customers are queued again)
+        self._said = False  # the stop's pending analyses were reported
         self.counts: Counter[str] = Counter()
         self._unflushed: Counter[str] = Counter()  # shared daily counters not yet added
         self._metric: Counter[str] = Counter()  # CloudWatch deltas not yet sent
@@ -177,9 +204,14 @@ class Enricher:
             w.cancel()
 
     def abandon_queued(self) -> None:
-        """On a stop signal: nothing new starts (pending customers keep their statistical
-        prediction and are analysed on their next trigger); calls in flight finish."""
-        self._closing = True
+        """On a stop signal: nothing new starts, Bedrock retries stop at once, and calls in
+        flight get :data:`STOP_GRACE_S` seconds (:meth:`settle`); pending customers keep
+        their statistical prediction and are analysed on their next trigger."""
+        if not self._closing:
+            self._closing = True
+            self._stop_deadline = self._clock() + STOP_GRACE_S
+            self._stop.set()
+            self._wake.set()
 
     @property
     def queued(self) -> int:
@@ -209,8 +241,27 @@ class Enricher:
         progress.advance(self._finished - start)
 
     async def settle(self) -> None:
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks))
+        """Wait for the analyses running; after a stop, only until :data:`STOP_GRACE_S`
+        after it: then they are cancelled (their customers queued again) and what is left
+        in the queue is reported."""
+        while running := [t for t in self._tasks if not t.done()]:
+            if not self._closing:
+                await asyncio.gather(*running)
+                continue
+            left = self._stop_deadline - self._clock()
+            if left > 0:
+                await asyncio.wait(running, timeout=left)
+                continue
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+        if self._closing and not self._said:
+            self._said = True
+            if len(self.policy):
+                print(f"analysis: stopped with {len(self.policy)} customer(s) not analysed "
+                      f"({self._cut} cut short in flight, the rest queued); the queue is in "
+                      "memory: they keep their statistical prediction until their next "
+                      "purchase or scheduled re-analysis", file=sys.stderr)
 
     def _dispatch(self, now: float) -> None:
         if self._closing:
@@ -243,11 +294,25 @@ class Enricher:
         """Analyse ``cid``, whose in-flight marker the caller set; errors become counts."""
         try:
             return await self._analyze(cid, x, trigger, arrivals, bypass)
+        except asyncio.CancelledError:
+            if self._closing:  # cut short by a stop: not stored, queued again
+                self._requeue(cid, x, trigger, arrivals)
+            raise
         except Exception as exc:  # noqa: BLE001 -- kept as data: counted, shown in the summary
             self._error("analysis", cid, exc)
             return None
         finally:
             self._inflight.discard(cid)
+
+    def _requeue(self, cid: str, x: AnalysisInput, trigger: TriggerKind,
+                 arrivals: list[float]) -> None:
+        """An analysis a stop cut short: counted, and its customer back in the queue (as an
+        SQS message not deleted becomes visible again); an on-demand one is its caller's."""
+        self._cut += 1
+        self._count("stopped")
+        if trigger != "on_demand":
+            now = self._clock()
+            self.policy.defer(cid, Pending(x, now, now, trigger, list(arrivals)), now)
 
     def _error(self, where: str, cid: str, exc: Exception) -> None:
         self._count("errors")
@@ -277,15 +342,21 @@ class Enricher:
                 self._count("cache_hits", shared=True)
                 self._fresh(arrivals)
                 return None
-        outcome = await self.guard.call(x)
+        outcome = await self.guard.call(x, self._stop)
+        if isinstance(outcome, Refused) and outcome.reason == "stopped":
+            self._requeue(cid, x, trigger, arrivals)
+            return None
         if isinstance(outcome, Refused):
             return await self._finish(cid, x, trigger, arrivals, None, outcome.reason, None)
         self.counts["bedrock_calls"] += outcome.attempts
         self._metric.update({"bedrock_calls": outcome.attempts,
                              "input_tokens": outcome.input_tokens,
                              "output_tokens": outcome.output_tokens,
-                             "failed_analyses": int(outcome.failure is not None)})
+                             "failed_analyses": int(outcome.failure not in (None, "stopped"))})
         self._metric_cost += outcome.cost_usd
+        if outcome.failure == "stopped":
+            self._requeue(cid, x, trigger, arrivals)
+            return None
         if outcome.analysis is not None:
             return await self._finish(cid, x, trigger, arrivals, outcome, None, signature)
         return await self._finish(cid, x, trigger, arrivals, outcome, outcome.failure, None)
@@ -372,6 +443,8 @@ class Enricher:
             "fallback_reasons": {k.removeprefix("fallback_"): v for k, v in sorted(c.items())
                                  if k.startswith("fallback_")},
             "errors": c["errors"], "breaker_opened": self.breaker.opened,
+            **({"pending_at_stop": len(self.policy), "cut_short_at_stop": self._cut}
+               if self._closing else {}),
             "freshness_p50_s": q(0.5), "freshness_p95_s": q(0.95),
             **({"answered_by": sorted(self.endpoints), "note": simulated_note(self.endpoints)}
                if self.endpoints else {}),

@@ -79,6 +79,7 @@ def world(emulator: Emulator, bedrock_server: BedrockServer,
         "CAA_ANALYSIS_ACTIVE_DAYS": "0", "CAA_BEDROCK_TIMEOUT_S": "2",
         "CAA_BEDROCK_DEADLINE_S": "2", "CAA_BEDROCK_BACKOFF_BASE_S": "0.02",
         "CAA_BREAKER_RESET_S": "60", "CAA_SEGMENT_WARMUP": "10", "CAA_API_KEYS": f"other,{KEY}",
+        "CAA_REPORTING_CURRENCY": "EUR",  # the events' currency: amounts are reported as is
     }
     mp = pytest.MonkeyPatch()  # the test process's own clients find the emulator by env too
     mp.delenv("AWS_PROFILE", raising=False)
@@ -140,7 +141,8 @@ def test_the_prediction_is_the_one_the_consumer_wrote(world: World) -> None:
     r = world.get("/customers/api-pred/prediction")
     assert r.status_code == 200, r.text
     body = r.json()
-    assert (body["customer_id"], body["purchases"], body["spend"]) == ("api-pred", 3, 6.0)
+    assert (body["customer_id"], body["purchases"], body["spend"], body["currency"],
+            body["unconverted"]) == ("api-pred", 3, 6.0, "EUR", [])
     assert body["source"] == "bedrock" and body["analysis"] is not None  # merged in by the run
     item = Aws(world.settings).client("dynamodb").get_item(
         TableName=world.settings.table("predictions"), Key={"customer_id": {"S": "api-pred"}},
