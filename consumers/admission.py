@@ -83,8 +83,15 @@ def admit(data: bytes, partition_key: str, *, arrival_ts: float | None, now_ts: 
     """The event a record carries, or :class:`EventRejected` with the first check it fails.
 
     ``arrival_ts`` is the record's arrival in the stream (epoch seconds; None when
-    unknown, then ``now_ts`` stands in)."""
-    event = decode_event(data, max_bytes)
+    unknown, then ``now_ts`` stands in). No record can make it raise anything else: an
+    unexpected error of the decoder on one record is that record's ``decoder_error``."""
+    try:
+        event = decode_event(data, max_bytes)
+    except EventRejected:
+        raise
+    except Exception as exc:  # one bad record must never stop its shard
+        raise EventRejected("decoder_error",
+                            f"{type(exc).__name__} while decoding: {exc}"[:500]) from exc
     if partition_key and partition_key != event.customer_id:
         raise EventRejected(
             "partition_key",

@@ -268,7 +268,8 @@ def decode_event(data: bytes, max_bytes: int = MAX_EVENT_BYTES) -> StreamEvent:
     """
     if is_aggregate(data):  # the adapters de-aggregate: one that reaches here is corrupt
         raise EventRejected("bad_aggregate", aggregate_defect(data)
-                            or "a KPL aggregate must be de-aggregated before decoding")
+                            or "a KPL aggregate must be de-aggregated once: this one is "
+                               "nested in another")
     if len(data) > max_bytes:
         raise EventRejected("oversized", f"{len(data)} bytes exceeds the limit of {max_bytes}")
     if data.startswith(_UTF8_BOM):

@@ -57,7 +57,7 @@ def deaggregate(data: bytes) -> list[UserRecord] | None:
 
     Raises :class:`BadAggregate` when the magic bytes are there but the rest is not a valid
     aggregate (too short, MD5 mismatch, protobuf that does not parse, a key index out of
-    its table)."""
+    its table, a key that is not UTF-8, a required field missing, no user records)."""
     if not is_aggregate(data):
         return None
     body = data[len(MAGIC):]
@@ -71,6 +71,9 @@ def deaggregate(data: bytes) -> list[UserRecord] | None:
         record.ParseFromString(message)
     except DecodeError as exc:
         raise BadAggregate(f"protobuf AggregatedRecord does not parse: {exc}") from None
+    if not record.IsInitialized():  # the KCL's parser refuses it; upb's lets it through
+        missing = ", ".join(record.FindInitializationErrors()[:3])
+        raise BadAggregate(f"protobuf AggregatedRecord misses required fields: {missing}")
     pks = list(record.partition_key_table)
     ehks = list(record.explicit_hash_key_table)
     out: list[UserRecord] = []
@@ -83,11 +86,23 @@ def deaggregate(data: bytes) -> list[UserRecord] | None:
             if r.explicit_hash_key_index >= len(ehks):
                 raise BadAggregate(f"user record {i}: explicit hash key index "
                                    f"{r.explicit_hash_key_index} outside a table of {len(ehks)}")
-            ehk = str(ehks[r.explicit_hash_key_index])
-        out.append(UserRecord(str(pks[r.partition_key_index]), bytes(r.data), ehk))
+            ehk = _text(ehks[r.explicit_hash_key_index], "explicit hash key", i)
+        out.append(UserRecord(_text(pks[r.partition_key_index], "partition key", i),
+                              bytes(r.data), ehk))
     if not out:
         raise BadAggregate("KPL aggregate holds no user records")
     return out
+
+
+def _text(value: str | bytes, what: str, i: int) -> str:
+    """A key from the aggregate's tables: protobuf hands over the bytes of one that is not
+    UTF-8, which cannot be a partition key."""
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadAggregate(f"user record {i}: {what} is not UTF-8") from None
+    return str(value)
 
 
 def aggregate_defect(data: bytes) -> str | None:

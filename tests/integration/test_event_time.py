@@ -102,7 +102,7 @@ def test_a_future_and_a_year_zero_event_are_dead_lettered_and_the_stream_goes_on
     customers = Aws(s).client("dynamodb")
     c002 = customers.get_item(TableName=s.table("customers"),
                               Key={"customer_id": {"S": "c002"}})["Item"]
-    assert (c002["purchases"]["N"], c002["spend_cents"]["N"]) == ("4", "1800")
+    assert (c002["purchases"]["N"], c002["spend"]["M"]) == ("4", {"EUR": {"N": "1800"}})
     _assert_not_collapsed(s, datetime.now(UTC))
 
     # A restart (its refit included) keeps it so.

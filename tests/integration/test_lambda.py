@@ -51,7 +51,8 @@ def kinesis_events(s: Settings) -> list[dict[str, Any]]:
 
 def totals(s: Settings) -> dict[str, tuple[int, int]]:
     ddb = Aws(s).client("dynamodb")
-    return {i["customer_id"]["S"]: (int(i["purchases"]["N"]), int(i["spend_cents"]["N"]))
+    return {i["customer_id"]["S"]: (int(i["purchases"]["N"]),
+                                    sum(int(v["N"]) for v in i["spend"]["M"].values()))
             for page in ddb.get_paginator("scan").paginate(TableName=s.table("customers"))
             for i in page["Items"]}
 
