@@ -65,8 +65,17 @@ $(CHROMIUM):
 	    apt-get install -y -q chromium >/dev/null)) || \
 	  echo "chromium missing: install Debian's chromium package for the report test"
 
+# JAXB's API for the KCL daemon (deploy/kcl.py: JAXB_JAR), Debian's package
+JAXB := /usr/share/java/jaxb-api.jar
+$(JAXB):
+	command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -q libjaxb-api-java >/dev/null || \
+	   (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -q libjaxb-api-java >/dev/null)) || \
+	  echo "jaxb-api missing: install Debian's libjaxb-api-java for the KCL daemon"
+
 ## test: lint, type-check, unit + integration tests (starts its own emulator)
-test: lint $(KINESIS_MOCK) $(CHROMIUM)
+test: lint $(KINESIS_MOCK) $(CHROMIUM) $(JAXB)
 	$(VENV)/bin/pytest
 
 ## chaos: the crash harness on the whole CDNOW log (>= 10 SIGKILLs); last line

@@ -78,9 +78,17 @@ def properties(stream_name: str, region: str, options: KclOptions) -> str:
     return "".join(f"{k} = {v}\n" for k, v in lines.items())
 
 
+#: JAXB's API (Debian's ``libjaxb-api-java``): the KCL's de-aggregation error path calls
+#: ``javax.xml.bind.DatatypeConverter``, gone from the JDK since Java 11; without it one
+#: malformed KPL aggregate (a partition-key index outside its table) kills the daemon with
+#: ``NoClassDefFoundError`` on every restart. With it the daemon logs and drops the record.
+JAXB_JAR = Path("/usr/share/java/jaxb-api.jar")
+
+
 def command(properties_file: Path, java: str = "java") -> list[str]:
-    """``java -cp <jars>/*:. MultiLangDaemon --properties-file <file>``."""
-    return [java, "-cp", f"{jars()}/*{os.pathsep}.",
+    """``java -cp <jars>/*:[jaxb-api.jar:]. MultiLangDaemon --properties-file <file>``."""
+    extra = f"{JAXB_JAR}{os.pathsep}" if JAXB_JAR.exists() else ""
+    return [java, "-cp", f"{jars()}/*{os.pathsep}{extra}.",
             "software.amazon.kinesis.multilang.MultiLangDaemon",
             "--properties-file", str(properties_file)]
 
