@@ -123,6 +123,11 @@ class Settings(BaseSettings):
     consent_mode: Literal["opt_in", "opt_out"] = "opt_in"
     #: HMAC key for the pseudonyms in prompts; by default a random key kept in state_dir
     pseudonym_key: SecretStr | None = None
+    #: where the pseudonym key is kept in production, read once per process in its place
+    #: (caa/secrets.py): an SSM parameter (SecureString; its name or ARN, or "ssm:NAME") or a
+    #: Secrets Manager secret (its ARN, or "secretsmanager:NAME"). Every function that
+    #: pseudonymises reads the same one (deploy/template.yaml)
+    pseudonym_key_parameter: str | None = Field(None, min_length=1)
     history_ttl_days: int = Field(90, ge=1)
     usage_flush_s: float = Field(5.0, gt=0)
 
@@ -142,6 +147,10 @@ class Settings(BaseSettings):
     #: keys accepted in the ``x-api-key`` header (comma-separated or a JSON list); with none,
     #: every route but /health answers 401
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    #: where the API keys are kept in production, read once per process in place of
+    #: CAA_API_KEYS (same forms as CAA_PSEUDONYM_KEY_PARAMETER); the value: a JSON list, a
+    #: JSON object (its values; the names are labels) or keys separated by commas or lines
+    api_keys_parameter: str | None = Field(None, min_length=1)
     #: requests about one customer per minute, and on-demand analyses per customer per hour
     #: (counted per API process: each replica keeps its own windows)
     api_customer_requests_per_minute: int = Field(10, ge=1)

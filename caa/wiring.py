@@ -17,6 +17,7 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 from caa import rates as rates_file
+from caa import secrets
 from caa.aws import Aws
 from caa.settings import Settings
 from consumers.analysis.analyzer import PriceTable
@@ -115,8 +116,10 @@ def prices(settings: Settings) -> PriceTable:
 
 
 def pseudonym_key(settings: Settings) -> bytes:
-    """``CAA_PSEUDONYM_KEY``, or the random key kept in the state directory."""
-    key = settings.pseudonym_key
+    """The key ``CAA_PSEUDONYM_KEY_PARAMETER`` names (SSM or Secrets Manager, read once per
+    process: :mod:`caa.secrets`), else ``CAA_PSEUDONYM_KEY``, else the random key kept in
+    the state directory."""
+    key = secrets.pseudonym_key(settings)
     return workers.pseudonym_key(None if key is None else key.get_secret_value(),
                                  settings.state_dir)
 

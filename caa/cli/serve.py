@@ -22,9 +22,12 @@ def serve(settings: Settings, host: str, port: int, print_openapi: bool) -> int:
     if print_openapi:
         sys.stdout.write(spec_json(settings))
         return 0
+    from caa import secrets, wiring
+
+    settings = secrets.resolve(settings)  # CAA_*_PARAMETER: read once, before listening
     if not settings.api_keys:
-        raise BadInput("caa serve needs API keys", "set CAA_API_KEYS (comma-separated)")
-    from caa import wiring
+        raise BadInput("caa serve needs API keys", "set CAA_API_KEYS (comma-separated) or "
+                       "CAA_API_KEYS_PARAMETER (an SSM parameter or Secrets Manager secret)")
 
     fx = wiring.rates(settings)  # a bad CAA_FX_RATES file: one line, before listening
     import uvicorn

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import sys
 
-from caa import wiring
+from caa import secrets, wiring
 from caa.settings import Settings
 from consumers.sources import kcl_processor
 
 
 def main() -> int:
-    settings = Settings()
+    settings = secrets.resolve(Settings())  # referenced secrets read once (caa.secrets)
     return kcl_processor.run(lambda stack: wiring.open_applier(settings, stack),
                              settings.stream_name)
 

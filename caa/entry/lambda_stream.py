@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from caa import wiring
+from caa import secrets, wiring
 from caa.settings import Settings
 from consumers.sources.lambda_handler import Runtime
 
@@ -27,5 +27,7 @@ _runtime: list[Runtime] = []  # built on the first invocation, kept while warm
 def handler(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
     """Entry point of the Lambda function (event source mapping on the stream)."""
     if not _runtime:
-        _runtime.append(runtime(Settings()))
+        # the pseudonym key from where CAA_PSEUDONYM_KEY_PARAMETER names it (caa.secrets):
+        # the same one the API function reads
+        _runtime.append(runtime(secrets.resolve(Settings())))
     return _runtime[0].handle(event, context)

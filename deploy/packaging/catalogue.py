@@ -22,6 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "deploy" / "template.yaml"
 REQUIREMENTS = ROOT / "deploy" / "lambda-requirements.txt"
+#: the API function's: the same pins and the ASGI stack (fastapi, starlette, mangum), no uvicorn
+API_REQUIREMENTS = ROOT / "deploy" / "lambda-api-requirements.txt"
 #: the artifacts (zip, unpacked tree, container definition when a zip cannot fit)
 OUT = ROOT / "build" / "lambda"
 #: downloaded wheels, kept between builds (pip skips a wheel already there)
@@ -120,7 +122,17 @@ CONSUMER = Artifact(
     handlers=("caa.entry.lambda_stream.handler",),
     code_key_parameter="CodeKey",
 )
-ARTIFACTS: tuple[Artifact, ...] = (CONSUMER,)
+#: the HTTP API behind a function URL (caa.entry.api_lambda: FastAPI through Mangum)
+API = Artifact(
+    name="api",
+    handlers=("caa.entry.api_lambda.handler",),
+    code_key_parameter="ApiCodeKey",
+    requirements=API_REQUIREMENTS,
+    source_excluded=("caa/cli", "caa/report", "deploy/local", "deploy/packaging",
+                     "deploy/package.py", "deploy/stack.py", "deploy/kcl.py"),
+    forbidden=FORBIDDEN,
+)
+ARTIFACTS: tuple[Artifact, ...] = (CONSUMER, API)
 
 
 def artifact_for(handler: str) -> Artifact | None:

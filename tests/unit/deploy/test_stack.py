@@ -43,9 +43,15 @@ def test_it_prints_the_plan_and_deploys_only_when_confirmed(
         aws_env: str, out: Path, capsys: pytest.CaptureFixture[str]) -> None:
     name = f"caa-t{uuid.uuid4().hex[:6]}"
     prefix = name[4:] + "-"
-    argv = ["--stack", name, "--out", str(out), "--param", f"Prefix={prefix}",
-            "--param", "StreamMode=PROVISIONED", "--param", "ShardCount=1"]
     session = boto3.Session(region_name="eu-central-1")
+    # the secrets exist before the stack (SecureString parameters, passed by name)
+    for secret in ("api-keys", "pseudonym-key"):
+        session.client("ssm").put_parameter(Name=f"/{name}/{secret}", Type="SecureString",
+                                            Value=uuid.uuid4().hex * 2)
+    argv = ["--stack", name, "--out", str(out), "--param", f"Prefix={prefix}",
+            "--param", "StreamMode=PROVISIONED", "--param", "ShardCount=1",
+            "--param", f"ApiKeysParameter=/{name}/api-keys",
+            "--param", f"PseudonymKeyParameter=/{name}/pseudonym-key"]
 
     # not confirmed (no --yes, stdin is no terminal): the plan, and nothing created
     assert stack.main(argv, session=session) == 1
@@ -58,7 +64,7 @@ def test_it_prints_the_plan_and_deploys_only_when_confirmed(
                  "  [if WithFunction]",
                  "AWS::IAM::Role                   ConsumerRole  (generated)"):
         assert line in printed
-    assert "resources (20 of 20)" in printed
+    assert "resources (26 of 26)" in printed
     cf = session.client("cloudformation")
     assert not [s for s in cf.list_stacks()["StackSummaries"] if s["StackName"] == name]
 
@@ -69,6 +75,15 @@ def test_it_prints_the_plan_and_deploys_only_when_confirmed(
     assert f"StreamName: {prefix}purchases" in printed
     fn = session.client("lambda").get_function(FunctionName=f"{prefix}consumer")
     assert fn["Configuration"]["Handler"] == "caa.entry.lambda_stream.handler"
+    api = session.client("lambda").get_function(FunctionName=f"{prefix}api")["Configuration"]
+    assert api["Handler"] == "caa.entry.api_lambda.handler"
+    # both functions name the same pseudonym key; no secret value is in their environment
+    env = api["Environment"]["Variables"]
+    assert env["CAA_PSEUDONYM_KEY_PARAMETER"] == f"/{name}/pseudonym-key"
+    assert fn["Configuration"]["Environment"]["Variables"][
+        "CAA_PSEUDONYM_KEY_PARAMETER"] == env["CAA_PSEUDONYM_KEY_PARAMETER"]
+    assert env["CAA_API_KEYS_PARAMETER"] == f"/{name}/api-keys"
+    assert not {"CAA_API_KEYS", "CAA_PSEUDONYM_KEY"} & set(env)
     params = {p["ParameterKey"]: p["ParameterValue"]
               for p in cf.describe_stacks(StackName=name)["Stacks"][0]["Parameters"]}
     key = stack.content_key(out / catalogue.CONSUMER.zip_name)
