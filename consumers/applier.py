@@ -3,24 +3,52 @@
 Adapters (local poller, Lambda handler, KCL processor) translate their records
 into :class:`StreamRecord` and call :meth:`BatchApplier.apply`; when it returns
 the batch's effects are durable and the adapter may checkpoint. When it raises
-(:class:`~consumers.stores.dynamo.WriteFailed`), nothing may be checkpointed.
+(:class:`~consumers.stores.dynamo.WriteFailed`: transient errors outlasting the retries, or
+a customer still conflicting after :data:`MAX_CONFLICT_ROUNDS`), nothing may be
+checkpointed.
+
+Several writers of one customer (explicit hash keys, a Lambda parallelization factor above
+1, a lease handover, a zombie) are safe: each state put is conditional on the version read
+(:meth:`~consumers.stores.customers.CustomerStore.save_if`). A customer whose put conflicts
+is reloaded (consistent read) and the whole batch is run through the pure core again on the
+new states; only the conflicting customers are written again (the others' states come out
+the same: the core is deterministic per customer, and the event-id digests make the
+re-applied events of the reloaded state duplicates). The outcomes, predictions and learn
+vectors returned are the last run's, so they match what was written.
+
+A customer whose state or prediction DynamoDB refuses permanently (too large, invalid)
+does not hold the shard: every record of that customer in the batch becomes a dead letter,
+kind ``write_rejected``, reason ``write_rejected: <code>: <DynamoDB message>``, outcome
+``rejected``, and the batch goes on (it may be checkpointed). A refused state leaves the
+customer as stored (its events are in the dead letters, for a redrive once fixed); a
+refused prediction leaves the state written (a redrive of the letters counts them once).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from consumers.admission import FUTURE_TOLERANCE_S
-from consumers.core import BatchResult, StreamRecord, decode_batch, process_batch
+from consumers.core import (
+    BatchResult,
+    DecodedBatch,
+    RecordOutcome,
+    Rejected,
+    StreamRecord,
+    decode_batch,
+    process_batch,
+)
 from consumers.hook import AnalysisHook
 from consumers.registry import ModelRegistry
 from consumers.stores.customers import CustomerStore
 from consumers.stores.dead_letters import DeadLetterStore
-from consumers.stores.predictions import PredictionStore
+from consumers.stores.dynamo import Rejection, WriteFailed
+from consumers.stores.predictions import PredictionStore, prediction_to_item
+from models.prediction import Prediction
 from models.state import CustomerState
 
 
@@ -32,6 +60,10 @@ class Totals:
     duplicate_order: int = 0
     rejected: int = 0
     predictions: int = 0
+    #: conditional state puts that found another writer's version (reloaded, re-applied)
+    conflicts: int = 0
+    #: records dead-lettered because DynamoDB refused their customer's state or prediction
+    write_rejected: int = 0
 
     @property
     def records(self) -> int:
@@ -45,10 +77,11 @@ def _utcnow() -> datetime:
 class StateCache:
     """Write-through LRU of the states this worker wrote or read (``size`` 0: off).
 
-    Only valid while this process is the single writer of the customers it
-    caches, as the local poller is for the shards it owns for its whole life.
-    Adapters whose batches may run in several processes in turn (Lambda, KCL
-    after a lease handover) run without it.
+    Safe with several writers: a cached state is only ever the base of a conditional put
+    (its version is the condition), so a stale entry costs one conflict, after which the
+    applier evicts it and caches the state reloaded by a consistent read. The local poller
+    keeps it on (``CAA_STATE_CACHE_SIZE``); Lambda and the KCL processor run without it,
+    since their next batch of a shard may run in another process and would mostly miss.
     """
 
     def __init__(self, size: int) -> None:
@@ -84,7 +117,57 @@ class StateCache:
             self._items.popitem(last=False)
 
 
+#: reload-and-re-apply rounds for customers whose conditional put conflicted; then the
+#: batch fails as a transient failure (WriteFailed: not checkpointed, retried later)
+MAX_CONFLICT_ROUNDS = 8
+#: the kind of the dead letters of a customer whose write DynamoDB refused
+WRITE_REJECTED = "write_rejected"
+
+
+def reject_customers(decoded: DecodedBatch, reasons: dict[str, str]) -> DecodedBatch:
+    """``decoded`` with every event of the customers in ``reasons`` (customer id ->
+    reason) turned into a rejection of kind ``write_rejected``: the core then gives their
+    records the outcome ``rejected`` and makes them dead letters."""
+    by_position = {r.position: r for r in decoded.records}
+    events = dict(decoded.events)
+    rejected = dict(decoded.rejected)
+    for pos, event in decoded.events.items():
+        why = reasons.get(event.customer_id)
+        if why is not None:
+            del events[pos]
+            rejected[pos] = Rejected(by_position[pos], WRITE_REJECTED, f"{WRITE_REJECTED}: {why}")
+    return DecodedBatch(decoded.records, events, rejected)
+
+
+def _reject_after(result: BatchResult, decoded: DecodedBatch,
+                  reasons: dict[str, str]) -> list[Rejected]:
+    """Turn, in ``result``, the records of the customers in ``reasons`` into rejected
+    outcomes (their state is already written: used for a refused prediction); the dead
+    letters to write for them."""
+    letters: list[Rejected] = []
+    outcomes: list[RecordOutcome] = []
+    for rec, outcome in zip(decoded.records, result.outcomes, strict=True):
+        event = decoded.events.get(rec.position)
+        why = reasons.get(event.customer_id) if event is not None else None
+        if why is None:
+            outcomes.append(outcome)
+            continue
+        letters.append(Rejected(rec, WRITE_REJECTED, f"{WRITE_REJECTED}: {why}"))
+        outcomes.append(RecordOutcome(outcome.sequence_number, outcome.shard_id, "rejected",
+                                      letters[-1].reason))
+        result.counts[outcome.status] -= 1
+        result.counts["rejected"] += 1
+    result.outcomes = outcomes
+    result.dead_letters = [*result.dead_letters, *letters]
+    result.predictions = [p for p in result.predictions if p.customer_id not in reasons]
+    return letters
+
+
 class BatchApplier:
+    """Applies batches (:meth:`apply`). ``before_write``, when set, is awaited before the
+    first write of every batch; the local worker sets it to its lease check, which raises
+    when this process no longer holds its consumer group."""
+
     def __init__(
         self,
         customers: CustomerStore,
@@ -108,35 +191,92 @@ class BatchApplier:
         self.totals = Totals()
         self.cache = StateCache(cache_size)
         self.enricher = enricher
+        self.before_write: Callable[[], Awaitable[None]] | None = None
 
-    async def apply(self, records: Sequence[StreamRecord]) -> BatchResult:
-        now = self._clock()
-        decoded = decode_batch(records, self.max_event_bytes, now=now,
-                               future_tolerance_s=self.future_tolerance_s)
-        ids = decoded.customer_ids
+    async def _load(self, ids: Iterable[str]) -> dict[str, CustomerState]:
         states, missing = self.cache.get_many(ids)
         if missing:
             loaded = await self.customers.load(missing)
             self.cache.put_many(loaded.values())
             states.update(loaded)
-        result = process_batch(
-            decoded, states, self.registry.view(), now=now, watermark=self.watermark
-        )
+        return states
+
+    async def _write_states(self, decoded: DecodedBatch, now: datetime
+                            ) -> tuple[BatchResult, DecodedBatch]:
+        """Run the core and write its states conditionally until no customer conflicts:
+        the last run's result and the batch it ran on (with refused customers' events
+        turned into rejections)."""
+        states = await self._load(decoded.customer_ids)
+        read: dict[str, int | None] = {c: states[c].version if c in states else None
+                                       for c in decoded.customer_ids}
+        pending: set[str] | None = None  # None: every changed state
+        models = self.registry.view()
+        for _ in range(MAX_CONFLICT_ROUNDS):
+            result = process_batch(decoded, states, models, now=now, watermark=self.watermark)
+            todo = [st for cid, st in result.states.items() if pending is None or cid in pending]
+            if not todo:
+                return result, decoded
+            answers = await self.customers.save_if(todo, read)
+            self.cache.put_many(st for st in todo if answers[st.customer_id] == "ok")
+            refused = {c: a.reason for c, a in answers.items() if isinstance(a, Rejection)}
+            conflicts = {c for c, a in answers.items() if a == "conflict"}
+            if refused:
+                self.cache.forget(refused)
+                decoded = reject_customers(decoded, refused)
+            if not conflicts:
+                if refused:  # the result must not hold their states, predictions, vectors
+                    result = process_batch(decoded, states, models, now=now,
+                                           watermark=self.watermark)
+                return result, decoded
+            self.totals.conflicts += len(conflicts)
+            self.cache.forget(conflicts)
+            fresh = await self.customers.load(conflicts)
+            self.cache.put_many(fresh.values())
+            for cid in conflicts:
+                if cid in fresh:
+                    states[cid] = fresh[cid]
+                else:  # deleted (erased) since the read
+                    states.pop(cid, None)
+                read[cid] = fresh[cid].version if cid in fresh else None
+            pending = conflicts
+        raise WriteFailed(f"{len(pending or ())} customer(s) still conflicting after "
+                          f"{MAX_CONFLICT_ROUNDS} reloads: another writer keeps winning")
+
+    async def _write_predictions(self, result: BatchResult, decoded: DecodedBatch
+                                 ) -> list[Prediction]:
+        """Write the predictions and dead letters; the predictions written (with the AI
+        analysis attached, when there is an enricher)."""
         predictions = result.predictions
         if self.enricher is not None:  # keep the latest AI analysis on the rewritten item
             predictions = await self.enricher.attach(predictions)
-        await asyncio.gather(
-            self.customers.save(list(result.states.values())),
-            self.predictions.save(predictions),
+        store = self.predictions
+        refused, _ = await asyncio.gather(
+            store.db.put_all(store.table, [prediction_to_item(p) for p in predictions]),
             self.dead_letters.save(result.dead_letters),
         )
+        if not refused:
+            return predictions
+        reasons = {r.item["customer_id"]["S"]: r.reason for r in refused}
+        await self.dead_letters.save(_reject_after(result, decoded, reasons))
+        return [p for p in predictions if p.customer_id not in reasons]
+
+    async def apply(self, records: Sequence[StreamRecord]) -> BatchResult:
+        """Apply one batch; returns when its effects are durable. Raises
+        :class:`~consumers.stores.dynamo.WriteFailed` (transient errors, endless
+        conflicts), or whatever ``before_write`` raises, with nothing to checkpoint."""
+        now = self._clock()
+        decoded = decode_batch(records, self.max_event_bytes, now=now,
+                               future_tolerance_s=self.future_tolerance_s)
+        if self.before_write is not None:
+            await self.before_write()
+        result, decoded = await self._write_states(decoded, now)
+        written = await self._write_predictions(result, decoded)
         if result.erased:  # after the saves: an erased customer re-created later is saved
             await asyncio.gather(self.customers.delete(result.erased),
                                  self.predictions.delete(result.erased))
             self.cache.forget(result.erased)
-        self.cache.put_many(result.states.values())
         if self.enricher is not None:  # effects are durable: the AI analysis may follow
-            await self.enricher.reconcile(predictions)
+            await self.enricher.reconcile(written)
             self.enricher.observe(result)
         await self.registry.learn(result.learn)
         self.watermark = max(self.watermark, result.watermark)
@@ -146,5 +286,6 @@ class BatchApplier:
         t.duplicate += result.counts["duplicate"]
         t.duplicate_order += result.counts["duplicate_order"]
         t.rejected += result.counts["rejected"]
+        t.write_rejected += sum(d.kind == WRITE_REJECTED for d in result.dead_letters)
         t.predictions += len(result.predictions)
         return result

@@ -10,8 +10,9 @@ Two ways to run a policy:
 
 - **tenacity** runs the bounded loops that call the same thing again until nothing is
   left to do (:func:`retry_until_done` and :func:`retry_until_done_async`): the
-  publisher's PutRecords (synchronous, with an injected sleep), DynamoDB's BatchWriteItem
-  and BatchGetItem (``UnprocessedItems``/``UnprocessedKeys`` and throttling errors) and
+  publisher's PutRecords (synchronous, with an injected sleep), DynamoDB's BatchWriteItem,
+  BatchGetItem and (conditional) PutItem (``UnprocessedItems``/``UnprocessedKeys`` and
+  transient errors: throttling, 5xx, timeouts; :func:`consumers.stores.dynamo.classify`) and
   the dead-letter redrive's PutRecords. tenacity is one engine for the sync and the async
   case (stop after N attempts, retry on the result, pluggable sleep, other errors raised
   at once). Its wait is :meth:`Backoff.wait`, so the delays come from our policy and, where
@@ -31,7 +32,7 @@ Call sites (base s, cap s, attempts, jitter; ``attempt`` given):
 call site                             base      cap        attempts  jitter  attempt
 ====================================  ========  =========  ========  ======  ====================
 publisher PutRecords                  0.05 [1]  5.0 [1]    8 [1]     full    calls made
-DynamoDB batch write/get              0.05 [2]  2.0        8 [2]     full    calls made
+DynamoDB batch write/get, PutItem     0.05 [2]  2.0        8 [2]     full    calls made
 dead-letter redrive PutRecords        0.1       2.0        6         full    calls made
 poller GetRecords throttled           0.1       5.0        --        full    throttled in a row
 poller/fan-out shard hold             0.5       30.0       --        none    failures in a row - 1

@@ -18,8 +18,14 @@ TRIM_HORIZON), *next batch* (GetRecords). It handles explicitly:
   shards go on.
 
 A checkpoint is written only after :meth:`BatchApplier.apply` returned, i.e.
-after the batch's effects are durable. Setting the ``stop`` event (SIGTERM)
-lets each shard finish and checkpoint its batch in flight, then return.
+after the batch's effects are durable, and only after ``guard`` (the worker's lease
+check, :meth:`~consumers.sources.lease.GroupLease.ensure`) passed; a lost lease
+(:class:`~consumers.sources.lease.LeaseLost`) ends every shard and :meth:`Poller.run`.
+A checkpoint the store refuses because the stored one is further along (another worker
+is ahead on that shard) is counted (:attr:`Poller.refused_checkpoints`, metric
+``checkpoints_refused``), logged, and the shard is read again from the stored checkpoint.
+Setting the ``stop`` event (SIGTERM) lets each shard finish and checkpoint its batch in
+flight, then return.
 
 ``CAA_READ_MODE=fanout`` reads by enhanced fan-out instead (:mod:`consumers.sources.fanout`):
 only ``consume_shard`` differs; its records go through the same :meth:`Poller.apply_batch`.
@@ -31,7 +37,7 @@ import asyncio
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +75,8 @@ class Progress:
 
     shard_id: str
     after: str | None
+    #: the last checkpoint was refused: the stored one is further along
+    refused: bool = False
 
 
 class Poller:
@@ -106,6 +114,9 @@ class Poller:
         self._throttle_attempts: dict[str, int] = {}
         self.expired_iterators = 0
         self.throttled = 0
+        self.refused_checkpoints = 0
+        #: awaited before every checkpoint; raises to stop (the worker's lease check)
+        self.guard: Callable[[], Awaitable[None]] | None = None
         self._counts: Counter[str] = Counter()
         self._counted_since = time.monotonic()
 
@@ -189,6 +200,19 @@ class Poller:
             print(held.line, file=sys.stderr, flush=True)
         await pause(held.delay, stop)
 
+    async def _checkpoint(self, p: Progress, after: str | None, ended: bool) -> None:
+        """Checkpoint after the lease check; a refusal marks ``p`` refused (the shard is
+        read again from the stored checkpoint)."""
+        if self.guard is not None:
+            await self.guard()
+        if await self.checkpoints.save(p.shard_id, after, ended=ended) is not False:
+            return
+        self.refused_checkpoints += 1
+        p.refused = True
+        await self._metric({"checkpoints_refused": 1})
+        print(f"shard {p.shard_id}: checkpoint at {after} refused, the stored one is further "
+              "along (another worker ahead); re-reading from it", file=sys.stderr, flush=True)
+
     async def apply_batch(self, p: Progress, raw: list[dict[str, Any]], ended: bool,
                           stop: asyncio.Event) -> bool:
         """The one apply-then-checkpoint path of every read mode (GetRecords, SubscribeToShard).
@@ -199,7 +223,7 @@ class Poller:
         ``p.after``."""
         if not raw:
             if ended:
-                await self.checkpoints.save(p.shard_id, p.after, ended=True)
+                await self._checkpoint(p, p.after, ended=True)
             return True
         records = self._records(p.shard_id, raw)
         try:
@@ -215,7 +239,7 @@ class Poller:
         # the Kinesis sequence number of the last record: every user record of an aggregate
         # is applied by now, so a re-read starts after the whole aggregate
         p.after = raw[-1]["SequenceNumber"]
-        await self.checkpoints.save(p.shard_id, p.after, ended=ended)
+        await self._checkpoint(p, p.after, ended=ended)
         self.chaos.point("after_checkpoint")
         if self.on_batch:
             self.on_batch(p.shard_id, result)
@@ -224,7 +248,9 @@ class Poller:
     async def consume_shard(
         self, shard_id: str, after: str | None, until_idle: bool, stop: asyncio.Event
     ) -> str:
-        """Consume one shard; returns "ended", "idle" or "stopped"."""
+        """Consume one shard; returns "ended", "idle", "stopped" or "refused" (a checkpoint
+        was refused: read it again from the stored one). :class:`LeaseLost` from the
+        guard ends it."""
         p = Progress(shard_id, after)
         iterator: str | None = await self._iterator(shard_id, after)
         idle = 0
@@ -242,6 +268,8 @@ class Poller:
             if not await self.apply_batch(p, raw, iterator is None, stop):
                 iterator = await self._iterator(shard_id, p.after)  # re-read the same
                 continue
+            if p.refused:
+                return "refused"  # run() starts it again from the stored checkpoint
             if iterator is None:
                 return "ended"
             if raw:
@@ -295,6 +323,11 @@ class Poller:
             )
             for task in done:
                 del running[task.get_name()]
+                if task.exception() is not None:  # a lost lease: no shard may go on
+                    for other in running.values():
+                        other.cancel()
+                    await asyncio.gather(*running.values(), return_exceptions=True)
+                    task.result()
                 if task.result() == "idle":
                     finished_idle.add(task.get_name())
         if running:

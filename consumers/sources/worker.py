@@ -1,6 +1,12 @@
 """A consumer worker: the local poller (polling or enhanced fan-out) around one applier,
 with its consumer group's lease, the periodic refit and, with AI analysis, the enricher's
 background work. ``caa.wiring.worker`` builds it from settings; here it takes plain objects.
+
+The lease is checked before every batch's writes and checkpoint
+(:meth:`~consumers.sources.lease.GroupLease.ensure`); when it is lost (renewal refused:
+another worker holds the group, e.g. after this process was paused past the lease) every
+shard stops, one line ``caa: consumer stopped: lost the lease ...`` is printed and
+:meth:`Worker.run` exits the process with status 1 (``SystemExit``).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from consumers.instrument.metrics import Metrics
 from consumers.progress import NO_PROGRESS, Progress
 from consumers.refit import RefitReport, refit
 from consumers.sources.fanout import FanoutPoller
-from consumers.sources.lease import GroupLease
+from consumers.sources.lease import GroupLease, LeaseLost
 from consumers.sources.poller import Poller
 from consumers.stores.checkpoints import CheckpointStore
 from models.learn.segmentation import SegmentModel
@@ -117,13 +123,18 @@ class Worker:
         self.consume_seconds = 0.0
         self.lease = GroupLease(db, s.checkpoints_table, s.consumer_group,
                                 owner=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
+        self.applier.before_write = self.lease.ensure
+        self.poller.guard = self.lease.ensure
 
     async def _renew(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
                 await asyncio.wait_for(stop.wait(), self.lease.ttl_s / 3)
             except TimeoutError:
-                await self.lease.acquire(time.time())
+                try:
+                    await self.lease.renew(time.time())
+                except LeaseLost:
+                    return  # the next write's check stops the shards
 
     async def _refit(self, rewrite: bool, schedule: bool = True,
                      progress: Progress = NO_PROGRESS) -> RefitReport | None:
@@ -171,7 +182,11 @@ class Worker:
         started = time.perf_counter()
         report = None
         try:
-            await self.poller.run(until_idle=until_idle, stop=stop)
+            try:
+                await self.poller.run(until_idle=until_idle, stop=stop)
+            except LeaseLost as exc:
+                quiet.set()
+                raise SystemExit(f"caa: consumer stopped: {exc}") from exc
             self.consume_seconds = time.perf_counter() - started
             if stop.is_set() and self.enricher is not None:
                 self.enricher.abandon_queued()

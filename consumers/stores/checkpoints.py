@@ -4,7 +4,12 @@ there are three kinds of row, all laid out in this module.
 * a **shard checkpoint** (:class:`Checkpoint`; ``shard_id`` = a Kinesis shard id): how
   far a consumer group has processed that shard (``sequence_number``, absent before the
   first record) and whether the shard is read to its end (``ended``). Written by the
-  poller after a batch's effects (:class:`CheckpointStore`).
+  poller after a batch's effects (:class:`CheckpointStore`), and **never backwards**: the
+  put is conditional on the stored sequence number being at most the new one, compared
+  as numbers (sequence numbers are decimal strings below 2**128 without leading zeros,
+  so a shorter one is smaller and equal lengths compare as text; rows written before
+  this rule are compared the same way). A refused checkpoint (another worker is ahead)
+  is not an error: :meth:`CheckpointStore.save` returns False and counts it.
 * the group's **lease** (:class:`Lease`; ``shard_id`` = :data:`OWNER_KEY`): which worker
   holds the group (``owner``, ``host:pid:token``) and until when (``expires``, epoch
   seconds). Taken, renewed and released with conditional writes by
@@ -26,7 +31,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from consumers.stores.dynamo import Dynamo, Item, now_iso
+from consumers.stores.dynamo import Dynamo, Item, Rejection, WriteRejected, now_iso
 
 #: the ``shard_id`` of the row that holds the consumer group's lease
 OWNER_KEY = "__owner__"
@@ -122,6 +127,12 @@ def job_from_item(item: Item) -> JobRow:
                   json.loads(item["tallies"]["S"]), int(item["rejected_bytes"]["N"]))
 
 
+#: the condition of a shard checkpoint: nothing stored yet, or a sequence number not above
+#: the new one (``:n`` its length, ``:s`` itself)
+FORWARD_ONLY = ("attribute_not_exists(sequence_number) OR size(sequence_number) < :n OR "
+                "(size(sequence_number) = :n AND sequence_number <= :s)")
+
+
 @dataclass
 class CheckpointStore:
     """The rows of one group: its shard checkpoints, its lease and (for a replay job's
@@ -130,6 +141,8 @@ class CheckpointStore:
     db: Dynamo
     table: str
     group: str
+    #: checkpoints refused because the stored one was further along
+    refused: int = 0
 
     async def all(self) -> dict[str, Checkpoint]:
         """The group's shard checkpoints by shard id (not its lease or job row)."""
@@ -150,9 +163,25 @@ class CheckpointStore:
         cps = (checkpoint_from_item(i) for i in resp_items if row_kind(i) == "checkpoint")
         return {cp.shard_id: cp for cp in cps}
 
-    async def save(self, shard_id: str, sequence_number: str | None, ended: bool = False) -> None:
+    async def save(self, shard_id: str, sequence_number: str | None, ended: bool = False) -> bool:
+        """Checkpoint ``shard_id`` at ``sequence_number`` (None: before the first record,
+        only written while nothing is stored). False, counted in :attr:`refused`, when the
+        stored checkpoint is further along (another worker is ahead); the same number again
+        is accepted (to mark the shard ended)."""
         item = checkpoint_item(self.group, Checkpoint(shard_id, sequence_number, ended))
-        await self.db.client.put_item(TableName=self.table, Item=item)
+        if sequence_number is None:
+            answer = await self.db.put_if(self.table, item,
+                                          "attribute_not_exists(sequence_number)")
+        else:
+            answer = await self.db.put_if(
+                self.table, item, FORWARD_ONLY,
+                values={":n": {"N": str(len(sequence_number))}, ":s": {"S": sequence_number}})
+        if isinstance(answer, Rejection):
+            raise WriteRejected(self.table, [answer])
+        if answer == "conflict":
+            self.refused += 1
+            return False
+        return True
 
     async def _get(self, shard_id: str) -> Item | None:
         resp = await self.db.client.get_item(TableName=self.table,

@@ -8,16 +8,62 @@ record's arrival in the stream, epoch seconds, when the adapter knew it), ``rece
 ``status`` (``open``, or ``redriven`` with ``redriven_at`` and ``redriven_to``; a redrive
 that still rejects it sets ``kind``, ``reason`` and ``checked_at``). Readers get each item
 as a plain dict of those attributes (text as str, the payload as bytes).
+
+**Every dead letter fits in an item** (DynamoDB's limit is 400 KB, names and values): a
+payload over :data:`MAX_PAYLOAD_BYTES` (350,000 bytes) is stored cut to that many bytes,
+with ``truncated`` true, ``payload_bytes`` (the original size) and ``payload_sha256`` (hex
+digest of the whole payload); a reason over :data:`MAX_REASON_CHARS` is cut too. Such a
+letter cannot be redriven as it is (its payload is incomplete): it stays open with its
+reason. Should DynamoDB still refuse a letter permanently, it is written again bare (no
+payload, the refusal in its reason); a letter refused even so is counted in
+:attr:`DeadLetterStore.lost`, logged on one line and returned by
+:meth:`DeadLetterStore.save`: it never raises for it and never holds the shard (transient
+errors do raise :class:`~consumers.stores.dynamo.WriteFailed`, as for every write).
 """
 
 from __future__ import annotations
 
+import hashlib
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from consumers.core import Rejected, StreamRecord, arrival
-from consumers.stores.dynamo import Dynamo, Item, from_attr, now_iso
+from consumers.stores.dynamo import Dynamo, Item, Rejection, from_attr, now_iso
+
+#: payload bytes kept in a dead letter; the rest of the 400 KB item is left for the others
+MAX_PAYLOAD_BYTES = 350_000
+#: characters kept of a reason (a DynamoDB message can be long)
+MAX_REASON_CHARS = 2_000
+
+
+def _payload(data: bytes) -> Item:
+    """The payload attributes: whole, or cut with the original size and digest."""
+    if len(data) <= MAX_PAYLOAD_BYTES:
+        return {"payload": {"B": data}}
+    return {"payload": {"B": data[:MAX_PAYLOAD_BYTES]}, "truncated": {"BOOL": True},
+            "payload_bytes": {"N": str(len(data))},
+            "payload_sha256": {"S": hashlib.sha256(data).hexdigest()}}
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_REASON_CHARS else text[:MAX_REASON_CHARS - 1] + "…"
+
+
+def bare_item(refused: Rejection) -> Item:
+    """A refused letter again without its payload: key, position, kind and a reason that
+    names the refusal; size and digest of the payload kept."""
+    item = refused.item
+    data: bytes = item.get("payload", {}).get("B", b"")
+    keep = {k: v for k, v in item.items() if k not in {"payload", "reason"}}
+    return {**keep, "payload": {"B": b""}, "truncated": {"BOOL": True},
+            "payload_bytes": item.get("payload_bytes", {"N": str(len(data))}),
+            "payload_sha256": item.get("payload_sha256",
+                                       {"S": hashlib.sha256(data).hexdigest()}),
+            "reason": {"S": _cut(f"dead letter refused ({refused.reason}); payload dropped; "
+                                 f"was: {item.get('reason', {}).get('S', '')}")},
+            "partition_key": {"S": item.get("partition_key", {}).get("S", "")[:256]}}
 
 
 def dead_letter_id(rec: StreamRecord) -> str:
@@ -41,9 +87,9 @@ def dead_letter_item(r: Rejected) -> Item:
         **({"sub_sequence_number": {"N": str(rec.sub_sequence_number)}}
            if rec.sub_sequence_number else {}),
         "partition_key": {"S": rec.partition_key},
-        "payload": {"B": rec.data},
+        **_payload(rec.data),
         "kind": {"S": r.kind},
-        "reason": {"S": r.reason},
+        "reason": {"S": _cut(r.reason)},
         "received_at": {"S": now_iso()},
         "status": {"S": "open"},
         **({"arrival_ts": {"N": repr(float(at))}} if (at := arrival(rec)) is not None else {}),
@@ -56,9 +102,22 @@ class DeadLetterStore:
 
     db: Dynamo
     table: str
+    #: letters DynamoDB refused even bare (logged, not stored)
+    lost: int = 0
 
-    async def save(self, rejected: Sequence[Rejected]) -> None:
-        await self.db.batch_write(self.table, [dead_letter_item(r) for r in rejected])
+    async def save(self, rejected: Sequence[Rejected]) -> list[Rejection]:
+        """Write the letters; the ones DynamoDB refused even bare (usually none). Never
+        raises for a refused letter (module docstring); transient errors outlasting the
+        retries raise :class:`~consumers.stores.dynamo.WriteFailed`."""
+        refused = await self.db.put_all(self.table, [dead_letter_item(r) for r in rejected])
+        if not refused:
+            return []
+        lost = await self.db.put_all(self.table, [bare_item(r) for r in refused])
+        self.lost += len(lost)
+        for r in lost:
+            print(f"dead letter {r.item.get('id', {}).get('S', '?')} not stored: {r.reason}",
+                  file=sys.stderr, flush=True)
+        return lost
 
     async def all(self, segments: int = 4) -> list[dict[str, Any]]:
         return [from_attr({"M": i}) for i in await self.db.scan(self.table, segments=segments)]

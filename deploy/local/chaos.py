@@ -8,9 +8,19 @@ kills it with SIGKILL: from outside at a random moment, or from inside at the
 hardest points (``CAA_CHAOS_POINTS``: in the middle of a DynamoDB batch write,
 between the write and the checkpoint, right after the checkpoint). When a run
 finishes before being killed, part of the log is re-published (a replay with new
-sequence numbers) so there is more to crash on. A last clean run drains the
-stream; then every customer's purchase count and spend in the customer table are
-compared with the source file. The last line printed is exactly
+sequence numbers) so there is more to crash on.
+
+Once per run (``--handovers``) a **lease handover with a zombie**: a consumer is started,
+SIGSTOPped mid-run (once it holds the group), left stopped past its lease (30 s), a second
+consumer is started (it takes the expired lease: the first is alive, only paused), and
+the first is SIGCONTed while the second runs. The resumed one must stop before its next
+write (``consumer stopped: lost the lease``, exit 1); its batch in flight may still land,
+which the conditional state writes and the forward-only checkpoints make harmless.
+
+A last clean run drains the stream; then every customer's totals in the customer table
+(:func:`~consumers.stores.customers.totals_from_item`: purchases and spend, whatever
+the layout) are compared with the same totals of the source file's events applied once
+each to a fresh state. The last line printed is exactly
 ``lost=<n> double_counted=<n> kills=<n> rejected=<n>``.
 """
 
@@ -26,15 +36,19 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import boto3
 
-from consumers.stores.customers import totals_from_item
+from consumers.stores.checkpoints import OWNER_KEY
+from consumers.stores.customers import state_to_item, totals_from_item
 from deploy.local.emulator import launch
 from deploy.resources import TableNames, ensure_resources
 from models.events import PurchaseEvent
+from models.state import CustomerState
 from producers.datasets.cdnow import load_events, time_ordered
 from producers.publisher import Publisher
 
@@ -70,19 +84,30 @@ class ChaosReport:
     replays: int = 0
     kills_by_point: Counter[str] = field(default_factory=Counter)
     elapsed_s: float = 0.0
+    #: lease handovers staged, and how many of the resumed consumers stopped on their own
+    handovers: int = 0
+    zombies_stopped: int = 0
 
     def line(self) -> str:
         return (f"lost={self.lost} double_counted={self.double_counted} kills={self.kills} "
                 f"rejected={self.rejected}")
 
 
-def _expected(events: list[PurchaseEvent]) -> dict[str, tuple[int, int]]:
-    out: dict[str, list[int]] = {}
+Totals = tuple[int, object]  # (purchases, spend as totals_from_item gives it)
+
+
+def _expected(events: list[PurchaseEvent]) -> dict[str, Totals]:
+    """Each customer's totals with every event applied once, read back through the same
+    item layout and :func:`totals_from_item` as the table's (so the comparison does not
+    depend on how spend is stored)."""
+    states: dict[str, CustomerState] = {}
     for e in events:
-        row = out.setdefault(e.customer_id, [0, 0])
-        row[0] += 1
-        row[1] += int(e.total * 100)
-    return {k: (v[0], v[1]) for k, v in out.items()}
+        states.setdefault(e.customer_id, CustomerState.new(e.customer_id)).apply(e)
+    out: dict[str, Totals] = {}
+    for cid, state in states.items():
+        _, purchases, spend = totals_from_item(state_to_item(state))
+        out[cid] = (purchases, spend)
+    return out
 
 
 def _consumer_env(endpoint: str, run_id: str, state_dir: Path,
@@ -182,6 +207,80 @@ class Harness:
         else:
             raise RuntimeError(f"consumer failed with exit code {rc}; see {path}")
 
+    def _consumer(self, path: Path) -> tuple[subprocess.Popen[bytes], Any]:
+        log = path.open("wb")
+        env = {**self.env, "CAA_CHAOS_POINTS": "", "CAA_CHAOS_PROBABILITY": "0"}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "caa.cli.main", "consume", "--until-idle", "--json",
+             "--no-refit"], env=env, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL)
+        return proc, log
+
+    def _lease(self) -> tuple[int, float] | None:
+        """(pid of the holder, expiry in epoch seconds) of the group's lease, if any."""
+        item = self.ddb.get_item(TableName=self.tables.checkpoints, ConsistentRead=True,
+                                 Key={"group": {"S": self.env.get("CAA_CONSUMER_GROUP",
+                                                                  "caa-consumer")},
+                                      "shard_id": {"S": OWNER_KEY}}).get("Item")
+        if not item:
+            return None
+        pid = item["owner"]["S"].split(":")[1]
+        return int(pid) if pid.isdigit() else -1, float(item["expires"]["N"])
+
+    def _until(self, what: str, ok: Callable[[], bool], proc: subprocess.Popen[bytes],
+               timeout_s: float = 120.0) -> bool:
+        """Poll ``ok`` until it holds (True) or ``proc`` ended (False)."""
+        deadline = time.monotonic() + timeout_s
+        while not ok():
+            if proc.poll() is not None:
+                return False
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"chaos: timed out waiting for {what}")
+            time.sleep(0.2)
+        return True
+
+    def handover(self) -> None:
+        """Pause a consumer (holding the group, mid-run) past its lease, let a second one
+        take the group over, resume the first while the second runs: the first must stop
+        before its next write."""
+        r = self.report
+        r.runs += 1
+        paused = self.work / f"run-{r.runs:02d}-paused.log"
+        first, log1 = self._consumer(paused)
+        holds = self._until("the first consumer's lease",
+                            lambda: (self._lease() or (0, 0.0))[0] == first.pid, first)
+        time.sleep(self.rng.uniform(0.2, 1.5))  # mid-batch, somewhere
+        if not holds or first.poll() is not None:
+            first.wait()
+            log1.close()
+            self.note(f"  run {r.runs}: finished before the pause")
+            return
+        first.send_signal(signal.SIGSTOP)
+        stopped = time.monotonic()
+        lease = self._lease()
+        expires = lease[1] if lease else time.time()
+        time.sleep(max(0.0, expires - time.time()) + 1.0)
+        second, log2 = self._consumer(self.work / f"run-{r.runs:02d}-takeover.log")
+        self._until("the second consumer's lease",
+                    lambda: (self._lease() or (0, 0.0))[0] == second.pid, second)
+        self.note(f"  run {r.runs}: SIGSTOPped {time.monotonic() - stopped:.0f} s, past its "
+                  "lease; a second consumer took the group; SIGCONT")
+        first.send_signal(signal.SIGCONT)
+        rc1 = first.wait()
+        rc2 = second.wait()
+        log1.close()
+        log2.close()
+        text = paused.read_text(errors="replace")
+        r.handovers += 1
+        if rc1 == 1 and "consumer stopped: lost the lease" in text:
+            r.zombies_stopped += 1
+        elif rc1 != 0:  # 0: the second one had already finished and released the group
+            raise RuntimeError(f"the resumed consumer exited {rc1}; see {paused}")
+        if rc2 != 0:
+            raise RuntimeError(f"the second consumer failed with exit code {rc2}; see "
+                               f"{log2.name}")
+        self.note(f"  run {r.runs}: resumed consumer exited {rc1}, second consumer {rc2}")
+
     def finish(self) -> None:
         done = subprocess.run(
             [sys.executable, "-m", "caa.cli.main", "consume", "--until-idle", "--json"],
@@ -192,13 +291,13 @@ class Harness:
     def verify(self) -> None:
         r, t = self.report, self.tables
         expected = _expected(self.events)
-        got: dict[str, tuple[int, int]] = {}
+        got: dict[str, Totals] = {}
         for page in self.ddb.get_paginator("scan").paginate(TableName=t.customers):
             for item in page["Items"]:
-                cid, purchases, spend_cents = totals_from_item(item)
-                got[cid] = (purchases, spend_cents)
+                cid, purchases, spend = totals_from_item(item)
+                got[cid] = (purchases, spend)
         for cid in expected.keys() | got.keys():
-            want, have = expected.get(cid, (0, 0)), got.get(cid, (0, 0))
+            want, have = expected.get(cid, (0, None)), got.get(cid, (0, None))
             r.lost += max(0, want[0] - have[0])
             r.double_counted += max(0, have[0] - want[0])
             r.spend_mismatches += want[0] == have[0] and want[1] != have[1]
@@ -209,7 +308,7 @@ class Harness:
 def run_chaos(endpoint: str, *, limit: int | None, kills: int, seed: int = 1,
               delay_s: tuple[float, float] = (2.0, 15.0), probability: float = 1.0,
               get_records_limit: int = 2000, workdir: Path | None = None,
-              say: bool = True) -> ChaosReport:
+              say: bool = True, handovers: int = 1) -> ChaosReport:
     started = time.monotonic()
     h = Harness(endpoint, limit=limit, seed=seed, delay_s=delay_s, probability=probability,
                 get_records_limit=get_records_limit, workdir=workdir, say=say)
@@ -219,12 +318,15 @@ def run_chaos(endpoint: str, *, limit: int | None, kills: int, seed: int = 1,
             raise RuntimeError(f"no kill at every point after {h.report.runs} runs: "
                                f"{dict(h.report.kills_by_point)}")
         h.crash_once()
+        if h.report.handovers < handovers and h.report.kills >= kills // 2:
+            h.handover()
     h.finish()
     h.verify()
     r = h.report
     r.elapsed_s = round(time.monotonic() - started, 1)
     h.note(f"chaos: {r.runs} runs, kills by point {dict(r.kills_by_point)}, {r.replays} "
-           f"replays, spend mismatches {r.spend_mismatches}, {r.elapsed_s} s")
+           f"replays, {r.handovers} lease handover(s) ({r.zombies_stopped} resumed consumer(s) "
+           f"stopped on a lost lease), spend mismatches {r.spend_mismatches}, {r.elapsed_s} s")
     return r
 
 
@@ -233,13 +335,15 @@ def main() -> int:
     ap.add_argument("--kills", type=int, default=12)
     ap.add_argument("--limit", type=int, help="events (default: the whole CDNOW log)")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--handovers", type=int, default=1,
+                    help="lease handovers with a paused, then resumed, consumer")
     ap.add_argument("--probability", type=float, default=1.0,
                     help="scales the per-point kill probabilities of MODES")
     args = ap.parse_args()
     emu = launch("127.0.0.1")
     try:
         report = run_chaos(emu.endpoint, limit=args.limit, kills=args.kills, seed=args.seed,
-                           probability=args.probability)
+                           probability=args.probability, handovers=args.handovers)
     finally:
         emu.stop()
     print(report.line())
