@@ -114,8 +114,8 @@ def test_handler_applies_the_batch_and_dead_letters_poison(
 
 
 class Unwritable:
-    """The real DynamoDB client whose batch writes never get through (every item comes back
-    unprocessed, as under persistent throttling)."""
+    """The real DynamoDB client whose writes never get through: every batch item comes back
+    unprocessed and every (conditional) put is throttled, as under persistent throttling."""
 
     def __init__(self, client: Any) -> None:
         self._client = client
@@ -126,6 +126,11 @@ class Unwritable:
 
     async def batch_write_item(self, RequestItems: dict[str, Any], **kw: Any) -> Any:
         return {"UnprocessedItems": RequestItems}
+
+    async def put_item(self, **kw: Any) -> Any:
+        cls = self._client.exceptions.ProvisionedThroughputExceededException
+        raise cls({"Error": {"Code": "ProvisionedThroughputExceededException",
+                             "Message": "injected"}}, "PutItem")
 
 
 def test_unwritten_effects_report_every_record_and_the_retry_counts_once(
