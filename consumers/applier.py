@@ -271,9 +271,9 @@ class BatchApplier:
             await self.before_write()
         result, decoded = await self._write_states(decoded, now)
         written = await self._write_predictions(result, decoded)
-        if result.erased:  # after the saves: an erased customer re-created later is saved
+        if result.erased or result.retired:  # after the saves: a re-created customer is saved
             await asyncio.gather(self.customers.delete(result.erased),
-                                 self.predictions.delete(result.erased))
+                                 self.predictions.delete(result.erased | result.retired))
             self.cache.forget(result.erased)
         if self.enricher is not None:  # effects are durable: the AI analysis may follow
             await self.enricher.reconcile(written)

@@ -121,6 +121,9 @@ class BatchResult:
     #: customers an erasure event forgot (and nothing re-created in this batch): their
     #: state and prediction are to be deleted
     erased: set[str] = field(default_factory=set)
+    #: customers left without a purchase that counts (all cancelled, or erased and then only
+    #: a consent or follow-up): their prediction is to be deleted, their state kept
+    retired: set[str] = field(default_factory=set)
 
     @property
     def failures(self) -> list[RecordOutcome]:
@@ -161,8 +164,9 @@ def _ceiling(records: Sequence[StreamRecord], now: datetime) -> int:
 #: why the state refused an event it decoded (the record goes to the dead letters)
 _REFUSED = {
     "beyond_horizon": "the event is dated before this customer's de-duplication horizon "
-                      f"(the latest {ORDER_HORIZON} orders are kept); it cannot be told from "
-                      "one already applied",
+                      f"(the latest {ORDER_HORIZON} orders are kept one by one), so it cannot "
+                      "be told from one applied long ago: most likely a redelivery or replay "
+                      "of an old event, never counted twice",
     "currency_mismatch": "the refund's currency is not its order's currency",
 }
 
@@ -309,6 +313,9 @@ def process_batch(
             learn.append(features)
         predictions.append(prediction)
     outcomes = f.outcomes
+    retired = {cid for cid in f.changed - f.failed.keys() if not f.working[cid].purchases
+               and (cid in f.erased or (states.get(cid) is not None
+                                        and states[cid].purchases > 0))}
     dead_letters = [*batch.rejected.values(), *f.refused, *_fail_customers(f)]
     counts = {"applied": 0, "duplicate": 0, "duplicate_order": 0, "rejected": 0}
     for o in outcomes:
@@ -323,4 +330,5 @@ def process_batch(
         checkpoints=f.checkpoints,
         counts=counts,
         erased=f.erased - f.changed,
+        retired=retired,
     )

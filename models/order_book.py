@@ -19,7 +19,8 @@ floor can no longer be told from one already applied, so it is refused
 (``beyond_horizon``, a dead letter with its reason) rather than risk counting it twice;
 consent statements are the exception, being idempotent by themselves (the latest
 wins). A refund or cancellation whose order is not among the kept orders waits for it
-(out-of-order delivery); one for an order already compacted changes nothing.
+(out-of-order delivery; at most :data:`PENDING_MAX` wait, the oldest go first); one for an
+order already compacted changes nothing.
 
 Sizes: an order record packs into :data:`ORDER_BYTES` (41) bytes and an event digest into
 16, so the book is at most 576 x 41 + 1,152 x 16 = 42,048 bytes.
@@ -30,7 +31,7 @@ Sizes: an order record packs into :data:`ORDER_BYTES` (41) bytes and an event di
 ...     rec.placed, rec.currency, rec.amount, rec.quantity = True, "USD", 100, 1
 ...     book.events[event_digest(f"e{i}")] = i * 86_400
 ...     book.compact()
->>> len(book.orders), book.base.orders, book.base.floor_ts == 64 * 86_400 + 1
+>>> len(book.orders), book.base.orders, book.base.floor_ts == 65 * 86_400
 (512, 65, True)
 >>> OrderBook.unpack(*book.pack()).orders == book.orders
 True
@@ -49,10 +50,22 @@ DAY = 86_400
 ORDER_HORIZON = 512
 #: event-id digests kept (the event-id de-duplication horizon)
 EVENT_HORIZON = 1024
+#: records of refunds and cancellations still waiting for their purchase
+PENDING_MAX = 64
 CHANNELS = ("web", "app", "store", "phone", "marketplace", "other")
 _ORDER = struct.Struct(">QqBB3sqqI")
 ORDER_BYTES = _ORDER.size
 _EVENT = struct.Struct(">Qq")
+
+
+def _cut(times: list[int], keep: int) -> int:
+    """The floor that keeps the latest ``keep`` of the sorted ``times`` and whatever shares
+    the oldest kept one's second; when that second holds them all (a bulk import), they stay
+    up to ``2 * keep``, beyond which that second is dropped too (0: nothing to drop yet)."""
+    cut = times[len(times) - keep]
+    if cut > times[0]:
+        return cut
+    return times[len(times) - keep - 1] + 1 if len(times) > 2 * keep else 0
 
 
 def event_digest(text: str) -> int:
@@ -162,24 +175,34 @@ class OrderBook:
         return ts < self.base.floor_ts
 
     def compact(self) -> None:
-        """Once a part holds an eighth more than its horizon, fold the oldest orders and
-        forget the oldest event digests down to the horizon (so the sorting is paid once
-        per eighth); the floor moves past everything dropped, and what shares a second
-        with a dropped entry goes with it."""
-        if len(self.orders) > ORDER_HORIZON + ORDER_HORIZON // 8:
-            times = sorted(r.ts for r in self.orders.values())
-            self._drop_before(times[len(times) - ORDER_HORIZON - 1] + 1)
-        if len(self.events) > EVENT_HORIZON + EVENT_HORIZON // 8:
-            times = sorted(self.events.values())
-            self._drop_before(times[len(times) - EVENT_HORIZON - 1] + 1)
+        """Keep each part within its horizon, paying the sorting once per eighth.
 
-    def _drop_before(self, cut: int) -> None:
-        self.base.floor_ts = max(self.base.floor_ts, cut)
-        old = sorted((r.ts, k) for k, r in self.orders.items() if r.ts < cut)
-        for _, k in old:
-            self.base.fold(self.orders.pop(k))
-        for k in [k for k, ts in self.events.items() if ts < cut]:
-            del self.events[k]
+        * Orders (placed ones): beyond an eighth more than :data:`ORDER_HORIZON`, the
+          orders older than the latest :data:`ORDER_HORIZON` are folded into the sums and
+          the floor moves to the oldest kept one (orders sharing its second stay; only when
+          one second alone holds more than twice the horizon does that second go too).
+        * Event digests: likewise down to :data:`EVENT_HORIZON`; the floor moves, no order
+          is folded (a flood of consent statements costs no order its record).
+        * Records of follow-ups still waiting for their purchase: at most
+          :data:`PENDING_MAX`; the oldest are dropped (their purchase, should it come,
+          then counts in full)."""
+        placed = [r.ts for r in self.orders.values() if r.placed]
+        if len(placed) > ORDER_HORIZON + ORDER_HORIZON // 8:
+            cut = _cut(sorted(placed), ORDER_HORIZON)
+            self.base.floor_ts = max(self.base.floor_ts, cut)
+            old = sorted((r.ts, k) for k, r in self.orders.items() if r.ts < cut)
+            for _, k in old:
+                self.base.fold(self.orders.pop(k))
+        if len(self.events) > EVENT_HORIZON + EVENT_HORIZON // 8:
+            self.base.floor_ts = max(self.base.floor_ts,
+                                     _cut(sorted(self.events.values()), EVENT_HORIZON))
+        floor = self.base.floor_ts
+        if floor and any(ts < floor for ts in self.events.values()):
+            self.events = {k: ts for k, ts in self.events.items() if ts >= floor}
+        waiting = [(r.ts, k) for k, r in self.orders.items() if not r.placed]
+        if len(waiting) > PENDING_MAX:
+            for _, k in sorted(waiting)[: len(waiting) - PENDING_MAX]:
+                del self.orders[k]
 
     # -- persistence: two binary attributes ----------------------------------------------
     def pack(self) -> tuple[bytes, bytes]:

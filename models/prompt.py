@@ -121,6 +121,8 @@ class AnalysisInput(_Frozen):
     avg_order_value: float
     #: the ISO 4217 code of every amount here (the reporting currency)
     currency: str = "USD"
+    #: currencies the customer paid in that have no rate: left out of every amount here
+    unconverted: list[str] = []
     avg_items_per_order: float
     reference_order_value: float
     channels: dict[str, int]
@@ -161,7 +163,7 @@ def build_input(state: CustomerState, prediction: Prediction | None, *, as_of_ts
     days = state.purchase_days
     as_of_day = max(as_of_ts // DAY, state.last_day if days else 0)
     orders = max(1, state.purchases)
-    spend, _ = state.spend(rates)
+    spend, unconverted = state.spend(rates)
     order_value, _ = state.order_value(rates)
     hints: list[StatisticalHint] = []
     extra: dict[str, Any] = {}
@@ -189,6 +191,7 @@ def build_input(state: CustomerState, prediction: Prediction | None, *, as_of_ts
         total_spend=round(spend, 2),
         avg_order_value=round(order_value, 2),
         currency=rates.reporting,
+        unconverted=list(unconverted),
         avg_items_per_order=round(state.quantity / orders, 2),
         reference_order_value=round(reference_order_value, 2),
         channels=dict(sorted(state.channels.items())),

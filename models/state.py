@@ -63,6 +63,8 @@ from models.state_view import StateView
 __all__ = ["DAY", "MAX_STATE_BYTES", "ApplyStatus", "CustomerState", "ItemStats",
            "event_digest"]
 
+#: refunds of one order add up to at most this (minor units; a signed 64-bit field)
+MAX_MINOR = 2**62
 #: the largest state item written (bytes; DynamoDB allows 400 KB)
 MAX_STATE_BYTES = 128_000
 ApplyStatus = Literal["applied", "duplicate", "duplicate_order", "beyond_horizon",
@@ -266,7 +268,7 @@ class CustomerState:
 
     def _refund(self, event: RefundEvent, rec: OrderRecord) -> None:
         rec.currency = rec.currency or event.currency
-        rec.refunded += to_minor(event.amount, event.currency)
+        rec.refunded = min(rec.refunded + to_minor(event.amount, event.currency), MAX_MINOR)
         self._lines(event.items, event.currency, 0, take_back=True)
 
     def _cancel(self, event: CancellationEvent, rec: OrderRecord) -> None:
@@ -296,14 +298,16 @@ class CustomerState:
 
     def bound(self, max_bytes: int = MAX_STATE_BYTES) -> None:
         """Evict products and categories (least recently bought first) until the state
-        fits ``max_bytes``; a no-op unless names are long and tables full."""
-        cheap = (len(self.book.orders) * 41 + len(self.book.events) * 16
-                 + sum(len(k) + 40 + 7 * len(v.days) for t in (self.products, self.categories)
-                       for k, v in t.items()))
-        if cheap < max_bytes // 2:
+        fits ``max_bytes``; measured exactly unless a generous estimate (names as escaped
+        JSON, every day and currency entry at its widest) is under a quarter of it."""
+        tables = (self.products, self.categories)
+        rough = (len(self.book.orders) * 41 + len(self.book.events) * 16 + 400
+                 + sum(6 * len(k) + 60 + 8 * len(v.days) + 30 * len(v.spend)
+                       for t in tables for k, v in t.items()))
+        if rough < max_bytes // 4:
             return
         while self.size() > max_bytes and (self.products or self.categories):
-            for table in (self.products, self.categories):
+            for table in tables:
                 table.evict(max(1, len(table) // 8))
 
     def to_json(self) -> str:
@@ -319,7 +323,7 @@ class CustomerState:
                 "le": self.last_event_id,
                 "lt": self.last_event_ts,
             },
-            separators=(",", ":"),
+            separators=(",", ":"), sort_keys=True,
         )
 
     @classmethod

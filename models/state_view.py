@@ -13,6 +13,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
+from models.money import exponent
 from models.order_book import DAY, Compacted, OrderBook
 
 
@@ -86,12 +87,20 @@ def migrate(d: dict[str, Any], seen: bytes) -> tuple[dict[str, Any], bytes]:
     days = d.get("d", [])
     cu = d.get("cu") or {"USD": d.get("p", 0)}
     code = max(cu, key=lambda c: cu[c]) if cu else "USD"
-    base = Compacted(0, d["p"], len(days), d["f"], d["l"], d["q"], {code: d["s"]} if d["p"] else {},
+    # version 1 kept "cents" as int(total * 100) whatever the currency: rescale to the minor
+    # unit (JPY 6000 was 600000, KWD 1.235 was 123); with several currencies the sum cannot be
+    # split and is kept under the most frequent one (approximate, as it was)
+
+    def minor(cents: int) -> int:
+        return int(cents * 10 ** exponent(code) // 100)
+
+    base = Compacted(0, d["p"], len(days), d["f"], d["l"], d["q"],
+                     {code: minor(d["s"])} if d["p"] else {},
                      dict(cu) if d["p"] else {}, dict(d.get("ch", {})))
 
     def item(v: list[Any]) -> list[Any]:
         ds = [int(x) for x in v[3]]
-        return [v[0], v[1], {code: v[2]}, 0, ds[0] if ds else 0, ds]
+        return [v[0], v[1], {code: minor(v[2])}, 0, ds[0] if ds else 0, ds]
 
     body = {"v": 2, "b": base.to_list(), "pr": {k: item(v) for k, v in d["pr"].items()},
             "ca": {k: item(v) for k, v in d["ca"].items()}, "c": d["c"], "ct": d["ct"],

@@ -13,12 +13,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from consumers.core import ModelView, StreamRecord, decode_batch, process_batch
-from models.events import CancellationEvent, LineItem, PurchaseEvent, RefundEvent, StreamEvent
+from models.events import (
+    CancellationEvent,
+    ConsentEvent,
+    LineItem,
+    PurchaseEvent,
+    RefundEvent,
+    StreamEvent,
+)
 from models.features import bgnbd_inputs, rfm
 from models.learn.forecaster import DEFAULT_PRIOR, Forecaster
 from models.learn.segmentation import SegmentModel
 from models.money import NO_RATES, Rates
-from models.order_book import ORDER_HORIZON
+from models.order_book import ORDER_HORIZON, PENDING_MAX
 from models.state import DAY, MAX_STATE_BYTES, CustomerState
 
 T0 = datetime(2020, 1, 1, tzinfo=UTC)
@@ -45,6 +52,11 @@ def refund(n: int, order: int, at: datetime, amount: str, currency: str = "USD",
 def cancel(n: int, order: int, at: datetime) -> CancellationEvent:
     return CancellationEvent(type="cancellation", event_id=f"x{n}", order_id=f"o{order}",
                              customer_id="c", occurred_at=at)
+
+
+def consent_event(n: int, at: datetime) -> ConsentEvent:
+    return ConsentEvent(type="consent", event_id=f"k{n}", customer_id="c", occurred_at=at,
+                        analysis=n % 2 == 0)
 
 
 def fold(events: Sequence[StreamEvent], cid: str = "c") -> CustomerState:
@@ -219,3 +231,53 @@ def test_an_exception_for_one_customer_dead_letters_only_that_customer(monkeypat
     assert "ZeroDivisionError: a defect" in r.dead_letters[0].reason
     assert set(r.states) == {"good"} and [p.customer_id for p in r.predictions] == ["good"]
     assert r.checkpoints == {"shard-0": "3"}
+
+
+# -- found by review: the horizon, overflow, stale predictions, sizes ----------------------
+
+
+def test_orders_sharing_a_second_keep_the_horizon_and_a_consent_flood_keeps_the_orders() -> None:
+    s = fold([buy(i, T0) for i in range(600)])  # a bulk import: one second
+    assert s.purchases == 600 and len(s.book.orders) == 600  # nothing refused, none folded
+    s = fold([buy(i, T0 + timedelta(days=i)) for i in range(50)])
+    for n in range(1200):
+        s.apply(consent_event(n, T0 + timedelta(days=50, seconds=n)))
+    assert len(s.book.orders) == 50  # the digests' horizon folds no order
+    assert s.apply(refund(1, 49, T0 + timedelta(days=60), "1.00")) == "applied"
+    assert s.spend_minor == {"USD": 49_900}
+
+
+def test_follow_ups_for_unknown_orders_wait_in_bounded_numbers() -> None:
+    s = fold([buy(0, T0), *(cancel(n, 1000 + n, T0 + timedelta(minutes=n))
+                            for n in range(600))])
+    assert len(s.book.orders) <= 1 + PENDING_MAX and s.purchases == 1
+
+
+def test_refunds_past_64_bits_cannot_break_the_item() -> None:
+    s = fold([buy(1, T0, "10.000", "KWD")])
+    big = "99999999999.999"
+    for n in range(10_000):
+        s.apply(refund(n, 1, T0 + timedelta(seconds=n + 1), big, currency="KWD"))
+    assert s.spend_minor == {"KWD": 0} and s.book.pack()  # packs (no struct.error)
+
+
+def test_a_customer_whose_orders_are_all_cancelled_loses_the_prediction() -> None:
+    first = run([buy(1, T0)])
+    assert [p.customer_id for p in first.predictions] == ["c"] and first.retired == set()
+    r = run([cancel(1, 1, T0 + timedelta(days=1))], {"c": first.states["c"]})
+    assert r.predictions == [] and r.retired == {"c"} and r.erased == set()
+
+
+def test_many_currencies_and_wide_names_stay_under_the_bound() -> None:
+    codes = ["EUR", "USD", "JPY", "GBP", "CHF", "SEK", "NOK", "DKK", "PLN", "CZK", "HUF",
+             "KWD", "BHD", "CAD", "AUD", "NZD"]
+    events = []
+    for n in range(400):
+        e = buy(n, T0 + timedelta(hours=n), "1", codes[n % len(codes)],
+                lines=[(f"p{n % 300:03d}-{k}", 1, "1") for k in range(8)])
+        wide = [i.model_copy(update={"category": "\U0001f600" * 120 + f"{(n + k) % 90:02d}"})
+                for k, i in enumerate(e.items)]
+        events.append(e.model_copy(update={"items": wide}))
+    s = fold(events)
+    s.bound()
+    assert s.size() <= MAX_STATE_BYTES
