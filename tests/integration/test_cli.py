@@ -85,7 +85,8 @@ def test_show_prints_the_analysis_in_plain_rows(
 
     assert cli.main(["segments"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[1].split("\t") == ["id", "name", "customers", "recency_days", "frequency",
+    assert lines[1] == "# monetary: the average order value, in USD"
+    assert lines[2].split("\t") == ["id", "name", "customers", "recency_days", "frequency",
                                     "monetary"]
 
 
