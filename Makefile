@@ -88,6 +88,7 @@ bench: setup-dev
 	$(PY) bench/analysis_policy.py
 	$(PY) bench/replay.py
 	$(PY) bench/state_size.py
+	$(PY) bench/refit_lag.py
 
 .PHONY: package deploy
 ## package: every Lambda artifact of deploy/template.yaml for arm64 / Python 3.12

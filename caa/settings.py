@@ -130,6 +130,13 @@ class Settings(BaseSettings):
     pseudonym_key_parameter: str | None = Field(None, min_length=1)
     history_ttl_days: int = Field(90, ge=1)
     usage_flush_s: float = Field(5.0, gt=0)
+    #: durable analysis requests (consumers/analysis/requests.py): the SQS queue's name or URL
+    #: (None: the in-memory queue of the enricher); `caa setup` creates it and its DLQ
+    #: (``<name>-dlq``), a request going there after ``analysis_max_receives`` receives
+    analysis_queue: str | None = Field(None, min_length=1)
+    analysis_max_receives: int = Field(5, ge=1, le=1000)
+    #: seconds a received request stays invisible (a failed one comes back after it)
+    analysis_visibility_s: int = Field(120, ge=0, le=43200)
 
     # -- daily batch (`caa batch`, consumers.analysis.daily.job) ------------------------
     #: S3 bucket and key prefix of Bedrock batch inference jobs: input JSONL, output, and the

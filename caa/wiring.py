@@ -26,6 +26,7 @@ from consumers.analysis.breaker import CircuitBreaker
 from consumers.analysis.daily.job import BatchConfig
 from consumers.analysis.enricher import Enricher
 from consumers.analysis.guard import CallGuard
+from consumers.analysis.requests import RequestAnalyzer, RequestQueue, delay_of
 from consumers.analysis.trigger import CacheRules
 from consumers.applier import BatchApplier
 from consumers.core import BatchResult
@@ -55,12 +56,19 @@ def tables(settings: Settings) -> TableNames:
     return TableNames(settings.table_prefix)
 
 
-def ensure_resources(settings: Settings, kinesis: Any, dynamodb: Any) -> list[str]:
-    """The stream (``CAA_STREAM_NAME``, ``CAA_SHARD_COUNT``) and every table, idempotently;
-    returns what was created now."""
-    return resources.ensure_resources(kinesis, dynamodb, stream_name=settings.stream_name,
-                                      shard_count=settings.shard_count,
-                                      tables=tables(settings))
+def ensure_resources(settings: Settings, kinesis: Any, dynamodb: Any,
+                     sqs: Any = None) -> list[str]:
+    """The stream (``CAA_STREAM_NAME``, ``CAA_SHARD_COUNT``) and every table, idempotently,
+    and with ``sqs``, the analysis requests' queue and its DLQ when ``CAA_ANALYSIS_QUEUE``
+    names one; returns what was created now."""
+    created = resources.ensure_resources(kinesis, dynamodb, stream_name=settings.stream_name,
+                                         shard_count=settings.shard_count,
+                                         tables=tables(settings))
+    if sqs is not None and settings.analysis_queue:
+        created += resources.ensure_queue(sqs, settings.analysis_queue,
+                                          max_receives=settings.analysis_max_receives,
+                                          visibility_s=settings.analysis_visibility_s)
+    return created
 
 
 # -- stores and models ------------------------------------------------------------------
@@ -194,30 +202,71 @@ def worker_config(settings: Settings) -> WorkerConfig:
         analysis_active_days=s.analysis_active_days, usage_flush_s=s.usage_flush_s)
 
 
+def request_queue(settings: Settings, sqs: Any) -> RequestQueue:
+    """``CAA_ANALYSIS_QUEUE`` over ``sqs``, sending with the debounce window as delay."""
+    assert settings.analysis_queue is not None
+    return RequestQueue(sqs, settings.analysis_queue,
+                        delay_s=delay_of(settings.analysis_debounce_s))
+
+
+def request_analyzer(settings: Settings, applier: BatchApplier, ai: Enricher,
+                     queue: RequestQueue | None) -> RequestAnalyzer:
+    """The analyzer of durable requests around ``ai`` (the local worker, or the Lambda's)."""
+    return RequestAnalyzer(ai, applier.customers, applier.predictions, queue,
+                           concurrency=settings.bedrock_concurrency)
+
+
 def worker(settings: Settings, kinesis: Any, dynamodb: Any,
            on_batch: Callable[[str, BatchResult], None] | None = None,
-           bedrock: Any = None, cloudwatch: Any = None) -> Worker:
+           bedrock: Any = None, cloudwatch: Any = None, sqs: Any = None) -> Worker:
     """The local consumer (``caa consume``): its applier with the state cache, the
-    enricher when configured, and the poller or fan-out reader."""
+    enricher when configured, and the poller or fan-out reader. With ``CAA_ANALYSIS_QUEUE``
+    and ``sqs``, analysis requests go through that queue (sent by the applier, analysed by
+    the worker's request analyzer) instead of the enricher's in-memory queue."""
     kill = chaos_of(settings)
     applier, ai = applier_and_enricher(settings, dynamodb, cache_size=settings.state_cache_size,
                                        bedrock=bedrock, cloudwatch=cloudwatch, chaos=kill)
+    analyzer = None
+    if ai is not None and sqs is not None and settings.analysis_queue:
+        queue = request_queue(settings, sqs)
+        applier.requests = queue
+        analyzer = request_analyzer(settings, applier, ai, queue)
     return Worker(worker_config(settings), applier, kinesis, enricher=ai, on_batch=on_batch,
-                  cloudwatch=cloudwatch, chaos=kill)
+                  cloudwatch=cloudwatch, chaos=kill, requests=analyzer)
 
 
 async def open_applier(settings: Settings, stack: AsyncExitStack,
                        wrap_dynamodb: Callable[[Any], Any] | None = None) -> BatchApplier:
     """The Lambda's and the KCL processor's applier: a DynamoDB client opened on ``stack``,
     no state cache (another worker may write these customers next), no AI analysis, its
-    models loaded. ``wrap_dynamodb``: tests wrap the real client to inject faults."""
-    clients = await stack.enter_async_context(Aws(settings, quiet=True).clients("dynamodb"))
+    models loaded; with ``CAA_ANALYSIS_QUEUE``, an SQS client and the analysis requests sent
+    there. ``wrap_dynamodb``: tests wrap the real client to inject faults."""
+    queued = settings.analysis_queue is not None
+    clients = await stack.enter_async_context(Aws(settings, quiet=True).clients(
+        "dynamodb", *(["sqs"] if queued else [])))
     dynamodb = clients["dynamodb"]
     if wrap_dynamodb is not None:
         dynamodb = wrap_dynamodb(dynamodb)
     out = applier(settings, dynamodb, cache_size=0)
+    if queued:  # the analyzer function (caa.entry.analyzer_lambda) takes them from there
+        out.requests = request_queue(settings, clients["sqs"])
     await out.registry.load()
     return out
+
+
+async def open_request_analyzer(settings: Settings, stack: AsyncExitStack) -> RequestAnalyzer:
+    """The SQS analyzer function's: DynamoDB, Bedrock and CloudWatch clients opened on
+    ``stack``, the enricher (whatever ``CAA_ANALYZER`` says: this function exists to call
+    Bedrock), its models loaded; no queue (Lambda receives and deletes)."""
+    clients = await stack.enter_async_context(Aws(settings, quiet=True).clients(
+        "dynamodb", "bedrock-runtime", "cloudwatch"))
+    db = dynamo(settings, clients["dynamodb"])
+    t = tables(settings)
+    models = registry(settings, db)
+    ai = enricher(settings, db, clients["bedrock-runtime"], models, clients["cloudwatch"])
+    await models.load()
+    return RequestAnalyzer(ai, CustomerStore(db, t.customers), PredictionStore(db, t.predictions),
+                           None, concurrency=settings.bedrock_concurrency)
 
 
 # -- operations -------------------------------------------------------------------------

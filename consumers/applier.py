@@ -42,7 +42,7 @@ from consumers.core import (
     decode_batch,
     process_batch,
 )
-from consumers.hook import AnalysisHook
+from consumers.hook import AnalysisHook, RequestSink
 from consumers.registry import ModelRegistry
 from consumers.stores.customers import CustomerStore
 from consumers.stores.dead_letters import DeadLetterStore
@@ -192,6 +192,9 @@ class BatchApplier:
         self.cache = StateCache(cache_size)
         self.enricher = enricher
         self.before_write: Callable[[], Awaitable[None]] | None = None
+        #: durable analysis requests (SQS): sent once a batch's effects are written, before
+        #: its checkpoint, in place of the enricher's in-memory queue (``observe``)
+        self.requests: RequestSink | None = None
 
     async def _load(self, ids: Iterable[str]) -> dict[str, CustomerState]:
         states, missing = self.cache.get_many(ids)
@@ -277,6 +280,9 @@ class BatchApplier:
             self.cache.forget(result.erased)
         if self.enricher is not None:  # effects are durable: the AI analysis may follow
             await self.enricher.reconcile(written)
+        if self.requests is not None:  # raises WriteFailed: not checkpointed, read again
+            await self.requests.send_result(result, decoded.customer_ids)
+        elif self.enricher is not None:
             self.enricher.observe(result)
         await self.registry.learn(result.learn)
         self.watermark = max(self.watermark, result.watermark)

@@ -41,3 +41,13 @@ class AnalysisHook(Protocol):
                  as_of_ts: int) -> int:
         """Queue customers for a scheduled re-analysis after a refit; returns how many."""
         ...
+
+
+class RequestSink(Protocol):
+    """Where durable analysis requests go (:class:`consumers.analysis.requests.RequestQueue`):
+    the applier sends a written batch's changed customers there instead of ``observe``."""
+
+    async def send_result(self, result: BatchResult, touched: Iterable[str]) -> int:
+        """Send one request per customer ``result`` changed (and per ``touched`` customer
+        left unchanged); raises when they could not be sent."""
+        ...

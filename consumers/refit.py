@@ -7,32 +7,61 @@ weights), and the segment model is refitted in batch on the same customers'
 features. Optionally every prediction is rewritten with the new models, so a
 customer who has not bought lately still gets an up-to-date recency, segment
 and P(alive).
+
+The CPU work (the maximum-likelihood fit, the k-means refit, the customers' segments and
+the rewritten predictions) runs in a worker thread (:func:`asyncio.to_thread`), so a
+refit inside a consumer never stalls its event loop: polling, applying and lease renewal
+go on meanwhile. The thread only builds new objects from a snapshot taken on the loop;
+the registry is swapped on the loop (:meth:`~consumers.registry.ModelRegistry.replace_forecast`,
+:meth:`~consumers.registry.ModelRegistry.replace_segmenter`).
+
+One refit at a time across every process and function sharing the tables: the **refit
+lock** is a lease row in the checkpoints table (group :data:`REFIT_GROUP`; a conditional
+put with owner and expiry, renewed while the refit runs, released at its end; the same
+row and code as a consumer group's lease, :class:`~consumers.sources.lease.GroupLease`).
+:func:`locked_refit` runs one refit under it; a refit that finds it held is skipped
+(:class:`RefitSkipped`, with the holder), or first waits for it up to a bound.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from consumers.hook import AnalysisHook
 from consumers.progress import NO_PROGRESS, Progress
 from consumers.registry import PARETO_NBD, ModelRegistry
+from consumers.sources.lease import GroupBusy, GroupLease
+from consumers.stores.analyses import AnalysisStore
+from consumers.stores.checkpoints import CheckpointStore
 from consumers.stores.customers import CustomerStore
 from consumers.stores.predictions import PredictionStore
 from models.features import bgnbd_inputs, rfm
 from models.learn import bgnbd, pareto_nbd
 from models.learn.forecaster import Forecaster, ForecastParams, model_name
+from models.learn.pareto_nbd import ParetoNbdParams
 from models.learn.segmentation import SegmentModel
 from models.money import NO_RATES, Rates
 from models.prediction import Prediction, SegmentRef
 from models.state import DAY, CustomerState
 
+if TYPE_CHECKING:
+    from consumers.core import BatchResult
+
 SIZES = "segment-sizes"
+#: the checkpoints-table group whose lease row is the refit lock
+REFIT_GROUP = "refit"
+#: how long the refit lock outlives its last renewal (it is renewed every third of it): a
+#: refit killed mid-way (a Lambda timeout, a crash) holds it no longer than this
+REFIT_LOCK_TTL_S = 120.0
 #: predictions computed, merged with their analyses and written per step of a rewrite
 REWRITE_CHUNK = 2000
 
@@ -94,13 +123,17 @@ async def rewrite_predictions(
     now = datetime.now(UTC)
     progress.phase("rewriting predictions", total=len(states))
     written: list[Prediction] = []
-    for i in range(0, len(states), REWRITE_CHUNK):
-        out = [
+
+    def predict(i: int) -> list[Prediction]:
+        return [
             forecaster.predict(s, SegmentRef(id=seg, name=names.get(seg, f"segment {seg}")),
                                as_of, now, segments_version, rates=rates)
             for s, seg in zip(states[i:i + REWRITE_CHUNK], segments[i:i + REWRITE_CHUNK],
                               strict=True)
         ]
+
+    for i in range(0, len(states), REWRITE_CHUNK):
+        out = await asyncio.to_thread(predict, i)  # off the event loop
         if enricher is not None:
             out = await enricher.attach(out)
         await predictions.save(out)
@@ -109,6 +142,40 @@ async def rewrite_predictions(
         written += out
         progress.advance(len(out))
     return written
+
+
+def histories(states: Sequence[CustomerState], as_of: int) -> Counter[tuple[int, float, float]]:
+    """Each distinct (x, t_x, T) as of ``as_of`` with the number of customers who have it."""
+    return Counter(bgnbd_inputs(s, as_of) for s in states)
+
+
+def fit_purchase_model(rows: Counter[tuple[int, float, float]],
+                       initial: ForecastParams) -> ForecastParams:
+    """Fit the model ``initial`` belongs to (starting there) on the weighted histories;
+    pure CPU work, no shared state: :func:`refit` runs it in a thread."""
+    keys = list(rows)
+    arr = np.array(keys, dtype=float)
+    weights = np.array([rows[k] for k in keys], dtype=float)
+    if isinstance(initial, ParetoNbdParams):
+        return pareto_nbd.fit(arr[:, 0], arr[:, 1], arr[:, 2], weights=weights,
+                              initial=initial)
+    return bgnbd.fit(arr[:, 0], arr[:, 1], arr[:, 2], weights=weights, initial=initial)
+
+
+def fit_segments(states: Sequence[CustomerState], as_of: int, rates: Rates,
+                 snapshot: dict[str, object]) -> tuple[list[CustomerState], SegmentModel, bool,
+                                                     list[int]]:
+    """Refit a segment model rebuilt from ``snapshot`` on the states' features: the states
+    by customer id, the model, whether it was refitted (too few customers: it is the
+    snapshot, kept) and each state's segment. Pure CPU work on new objects: :func:`refit`
+    runs it in a thread."""
+    ordered = sorted(states, key=lambda s: s.customer_id)
+    features = [rfm(s, as_of, rates) for s in ordered]
+    model = SegmentModel.from_dict(snapshot)
+    refitted = len(features) >= model.n_clusters  # too few customers: keep the streaming one
+    if refitted:
+        model.refit(features)
+    return ordered, model, refitted, [model.predict_one(x) for x in features]
 
 
 async def refit(
@@ -137,30 +204,22 @@ async def refit(
     # arrival either): a state written before future events were refused cannot move it
     as_of = as_of_ts if as_of_ts is not None else min(max(s.last_ts for s in states),
                                                        int(time.time()))
-    rows = Counter(bgnbd_inputs(s, as_of) for s in states)
-    keys = list(rows)
-    arr = np.array(keys, dtype=float)
-    weights = np.array([rows[k] for k in keys], dtype=float)
-    params: ForecastParams
-    progress.phase(f"refit: fitting the purchase model ({len(keys):,} distinct histories)")
-    if registry.forecast_model == PARETO_NBD:
-        params = pareto_nbd.fit(arr[:, 0], arr[:, 1], arr[:, 2], weights=weights,
-                                initial=registry.pareto_nbd)
-    else:
-        params = bgnbd.fit(arr[:, 0], arr[:, 1], arr[:, 2], weights=weights,
-                           initial=registry.bgnbd)
+    rows = await asyncio.to_thread(histories, states, as_of)
+    progress.phase(f"refit: fitting the purchase model ({len(rows):,} distinct histories)")
+    # the starting point is read on the loop; the fit builds new parameters in a thread
+    initial = registry.pareto_nbd if registry.forecast_model == PARETO_NBD else registry.bgnbd
+    params = await asyncio.to_thread(fit_purchase_model, rows, initial)
     version = await registry.replace_forecast(
         params, {"customers": len(states), "as_of": as_of, "fitted_at": time.time()}
     )
     progress.phase(f"refit: fitting the segments ({len(states):,} customers)")
-    ordered = sorted(states, key=lambda s: s.customer_id)
-    features = [rfm(s, as_of, registry.rates) for s in ordered]
-    model = SegmentModel.from_dict(registry.segmenter.to_dict())
-    if len(features) >= model.n_clusters:  # too few customers: keep the streaming model
-        model.refit(features)
+    # a copy of the live model, taken on the loop (the applier learns into the live one)
+    snapshot = registry.segmenter.to_dict()
+    ordered, model, refitted, segments = await asyncio.to_thread(
+        fit_segments, states, as_of, registry.rates, snapshot)
+    if refitted:
         await registry.replace_segmenter(model)
     names = model.segment_names()
-    segments = [model.predict_one(x) for x in features]
     sizes = Counter(names.get(s, f"segment {s}") for s in segments)
     await registry.store.put(SIZES, {"version": registry.segments_version, "as_of": as_of,
                                      "sizes": dict(sizes.most_common())})
@@ -182,3 +241,86 @@ async def refit(
         version, registry.segments_version, written,
         time.perf_counter() - started, registry.rates,
     )
+
+
+@dataclass(frozen=True)
+class RefitSkipped:
+    """A refit that did not run because another held the refit lock."""
+
+    #: the lock's holder (``owner`` of the lease row), as read when the refit gave up
+    holder: str
+    reason: str
+
+
+def refit_lock(lock_rows: CheckpointStore, owner: str,
+               ttl_s: float = REFIT_LOCK_TTL_S) -> GroupLease:
+    """The refit lock in the checkpoints table ``lock_rows`` was opened on (any group: the
+    lock is the :data:`REFIT_GROUP` group's lease row), held as ``owner``."""
+    return GroupLease(lock_rows.db, lock_rows.table, REFIT_GROUP, owner, ttl_s=ttl_s)
+
+
+async def locked_refit(lock: GroupLease, run: Callable[[], Awaitable[RefitReport | None]], *,
+                       wait_s: float = 0.0, poll_s: float = 1.0,
+                       ) -> RefitReport | RefitSkipped | None:
+    """``run()`` (one refit) holding ``lock``: taken first (waiting up to ``wait_s`` while
+    another holds it, then :class:`RefitSkipped`), renewed every third of its TTL while the
+    refit runs, released at the end, whatever the end. When a renewal finds the lock taken
+    (this process was paused past its expiry and another refit took it) the refit is
+    cancelled and :class:`~consumers.sources.lease.LeaseLost` raised."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            await lock.acquire(time.time())
+            break
+        except GroupBusy:
+            if time.monotonic() + poll_s > deadline:
+                held = await CheckpointStore(lock.db, lock.table, lock.group).lease()
+                holder = held.owner if held else "nobody (it was just released)"
+                return RefitSkipped(holder, f"another refit holds the refit lock ({holder}, "
+                                            f"until it ends or {lock.ttl_s:.0f} s after its "
+                                            "last renewal); this one is skipped")
+            await asyncio.sleep(poll_s)
+    task = asyncio.ensure_future(run())
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=lock.ttl_s / 3)
+            if done:
+                return task.result()
+            await lock.renew(time.time())  # LeaseLost: the refit is cancelled below
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await lock.release()
+
+
+class KeptAnalyses:
+    """The analysis hook of a refit run without an analyzer (the scheduled refit function):
+    each rewritten prediction keeps its customer's latest analysis, read from the analyses
+    table, and one that landed while the chunk was written is merged back into it; nothing
+    is analysed, observed or queued."""
+
+    def __init__(self, store: AnalysisStore) -> None:
+        self.store = store
+
+    async def attach(self, predictions: Sequence[Prediction]) -> list[Prediction]:
+        found = await self.store.latest([p.customer_id for p in predictions])
+        return [p if (rec := found.get(p.customer_id)) is None else p.model_copy(update={
+            "analysis": rec.analysis, "analysis_at": rec.at, "analysis_model": rec.model,
+            "source": rec.source, "fallback_reason": rec.fallback_reason,
+        }) for p in predictions]
+
+    async def reconcile(self, written: Sequence[Prediction]) -> int:
+        found = await self.store.latest([p.customer_id for p in written])
+        stale = [rec for p in written
+                 if (rec := found.get(p.customer_id)) is not None and rec.at != p.analysis_at]
+        await asyncio.gather(*(self.store.merge(rec) for rec in stale))
+        return len(stale)
+
+    def observe(self, result: BatchResult) -> None:
+        return None
+
+    def schedule(self, states: Iterable[CustomerState], predictions: dict[str, Prediction],
+                 as_of_ts: int) -> int:
+        return 0

@@ -6,6 +6,7 @@ The catalogue of our tables (:data:`KEYS`) and their names in one deployment
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,4 +160,36 @@ def ensure_resources(kinesis: Any, dynamodb: Any, *, stream_name: str, shard_cou
                 )
         if table in STREAMS and ensure_table_stream(dynamodb, name, STREAMS[table]):
             created.append(f"stream on {name} ({STREAMS[table]})")
+    return created
+
+
+def ensure_queue(sqs: Any, name: str, *, max_receives: int, visibility_s: int) -> list[str]:
+    """The analysis requests' queue ``name`` and its dead-letter queue ``<name>-dlq`` (a
+    request goes there after ``max_receives`` receives), idempotently; returns what was
+    created now. ``name`` may be the queue's URL (its last path segment is the name)."""
+    name = name.rstrip("/").rsplit("/", 1)[-1]
+    created = []
+    dlq = f"{name}-dlq"
+    existing = set()
+    for n in (dlq, name):
+        try:
+            sqs.get_queue_url(QueueName=n)
+            existing.add(n)
+        except sqs.exceptions.QueueDoesNotExist:
+            pass
+    dlq_url = sqs.create_queue(QueueName=dlq, Attributes={
+        "MessageRetentionPeriod": str(14 * 86400)})["QueueUrl"]
+    if dlq not in existing:
+        created.append(f"queue {dlq}")
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])[
+        "Attributes"]["QueueArn"]
+    redrive = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receives})
+    attrs = {"VisibilityTimeout": str(visibility_s), "RedrivePolicy": redrive,
+             "MessageRetentionPeriod": str(4 * 86400)}
+    if name in existing:
+        url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
+        sqs.set_queue_attributes(QueueUrl=url, Attributes=attrs)
+    else:
+        sqs.create_queue(QueueName=name, Attributes=attrs)
+        created.append(f"queue {name} (dead letters to {dlq} after {max_receives} receives)")
     return created

@@ -69,6 +69,8 @@ async def consume(settings: Settings, aws: Aws, until_idle: bool,
     started = time.perf_counter()
     ai = settings.analyzer == "bedrock"
     extra = ["bedrock-runtime"] if ai else []
+    if ai and settings.analysis_queue:  # durable analysis requests
+        extra.append("sqs")
     async with aws.clients("kinesis", "dynamodb", "cloudwatch", *extra) as c:
         with output.progress() as progress:
             # the consuming, counted here; the worker starts the phases after it (winding
@@ -77,7 +79,8 @@ async def consume(settings: Settings, aws: Aws, until_idle: bool,
             worker = wiring.worker(
                 settings, c["kinesis"], c["dynamodb"],
                 on_batch=lambda _s, r: progress.advance(len(r.outcomes)),
-                bedrock=c.get("bedrock-runtime"), cloudwatch=c.get("cloudwatch"))
+                bedrock=c.get("bedrock-runtime"), cloudwatch=c.get("cloudwatch"),
+                sqs=c.get("sqs"))
             report = await worker.run(until_idle=until_idle, stop=stop, final_refit=refit,
                                       progress=progress)
         t = worker.applier.totals
@@ -96,6 +99,8 @@ async def consume(settings: Settings, aws: Aws, until_idle: bool,
         }
         if worker.enricher is not None:
             summary["ai"] = worker.enricher.summary()
+            if worker.requests is not None:
+                summary["ai"]["requests"] = worker.requests.summary()
         if report:
             summary.update(refit_summary(report))
     return summary
@@ -215,7 +220,8 @@ def setup(settings: Settings, aws: Aws, as_json: bool = False) -> int:
     """``caa setup``: create the stream and tables (idempotent)."""
     from caa.wiring import ensure_resources
 
-    created = ensure_resources(settings, aws.client("kinesis"), aws.client("dynamodb"))
+    created = ensure_resources(settings, aws.client("kinesis"), aws.client("dynamodb"),
+                               aws.client("sqs") if settings.analysis_queue else None)
     if as_json:
         output.print_json({"created": list(created)})
     else:

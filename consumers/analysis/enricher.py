@@ -22,7 +22,9 @@ A stop (:meth:`Enricher.abandon_queued`, on SIGTERM/SIGINT) starts nothing new a
 every Bedrock retry at once (the stop event reaches the analyzer's backoff); calls in flight
 get at most :data:`STOP_GRACE_S` seconds to answer, then are cancelled. An analysis cut short
 is not stored: its customer goes back into the queue, like every customer still waiting.
-The queue lives in memory, so at exit they are counted and said on stderr (and in
+Without a durable queue (:mod:`consumers.analysis.requests`, where the applier sends
+requests instead of calling :meth:`Enricher.observe` and :meth:`Enricher.run_request` runs
+each) the queue lives in memory, so at exit they are counted and said on stderr (and in
 ``summary()["pending_at_stop"]``); each keeps its statistical prediction and is analysed on
 its next purchase, or by the scheduled re-analysis when it is active.
 """
@@ -69,6 +71,10 @@ STOP_GRACE_S = 1.5
 
 #: the fallback reason of the A/B control variant's analyses
 AB_CONTROL = "ab_control"
+
+
+class _Stopped(Exception):
+    """A stop reached this analysis before it was stored."""
 
 
 class Enricher:
@@ -214,6 +220,11 @@ class Enricher:
             self._wake.set()
 
     @property
+    def closing(self) -> bool:
+        """A stop signal came (:meth:`abandon_queued`): nothing new starts."""
+        return self._closing
+
+    @property
     def queued(self) -> int:
         """Customers waiting for an analysis, and analyses running."""
         return len(self.policy) + len(self._tasks)
@@ -289,11 +300,41 @@ class Enricher:
         self._inflight.add(customer_id)
         return await self._claimed(customer_id, x, "on_demand", [], True)
 
+    async def run_request(self, customer_id: str, x: AnalysisInput, trigger: TriggerKind,
+                          arrivals: list[float]) -> bool:
+        """One durable request (:mod:`consumers.analysis.requests`), through the same path as
+        a queued analysis (consent, A/B plan, cache, call guard, Bedrock, write): True when
+        it is finished (stored, or a cache hit), False when a stop cut it short (the request
+        is to come back). Raises when it could not be stored (counted as an error)."""
+        while customer_id in self._inflight:
+            await asyncio.sleep(0.05)
+        if self._closing:
+            return False
+        self._inflight.add(customer_id)
+        try:
+            await self._analyze(customer_id, x, trigger, arrivals, False)
+            return True
+        except (_Stopped, asyncio.CancelledError) as exc:
+            self._cut += 1
+            self._count("stopped")
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return False
+        except Exception as exc:
+            self._error("analysis", customer_id, exc)
+            raise
+        finally:
+            self._inflight.discard(customer_id)
+            self._finished += 1
+
     async def _claimed(self, cid: str, x: AnalysisInput, trigger: TriggerKind,
                        arrivals: list[float], bypass: bool) -> AnalysisRecord | None:
         """Analyse ``cid``, whose in-flight marker the caller set; errors become counts."""
         try:
             return await self._analyze(cid, x, trigger, arrivals, bypass)
+        except _Stopped:
+            self._requeue(cid, x, trigger, arrivals)
+            return None
         except asyncio.CancelledError:
             if self._closing:  # cut short by a stop: not stored, queued again
                 self._requeue(cid, x, trigger, arrivals)
@@ -344,8 +385,7 @@ class Enricher:
                 return None
         outcome = await self.guard.call(x, self._stop)
         if isinstance(outcome, Refused) and outcome.reason == "stopped":
-            self._requeue(cid, x, trigger, arrivals)
-            return None
+            raise _Stopped
         if isinstance(outcome, Refused):
             return await self._finish(cid, x, trigger, arrivals, None, outcome.reason, None)
         self.counts["bedrock_calls"] += outcome.attempts
@@ -355,8 +395,7 @@ class Enricher:
                              "failed_analyses": int(outcome.failure not in (None, "stopped"))})
         self._metric_cost += outcome.cost_usd
         if outcome.failure == "stopped":
-            self._requeue(cid, x, trigger, arrivals)
-            return None
+            raise _Stopped
         if outcome.analysis is not None:
             return await self._finish(cid, x, trigger, arrivals, outcome, None, signature)
         return await self._finish(cid, x, trigger, arrivals, outcome, outcome.failure, None)

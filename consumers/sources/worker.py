@@ -16,6 +16,7 @@ import contextlib
 import os
 import secrets
 import socket
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -24,12 +25,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 from consumers.analysis.enricher import Enricher
+from consumers.analysis.requests import RequestAnalyzer
 from consumers.applier import BatchApplier
 from consumers.core import BatchResult
 from consumers.instrument.chaos import NO_CHAOS, Chaos
 from consumers.instrument.metrics import Metrics
 from consumers.progress import NO_PROGRESS, Progress
-from consumers.refit import RefitReport, refit
+from consumers.refit import (
+    REFIT_LOCK_TTL_S,
+    RefitReport,
+    RefitSkipped,
+    locked_refit,
+    refit,
+    refit_lock,
+)
 from consumers.sources.fanout import FanoutPoller
 from consumers.sources.lease import GroupLease, LeaseLost
 from consumers.sources.poller import Poller
@@ -99,8 +108,11 @@ class Worker:
     def __init__(self, config: WorkerConfig, applier: BatchApplier, kinesis: Any, *,
                  enricher: Enricher | None = None,
                  on_batch: Callable[[str, BatchResult], None] | None = None,
-                 cloudwatch: Any = None, chaos: Chaos = NO_CHAOS) -> None:
+                 cloudwatch: Any = None, chaos: Chaos = NO_CHAOS,
+                 requests: RequestAnalyzer | None = None) -> None:
         s = config
+        #: durable analysis requests (SQS): read and analysed beside the consuming
+        self.requests = requests
         self.config = s
         self.applier = applier
         self.customers = applier.customers
@@ -125,6 +137,9 @@ class Worker:
                                 owner=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
         self.applier.before_write = self.lease.ensure
         self.poller.guard = self.lease.ensure
+        #: one refit at a time across every process and function (consumers.refit)
+        self.refit_lock = refit_lock(self.checkpoints, self.lease.owner)
+        self.refits_skipped: list[RefitSkipped] = []
 
     async def _renew(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -137,12 +152,23 @@ class Worker:
                     return  # the next write's check stops the shards
 
     async def _refit(self, rewrite: bool, schedule: bool = True,
-                     progress: Progress = NO_PROGRESS) -> RefitReport | None:
-        """Refit; a periodic refit also queues active customers for a scheduled analysis."""
-        return await refit(self.customers, self.predictions, self.registry, rewrite=rewrite,
-                           enricher=self.enricher,
-                           active_days=self.config.analysis_active_days if schedule else 0,
-                           progress=progress)
+                     progress: Progress = NO_PROGRESS, wait_s: float = 0.0) -> RefitReport | None:
+        """Refit under the refit lock (held elsewhere: wait up to ``wait_s``, then skip, saying
+        so on stderr); a periodic refit also queues active customers for a scheduled
+        analysis."""
+        try:
+            outcome = await locked_refit(self.refit_lock, lambda: refit(
+                self.customers, self.predictions, self.registry, rewrite=rewrite,
+                enricher=self.enricher,
+                active_days=self.config.analysis_active_days if schedule else 0,
+                progress=progress), wait_s=wait_s)
+        except LeaseLost as exc:
+            outcome = RefitSkipped("", f"refit abandoned: {exc}")
+        if isinstance(outcome, RefitSkipped):
+            self.refits_skipped.append(outcome)
+            print(f"caa: refit skipped: {outcome.reason}", file=sys.stderr)
+            return None
+        return outcome
 
     async def _refit_periodically(self, stop: asyncio.Event) -> None:
         """Refit the global models every ``refit_interval_s`` without blocking any shard."""
@@ -179,6 +205,8 @@ class Worker:
         if self.enricher is not None:
             background += [asyncio.create_task(self.enricher.run(quiet)),
                            asyncio.create_task(self._flush_usage(quiet))]
+        if self.requests is not None:
+            background.append(asyncio.create_task(self.requests.run(quiet)))
         started = time.perf_counter()
         report = None
         try:
@@ -194,9 +222,12 @@ class Worker:
             progress.phase("winding down")  # the consuming phase is over
             await asyncio.gather(*background)
             if self.enricher is not None and until_idle:
+                if self.requests is not None:
+                    await self.requests.drain(progress)
                 await self.enricher.drain(progress)
             if final_refit and self.applier.totals.records and not stop.is_set():
-                report = await self._refit(rewrite=True, schedule=False, progress=progress)
+                report = await self._refit(rewrite=True, schedule=False, progress=progress,
+                                           wait_s=REFIT_LOCK_TTL_S)
             if self.enricher is not None:
                 if until_idle:  # a stop signal does not wait for pending analyses
                     await self.enricher.drain(progress)

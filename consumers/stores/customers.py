@@ -16,6 +16,7 @@ load through :func:`models.state_view.migrate`.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -148,14 +149,15 @@ class CustomerStore:
         """Every state; ``digests=False`` reads ids, bodies and kept orders alone (no
         event-id digests, version 0): enough for readers that only look, such as
         ``caa report``.
-        ``progress`` advances by the items read."""
+        ``progress`` advances by the items read. The items are decoded in a thread (some
+        0.9 s for CDNOW's 23,570 customers): a refit does not stall the event loop."""
         if digests:
-            return [state_from_item(i) for i in await self.db.scan(self.table,
-                                                                   progress=progress)]
-        items = await self.db.scan(self.table, progress=progress,
-                                   ProjectionExpression=BODY_ONLY,
-                                   ExpressionAttributeNames=BODY_NAMES)
-        return [state_from_item(i) for i in items]
+            items = await self.db.scan(self.table, progress=progress)
+        else:
+            items = await self.db.scan(self.table, progress=progress,
+                                       ProjectionExpression=BODY_ONLY,
+                                       ExpressionAttributeNames=BODY_NAMES)
+        return await asyncio.to_thread(lambda: [state_from_item(i) for i in items])
 
     async def updated_since(self, since: datetime,
                             progress: Progress = NO_PROGRESS) -> list[CustomerState]:

@@ -28,9 +28,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import sys
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
@@ -38,8 +39,16 @@ from typing import IO, Any
 from consumers.applier import BatchApplier
 from consumers.core import Rejected, StreamRecord
 from consumers.progress import NO_PROGRESS, Progress
-from consumers.refit import RefitReport, refit
+from consumers.refit import (
+    REFIT_LOCK_TTL_S,
+    RefitReport,
+    RefitSkipped,
+    locked_refit,
+    refit,
+    refit_lock,
+)
 from consumers.sources.lease import GroupBusy, GroupLease
+from consumers.stores.checkpoints import CheckpointStore
 from consumers.stores.predictions import PredictionStore
 from models.events import StreamEvent
 from models.prediction import Prediction
@@ -308,8 +317,21 @@ class DirectTarget(Target):
         if not self.refit:
             return None
         a = self.applier
-        return await refit(a.customers, self.predictions, a.registry, rewrite=True,
-                           enricher=a.enricher, active_days=0, progress=progress)
+
+        def run() -> Awaitable[RefitReport | None]:
+            return refit(a.customers, self.predictions, a.registry, rewrite=True,
+                         enricher=a.enricher, active_days=0, progress=progress)
+
+        if self.lease is None:
+            return await run()
+        # under the refit lock, as the consumer's final refit: waiting for one running
+        lock = refit_lock(CheckpointStore(self.lease.db, self.lease.table, self.lease.group),
+                          self.lease.owner)
+        outcome = await locked_refit(lock, run, wait_s=REFIT_LOCK_TTL_S)
+        if isinstance(outcome, RefitSkipped):
+            print(f"caa: refit skipped: {outcome.reason}", file=sys.stderr)
+            return None
+        return outcome
 
     async def close(self) -> None:
         if self.lease is not None:

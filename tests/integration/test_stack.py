@@ -4,6 +4,7 @@ emulator's CloudFormation, then run the consumer against the resources the stack
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from pathlib import Path
@@ -31,7 +32,11 @@ def test_the_stack_deploys_and_the_consumer_runs_on_what_it_created(aws_env: str
                         {"ParameterKey": "Prefix", "ParameterValue": prefix},
                         {"ParameterKey": "DeployFunction", "ParameterValue": "false"},
                         {"ParameterKey": "StreamMode", "ParameterValue": "PROVISIONED"},
-                        {"ParameterKey": "ShardCount", "ParameterValue": "2"}])
+                        {"ParameterKey": "ShardCount", "ParameterValue": "2"},
+                        # names only (no function reads them here: DeployFunction=false)
+                        {"ParameterKey": "ApiKeysParameter", "ParameterValue": "/t/api-keys"},
+                        {"ParameterKey": "PseudonymKeyParameter",
+                         "ParameterValue": "/t/pseudonym-key"}])
     deadline = time.monotonic() + 60
     while True:
         stack = cf.describe_stacks(StackName=name)["Stacks"][0]
@@ -41,6 +46,14 @@ def test_the_stack_deploys_and_the_consumer_runs_on_what_it_created(aws_env: str
     assert stack["StackStatus"] == "CREATE_COMPLETE", stack.get("StackStatusReason")
     outputs = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
     assert outputs["TablePrefix"] == prefix
+    # the analysis requests' queue, its redrive to the dead-letter queue after 5 receives
+    sqs = Aws(base).client("sqs")
+    attrs = sqs.get_queue_attributes(QueueUrl=outputs["AnalysisRequestsQueueUrl"],
+                                     AttributeNames=["All"])["Attributes"]
+    dlq = sqs.get_queue_attributes(QueueUrl=outputs["AnalysisRequestsDeadLettersUrl"],
+                                   AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    assert json.loads(attrs["RedrivePolicy"]) == {"deadLetterTargetArn": dlq,
+                                                  "maxReceiveCount": 5}
 
     s = base.model_copy(update={"stream_name": outputs["StreamName"], "table_prefix": prefix,
                                 "refit_interval_s": 0, "idle_polls": 2,

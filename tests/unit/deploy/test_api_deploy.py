@@ -57,11 +57,17 @@ def test_no_secret_in_plain_text() -> None:
             assert key not in res.get("Properties", {}), res
 
 
+#: functions that never build a prompt, so never pseudonymise (the scheduled refit keeps the
+#: stored analyses and calls no model)
+BUILDS_NO_PROMPT = {"RefitFunction"}
+
+
 def test_every_function_that_pseudonymises_reads_the_same_key() -> None:
     fns = _functions(template())
     refs = {n: p["Environment"]["Variables"].get("CAA_PSEUDONYM_KEY_PARAMETER")
-            for n, p in fns.items()}
+            for n, p in fns.items() if n not in BUILDS_NO_PROMPT}
     assert refs == {"ConsumerFunction": {"Ref": "PseudonymKeyParameter"},
+                    "AnalyzerFunction": {"Ref": "PseudonymKeyParameter"},
                     "ApiFunction": {"Ref": "PseudonymKeyParameter"}}
     assert fns["ApiFunction"]["Environment"]["Variables"]["CAA_API_KEYS_PARAMETER"] == {
         "Ref": "ApiKeysParameter"}
@@ -80,6 +86,7 @@ def _arn(param: str) -> dict[str, str]:
 def test_each_role_reads_exactly_its_secrets() -> None:
     tpl = template()
     for role, params in (("ConsumerRole", ["PseudonymKeyParameter"]),
+                         ("AnalyzerRole", ["PseudonymKeyParameter"]),
                          ("ApiRole", ["ApiKeysParameter", "PseudonymKeyParameter"])):
         ssm = [st for st in _policy(tpl, role)
                if any(a.startswith(("ssm:", "secretsmanager:", "kms:"))

@@ -119,3 +119,40 @@ def test_the_dashboard_reads_every_metric_the_adapters_emit() -> None:
                "analyses", "input_tokens", "output_tokens", "cost_usd"}
     for name in sorted(emitted):
         assert f'["{NAMESPACE}", "{name}", ' in body, name
+
+
+def test_the_analyzer_takes_requests_from_a_queue_with_a_dead_letter_queue_and_alarms() -> None:
+    res = template()["Resources"]
+    queue = res["AnalysisRequestsQueue"]["Properties"]
+    assert queue["RedrivePolicy"] == {
+        "deadLetterTargetArn": {"Fn::GetAtt": ["AnalysisRequestsDeadLetters", "Arn"]},
+        "maxReceiveCount": {"Ref": "AnalysisMaxReceives"}}
+    fn = res["AnalyzerFunction"]["Properties"]
+    assert fn["Handler"] == "caa.entry.analyzer_lambda.handler"
+    assert (fn["Runtime"], fn["Architectures"]) == ("python3.12", ["arm64"])
+    assert queue["VisibilityTimeout"] >= 6 * fn["Timeout"]  # Lambda's advice for SQS
+    esm = res["AnalyzerMapping"]["Properties"]
+    assert esm["EventSourceArn"] == {"Fn::GetAtt": ["AnalysisRequestsQueue", "Arn"]}
+    assert esm["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert esm["ScalingConfig"] == {"MaximumConcurrency": {"Ref": "AnalyzerMaxConcurrency"}}
+    consumer = res["ConsumerFunction"]["Properties"]["Environment"]["Variables"]
+    assert consumer["CAA_ANALYSIS_QUEUE"] == {"Ref": "AnalysisRequestsQueue"}
+    # each role does its part: the consumer sends, the analyzer takes; Bedrock is the
+    # analyzer's alone
+    sqs = {(role, a) for role in ("ConsumerRole", "AnalyzerRole")
+           for p in res[role]["Properties"]["Policies"]
+           for st in p["PolicyDocument"]["Statement"] for a in _list(st["Action"])
+           if a.startswith(("sqs:", "bedrock:"))
+           and "FailedBatchesQueue" not in str(st["Resource"])}
+    assert sqs == {("ConsumerRole", "sqs:SendMessage"), ("AnalyzerRole", "sqs:ReceiveMessage"),
+                   ("AnalyzerRole", "sqs:DeleteMessage"),
+                   ("AnalyzerRole", "sqs:ChangeMessageVisibility"),
+                   ("AnalyzerRole", "sqs:GetQueueAttributes"),
+                   ("AnalyzerRole", "bedrock:InvokeModel")}
+    alarms = {r["Properties"]["MetricName"]: r["Properties"]["Dimensions"][0]["Value"]
+              for r in res.values() if r["Type"] == "AWS::CloudWatch::Alarm"
+              and r["Properties"]["Namespace"] == "AWS/SQS"}
+    assert alarms == {
+        "ApproximateAgeOfOldestMessage": {"Fn::GetAtt": ["AnalysisRequestsQueue", "QueueName"]},
+        "ApproximateNumberOfMessagesVisible": {
+            "Fn::GetAtt": ["AnalysisRequestsDeadLetters", "QueueName"]}}
