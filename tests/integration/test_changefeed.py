@@ -59,7 +59,7 @@ def watch_json(capsys: pytest.CaptureFixture[str], *args: str) -> list[Predictio
 def test_watch_yields_the_changes_the_worker_wrote_with_old_and_new(
     fresh_settings: Callable[..., Settings], capsys: pytest.CaptureFixture[str],
 ) -> None:
-    s = fresh_settings(refit_interval_s="0")
+    s = fresh_settings(refit_interval_s="0", reporting_currency="EUR")  # the events' currency
     first = consume(s, [_event("a", 1), _event("b", 1), _event("c", 1, "bread", "3.50")])
     assert set(first) == {"a", "b", "c"}
 
