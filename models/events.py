@@ -66,7 +66,7 @@ SUPPORTED_VERSIONS = frozenset({SCHEMA_VERSION})
 #: Default largest encoded event we accept; Kinesis itself allows 1 MiB per record.
 MAX_EVENT_BYTES = 256 * 1024
 
-Money = Annotated[Decimal, Field(ge=0, max_digits=15, decimal_places=4)]
+Money = Annotated[Decimal, Field(ge=0, max_digits=16, decimal_places=4)]
 CurrencyCode = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
 Identifier = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:@-]+$")]
 Label = Annotated[str, Field(min_length=1, max_length=128)]

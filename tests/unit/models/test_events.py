@@ -135,3 +135,13 @@ def test_refund_and_cancellation_events_decode():
     with pytest.raises(EventRejected, match="more than 2 decimal places"):
         decode_event(json.dumps({**base, "type": "refund", "currency": "EUR",
                                  "amount": "4.505"}).encode())
+
+
+def test_four_decimal_currencies_and_twelve_integer_digits_are_accepted():
+    line = {"product_id": "p", "category": "k", "quantity": 1}
+    clf = decode_event(enc(good(currency="CLF", items=[{**line, "unit_price": "1.2345"}],
+                                total="1.2345")))
+    assert isinstance(clf, PurchaseEvent) and clf.total == Decimal("1.2345")
+    big = decode_event(enc(good(currency="USD", items=[{**line, "unit_price": "999999999999.99"}],
+                                total="999999999999.99")))
+    assert isinstance(big, PurchaseEvent)
