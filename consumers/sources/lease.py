@@ -31,7 +31,8 @@ class LeaseLost(GroupBusy):
     """This worker no longer holds its group: it must not write again."""
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Is there a process ``pid`` on this host (one we may not signal counts as alive)?"""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -87,7 +88,7 @@ class GroupLease:
         holder = lease.owner if lease else ""
         host, _, rest = holder.partition(":")
         pid = rest.partition(":")[0]
-        if host != self.owner.partition(":")[0] or not pid.isdigit() or _alive(int(pid)):
+        if host != self.owner.partition(":")[0] or not pid.isdigit() or process_alive(int(pid)):
             return False
         if not await self._rows.replace_lease(Lease(self.owner, now + self.ttl_s), holder):
             return False  # someone else took it first

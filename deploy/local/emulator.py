@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from consumers.sources.lease import process_alive
+
 
 class EmulatorError(RuntimeError):
     pass
@@ -110,20 +112,10 @@ def port_holder(port: int) -> str:
     return "another process"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def is_ours(pid: int, port: int) -> bool:
     """Whether ``pid`` is alive and is a moto server started for ``port`` (a reused pid or a
     zombie is not); where /proc is missing, a live pid counts."""
-    if not _alive(pid):
+    if not process_alive(pid):
         return False
     args = _cmdline(pid)
     if args is None:
@@ -148,7 +140,7 @@ class Emulator:
             if self.process is not None:
                 if self.process.poll() is not None:
                     return
-            elif not _alive(self.pid):
+            elif not process_alive(self.pid):
                 return
             time.sleep(0.05)
         os.kill(self.pid, signal.SIGKILL)
