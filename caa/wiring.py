@@ -254,19 +254,22 @@ async def open_applier(settings: Settings, stack: AsyncExitStack,
     return out
 
 
-async def open_request_analyzer(settings: Settings, stack: AsyncExitStack) -> RequestAnalyzer:
-    """The SQS analyzer function's: DynamoDB, Bedrock and CloudWatch clients opened on
-    ``stack``, the enricher (whatever ``CAA_ANALYZER`` says: this function exists to call
-    Bedrock), its models loaded; no queue (Lambda receives and deletes)."""
+async def open_request_analyzer(settings: Settings, stack: AsyncExitStack,
+                                read_queue: bool = False) -> RequestAnalyzer:
+    """The SQS analyzer's: DynamoDB, Bedrock and CloudWatch clients opened on ``stack``, the
+    enricher (whatever ``CAA_ANALYZER`` says: this exists to call Bedrock), its models
+    loaded. The function's has no queue (Lambda receives and deletes); ``read_queue`` (the
+    local ``caa analyzer``) reads ``CAA_ANALYSIS_QUEUE`` itself."""
     clients = await stack.enter_async_context(Aws(settings, quiet=True).clients(
-        "dynamodb", "bedrock-runtime", "cloudwatch"))
+        "dynamodb", "bedrock-runtime", "cloudwatch", *(["sqs"] if read_queue else [])))
     db = dynamo(settings, clients["dynamodb"])
     t = tables(settings)
     models = registry(settings, db)
     ai = enricher(settings, db, clients["bedrock-runtime"], models, clients["cloudwatch"])
     await models.load()
+    queue = request_queue(settings, clients["sqs"]) if read_queue else None
     return RequestAnalyzer(ai, CustomerStore(db, t.customers), PredictionStore(db, t.predictions),
-                           None, concurrency=settings.bedrock_concurrency)
+                           queue, concurrency=settings.bedrock_concurrency)
 
 
 # -- operations -------------------------------------------------------------------------

@@ -51,3 +51,8 @@ class RequestSink(Protocol):
         """Send one request per customer ``result`` changed (and per ``touched`` customer
         left unchanged); raises when they could not be sent."""
         ...
+
+    async def send_scheduled(self, states: Iterable[CustomerState], as_of_ts: int) -> int:
+        """Send one scheduled re-analysis request per state, due at once (no debounce);
+        returns how many; raises when they could not be sent."""
+        ...

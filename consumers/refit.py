@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from consumers.hook import AnalysisHook
+from consumers.hook import AnalysisHook, RequestSink
 from consumers.progress import NO_PROGRESS, Progress
 from consumers.registry import PARETO_NBD, ModelRegistry
 from consumers.sources.lease import GroupBusy, GroupLease
@@ -187,11 +187,13 @@ async def refit(
     as_of_ts: int | None = None,
     enricher: AnalysisHook | None = None,
     active_days: int = 0,
+    requests: RequestSink | None = None,
     progress: Progress = NO_PROGRESS,
 ) -> RefitReport | None:
     """Refit both models; with ``rewrite`` rewrite every prediction (keeping each one's
-    latest AI analysis) and, with an ``enricher``, queue customers active within
-    ``active_days`` for their scheduled re-analysis. ``progress`` hears the phases:
+    latest AI analysis) and queue customers active within ``active_days`` for their
+    scheduled re-analysis: as durable requests on ``requests`` (the analysis queue) when
+    given, else in the ``enricher``'s own queue. ``progress`` hears the phases:
     reading customer states (counted), fitting the purchase model, fitting the segments,
     rewriting predictions (counted, out of the customers)."""
     started = time.perf_counter()
@@ -230,11 +232,13 @@ async def refit(
             registry.segments_version, as_of, predictions,
             enricher, progress, registry.rates)
         written = len(out)
-        if enricher is not None and active_days:
+        if active_days and (requests is not None or enricher is not None):
             since = as_of - active_days * DAY
             active = [s for s in ordered if s.last_ts >= since]
-            by_id = {p.customer_id: p for p in out}
-            enricher.schedule(active, by_id, as_of)
+            if requests is not None:  # after the rewrite: the analyzer reads these
+                await requests.send_scheduled(active, as_of)
+            elif enricher is not None:
+                enricher.schedule(active, {p.customer_id: p for p in out}, as_of)
     return RefitReport(
         len(states), sum(s.purchases for s in states), spend_by_currency(states),
         dict(sizes.most_common()), datetime.fromtimestamp(as_of, UTC), params,

@@ -50,6 +50,46 @@ class Recommendation(_Frozen):
     score: float
 
 
+ChurnBand = Literal["low", "medium", "high"]
+
+
+class Value(_Frozen):
+    """Customer value in the reporting currency (major units).
+
+    ``clv`` is the expected discounted value of the next ``months`` months: the BTYD
+    model's expected purchases per month times the Gamma-Gamma expected order value,
+    discounted at ``monthly_discount_rate`` (models.learn.clv); ``clv_low``/``clv_high``
+    bound it at 80%.  ``historic`` is the spend so far, net of refunds.
+    """
+
+    clv: float
+    clv_low: float
+    clv_high: float
+    expected_order_value: float
+    historic: float
+    months: int
+    monthly_discount_rate: float
+
+
+class Churn(_Frozen):
+    """P(no purchase in the next 30 / 90 days | history) from the BTYD model in use and
+    its band (thresholds in models.learn.churn)."""
+
+    p_no_purchase_30d: float
+    p_no_purchase_90d: float
+    band: ChurnBand
+
+
+class Timing(_Frozen):
+    """The customer's order rhythm: mean days between purchase days (None before a repeat)
+    and the dates by which the model gives a next order 50% and 80% probability (None when
+    it never reaches that probability, e.g. a customer most likely gone)."""
+
+    avg_days_between: float | None
+    next_order_50: date | None
+    next_order_80: date | None
+
+
 class LastEvent(_Frozen):
     event_id: str
     occurred_at: datetime
@@ -75,6 +115,17 @@ class Prediction(_Frozen):
     #: currencies the customer paid in that have no rate: left out of ``spend`` and of the
     #: monetary feature
     unconverted: list[str] = []
+    #: 80% interval of the purchases expected in the next 90 days (predictive distribution)
+    expected_purchases_90d_interval: tuple[float, float] | None = None
+    #: expected discounted value (``value.clv``), top level so that scans can filter on it
+    clv: float | None = None
+    #: ``churn.band``, top level so that scans can filter on it
+    churn_band: ChurnBand | None = None
+    value: Value | None = None
+    churn: Churn | None = None
+    timing: Timing | None = None
+    #: why the forecast and segment models in use were last refitted (schedule, drift, ...)
+    refit_reason: str | None = None
     model_versions: dict[str, int]
     #: the customer's A/B variant (models.variant), when an experiment runs
     variant: str | None = None

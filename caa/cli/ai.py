@@ -9,6 +9,7 @@ import typer
 
 from caa.aws import Aws
 from caa.cli import output
+from caa.cli.analyzer import Wait
 from caa.cli.context import current
 from caa.cli.customers import CustomerId, analysis_rows
 from caa.cli.output import JsonFlag
@@ -16,6 +17,10 @@ from caa.errors import BadInput, CaaError, NotFound
 from caa.settings import Settings
 from consumers.stores.dynamo import Dynamo
 from consumers.stores.usage import daily_usage, non_aws_endpoints, simulated_note
+
+#: exit code of `caa analyze` when its queued request got no answer in time (sysexits'
+#: EX_TEMPFAIL: try again later)
+NOT_YET = 75
 
 
 async def _daily_usage(settings: Settings, aws: Aws) -> list[dict[str, Any]]:
@@ -123,13 +128,27 @@ async def analysis(settings: Settings, aws: Aws, customer_id: str) -> dict[str, 
             lambda: wiring.pseudonym_key(settings))
 
 
-def analyze(settings: Settings, aws: Aws, customer_id: str, as_json: bool = False) -> int:
+def analyze(settings: Settings, aws: Aws, customer_id: str, as_json: bool = False,
+            wait_s: float = 60.0) -> int:
     """``caa analyze``: prints the analysis; :class:`NotFound` for an unknown customer,
-    1 when the analysis could not be made or stored."""
+    1 when the analysis could not be made or stored. With ``CAA_ANALYSIS_QUEUE`` the request
+    goes to the analysis queue (the analyzer function, or ``caa analyzer``, takes it) and
+    the answer is waited for up to ``wait_s``; :data:`NOT_YET` when it did not come."""
+    from caa.cli.analyzer import queued_analysis
+
     _check_id(customer_id)
-    out = asyncio.run(analysis(settings, aws, customer_id))
+    queued = settings.analysis_queue is not None and settings.analyzer == "bedrock"
+    out = asyncio.run(queued_analysis(settings, aws, customer_id, wait_s) if queued
+                      else analysis(settings, aws, customer_id))
     if out is None:
         raise NotFound(f"no customer {customer_id!r} with a prediction")
+    if "queued" in out:
+        if as_json:
+            output.print_json(out)
+        output.note(f"the request for {customer_id} is on {out['queued']}; no analysis came "
+                    f"within {wait_s:g} s (is an analyzer running? `caa analyzer`, or the "
+                    "analyzer function); `caa history` shows it once made")
+        return NOT_YET
     if "error" in out:
         raise CaaError(f"the analysis of {customer_id!r} failed: "
                        + ("; ".join(out["error"]) or "see the logs"))
@@ -157,9 +176,10 @@ def _history_command(
     return history(inv.settings, inv.aws(), customer_id, limit, as_json)
 
 
-def _analyze(ctx: typer.Context, customer_id: CustomerId, as_json: JsonFlag = False) -> int:
+def _analyze(ctx: typer.Context, customer_id: CustomerId, as_json: JsonFlag = False,
+             wait_s: Wait = 60.0) -> int:
     inv = current(ctx)
-    return analyze(inv.settings, inv.aws(), customer_id, as_json)
+    return analyze(inv.settings, inv.aws(), customer_id, as_json, wait_s)
 
 
 def register(app: typer.Typer) -> None:
@@ -170,4 +190,5 @@ def register(app: typer.Typer) -> None:
                      "tokens, cost, next best action.")(_history_command)
     app.command("analyze", rich_help_panel=output.AI,
                 help="Analyse a customer now, bypassing debounce and the analysis cache "
-                     "(consent, budget and breaker still hold).")(_analyze)
+                     "(consent, budget and breaker still hold); with CAA_ANALYSIS_QUEUE, "
+                     "through the queue's analyzer.")(_analyze)

@@ -12,6 +12,10 @@ the new versions, or the holder and the reason.
 The event is the schedule's input (``{"job": "refit", "scheduled_time": ...}``); an
 EventBridge rule's "Scheduled Event" and a direct invocation with ``{}`` work too, and
 ``{"rewrite": false}`` refits the models without rewriting the predictions.
+
+With ``CAA_ANALYSIS_QUEUE`` the refit then sends a scheduled re-analysis request (due at once)
+for every customer active within ``CAA_ANALYSIS_ACTIVE_DAYS``; the analyzer function takes
+them (a purchase since supersedes one; the change-aware cache skips the unchanged).
 """
 
 from __future__ import annotations
@@ -50,7 +54,11 @@ async def run(settings: Settings, event: Mapping[str, Any], owner: str) -> dict[
                           owner)
         outcome = await locked_refit(lock, lambda: refit(
             applier.customers, applier.predictions, applier.registry, rewrite=rewrite,
-            enricher=KeptAnalyses(wiring.analysis_store(settings, db))))
+            enricher=KeptAnalyses(wiring.analysis_store(settings, db)),
+            # with CAA_ANALYSIS_QUEUE: the scheduled re-analysis of the recently active
+            # customers, as durable requests the analyzer function takes
+            active_days=settings.analysis_active_days if applier.requests else 0,
+            requests=applier.requests))
     if isinstance(outcome, RefitSkipped):
         summary.update(status="skipped", holder=outcome.holder, reason=outcome.reason)
     elif outcome is None:

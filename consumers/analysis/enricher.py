@@ -312,7 +312,8 @@ class Enricher:
             return False
         self._inflight.add(customer_id)
         try:
-            await self._analyze(customer_id, x, trigger, arrivals, False)
+            # on demand (``caa analyze`` through the queue): no cache, as analyze_now
+            await self._analyze(customer_id, x, trigger, arrivals, trigger == "on_demand")
             return True
         except (_Stopped, asyncio.CancelledError) as exc:
             self._cut += 1

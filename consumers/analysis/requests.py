@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from consumers.analysis.enricher import Enricher
     from consumers.stores.customers import CustomerStore
     from consumers.stores.predictions import PredictionStore
+    from models.state import CustomerState
 
 #: SQS's longest message delay
 MAX_DELAY_S = 900
@@ -140,23 +141,41 @@ class RequestQueue:
         """What the applier calls once a batch's effects are written; how many were sent."""
         return await self.send(requests_for(result, touched))
 
-    async def send(self, requests: Sequence[AnalysisRequest]) -> int:
-        """Send every request (retrying refused entries and errors with backoff); raises
+    async def send_scheduled(self, states: Iterable[CustomerState], as_of_ts: int) -> int:
+        """The scheduled re-analysis after a refit: one request per state, with its version
+        (so a purchase since supersedes it), due at once."""
+        at = time.time()
+        return await self.send([AnalysisRequest(s.customer_id, s.version, as_of_ts,
+                                                s.last_event_ts or None, "schedule", at)
+                                for s in states], delay_s=0)
+
+    async def send_now(self, customer_id: str, as_of_ts: int) -> AnalysisRequest:
+        """An on-demand request (``caa analyze`` with a queue): whatever state is stored,
+        due at once; the analyzer bypasses debounce and the analysis cache for it."""
+        req = AnalysisRequest(customer_id, None, as_of_ts, None, "on_demand", time.time())
+        await self.send([req], delay_s=0)
+        return req
+
+    async def send(self, requests: Sequence[AnalysisRequest], delay_s: int | None = None
+                   ) -> int:
+        """Send every request (retrying refused entries and errors with backoff), delayed by
+        ``delay_s`` (default: the queue's debounce); raises
         :class:`~consumers.stores.dynamo.WriteFailed` when some still could not be sent."""
         url = await self.url()
+        delay = self.delay_s if delay_s is None else max(0, min(MAX_DELAY_S, delay_s))
         chunks = [list(requests[i:i + SQS_BATCH]) for i in range(0, len(requests), SQS_BATCH)]
-        await asyncio.gather(*(self._send_chunk(url, c) for c in chunks))
+        await asyncio.gather(*(self._send_chunk(url, c, delay) for c in chunks))
         self.sent += len(requests)
         return len(requests)
 
-    async def _send_chunk(self, url: str, chunk: list[AnalysisRequest]) -> None:
+    async def _send_chunk(self, url: str, chunk: list[AnalysisRequest], delay_s: int) -> None:
         todo = {str(i): r for i, r in enumerate(chunk)}
         backoff = Backoff(base=self.backoff_s, cap=5.0)
         last = ""
         for attempt in range(self.attempts):
             try:
                 resp = await self.sqs.send_message_batch(QueueUrl=url, Entries=[
-                    {"Id": i, "MessageBody": r.to_json(), "DelaySeconds": self.delay_s}
+                    {"Id": i, "MessageBody": r.to_json(), "DelaySeconds": delay_s}
                     for i, r in todo.items()])
             except Exception as exc:  # noqa: BLE001 -- retried, then a transient failure
                 last = f"{type(exc).__name__}: {exc}"

@@ -161,6 +161,7 @@ class Worker:
                 self.customers, self.predictions, self.registry, rewrite=rewrite,
                 enricher=self.enricher,
                 active_days=self.config.analysis_active_days if schedule else 0,
+                requests=self.requests.queue if self.requests is not None else None,
                 progress=progress), wait_s=wait_s)
         except LeaseLost as exc:
             outcome = RefitSkipped("", f"refit abandoned: {exc}")
@@ -178,6 +179,19 @@ class Worker:
                 await asyncio.wait_for(stop.wait(), interval)
             except TimeoutError:
                 await self._refit(rewrite=self.enricher is not None)
+
+    async def _abandon_on_stop(self, stop: asyncio.Event, quiet: asyncio.Event) -> None:
+        """A stop signal reaches the enricher at once (its Bedrock retries end, calls in
+        flight get their grace), not only once the shards have wound down."""
+        assert self.enricher is not None
+        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(quiet.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        if stop.is_set():
+            self.enricher.abandon_queued()
 
     async def _flush_usage(self, stop: asyncio.Event) -> None:
         """Flush the enricher's counters now and then (a failed flush keeps them for the
@@ -204,7 +218,8 @@ class Worker:
                       asyncio.create_task(self._renew(quiet))]
         if self.enricher is not None:
             background += [asyncio.create_task(self.enricher.run(quiet)),
-                           asyncio.create_task(self._flush_usage(quiet))]
+                           asyncio.create_task(self._flush_usage(quiet)),
+                           asyncio.create_task(self._abandon_on_stop(stop, quiet))]
         if self.requests is not None:
             background.append(asyncio.create_task(self.requests.run(quiet)))
         started = time.perf_counter()

@@ -15,7 +15,8 @@ from models.prediction import Prediction
 #: maps travel as one JSON string, ``detail``, which is cheaper to write and parse.
 _FLAT = ("schema_version", "customer_id", "p_alive", "expected_purchases_30d",
          "expected_purchases_90d", "confidence", "data_quality", "data_quality_reason",
-         "purchases", "spend", "source", "fallback_reason", "as_of", "generated_at")
+         "purchases", "spend", "source", "fallback_reason", "as_of", "generated_at", "clv",
+         "churn_band")
 #: the merged AI analysis: own attributes, so the enricher can SET them in place
 _ANALYSIS = ("analysis", "analysis_at", "analysis_model")
 

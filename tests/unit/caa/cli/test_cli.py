@@ -35,9 +35,9 @@ def test_every_command_and_option_has_help() -> None:
     found = _commands(root)
     names = {" ".join(p) for p, _ in found}
     for expected in ("run", "setup", "publish", "consume", "show", "segments", "costs",
-                     "history", "analyze", "erase", "watch", "batch", "replay", "evaluate",
-                     "report", "serve", "emulator start", "emulator stop", "emulator status",
-                     "dlq list", "dlq redrive", "kcl properties", "kcl run"):
+                     "history", "analyze", "analyzer", "erase", "watch", "batch", "replay",
+                     "evaluate", "report", "serve", "emulator start", "emulator stop",
+                     "emulator status", "dlq list", "dlq redrive", "kcl properties", "kcl run"):
         assert expected in names
     missing = []
     for path, command in found:
