@@ -120,7 +120,7 @@ class Artifact:
 CONSUMER = Artifact(
     name="consumer",
     handlers=("caa.entry.lambda_stream.handler", "caa.entry.analyzer_lambda.handler",
-              "caa.entry.refit_lambda.handler"),
+              "caa.entry.refit_lambda.handler", "caa.entry.batch_lambda.handler"),
     code_key_parameter="CodeKey",
 )
 #: the HTTP API behind a function URL (caa.entry.api_lambda: FastAPI through Mangum)

@@ -54,6 +54,15 @@ def test_the_stack_deploys_and_the_consumer_runs_on_what_it_created(aws_env: str
                                    AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     assert json.loads(attrs["RedrivePolicy"]) == {"deadLetterTargetArn": dlq,
                                                   "maxReceiveCount": 5}
+    # the daily batch's bucket and the role Bedrock assumes there (moto's CloudFormation
+    # keeps neither the public access block nor the lifecycle: tests/unit/deploy reads them)
+    assert outputs["BatchBucketName"] == f"{prefix}batch-123456789012-{base.region}"
+    Aws(base).client("s3").head_bucket(Bucket=outputs["BatchBucketName"])
+    assert ":role/" in outputs["BatchServiceRoleArn"]
+    assert "BatchFunctionName" not in outputs  # DeployFunction=false
+    created = {r.get("LogicalResourceId") for r in cf.list_stack_resources(
+        StackName=name)["StackResourceSummaries"]}
+    assert {"BatchBucket", "BatchServiceRole", "BatchRole", "BatchLogGroup"} <= created
 
     s = base.model_copy(update={"stream_name": outputs["StreamName"], "table_prefix": prefix,
                                 "refit_interval_s": 0, "idle_polls": 2,

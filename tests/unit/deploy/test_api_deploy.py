@@ -68,7 +68,8 @@ def test_every_function_that_pseudonymises_reads_the_same_key() -> None:
             for n, p in fns.items() if n not in BUILDS_NO_PROMPT}
     assert refs == {"ConsumerFunction": {"Ref": "PseudonymKeyParameter"},
                     "AnalyzerFunction": {"Ref": "PseudonymKeyParameter"},
-                    "ApiFunction": {"Ref": "PseudonymKeyParameter"}}
+                    "ApiFunction": {"Ref": "PseudonymKeyParameter"},
+                    "BatchFunction": {"Ref": "PseudonymKeyParameter"}}
     assert fns["ApiFunction"]["Environment"]["Variables"]["CAA_API_KEYS_PARAMETER"] == {
         "Ref": "ApiKeysParameter"}
 
@@ -87,7 +88,8 @@ def test_each_role_reads_exactly_its_secrets() -> None:
     tpl = template()
     for role, params in (("ConsumerRole", ["PseudonymKeyParameter"]),
                          ("AnalyzerRole", ["PseudonymKeyParameter"]),
-                         ("ApiRole", ["ApiKeysParameter", "PseudonymKeyParameter"])):
+                         ("ApiRole", ["ApiKeysParameter", "PseudonymKeyParameter"]),
+                         ("BatchRole", ["PseudonymKeyParameter"])):
         ssm = [st for st in _policy(tpl, role)
                if any(a.startswith(("ssm:", "secretsmanager:", "kms:"))
                       for a in _list(st["Action"]))]
@@ -120,7 +122,8 @@ def test_the_api_function_is_behind_a_function_url() -> None:
     assert url["TargetFunctionArn"] == {"Fn::GetAtt": ["ApiFunction", "Arn"]}
     assert url["AuthType"] == "NONE"  # the app checks x-api-key itself
     grants = {r["Properties"]["Action"]: r["Properties"] for r in res.values()
-              if r["Type"] == "AWS::Lambda::Permission"}
+              if r["Type"] == "AWS::Lambda::Permission"
+              and r["Properties"]["FunctionName"] == {"Ref": "ApiFunction"}}
     assert grants["lambda:InvokeFunctionUrl"]["FunctionUrlAuthType"] == "NONE"
     assert grants["lambda:InvokeFunction"]["InvokedViaFunctionUrl"] is True
 

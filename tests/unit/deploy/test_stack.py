@@ -64,7 +64,7 @@ def test_it_prints_the_plan_and_deploys_only_when_confirmed(
                  "  [if WithFunction]",
                  "AWS::IAM::Role                   ConsumerRole  (generated)"):
         assert line in printed
-    assert "resources (40 of 40)" in printed
+    assert "resources (50 of 50)" in printed
     cf = session.client("cloudformation")
     assert not [s for s in cf.list_stacks()["StackSummaries"] if s["StackName"] == name]
 

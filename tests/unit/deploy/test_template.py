@@ -55,22 +55,40 @@ def test_iam_has_no_wildcard_actions_and_no_wildcard_resources_aws_does_not_requ
                     "StringEquals": {"cloudwatch:namespace": "CustomerAIAnalytics"}}
             elif isinstance(resource, dict) and "Fn::Sub" in resource:
                 text = resource["Fn::Sub"]
-                assert "*" not in text.replace("bedrock:*::foundation-model/", ""), st
+                # the batch: its jobs' generated ids, and the objects under its bucket's prefix
+                for allowed in ("bedrock:*::foundation-model/", "model-invocation-job/*",
+                                "${BatchBucket.Arn}/caa-batch/input/*",
+                                "${BatchBucket.Arn}/caa-batch/output/*",
+                                "${BatchBucket.Arn}/caa-batch/*"):
+                    text = text.replace(allowed, "")
+                assert "*" not in text, st
             else:
                 assert isinstance(resource, dict) and "Fn::GetAtt" in resource, st
 
 
 def test_bedrock_is_invoke_model_on_the_configured_model_only() -> None:
-    bedrock = [st for st in statements()
-               if any(a.startswith("bedrock:") for a in _list(st["Action"]))]
-    assert len(bedrock) == 1
-    assert _list(bedrock[0]["Action"]) == ["bedrock:InvokeModel"]
-    subs = sorted(r["Fn::Sub"] for r in bedrock[0]["Resource"])
-    assert subs == [
+    """Invoking (the analyzer, and Bedrock's batch service role) and creating batch jobs only
+    on the configured model; the batch function's other Bedrock actions only on jobs."""
+    model = [
         "arn:${AWS::Partition}:bedrock:${PrimaryRegion}:${AWS::AccountId}:"
         "inference-profile/${BedrockModelId}",
         "arn:${AWS::Partition}:bedrock:*::foundation-model/${BedrockFoundationModelId}",
     ]
+    jobs = ["arn:${AWS::Partition}:bedrock:${PrimaryRegion}:${AWS::AccountId}:"
+            "model-invocation-job/*"]
+    bedrock = [st for st in statements()
+               if any(a.startswith("bedrock:") for a in _list(st["Action"]))]
+    invoke = [st for st in bedrock if _list(st["Action"]) == ["bedrock:InvokeModel"]]
+    create = [st for st in bedrock
+              if _list(st["Action"]) == ["bedrock:CreateModelInvocationJob"]]
+    on_jobs = [st for st in bedrock if st not in invoke and st not in create]
+    assert (len(invoke), len(create), len(on_jobs)) == (2, 1, 1)
+    for st in invoke + create:
+        assert sorted(r["Fn::Sub"] for r in st["Resource"]) == model
+    assert sorted(_list(on_jobs[0]["Action"])) == [
+        "bedrock:CreateModelInvocationJob", "bedrock:GetModelInvocationJob",
+        "bedrock:TagResource"]
+    assert [r["Fn::Sub"] for r in on_jobs[0]["Resource"]] == jobs
 
 
 def test_dynamodb_actions_only_on_our_tables_and_every_table_as_the_code_expects() -> None:
