@@ -71,6 +71,22 @@ class Settings(BaseSettings):
     #: seconds between background refits of BG/NBD and segments over the customer table
     #: (0: only when `consume --until-idle` finishes)
     refit_interval_s: float = Field(900.0, ge=0.0)
+    #: a long-lived worker (warm Lambda, KCL host, local consumer) reloads the models when
+    #: its copy is older than this (0: before every batch)
+    model_refresh_s: float = Field(60.0, ge=0.0)
+    #: ADWIN's delta for drift detection on each batch's share of customers far from every
+    #: segment centre (models.learn.drift): smaller detects less often; 0 turns it off. A
+    #: detection refits early (the local worker at once, the functions at the next
+    #: scheduled refit check), the reason kept in every prediction's refit_reason
+    drift_delta: float = Field(0.002, ge=0.0, lt=1.0)
+    #: customer value: the CLV horizon in months (30 days each) and the monthly discount rate
+    #: (0.01: 1% a month); CLV and its interval are in the reporting currency
+    clv_months: int = Field(12, ge=0, le=120)
+    discount_rate: float = Field(0.01, ge=0.0, lt=1.0)
+    #: churn bands on P(no purchase in the next 90 days): high at or above churn_high,
+    #: medium at or above churn_medium, else low
+    churn_medium: float = Field(0.5, gt=0.0, lt=1.0)
+    churn_high: float = Field(0.8, gt=0.0, lt=1.0)
     #: the purchase model the refit fits and the forecaster scores with (CAA_FORECAST_MODEL);
     #: its parameters are kept in the models table under this name. Pareto/NBD: on the
     #: CDNOW holdout (`caa evaluate`) it beats BG/NBD (MAE .794 vs .819, AUC .769 vs .763)

@@ -36,7 +36,8 @@ __all__ = ["MUTATING", "NEEDS_TARGET", "Target", "before_clients", "check_comman
 #: ``evaluate`` (they start the emulator themselves), ``kcl`` (``properties`` only renders;
 #: ``run`` and ``serve`` are how production runs), and unknown words (a usage error)
 NEEDS_TARGET = frozenset({"setup", "publish", "consume", "show", "segments", "dlq", "costs",
-                          "history", "analyze", "erase", "watch", "batch", "replay", "report"})
+                          "history", "analyze", "analyzer", "erase", "watch", "batch", "replay",
+                          "report", "audience"})
 #: commands that create, write or delete: they name their target first (on AWS, the account)
 MUTATING = frozenset({"setup", "publish", "erase", "dlq redrive", "replay", "batch"})
 _HINT = ("run `caa emulator start`, or set AWS_PROFILE or AWS_ENDPOINT_URL, or "

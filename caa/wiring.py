@@ -12,6 +12,7 @@ report and the Lambda and KCL entry points (:mod:`caa.entry`) call it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import Any
@@ -45,6 +46,8 @@ from consumers.stores.predictions import PredictionStore
 from consumers.stores.usage import UsageLedger
 from deploy import resources
 from deploy.resources import TableNames
+from models.learn.drift import DriftMonitor
+from models.learn.outlook import OutlookConfig
 from models.money import Rates
 from models.variant import VariantPlan
 
@@ -89,7 +92,11 @@ def registry_config(settings: Settings) -> RegistryConfig:
     return RegistryConfig(
         n_segments=settings.n_segments, segment_seed=settings.segment_seed,
         segment_warmup=settings.segment_warmup, forecast_model=settings.forecast_model,
-        variants=VariantPlan.parse(settings.ab_experiment, settings.ab_variants))
+        variants=VariantPlan.parse(settings.ab_experiment, settings.ab_variants),
+        outlook=OutlookConfig(clv_months=settings.clv_months,
+                              monthly_discount_rate=settings.discount_rate,
+                              churn_medium=settings.churn_medium, churn_high=settings.churn_high),
+        refresh_s=settings.model_refresh_s)
 
 
 def rates(settings: Settings) -> Rates:
@@ -159,6 +166,7 @@ def enricher(settings: Settings, db: Dynamo, bedrock: Any, registry: ModelRegist
         cache_rules=CacheRules(s.analysis_min_change, s.analysis_max_age_days),
         metrics=Metrics(cloudwatch, {"Stream": s.stream_name, "Model": s.bedrock_model_id}),
         variants=registry.variants,
+        rates=registry.rates,
     )
 
 
@@ -181,6 +189,8 @@ def applier_and_enricher(settings: Settings, dynamodb: Any, *, cache_size: int,
                            DeadLetterStore(db, t.dead_letters), models, s.max_event_bytes,
                            cache_size=cache_size, enricher=ai,
                            future_tolerance_s=s.future_tolerance_s)
+    if s.drift_delta > 0:  # 0 turns drift detection off
+        applier.drift = DriftMonitor("distant", delta=s.drift_delta, trigger="worse")
     return applier, ai
 
 
@@ -248,6 +258,8 @@ async def open_applier(settings: Settings, stack: AsyncExitStack,
     if wrap_dynamodb is not None:
         dynamodb = wrap_dynamodb(dynamodb)
     out = applier(settings, dynamodb, cache_size=0)
+    # drift seen here asks the scheduled refit check to refit now (caa.entry.refit_lambda)
+    out.on_drift = lambda reason: out.registry.request_refit(reason, time.time())
     if queued:  # the analyzer function (caa.entry.analyzer_lambda) takes them from there
         out.requests = request_queue(settings, clients["sqs"])
     await out.registry.load()
@@ -269,7 +281,7 @@ async def open_request_analyzer(settings: Settings, stack: AsyncExitStack,
     await models.load()
     queue = request_queue(settings, clients["sqs"]) if read_queue else None
     return RequestAnalyzer(ai, CustomerStore(db, t.customers), PredictionStore(db, t.predictions),
-                           queue, concurrency=settings.bedrock_concurrency)
+                           queue, concurrency=settings.bedrock_concurrency, registry=models)
 
 
 # -- operations -------------------------------------------------------------------------

@@ -48,6 +48,7 @@ from consumers.stores.customers import CustomerStore
 from consumers.stores.dead_letters import DeadLetterStore
 from consumers.stores.dynamo import Rejection, WriteFailed
 from consumers.stores.predictions import PredictionStore, prediction_to_item
+from models.learn.drift import DriftMonitor, distant_flags
 from models.prediction import Prediction
 from models.state import CustomerState
 
@@ -195,6 +196,15 @@ class BatchApplier:
         #: durable analysis requests (SQS): sent once a batch's effects are written, before
         #: its checkpoint, in place of the enricher's in-memory queue (``observe``)
         self.requests: RequestSink | None = None
+        #: drift detection on whether each customer of a batch is far from every segment
+        #: centre (scored before the model learns the batch)
+        #: (models.learn.drift): a detection sets :attr:`drift_seen` (the local worker
+        #: refits at once) and calls ``on_drift`` with the reason (the functions' appliers:
+        #: a refit request for the scheduled refit check)
+        self.drift: DriftMonitor | None = None
+        self.drift_reason: str | None = None
+        self.drift_seen = asyncio.Event()
+        self.on_drift: Callable[[str], Awaitable[None]] | None = None
 
     async def _load(self, ids: Iterable[str]) -> dict[str, CustomerState]:
         states, missing = self.cache.get_many(ids)
@@ -263,11 +273,21 @@ class BatchApplier:
         await self.dead_letters.save(_reject_after(result, decoded, reasons))
         return [p for p in predictions if p.customer_id not in reasons]
 
+    async def _watch_drift(self, flags: list[float], at: int) -> None:
+        assert self.drift is not None
+        check = self.drift.update_many(flags, at=at)
+        if check.refit:
+            self.drift_reason = check.reason
+            self.drift_seen.set()
+            if self.on_drift is not None:  # raises: the batch is read again (no double count)
+                await self.on_drift(check.reason)
+
     async def apply(self, records: Sequence[StreamRecord]) -> BatchResult:
         """Apply one batch; returns when its effects are durable. Raises
         :class:`~consumers.stores.dynamo.WriteFailed` (transient errors, endless
         conflicts), or whatever ``before_write`` raises, with nothing to checkpoint."""
         now = self._clock()
+        await self.registry.refresh()  # a refit elsewhere, other workers' learning
         decoded = decode_batch(records, self.max_event_bytes, now=now,
                                future_tolerance_s=self.future_tolerance_s)
         if self.before_write is not None:
@@ -280,11 +300,19 @@ class BatchApplier:
             self.cache.forget(result.erased)
         if self.enricher is not None:  # effects are durable: the AI analysis may follow
             await self.enricher.reconcile(written)
+        # learnt before the analyses are asked for: their prompts' reference order value
+        # comes from the segment model as it stands with this batch
+        # prequential: the batch is scored by the segment model before it learns it
+        flags = (distant_flags(self.registry.segmenter, result.learn)
+                 if self.drift is not None and result.learn and self.registry.segmenter.is_ready
+                 else None)
+        await self.registry.learn(result.learn)
+        if flags:
+            await self._watch_drift(flags, result.watermark)
         if self.requests is not None:  # raises WriteFailed: not checkpointed, read again
             await self.requests.send_result(result, decoded.customer_ids)
         elif self.enricher is not None:
             self.enricher.observe(result)
-        await self.registry.learn(result.learn)
         self.watermark = max(self.watermark, result.watermark)
         t = self.totals
         t.batches += 1

@@ -44,8 +44,8 @@ from consumers.stores.analyses import AnalysisStore
 from consumers.stores.checkpoints import CheckpointStore
 from consumers.stores.customers import CustomerStore
 from consumers.stores.predictions import PredictionStore
-from models.features import bgnbd_inputs, rfm
-from models.learn import bgnbd, pareto_nbd
+from models.features import bgnbd_inputs, gamma_gamma_inputs, rfm
+from models.learn import bgnbd, gamma_gamma, pareto_nbd
 from models.learn.forecaster import Forecaster, ForecastParams, model_name
 from models.learn.pareto_nbd import ParetoNbdParams
 from models.learn.segmentation import SegmentModel
@@ -81,6 +81,11 @@ class RefitReport:
     seconds: float
     #: the exchange rates the refit ran with (the registry's): :attr:`spend` is converted
     rates: Rates = NO_RATES
+    #: the Gamma-Gamma spend model fitted beside the purchase model (None: too few repeat
+    #: customers) and its figures (:func:`fit_spend_model`)
+    value_params: gamma_gamma.GammaGammaParams | None = None
+    value_fit: dict[str, float] | None = None
+    reason: str = "schedule"
 
     @property
     def forecast_model(self) -> str:
@@ -162,6 +167,26 @@ def fit_purchase_model(rows: Counter[tuple[int, float, float]],
     return bgnbd.fit(arr[:, 0], arr[:, 1], arr[:, 2], weights=weights, initial=initial)
 
 
+def fit_spend_model(states: Sequence[CustomerState], rates: Rates
+                    ) -> tuple[gamma_gamma.GammaGammaParams | None, dict[str, float]]:
+    """The Gamma-Gamma spend model fitted on the customers with a repeat purchase and a
+    positive mean repeat value (reporting currency, net of refunds), and its figures:
+    customers, log-likelihood, and the monetary-frequency correlation the model assumes
+    away (Fader, Hardie & Lee 2005). None with too few such customers. Pure CPU work."""
+    pairs = [gamma_gamma_inputs(s, rates) for s in states]
+    x = np.array([p[0] for p in pairs if p[0] > 0 and p[1] > 0], dtype=float)
+    m = np.array([p[1] for p in pairs if p[0] > 0 and p[1] > 0], dtype=float)
+    if len(x) < gamma_gamma.MIN_CUSTOMERS:
+        return None, {"customers": float(len(x))}
+    params = gamma_gamma.fit(x, m)
+    figures = {"customers": float(len(x)),
+               "log_likelihood": round(gamma_gamma.log_likelihood(params, x, m), 4)}
+    if len(set(x.tolist())) > 1 and len(set(m.tolist())) > 1:
+        figures["monetary_frequency_correlation"] = round(
+            gamma_gamma.monetary_frequency_correlation(x, m), 4)
+    return params, figures
+
+
 def fit_segments(states: Sequence[CustomerState], as_of: int, rates: Rates,
                  snapshot: dict[str, object]) -> tuple[list[CustomerState], SegmentModel, bool,
                                                      list[int]]:
@@ -188,12 +213,15 @@ async def refit(
     enricher: AnalysisHook | None = None,
     active_days: int = 0,
     requests: RequestSink | None = None,
+    reason: str = "schedule",
     progress: Progress = NO_PROGRESS,
 ) -> RefitReport | None:
     """Refit both models; with ``rewrite`` rewrite every prediction (keeping each one's
     latest AI analysis) and queue customers active within ``active_days`` for their
     scheduled re-analysis: as durable requests on ``requests`` (the analysis queue) when
-    given, else in the ``enricher``'s own queue. ``progress`` hears the phases:
+    given, else in the ``enricher``'s own queue. ``reason`` (``schedule``, ``final``,
+    ``drift: ...``) is kept with the models and carried by every prediction.
+    ``progress`` hears the phases:
     reading customer states (counted), fitting the purchase model, fitting the segments,
     rewriting predictions (counted, out of the customers)."""
     started = time.perf_counter()
@@ -211,9 +239,14 @@ async def refit(
     # the starting point is read on the loop; the fit builds new parameters in a thread
     initial = registry.pareto_nbd if registry.forecast_model == PARETO_NBD else registry.bgnbd
     params = await asyncio.to_thread(fit_purchase_model, rows, initial)
-    version = await registry.replace_forecast(
-        params, {"customers": len(states), "as_of": as_of, "fitted_at": time.time()}
-    )
+    progress.phase("refit: fitting the spend model (Gamma-Gamma)")
+    value, value_fit = await asyncio.to_thread(fit_spend_model, states, registry.rates)
+    meta: dict[str, object] = {"customers": len(states), "as_of": as_of,
+                               "fitted_at": time.time(), "refit_reason": reason,
+                               "value_fit": value_fit}
+    if value is not None:
+        meta["value_params"] = value.to_dict()
+    version = await registry.replace_forecast(params, meta)
     progress.phase(f"refit: fitting the segments ({len(states):,} customers)")
     # a copy of the live model, taken on the loop (the applier learns into the live one)
     snapshot = registry.segmenter.to_dict()
@@ -227,8 +260,8 @@ async def refit(
                                      "sizes": dict(sizes.most_common())})
     written = 0
     if rewrite:
-        out = await rewrite_predictions(ordered, segments, names, Forecaster(
-            params, version, variants=registry.variants),
+        out = await rewrite_predictions(ordered, segments, names,
+            registry.forecaster(params, version),
             registry.segments_version, as_of, predictions,
             enricher, progress, registry.rates)
         written = len(out)
@@ -243,7 +276,7 @@ async def refit(
         len(states), sum(s.purchases for s in states), spend_by_currency(states),
         dict(sizes.most_common()), datetime.fromtimestamp(as_of, UTC), params,
         version, registry.segments_version, written,
-        time.perf_counter() - started, registry.rates,
+        time.perf_counter() - started, registry.rates, value, value_fit, reason,
     )
 
 

@@ -12,6 +12,7 @@ in one global model, whatever the number of workers.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -21,12 +22,16 @@ from consumers.stores.model_snapshots import Conflict, ModelStore
 from models.learn import pareto_nbd
 from models.learn.bgnbd import DEFAULT_PRIOR, BgNbdParams
 from models.learn.forecaster import Forecaster, ForecastParams, model_name
+from models.learn.gamma_gamma import GammaGammaParams
+from models.learn.outlook import DEFAULT_OUTLOOK, OutlookConfig
 from models.learn.pareto_nbd import ParetoNbdParams
 from models.learn.segmentation import SegmentModel
 from models.money import NO_RATES, Rates
 from models.variant import NO_EXPERIMENT, VariantPlan
 
 SEGMENTS = "segments"
+#: the companion document asking the scheduled refit to run now (a worker saw drift)
+REFIT_REQUEST = "refit_request"
 BGNBD = "bgnbd"
 PARETO_NBD = "pareto_nbd"
 
@@ -40,6 +45,11 @@ class RegistryConfig:
     segment_warmup: int
     forecast_model: Literal["bgnbd", "pareto_nbd"]
     variants: VariantPlan = NO_EXPERIMENT
+    outlook: OutlookConfig = DEFAULT_OUTLOOK
+    #: a long-lived reader (a warm Lambda environment, a KCL host) reloads the models when
+    #: its copy is older than this (seconds; 0: before every batch): refits and other
+    #: workers' learning reach it
+    refresh_s: float = 60.0
 
 
 class ModelRegistry:
@@ -59,8 +69,13 @@ class ModelRegistry:
         self.pareto_nbd = pareto_nbd.DEFAULT_PRIOR
         self.pareto_nbd_version = 0
         self.forecast_model = config.forecast_model
+        #: per purchase model: the Gamma-Gamma spend model fitted with it, and why it was
+        #: last refitted (both kept in that model's snapshot)
+        self.value_params: dict[str, GammaGammaParams] = {}
+        self.refit_reasons: dict[str, str] = {}
         self.conflicts = 0
         self.variants = config.variants
+        self._loaded_at: float | None = None  # time.monotonic() of the last load
 
     def _fresh_segmenter(self) -> SegmentModel:
         s = self._config
@@ -73,14 +88,45 @@ class ModelRegistry:
             return self.pareto_nbd, self.pareto_nbd_version
         return self.bgnbd, self.bgnbd_version
 
+    def forecaster(self, params: ForecastParams | None = None, version: int | None = None
+                   ) -> Forecaster:
+        """The forecaster of the chosen model (or of ``params``), with its spend model,
+        the outlook settings and the reason of its last refit."""
+        if params is None:
+            params, version = self.forecast
+        name = model_name(params)
+        return Forecaster(params, version or 0, variants=self.variants,
+                          value_params=self.value_params.get(name),
+                          outlook=self._config.outlook, refit_reason=self.refit_reasons.get(name))
+
     def view(self) -> ModelView:
-        params, version = self.forecast
-        return ModelView(
-            self.segmenter, self.segments_version,
-            Forecaster(params, version, variants=self.variants), rates=self.rates,
-        )
+        return ModelView(self.segmenter, self.segments_version, self.forecaster(),
+                         rates=self.rates)
+
+    def _keep(self, name: str, body: dict[str, Any]) -> None:
+        value = body.get("value_params")
+        if isinstance(value, dict):
+            self.value_params[name] = GammaGammaParams.from_dict(value)
+        if isinstance(body.get("refit_reason"), str):
+            self.refit_reasons[name] = body["refit_reason"]
+
+    async def refresh(self) -> bool:
+        """:meth:`load` again when the last load is older than the configured
+        ``refresh_s`` (or never happened); whether it did."""
+        if (self._loaded_at is not None
+                and time.monotonic() - self._loaded_at < self._config.refresh_s):
+            return False
+        async with self._lock:  # not while a learn or replace is under way
+            await self._load()
+        return True
 
     async def load(self) -> None:
+        """Read every model's latest snapshot (those not stored keep their priors)."""
+        async with self._lock:
+            await self._load()
+
+    async def _load(self) -> None:
+        self._loaded_at = time.monotonic()
         seg = await self.store.load(SEGMENTS)
         if seg is not None:
             self.segments_version, body = seg
@@ -89,10 +135,12 @@ class ModelRegistry:
         if bg is not None:
             self.bgnbd_version, body = bg
             self.bgnbd = BgNbdParams.from_dict(body["params"])
+            self._keep(BGNBD, body)
         pn = await self.store.load(PARETO_NBD)
         if pn is not None:
             self.pareto_nbd_version, body = pn
             self.pareto_nbd = ParetoNbdParams.from_dict(body["params"])
+            self._keep(PARETO_NBD, body)
 
     async def learn(self, vectors: Sequence[dict[str, float]]) -> None:
         """Learn ``vectors`` into the global segment model (compare-and-set, retried)."""
@@ -131,6 +179,22 @@ class ModelRegistry:
                     latest = await self.store.load(SEGMENTS)
                     self.segments_version = latest[0] if latest else 0
 
+    async def request_refit(self, reason: str, at: float) -> None:
+        """Ask the next scheduled refit check (caa.entry.refit_lambda, ``when_due``) to refit
+        now, saying why; a later request replaces an earlier one."""
+        await self.store.put(REFIT_REQUEST, {"reason": reason, "at": at})
+
+    async def refit_requested(self) -> dict[str, Any] | None:
+        """The pending refit request, if any (``reason``, ``at``: epoch seconds)."""
+        found = await self.store.load(REFIT_REQUEST)
+        return found[1] if found else None
+
+    async def last_fitted_at(self) -> float | None:
+        """When the chosen purchase model was last refitted (epoch seconds), if ever."""
+        found = await self.store.load(model_name(self.forecast[0]))
+        at = found[1].get("fitted_at") if found else None
+        return float(at) if isinstance(at, int | float) else None
+
     async def replace_bgnbd(self, params: BgNbdParams, meta: dict[str, Any]) -> None:
         await self.replace_forecast(params, meta)
 
@@ -149,6 +213,9 @@ class ModelRegistry:
                 except Conflict:
                     latest = await self.store.load(name)
                     version = latest[0] if latest else 0
+            self.value_params.pop(name, None)
+            self.refit_reasons.pop(name, None)
+            self._keep(name, meta)
             if isinstance(params, ParetoNbdParams):
                 self.pareto_nbd, self.pareto_nbd_version = params, version
             else:

@@ -42,3 +42,30 @@ def bgnbd_inputs(state: CustomerState, as_of_ts: int) -> tuple[int, float, float
     first, last = state.first_day, state.last_day
     as_of_day = max(last, as_of_ts // DAY)
     return state.purchase_days - 1, (last - first) / WEEK_DAYS, (as_of_day - first) / WEEK_DAYS
+
+
+def gamma_gamma_inputs(state: CustomerState, rates: Rates = NO_RATES) -> tuple[int, float]:
+    """``(x, mbar)`` as the Gamma-Gamma spend model takes them (Fader & Hardie 2013): repeat
+    purchase days, and the mean value of a purchase day after the first (reporting
+    currency, net of refunds, over the currencies with a rate). When the first day's orders
+    have been folded into the state's compacted sums (a customer beyond the order horizon)
+    ``mbar`` is the mean over every purchase day.
+
+    >>> from models.state import CustomerState, DAY
+    >>> gamma_gamma_inputs(CustomerState.sketch("c", [0, 7, 14], order_minor=1000), NO_RATES)
+    (2, 10.0)
+    """
+    x = state.purchase_days - 1
+    if x <= 0:
+        return 0, 0.0
+    total, missing = state.spend(rates)
+    book = state.book
+    if book.base.orders:
+        return x, max(0.0, total / state.purchase_days)
+    first_day = state.first_day
+    first: dict[str, int] = {}
+    for rec in book.orders.values():
+        if rec.counted and rec.ts // DAY == first_day and rec.currency not in missing:
+            first[rec.currency] = first.get(rec.currency, 0) + rec.net
+    first_total, _ = rates.convert(first)
+    return x, max(0.0, (total - first_total) / x)

@@ -122,8 +122,12 @@ class Timeline:
     customers: int  # customers with a purchase by the last cut-off
 
     def at(self, i: int) -> dict[str, int]:
-        """Sizes by name at cut-off ``i`` (``-1``: the watermark)."""
-        return dict(zip(self.names, self.counts[i], strict=True))
+        """Sizes by name at cut-off ``i`` (``-1``: the watermark); centres that share a name
+        (models.learn.segment_names) are counted together."""
+        out: dict[str, int] = {}
+        for name, n in zip(self.names, self.counts[i], strict=True):
+            out[name] = out.get(name, 0) + n
+        return out
 
 
 def segment_timeline(states: Sequence[CustomerState], model: SegmentModel,

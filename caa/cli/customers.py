@@ -71,6 +71,54 @@ def spend_text(pred: dict[str, Any]) -> str:
     return line
 
 
+def _pct(p: Any) -> str:
+    return f"{100 * float(p):.0f}%"
+
+
+def outlook_rows(pred: dict[str, Any]) -> list[tuple[str, str]]:
+    """The customer's value, churn risk and order timing as ``caa show`` prints them: money
+    in the prediction's (reporting) currency, chances in per cent, dates as dates. A
+    prediction written before these were computed says so in one row."""
+    value, churn, timing = pred.get("value"), pred.get("churn"), pred.get("timing")
+    if not (value or churn or timing):
+        return [("customer value", "not in this prediction yet (written before value and "
+                                   "churn were computed; the next update fills them)")]
+    from caa.report.words import money
+
+    cur = str(pred.get("currency") or "USD")
+    rows: list[tuple[str, str]] = []
+    if value:
+        months = int(value["months"])
+        rows += [(f"customer value ({months} months)",
+                  f"{money(float(value['clv']), cur)} expected (80% range "
+                  f"{money(float(value['clv_low']), cur)} to "
+                  f"{money(float(value['clv_high']), cur)}; future spend discounted "
+                  f"{100 * float(value['monthly_discount_rate']):g}% a month)"),
+                 ("expected order value", money(float(value["expected_order_value"]), cur)),
+                 ("spent so far", money(float(value["historic"]), cur))]
+    if churn:
+        rows += [("churn risk", f"{churn['band']}: {_pct(churn['p_no_purchase_90d'])} likely "
+                                "to buy nothing in the next 90 days"),
+                 ("no purchase in 30 days", f"{_pct(churn['p_no_purchase_30d'])} likely"),
+                 ("no purchase in 90 days", f"{_pct(churn['p_no_purchase_90d'])} likely")]
+    if timing:
+        avg = timing.get("avg_days_between")
+        rows.append(("days between orders", "no repeat order yet" if avg is None
+                     else f"{float(avg):.1f} on average"))
+        for key, label, chance in (("next_order_50", "next order likely by", "50%"),
+                                   ("next_order_80", "next order almost surely by", "80%")):
+            when = timing.get(key)
+            rows.append((label, f"{when} ({chance} chance)" if when
+                         else f"not expected: the chance of an order never reaches {chance}"))
+    interval = pred.get("expected_purchases_90d_interval")
+    if interval:
+        low, high = (float(x) for x in interval)
+        rows.append(("purchases in 90 days", f"{float(pred['expected_purchases_90d']):.2f} "
+                                              f"expected (80% range {low:g} to {high:g})"))
+    rows.append(("models last refitted because", str(pred.get("refit_reason") or "-")))
+    return rows
+
+
 def show(settings: Settings, aws: Aws, customer_id: str, as_json: bool) -> int:
     """``caa show``: :class:`NotFound` when the customer has no prediction."""
     from consumers.stores.predictions import PredictionStore
@@ -95,6 +143,7 @@ def show(settings: Settings, aws: Aws, customer_id: str, as_json: bool) -> int:
         elif key == "spend":
             v = spend_text(pred)
         rows.append((key, _text(v)))
+    rows += outlook_rows(pred)
     for n in pred.get("next_purchases", []):
         rows.append((f"next {n['kind']}", f"{n['key']}: {n['expected_date']} ({n['status']}, "
                      f"every {n['avg_days_between']} d, confidence {n['confidence']})"))
@@ -168,8 +217,8 @@ def _segments(ctx: typer.Context, as_json: JsonFlag = False) -> int:
 
 def register(app: typer.Typer) -> None:
     app.command("show", rich_help_panel=output.START,
-                help="One customer's prediction: segment, purchase forecast, next purchases, "
-                     "recommendations and the latest AI analysis.")(_show)
+                help="One customer's prediction: segment, purchase forecast, value, churn "
+                     "risk, next purchases, recommendations and the latest AI analysis.")(_show)
     app.command("segments", rich_help_panel=output.START,
                 help="The customer segments: sizes and centres (recency, frequency, "
                      "monetary value).")(_segments)

@@ -22,6 +22,7 @@ import typer
 from caa.cli import (
     ai,
     analyzer,
+    audience,
     customers,
     daily,
     dlq,
@@ -92,7 +93,7 @@ def app() -> typer.Typer:
                        add_completion=False, rich_markup_mode="rich",
                        context_settings={"help_option_names": ["-h", "--help"]})
     root.callback(result_callback=_exit_with)(_root)
-    for group in (pipeline, customers, watch, erase, ai, analyzer, dlq, daily, replay,
+    for group in (pipeline, customers, audience, watch, erase, ai, analyzer, dlq, daily, replay,
                   evaluate, report, serve, kcl, emulator):
         group.register(root)
     return root

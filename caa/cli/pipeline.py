@@ -119,6 +119,9 @@ def refit_summary(report: RefitReport) -> dict[str, Any]:
         table_spend_by_currency={c: to_major(m, c) for c, m in report.spend_minor.items()},
         table_spend_note=converted(report.spend_minor, report.rates)[1],
         segments=report.segment_sizes,
+        refit_reason=report.reason,
+        spend_model=({"model": "gamma_gamma", "params": report.value_params.to_dict(),
+                      **(report.value_fit or {})} if report.value_params else None),
     )
 
 

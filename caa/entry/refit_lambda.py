@@ -13,6 +13,13 @@ The event is the schedule's input (``{"job": "refit", "scheduled_time": ...}``);
 EventBridge rule's "Scheduled Event" and a direct invocation with ``{}`` work too, and
 ``{"rewrite": false}`` refits the models without rewriting the predictions.
 
+**When due.** The deployed schedule runs often (every 5 minutes) with ``"when_due": true``:
+the function then refits only when a worker asked for it (drift seen by a stream consumer:
+:meth:`~consumers.registry.ModelRegistry.request_refit`, its reason kept in every
+prediction's ``refit_reason``) or the last refit is ``CAA_REFIT_INTERVAL_S`` old, and else
+answers ``not_due`` after two reads. A direct invocation always refits (``reason`` in the
+event names why, default "on request").
+
 With ``CAA_ANALYSIS_QUEUE`` the refit then sends a scheduled re-analysis request (due at once)
 for every customer active within ``CAA_ANALYSIS_ACTIVE_DAYS``; the analyzer function takes
 them (a purchase since supersedes one; the change-aware cache skips the unchanged).
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
@@ -37,6 +45,7 @@ from consumers.refit import (
     refit,
     refit_lock,
 )
+from consumers.registry import REFIT_REQUEST, ModelRegistry
 from consumers.stores.checkpoints import CheckpointStore
 
 
@@ -49,6 +58,19 @@ async def run(settings: Settings, event: Mapping[str, Any], owner: str) -> dict[
     }
     async with AsyncExitStack() as stack:
         applier = await wiring.open_applier(settings, stack)  # the models loaded
+        registry = applier.registry
+        reason = str(event.get("reason") or "on request")
+        request = await registry.refit_requested()
+        if event.get("when_due"):  # the schedule's check: a drift request, or the interval
+            due = await _due(settings, registry, request)
+            if due is None:
+                summary.update(status="not_due", reason=(
+                    f"no refit requested and the last one is under "
+                    f"{settings.refit_interval_s:g} s old (CAA_REFIT_INTERVAL_S)"))
+                return summary
+            reason = due
+        elif request is not None:
+            reason = f"{reason} ({request.get('reason')} was pending)"
         db = applier.customers.db
         lock = refit_lock(CheckpointStore(db, wiring.tables(settings).checkpoints, REFIT_GROUP),
                           owner)
@@ -58,7 +80,10 @@ async def run(settings: Settings, event: Mapping[str, Any], owner: str) -> dict[
             # with CAA_ANALYSIS_QUEUE: the scheduled re-analysis of the recently active
             # customers, as durable requests the analyzer function takes
             active_days=settings.analysis_active_days if applier.requests else 0,
-            requests=applier.requests))
+            requests=applier.requests, reason=reason))
+        if request is not None and not isinstance(outcome, RefitSkipped):
+            await registry.store.delete(REFIT_REQUEST)  # answered
+    summary["refit_reason"] = reason
     if isinstance(outcome, RefitSkipped):
         summary.update(status="skipped", holder=outcome.holder, reason=outcome.reason)
     elif outcome is None:
@@ -73,6 +98,20 @@ async def run(settings: Settings, event: Mapping[str, Any], owner: str) -> dict[
             as_of=outcome.as_of.isoformat(), predictions_rewritten=outcome.predictions_rewritten,
             seconds=round(outcome.seconds, 2))
     return summary
+
+
+async def _due(settings: Settings, registry: ModelRegistry,
+               request: Mapping[str, Any] | None) -> str | None:
+    """Why the scheduled check should refit now (a pending drift request, the interval
+    passed, never refitted), or None."""
+    if request is not None:
+        return str(request.get("reason") or "requested")
+    last = await registry.last_fitted_at()
+    if last is None:
+        return "schedule: never refitted"
+    if time.time() - last >= settings.refit_interval_s:
+        return "schedule"
+    return None
 
 
 def handler(event: Mapping[str, Any] | None, context: Any = None) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """What ``caa report`` (:mod:`caa.cli.report`) shows: one self-contained HTML page about the
 customers, models and costs.
 
-Reads the customer states, the segment model and the refit's segment sizes from DynamoDB,
+Reads the customer states, the predictions (value and churn: :mod:`caa.report.value`), the
+segment model and the refit's segment sizes from DynamoDB (each table one scan),
 the Bedrock usage table (as ``caa costs`` does: :func:`consumers.stores.usage.daily_usage`), the
 evaluation file (``--evaluation``, contract in :mod:`caa.report.scores`; written by
 ``caa evaluate``) and the benchmark figures (``--bench``, ``out/bench.json`` from
@@ -88,12 +89,14 @@ async def read_models(models: ModelStore
 async def read_tables(settings: Settings, aws: Aws, progress: Progress = NO_PROGRESS,
                       ) -> tuple[list[CustomerState],
                                  tuple[SegmentModel | None, int, dict[str, Any] | None],
-                                 list[dict[str, Any]]]:
-    """What the page shows from DynamoDB: the states, the models and the usage per day
-    (``progress``: "reading customer states", counted, then "reading models and costs")."""
+                                 list[dict[str, Any]], list[dict[str, Any]]]:
+    """What the page shows from DynamoDB: the states, the models, the usage per day and the
+    predictions (``progress``: "reading customer states", counted, "reading models and
+    costs", then "reading predictions", counted)."""
     from consumers.stores.customers import CustomerStore
     from consumers.stores.dynamo import Dynamo
     from consumers.stores.model_snapshots import ModelStore
+    from consumers.stores.predictions import prediction_from_item
     from consumers.stores.usage import daily_usage
 
     t = settings.tables
@@ -102,19 +105,25 @@ async def read_tables(settings: Settings, aws: Aws, progress: Progress = NO_PROG
         progress.phase("reading customer states")
         states = await read_states(CustomerStore(db, t.customers), progress)
         progress.phase("reading models and costs")
-        return (states, await read_models(ModelStore(db, t.models)),
-                await daily_usage(db, t.usage, settings.daily_budget_usd))
+        models = await read_models(ModelStore(db, t.models))
+        usage = await daily_usage(db, t.usage, settings.daily_budget_usd)
+        progress.phase("reading predictions")
+        predictions = [prediction_from_item(i)
+                       for i in await db.scan(t.predictions, progress=progress)]
+        return states, models, usage, predictions
 
 
 def load(settings: Settings, aws: Aws, evaluation: Path, bench: Path,
          progress: Progress = NO_PROGRESS, rates: Rates = NO_RATES) -> ReportData:
     """Everything the page shows; a missing or unreadable file is noted, not fatal.
     ``progress`` hears the phases: reading customer states (counted), reading models and
-    costs, segment sizes over time (counted in cut-offs); :func:`caa.report.page.render`
-    takes it too. Spend is kept per currency and shown in the reporting currency of
-    ``rates`` (:func:`caa.wiring.rates`), naming what was left out for want of a rate."""
+    costs, reading predictions (counted), segment sizes over time (counted in cut-offs);
+    :func:`caa.report.page.render` takes it too. Spend is kept per currency and shown in the
+    reporting currency of ``rates`` (:func:`caa.wiring.rates`), naming what was left out
+    for want of a rate."""
     from caa.report.page import ReportData
     from caa.report.scores import ScoreFileError, Scores
+    from caa.report.value import customer_values
     from consumers.refit import spend_by_currency
     from models.timeline import segment_timeline
 
@@ -124,7 +133,10 @@ def load(settings: Settings, aws: Aws, evaluation: Path, bench: Path,
         else:
             progress.phase("segment sizes over time (cut-offs)", total=of)
 
-    states, (model, version, sizes), usage = asyncio.run(read_tables(settings, aws, progress))
+    states, (model, version, sizes), usage, predictions = asyncio.run(
+        read_tables(settings, aws, progress))
+    values, values_missing = customer_values(predictions,
+                                             {s.customer_id: s.last_ts for s in states})
     scores = scores_error = bench_data = bench_error = None
     if evaluation.is_file():
         try:
@@ -149,5 +161,6 @@ def load(settings: Settings, aws: Aws, evaluation: Path, bench: Path,
         evaluation_path=evaluation, scores=scores, scores_error=scores_error,
         bench_path=bench, bench=bench_data, bench_error=bench_error,
         usage=usage, budget_usd=settings.daily_budget_usd, rates=rates,
-        analyzer=settings.analyzer,
+        analyzer=settings.analyzer, values=values, values_missing=values_missing,
+        churn_medium=settings.churn_medium, churn_high=settings.churn_high,
     )

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from caa.report import plots
 from caa.report.scores import Scores, calibration_bins, gains, lift_deciles
@@ -31,12 +31,16 @@ from models.learn.segmentation import FEATURES, SEGMENT_NAMES, SegmentModel
 from models.money import NO_RATES, Rates
 from models.timeline import Timeline
 
+if TYPE_CHECKING:
+    from caa.report.value import CustomerValue
+
 __all__ = ["SECTIONS", "ReportData", "render"]
 
 #: (anchor id, heading) of every section, in page order
 SECTIONS = (
     ("segment-sizes", "Segment sizes over time"),
     ("centroids", "What each segment means"),
+    ("value", "Customer value and churn"),
     ("calibration", "Forecast purchases against what customers did"),
     ("lift", "Who buys again: customers ranked by our score"),
     ("bench", "Throughput and latency"),
@@ -95,6 +99,13 @@ class ReportData:
     rates: Rates = NO_RATES
     #: ``CAA_ANALYZER``: "statistical" (the AI analysis is off) or "bedrock"
     analyzer: str = "statistical"
+    #: each customer's value and churn risk, from the predictions (caa.report.value), and
+    #: how many predictions lacked them (written before they were computed)
+    values: list[CustomerValue] = field(default_factory=list)
+    values_missing: int = 0
+    #: the churn bands' thresholds on P(no purchase in 90 days) (CAA_CHURN_MEDIUM, _HIGH)
+    churn_medium: float = 0.5
+    churn_high: float = 0.8
 
 
 def _currency(d: ReportData) -> str:
@@ -188,13 +199,16 @@ def _centroids(d: ReportData) -> str:
     sizes = [at.get(n, int(str(r["count"]))) for n, r in zip(names, rows, strict=True)]
     meaning = define_segments(names, centres, sizes, _currency(d))
     definitions = "".join(f'<p class="definition"><strong>{escape(n)}</strong>: '
-                          f"{escape(meaning[n])}</p>" for n in names)
+                          f"{escape(meaning[n])}</p>" for n in dict.fromkeys(names))
+    shared = {n for n in names if names.count(n) > 1}  # centres too alike to name apart
     table = _table(
         ["segment", "customers now", "days since the last purchase",
          "purchase days", f"average order value ({_currency(d)})"],
-        ([n, f"{at.get(n, 0):,}", _num(c["recency_days"], 1), _num(c["frequency"], 2),
+        ([f"{n} (centre {r['id']})" if n in shared else n,
+          f"{at.get(n, 0):,} in all centres named so" if n in shared else f"{at.get(n, 0):,}",
+          _num(c["recency_days"], 1), _num(c["frequency"], 2),
           money(c["monetary"], _currency(d))]
-         for n, c in zip(names, centres, strict=True)))
+         for n, c, r in zip(names, centres, rows, strict=True)))
     caption = (f"The typical customer of each segment (segment model version "
                f"{d.model_version}); each customer belongs to the segment whose typical "
                "customer they are closest to. \"Customers now\" counts them as of the latest "
@@ -321,12 +335,19 @@ def _costs(d: ReportData) -> str:
               "The same data as <code>caa costs</code>.</p>")
 
 
+def _value(d: ReportData) -> str:
+    from caa.report import value  # it builds on this module's helpers
+
+    return value.section(d)
+
+
 def render(d: ReportData, progress: Progress = NO_PROGRESS) -> str:
     """The whole page; ``progress`` hears the phase "drawing the report", one step a
     section."""
     makers: dict[str, Callable[[], str]] = {
         "segment-sizes": lambda: _sizes(d),
         "centroids": lambda: _centroids(d),
+        "value": lambda: _value(d),
         "calibration": lambda: _calibration(d.scores) if d.scores else _missing_scores(d),
         "lift": lambda: _lift(d.scores) if d.scores else _missing_scores(d),
         "bench": lambda: _bench(d),

@@ -21,7 +21,8 @@ from caa.report.scores import Bin, Decile
 from models.learn.segmentation import FEATURES, SEGMENT_NAMES
 from models.timeline import Timeline
 
-__all__ = ["bench", "calibration", "centroids", "costs", "lift", "segment_colour", "timeline"]
+__all__ = ["bench", "calibration", "centroids", "costs", "lift", "segment_colour", "timeline",
+           "value_and_churn"]
 
 FloatArray = npt.NDArray[np.float64]
 _PALETTE = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d",
@@ -203,4 +204,33 @@ def costs(days: Sequence[str], spend_usd: Sequence[float], budget_usd: float) ->
     ax.set_xticks(x[::step], list(days)[::step], rotation=30, ha="right")
     ax.set_ylabel("spend (USD)")
     _style(ax)
+    return _png(fig)
+
+
+BAND_COLOURS = {"low": "#1b9e77", "medium": "#e6ab02", "high": "#d62728"}
+
+
+def value_and_churn(clv: Sequence[float] | FloatArray, band_counts: Sequence[int],
+                    bands: Sequence[str], currency: str) -> bytes:
+    """Left: customers by expected value (in ``currency``; the top 1% folded into the last
+    bar, so a few large values do not squash the rest). Right: customers per churn band."""
+    fig = _figure(10, 4.2)
+    left, right = fig.subplots(1, 2, width_ratios=(2, 1))
+    values = np.asarray(clv, dtype=np.float64)
+    cap = float(np.quantile(values, 0.99)) if len(values) else 0.0
+    left.hist(np.minimum(values, cap), bins=30, color=OURS)
+    left.set_xlabel(f"expected value per customer ({currency}; the top 1% in the last bar)")
+    left.set_ylabel("customers")
+    _style(left)
+    x = np.arange(len(bands))
+    total = max(1, sum(band_counts))
+    right.bar(x, list(band_counts), color=[BAND_COLOURS.get(b, NAIVE) for b in bands])
+    for xi, n in zip(x, band_counts, strict=True):
+        right.annotate(f"{n:,} ({100 * n / total:.0f}%)", (xi, n), xytext=(0, 2),
+                       textcoords="offset points", ha="center", fontsize=8)
+    right.set_xticks(x, list(bands))
+    right.set_xlabel("churn risk")
+    right.set_ylabel("customers")
+    right.margins(y=0.15)
+    _style(right)
     return _png(fig)

@@ -53,6 +53,7 @@ from consumers.progress import NO_PROGRESS, Progress
 from consumers.stores.analyses import AnalysisStore
 from consumers.stores.usage import simulated_note
 from models.analysis import AnalysisRecord, TriggerKind
+from models.money import NO_RATES, Rates
 from models.prediction import Prediction
 from models.prompt import PROMPT_VERSION, AnalysisInput, build_input
 from models.state import CustomerState
@@ -94,8 +95,11 @@ class Enricher:
         wall: Callable[[], datetime] = lambda: datetime.now(UTC),
         metrics: Metrics | None = None,
         variants: VariantPlan = NO_EXPERIMENT,
+        rates: Rates = NO_RATES,
     ) -> None:
         self.guard = guard
+        #: into the reporting currency of the prompts' money (the registry's rates)
+        self.rates = rates
         self.variants = variants
         self.analyzer = guard.analyzer
         self.breaker = guard.breaker
@@ -142,7 +146,7 @@ class Enricher:
         for cid, state in result.states.items():
             try:
                 x = build_input(state, by_id.get(cid), as_of_ts=result.watermark, key=self.key,
-                                reference_order_value=ref)
+                                reference_order_value=ref, rates=self.rates)
             except Exception as exc:  # noqa: BLE001 -- counted: the stream must go on
                 self._error("observe", cid, exc)
                 continue
@@ -155,7 +159,7 @@ class Enricher:
         now, n, ref = self._clock(), 0, self.reference_order_value()
         for s in states:
             x = build_input(s, predictions.get(s.customer_id), as_of_ts=as_of_ts, key=self.key,
-                            reference_order_value=ref)
+                            reference_order_value=ref, rates=self.rates)
             self.policy.schedule(s.customer_id, x, now)
             n += 1
         self._wake.set()

@@ -49,7 +49,8 @@ async def on_demand(customers: CustomerStore, predictions: PredictionStore,
     prediction = Prediction.model_validate(stored)
     x = build_input(states[customer_id], prediction, as_of_ts=int(prediction.as_of.timestamp()),
                     key=pseudonym_key(),
-                    reference_order_value=reference_order_value(registry.segmenter))
+                    reference_order_value=reference_order_value(registry.segmenter),
+                    rates=registry.rates)
     if enricher is None:
         return AnalysisRecord(customer_id=customer_id, at=datetime.now(UTC), as_of=x.as_of,
                               source="statistical", model="statistical", trigger="on_demand",

@@ -47,6 +47,7 @@ from models.prompt import build_input
 
 if TYPE_CHECKING:
     from consumers.analysis.enricher import Enricher
+    from consumers.registry import ModelRegistry
     from consumers.stores.customers import CustomerStore
     from consumers.stores.predictions import PredictionStore
     from models.state import CustomerState
@@ -229,6 +230,9 @@ class RequestAnalyzer:
     concurrency: int = 4
     #: long polling: the longest one ReceiveMessage waits
     wait_s: int = 2
+    #: the Lambda's own models (refreshed per invocation; the local worker shares the
+    #: applier's, which refreshes them per batch)
+    registry: ModelRegistry | None = None
     counts: Counter[str] = field(default_factory=Counter)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -246,7 +250,7 @@ class RequestAnalyzer:
         prediction = Prediction.model_validate(stored) if stored is not None else None
         e = self.enricher
         x = build_input(state, prediction, as_of_ts=req.as_of, key=e.key,
-                        reference_order_value=e.reference_order_value())
+                        reference_order_value=e.reference_order_value(), rates=e.rates)
         waited = max(0.0, time.time() - req.enqueued_at)
         if not await e.run_request(cid, x, req.trigger, [time.monotonic() - waited]):
             return self._counted("stopped")
@@ -260,6 +264,8 @@ class RequestAnalyzer:
         """An SQS event of Lambda's: the messages that failed or were cut short, as partial
         batch failures (Lambda deletes the others)."""
         records = event.get("Records") or []
+        if self.registry is not None:  # a warm environment: refits and learning elsewhere
+            await self.registry.refresh()
         sem = asyncio.Semaphore(self.concurrency)
 
         async def one(rec: dict[str, Any]) -> str | None:

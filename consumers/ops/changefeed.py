@@ -6,7 +6,9 @@ closed shard's children start only once it is read to its end, so one customer's
 come in the order they were written. :func:`decode_record` turns each record into a
 :class:`~models.change.PredictionChange`; a record that is not a prediction change
 becomes a :class:`FeedProblem`, as does a stretch of records lost to the stream's 24-hour
-retention (failures are data: the feed goes on).
+retention (failures are data: the feed goes on). ``changes(notable=True)`` keeps only the
+updates worth acting on: a segment or churn band change, or a CLV move beyond the threshold
+documented in :mod:`models.change`.
 
 >>> from consumers.stores.predictions import prediction_key
 >>> rec = {"eventID": "ev1", "eventName": "REMOVE", "dynamodb": {
@@ -210,10 +212,14 @@ class ChangeFeed:
             waiter.cancel()
 
     async def changes(self, *, follow: bool = False, stop: asyncio.Event | None = None,
-                      customer_id: str | None = None) -> AsyncIterator[FeedItem]:
-        """:class:`PredictionChange` events (and problems), optionally of one customer."""
+                      customer_id: str | None = None, notable: bool = False,
+                      ) -> AsyncIterator[FeedItem]:
+        """:class:`PredictionChange` events (and problems), optionally of one customer;
+        ``notable``: only the changes with a non-empty ``notable`` list."""
         async for rec in self.records(follow=follow, stop=stop):
             if isinstance(rec, FeedProblem):
                 yield rec
             elif customer_id is None or customer_of(rec) == customer_id:
-                yield decode_record(rec)
+                item = decode_record(rec)
+                if not notable or isinstance(item, FeedProblem) or item.notable:
+                    yield item

@@ -43,6 +43,7 @@ from consumers.sources.fanout import FanoutPoller
 from consumers.sources.lease import GroupLease, LeaseLost
 from consumers.sources.poller import Poller
 from consumers.stores.checkpoints import CheckpointStore
+from models.learn.drift import DriftMonitor
 from models.learn.segmentation import SegmentModel
 
 
@@ -152,7 +153,8 @@ class Worker:
                     return  # the next write's check stops the shards
 
     async def _refit(self, rewrite: bool, schedule: bool = True,
-                     progress: Progress = NO_PROGRESS, wait_s: float = 0.0) -> RefitReport | None:
+                     progress: Progress = NO_PROGRESS, wait_s: float = 0.0,
+                     reason: str | None = None) -> RefitReport | None:
         """Refit under the refit lock (held elsewhere: wait up to ``wait_s``, then skip, saying
         so on stderr); a periodic refit also queues active customers for a scheduled
         analysis."""
@@ -162,6 +164,7 @@ class Worker:
                 enricher=self.enricher,
                 active_days=self.config.analysis_active_days if schedule else 0,
                 requests=self.requests.queue if self.requests is not None else None,
+                reason=reason or ("schedule" if schedule else "final: the stream went idle"),
                 progress=progress), wait_s=wait_s)
         except LeaseLost as exc:
             outcome = RefitSkipped("", f"refit abandoned: {exc}")
@@ -172,13 +175,28 @@ class Worker:
         return outcome
 
     async def _refit_periodically(self, stop: asyncio.Event) -> None:
-        """Refit the global models every ``refit_interval_s`` without blocking any shard."""
-        interval = self.config.refit_interval_s
-        while interval and not stop.is_set():
+        """Refit the global models every ``refit_interval_s`` (0: never on a schedule), and
+        at once when the applier sees drift, without blocking any shard."""
+        interval = self.config.refit_interval_s or None
+        drift = self.applier.drift_seen
+        while not stop.is_set():
+            waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(drift.wait())]
             try:
-                await asyncio.wait_for(stop.wait(), interval)
-            except TimeoutError:
-                await self._refit(rewrite=self.enricher is not None)
+                await asyncio.wait(waits, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+            if stop.is_set():
+                return
+            reason = self.applier.drift_reason if drift.is_set() else None
+            if reason is None and interval is None:
+                continue
+            drift.clear()
+            await self._refit(rewrite=self.enricher is not None, reason=reason or "schedule")
+            if self.applier.drift is not None:  # the signal's level moves with new centres
+                old = self.applier.drift
+                self.applier.drift = DriftMonitor(old.signal, delta=old.delta,
+                                                  trigger=old.trigger)
 
     async def _abandon_on_stop(self, stop: asyncio.Event, quiet: asyncio.Event) -> None:
         """A stop signal reaches the enricher at once (its Bedrock retries end, calls in

@@ -44,6 +44,10 @@ class ModelStore:
                   "updated_at": {"S": now_iso()}},
         )
 
+    async def delete(self, name: str) -> None:
+        """Remove a companion document (absent: nothing to do)."""
+        await self.db.client.delete_item(TableName=self.table, Key={"name": {"S": name}})
+
     async def save(self, name: str, expected_version: int, body: dict[str, Any]) -> int:
         """Write version ``expected_version + 1``; raise :class:`Conflict` if someone else did."""
         new = expected_version + 1

@@ -27,10 +27,12 @@ import math
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 
-from models.features import WEEK_DAYS, bgnbd_inputs
+from models.features import WEEK_DAYS, bgnbd_inputs, gamma_gamma_inputs
 from models.item_stats import ItemStats
 from models.learn import bgnbd, pareto_nbd
 from models.learn.bgnbd import DEFAULT_PRIOR, BgNbdParams
+from models.learn.gamma_gamma import GammaGammaParams
+from models.learn.outlook import DEFAULT_OUTLOOK, OutlookConfig, customer_outlook
 from models.learn.pareto_nbd import ParetoNbdParams
 from models.money import NO_RATES, Rates
 from models.prediction import (
@@ -115,10 +117,19 @@ class Forecaster:
         horizons_days: tuple[int, int] = (30, 90),
         max_items: int = 5,
         variants: VariantPlan = NO_EXPERIMENT,
+        value_params: GammaGammaParams | None = None,
+        outlook: OutlookConfig = DEFAULT_OUTLOOK,
+        refit_reason: str | None = None,
     ) -> None:
         self.params = params
         self.params_version = params_version
         self.variants = variants
+        #: the Gamma-Gamma spend model fitted with ``params`` (None: not yet; each
+        #: customer's own mean order value stands in)
+        self.value_params = value_params
+        self.outlook = outlook
+        #: why ``params`` were last refitted (carried into every prediction)
+        self.refit_reason = refit_reason
         self.horizons_days = horizons_days
         self.max_items = max_items
 
@@ -190,7 +201,20 @@ class Forecaster:
             for n in nexts
             if n.kind == "product" and n.status != "later" and n.confidence >= 0.2
         ]
+        extra: dict[str, object] = {}
+        if state.purchase_days:
+            gx, mbar = gamma_gamma_inputs(state, rates)
+            o = customer_outlook(
+                self.params, self.value_params, x, t_x, big_t, spend=spend,
+                order_value=state.order_value(rates)[0], monetary_repeat=mbar if gx else 0.0,
+                purchase_days=state.purchase_days, first_day=state.first_day,
+                last_day=state.last_day, as_of_day=as_of_day, config=self.outlook)
+            extra = {"value": o.value, "churn": o.churn, "timing": o.timing,
+                     "clv": o.value.clv, "churn_band": o.churn.band,
+                     "expected_purchases_90d_interval": o.interval_90d}
         return Prediction(
+            **extra,
+            refit_reason=self.refit_reason,
             customer_id=state.customer_id,
             variant=self.variants.assign(state.customer_id),
             segment=segment,

@@ -13,6 +13,16 @@ iterations, best of 10 by inertia) and the buffer is dropped.  (2) Then sequenti
 (MacQueen) k-means: the nearest centre moves towards the point by ``1 / count``, or by
 ``max_step`` when that is larger, so mature centres can follow slow drift.  (3) ``refit``
 replaces centres, counts and scaler statistics with a batch k-means over a whole table.
+A model that has centres keeps their ids: Lloyd iterations warm-started from the old
+centres win unless the fresh k-means is more than ``WARM_SLACK`` better in inertia, and
+fresh centres are matched to the old ones (:func:`~models.learn.segment_names.align`), so
+a customer's segment changes only when the customer (or the population) does.
+
+Names (:meth:`SegmentModel.segment_names`) come from the rule table of
+:mod:`models.learn.segment_names`: each centre is placed among the customers of the last
+warm-up or refit (their quintile cuts, kept in the snapshot as ``reference``), a name is
+used only when its predicate holds, and the names fixed at the last refit (``names``) are
+kept while they still hold within a small slack.
 
 Deterministic: features are visited in ``FEATURES`` order, ties go to the lowest centre
 index and no set/hash ordering is used, so results do not depend on ``PYTHONHASHSEED``.
@@ -37,8 +47,9 @@ True
 True
 >>> SegmentModel.from_dict(snapshot).predict_one(customer) == segment
 True
->>> sorted(model.segment_names().values())
-['At risk', 'Champions', 'Hibernating', 'Loyal', 'New customers']
+>>> names = model.segment_names()
+>>> sorted(names) == list(range(5)) and set(names.values()) <= set(SEGMENT_NAMES)
+True
 >>> SegmentModel().predict_one(customer)  # no centres yet: always 0
 0
 """
@@ -46,37 +57,28 @@ True
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 
 import numpy as np
 import numpy.typing as npt
 from river import base
 
-from models.learn.kmeans import kmeans
+from models.learn.kmeans import TOL, _lloyd, kmeans, sq_dists
+from models.learn.segment_names import FEATURES, SEGMENT_NAMES, Reference, align, name_centres
 
-__all__ = ["FEATURES", "SEGMENT_NAMES", "SegmentModel"]
+__all__ = ["FEATURES", "SEGMENT_NAMES", "SegmentModel", "name_churn"]
 
-FEATURES: tuple[str, ...] = ("recency_days", "frequency", "monetary")
 FORMAT_VERSION = 1
 _SD_FLOOR = 1e-6  # smallest standard deviation used for a feature (log units)
+_DISTANCE_SD_FLOOR = 0.1  # the same for distance_one (log units: about 10%)
 _WARMUP_N_INIT = 10
 _WARMUP_MAX_ITER = 100
+#: a refit keeps the warm start from the old centres unless a fresh k-means is this much
+#: better (relative inertia): stability over a marginally lower objective
+WARM_SLACK = 0.02
 
 FloatArray = npt.NDArray[np.float64]
-
-
-# Greedy naming priority (see ``SegmentModel.segment_names``): name -> score(rz, fz, mz).
-_SCORES: dict[str, Callable[[float, float, float], float]] = {
-    "Champions": lambda r, f, m: -r + f + m,
-    "At risk": lambda r, f, m: r + f + m,
-    "New customers": lambda r, f, m: -r - f,
-    "Hibernating": lambda r, f, m: r - f - m,
-    "Loyal": lambda r, f, m: f - abs(r),
-    "Big spenders": lambda r, f, m: m - f,
-    "Needs attention": lambda r, f, m: 0.0,  # whatever is left
-}
-SEGMENT_NAMES: tuple[str, ...] = tuple(_SCORES)
 
 
 class SegmentModel(base.Clusterer):
@@ -124,6 +126,8 @@ class SegmentModel(base.Clusterer):
         self._centres: list[list[float]] = []  # log space
         self._counts: list[int] = []
         self._buffer: list[list[float]] = []  # log space, warm-up only
+        self._reference: Reference | None = None  # customers' quintiles at the last fit
+        self._names: list[str] | None = None  # names fixed at the last fit
 
     @staticmethod
     def _log(x: Mapping[str, float]) -> list[float]:
@@ -155,12 +159,34 @@ class SegmentModel(base.Clusterer):
         return best
 
     def _fit_batch(self, z_log: FloatArray, n_init: int, max_iter: int) -> None:
+        """Batch k-means; new centres take the ids of the old ones they match, names are
+        fixed from the rule table (keeping the matched old names while they hold)."""
+        old = self._centres
+        previous = self.segment_names() if old else {}
         mean = np.asarray(self._mean, dtype=np.float64)
         sd = np.asarray(self._sd(), dtype=np.float64)
-        centres, labels = kmeans((z_log - mean) / sd, self.n_clusters, self.seed, n_init, max_iter)
-        self._centres = (centres * sd + mean).tolist()
-        self._counts = np.bincount(labels, minlength=self.n_clusters).tolist()
+        x = (z_log - mean) / sd
+        centres, labels = kmeans(x, self.n_clusters, self.seed, n_init, max_iter)
+        order = list(range(self.n_clusters))
+        if len(old) == self.n_clusters:  # warm start from the old centres: kept if near-best
+            warm, warm_inertia = _lloyd(x, (np.asarray(old) - mean) / sd, max_iter,
+                                        TOL * float(x.var(axis=0).mean()))
+            inertia = float(sq_dists(x, centres).min(axis=1).sum())
+            if warm_inertia <= (1.0 + WARM_SLACK) * inertia:
+                centres, labels = warm, np.argmin(sq_dists(x, warm), axis=1)
+            else:
+                order = align(np.asarray(old), centres * sd + mean, sd)
+        counts = np.bincount(labels, minlength=self.n_clusters)
+        centres = centres * sd + mean
+        self._centres = centres[order].tolist()
+        self._counts = counts[order].tolist()
         self._buffer = []
+        self._reference = Reference.from_log(z_log)
+        self._names = name_centres(
+            self._raw_centres(), self._reference, [previous.get(j) for j in range(len(order))])
+
+    def _raw_centres(self) -> list[list[float]]:
+        return [[math.expm1(v) for v in c] for c in self._centres]
 
     def learn_one(self, x: dict[str, float]) -> None:  # type: ignore[override]
         """Update the scaler, then the warm-up buffer or the nearest centre."""
@@ -193,12 +219,28 @@ class SegmentModel(base.Clusterer):
             return 0
         return self._nearest(z)
 
+    def distance_one(self, x: Mapping[str, float]) -> float:
+        """Distance to the nearest centre (pure; 0.0 before ready), in the log sds of the
+        customers at the last warm-up or refit (:attr:`reference`), not the running ones: a
+        drift signal must not rescale itself with the drift (models.learn.drift)."""
+        z = self._log(x)
+        if not self._centres:
+            return 0.0
+        c = self._centres[self._nearest(z)]
+        # a feature all but constant at that fit (every customer bought once) would make
+        # any move in it enormous: its sd counts as at least _DISTANCE_SD_FLOOR
+        sd = [max(v, _DISTANCE_SD_FLOOR) for v in self.reference.sd]
+        return math.sqrt(sum(((a - b) / s) ** 2 for a, b, s in zip(z, c, sd, strict=True)))
+
     def refit(
         self, rows: Sequence[Mapping[str, float]], n_init: int = 10, max_iter: int = 100
     ) -> None:
         """Batch k-means over ``rows``, replacing centres, counts and scaler statistics.
 
-        Deterministic for given rows and ``seed``.  Drops any warm-up buffer.
+        Deterministic for given rows, ``seed`` and previous centres: when the model has
+        centres, new centre ``j`` is the one matched to old centre ``j``
+        (:func:`~models.learn.segment_names.align`), so ids and names carry over.  Drops
+        any warm-up buffer.
         """
         if len(rows) < self.n_clusters:
             raise ValueError(f"refit needs at least {self.n_clusters} rows, got {len(rows)}")
@@ -223,24 +265,23 @@ class SegmentModel(base.Clusterer):
         """
         return tuple(self._standardise(self._log(x)))
 
-    def segment_names(self) -> dict[int, str]:
-        """Human names from the ranks of the standardised centres; {} before ready.
+    @property
+    def reference(self) -> Reference:
+        """The customers' quintile cuts the names are judged against: those of the last
+        warm-up or refit, or (a snapshot from before they were kept) a normal approximation
+        from the scaler."""
+        if self._reference is not None:
+            return self._reference
+        return Reference.from_scaler(self._mean, self._sd())
 
-        Names are taken in ``SEGMENT_NAMES`` priority order (the first ``n_clusters``);
-        each goes to the unnamed centre with the highest score, ties to the lowest id.
-        """
-        zc = [self._standardise(c) for c in self._centres]
-        names: dict[int, str] = {}
-        for name in SEGMENT_NAMES[: len(zc)]:
-            best, best_score = -1, -math.inf
-            for j, (rz, fz, mz) in enumerate(zc):
-                if j in names:
-                    continue
-                score = _SCORES[name](rz, fz, mz)
-                if best < 0 or score > best_score:
-                    best, best_score = j, score
-            names[best] = name
-        return dict(sorted(names.items()))
+    def segment_names(self) -> dict[int, str]:
+        """Name of each centre id by :func:`~models.learn.segment_names.name_centres` (the
+        names fixed at the last fit are kept while they hold); {} before ready.  Names may
+        repeat; a name whose predicate holds for no centre is not used."""
+        if not self._centres:
+            return {}
+        names = name_centres(self._raw_centres(), self.reference, self._names)
+        return dict(enumerate(names))
 
     def describe(self) -> list[dict[str, object]]:
         """Per centre: id, name, count and the centre in original units."""
@@ -270,6 +311,8 @@ class SegmentModel(base.Clusterer):
             "centres": [list(c) for c in self._centres],
             "counts": list(self._counts),
             "buffer": [list(z) for z in self._buffer],
+            "reference": None if self._reference is None else self._reference.to_dict(),
+            "names": None if self._names is None else list(self._names),
         }
 
     @classmethod
@@ -292,11 +335,46 @@ class SegmentModel(base.Clusterer):
         model._centres = [_vector(c) for c in _list(d["centres"])]
         model._counts = [_int(c) for c in _list(d["counts"])]
         model._buffer = [_vector(z) for z in _list(d["buffer"])]
+        reference, names = d.get("reference"), d.get("names")  # absent in older snapshots
+        if isinstance(reference, Mapping):
+            model._reference = Reference.from_dict(reference)
+        if names is not None:
+            model._names = [str(n) for n in _list(names)]
         if len(model._centres) not in (0, model.n_clusters):
             raise ValueError(f"snapshot has {len(model._centres)} centres")
         if len(model._counts) != len(model._centres) or (model._centres and model._buffer):
             raise ValueError("inconsistent snapshot: counts/centres/buffer")
+        if model._names is not None and len(model._names) != len(model._centres):
+            raise ValueError("inconsistent snapshot: names/centres")
         return model
+
+
+def name_churn(model: SegmentModel, rows: Sequence[dict[str, float]],
+               new_rows: Sequence[dict[str, float]], seed: int | None = None) -> float:
+    """Share of customers whose segment name changes at a refit: ``rows`` named by
+    ``model`` as it is, against ``new_rows`` (the same customers, in the same order) named
+    by a copy refitted on them, optionally with another ``seed``.  ``model`` is not
+    changed.  A measurement for tests: with no new purchases (recency grown by some days,
+    or another seed) it should stay small.
+
+    >>> model = SegmentModel(n_clusters=5)
+    >>> rows = [{"recency_days": float(d), "frequency": float(1 + d % 7),
+    ...          "monetary": float(10 + d % 13)} for d in range(300)]
+    >>> model.refit(rows)
+    >>> name_churn(model, rows, rows, seed=1)
+    0.0
+    """
+    if len(rows) != len(new_rows):
+        raise ValueError("rows and new_rows must be the same customers")
+    names = model.segment_names()
+    before = [names[model.predict_one(r)] for r in rows]
+    after = SegmentModel.from_dict(model.to_dict())
+    if seed is not None:
+        after.seed = seed
+    after.refit(new_rows)
+    names = after.segment_names()
+    changed = sum(b != names[after.predict_one(r)] for b, r in zip(before, new_rows, strict=True))
+    return changed / len(rows) if rows else 0.0
 
 
 def _list(v: object) -> list[object]:

@@ -78,10 +78,17 @@ def test_show_prints_the_analysis_in_plain_rows(
     assert rows["analysis model"] == MODEL
     assert rows["analysis source"] == "bedrock"
     assert rows["analysis at"].startswith("2026-11-30")
+    # value, churn risk and timing, in words and dollars (CDNOW is USD)
+    assert rows["customer value (12 months)"].startswith("$") and "80% range $" in rows[
+        "customer value (12 months)"]
+    assert rows["churn risk"].split(":")[0] in ("low", "medium", "high")
+    assert rows["no purchase in 90 days"].endswith("% likely")
+    assert "next order likely by" in rows and rows["models last refitted because"] != "-"
 
     assert cli.main(["show", cid, "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["analysis"]["narrative"] == ANALYSIS["narrative"]
+    assert shown["churn_band"] == shown["churn"]["band"] and shown["clv"] == shown["value"]["clv"]
 
     assert cli.main(["segments"]) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -140,7 +140,8 @@ async def plan(config: BatchConfig, enricher: Enricher, states: Sequence[Custome
     by_id = {p.customer_id: p for p in predictions}
     ref = enricher.reference_order_value()
     inputs = {s.customer_id: build_input(s, by_id.get(s.customer_id), as_of_ts=as_of,
-                                         key=enricher.key, reference_order_value=ref)
+                                         key=enricher.key, reference_order_value=ref,
+                                         rates=enricher.rates)
               for s in states}
     out = Plan()
     refused = [cid for cid, x in inputs.items() if not enricher._consented(x)]

@@ -7,6 +7,7 @@ import asyncio
 import doctest
 import json
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -99,3 +100,41 @@ async def _keys_first() -> None:
         assert r.status_code == 400
         r = await client.get("/health")  # no key needed; the "client" fails
         assert (r.status_code, r.json()["status"]) == (503, "unavailable")
+
+
+def test_the_prediction_carries_value_churn_and_timing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from consumers.stores.predictions import prediction_from_item, prediction_to_item
+    from tests.unit.caa.cli.test_show import prediction
+
+    item = prediction_from_item(prediction_to_item(prediction("00042")))
+
+    class Store:
+        def __init__(self, _db: object, _table: str) -> None:
+            pass
+
+        async def get(self, cid: str) -> dict[str, object] | None:
+            return item if cid == "00042" else None
+
+    monkeypatch.setattr(api, "PredictionStore", Store)
+    spec = api.create_app(Settings()).openapi()["components"]["schemas"]
+    assert {"clv", "churn_band", "value", "churn", "timing", "expected_purchases_90d_interval",
+            "refit_reason"} <= set(spec["Prediction"]["properties"])
+    assert {"Value", "Churn", "Timing"} <= set(spec)
+
+    async def get() -> dict[str, Any]:
+        app = api.create_app(Settings(api_keys=["k"]))
+        app.state.caa.db = "no client"  # as if started: the store is the stand-in above
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            missing = await client.get("/customers/nobody/prediction", headers={"x-api-key": "k"})
+            assert missing.status_code == 404
+            r = await client.get("/customers/00042/prediction", headers={"x-api-key": "k"})
+            assert r.status_code == 200
+            return dict(r.json())
+
+    body = asyncio.run(get())
+    assert (body["clv"], body["churn_band"], body["refit_reason"]) == (
+        123.456, "medium", "drift: order values moved")
+    assert body["value"]["clv_high"] == 210.0 and body["churn"]["p_no_purchase_90d"] == 0.68
+    assert body["timing"]["next_order_50"] == "2024-06-14"
+    assert body["expected_purchases_90d_interval"] == [0.0, 3.0]

@@ -34,7 +34,7 @@ def test_every_command_and_option_has_help() -> None:
     root = typer.main.get_command(cli.app())
     found = _commands(root)
     names = {" ".join(p) for p, _ in found}
-    for expected in ("run", "setup", "publish", "consume", "show", "segments", "costs",
+    for expected in ("run", "setup", "publish", "consume", "show", "segments", "audience", "costs",
                      "history", "analyze", "analyzer", "erase", "watch", "batch", "replay",
                      "evaluate", "report", "serve", "emulator start", "emulator stop",
                      "emulator status", "dlq list", "dlq redrive", "kcl properties", "kcl run"):
