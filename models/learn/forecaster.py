@@ -92,8 +92,22 @@ def _day_date(day: float) -> date:
     return _EPOCH + timedelta(days=round(day))
 
 
+def interval_confidence(interval: tuple[float, float]) -> float:
+    """The prediction's confidence from the 80% interval of its purchases in the next 90
+    days (the model's predictive count distribution): ``1 / (1 + width)``, so 1.0 when the
+    model all but knows the count (the interval is one number), 0.5 when it spans two
+    counts, and lower as the outcome spreads.
+
+    >>> [interval_confidence(i) for i in ((0.0, 0.0), (0.0, 1.0), (1.0, 4.0))]
+    [1.0, 0.5, 0.25]
+    """
+    return round(1.0 / (1.0 + interval[1] - interval[0]), 3)
+
+
 def data_quality(n_days: int, tenure_days: int) -> tuple[Grade, str, float]:
-    """Grade, a reason a person can read, and a confidence in [0, 1] for a history."""
+    """Grade, a reason a person can read, and a confidence in [0, 1] for a history (the
+    prediction's confidence only before a purchase gives it an interval:
+    :func:`interval_confidence`)."""
     history = 1.0 - math.exp(-(n_days - 1) / 3.0)
     span = min(1.0, tenure_days / 180.0)
     confidence = round(0.15 + 0.8 * history * (0.5 + 0.5 * span), 3)
@@ -211,7 +225,9 @@ class Forecaster:
                 last_day=state.last_day, as_of_day=as_of_day, config=self.outlook)
             extra = {"value": o.value, "churn": o.churn, "timing": o.timing,
                      "clv": o.value.clv, "churn_band": o.churn.band,
-                     "expected_purchases_90d_interval": o.interval_90d}
+                     "expected_purchases_90d_interval": o.interval_90d,
+                     "confidence": interval_confidence(o.interval_90d)}
+        extra.setdefault("confidence", confidence)  # no purchase yet: the history's
         return Prediction(
             **extra,
             refit_reason=self.refit_reason,
@@ -224,7 +240,6 @@ class Forecaster:
             next_purchases=nexts[: self.max_items],
             alerts=alerts[: self.max_items],
             recommendations=self._recommend(state, nexts),
-            confidence=confidence,
             data_quality=grade,
             data_quality_reason=reason,
             purchases=state.purchases,
