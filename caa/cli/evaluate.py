@@ -5,7 +5,9 @@
    published to a stream of the evaluation's own (``<stream>-eval-<run>``, tables
    ``<prefix>eval-<run>-*``) and consumed by the real :class:`consumers.sources.worker.Worker` until
    idle. Its periodic refit is off (``refit_interval_s=0``: a refit at a wall-clock moment
-   would make the result depend on the machine's speed) and the analyzer is statistical.
+   would make the result depend on the machine's speed), so is the drift-triggered one
+   (``drift_delta=0``: it runs beside the consumption, at a moment that depends on timing)
+   and the analyzer is statistical.
 2. The final refit runs as of the cut-off, passed explicitly (the Worker's own would be as of
    the last event, which on a slice can be days earlier); it rewrites every prediction.
 3. States, predictions and both models are read back from DynamoDB. Our expected holdout
@@ -13,7 +15,12 @@
    (``CAA_FORECAST_MODEL``: BG/NBD or Pareto/NBD) and each customer's stored state; every
    stored prediction is checked to be as of the cut-off and made by those parameters.
 4. :mod:`models.learn.evaluation` scores ours and the batch anchors on the same customers, and the
-   segments; the evaluation's stream and tables are deleted (``--keep`` keeps them).
+   segments; :mod:`models.learn.value_evaluation` the holdout spend (ours: the purchase model
+   x a Gamma-Gamma fitted here on the calibration repeaters; lifetimes': its fitter of the
+   same model x its ``GammaGammaFitter``), the churn calibration (P(no holdout purchase):
+   Brier score, reliability table) and the share of segment names that change when the
+   final segment model is refitted ``NAME_CHANGE_DAYS`` days later without a purchase. The
+   evaluation's stream and tables are deleted (``--keep`` keeps them).
 
 Like ``caa run`` it starts (or reuses) the local emulator, unless ``AWS_ENDPOINT_URL`` is set
 or ``CAA_LOCAL_EMULATOR=never``. Needs the dev dependencies (lifetimes, pandas,
@@ -51,6 +58,8 @@ if TYPE_CHECKING:  # the pipeline is imported when the command runs, not with th
     from models.state import CustomerState
 
 err = Console(stderr=True)
+#: the refit "without purchases": every customer's recency grown by this many days
+NAME_CHANGE_DAYS = 30.0
 
 
 class EvaluationError(CaaError):
@@ -132,6 +141,7 @@ def score(run: Replay, events: list[PurchaseEvent], holdout: Holdout
     :class:`EvaluationError` on inconsistent data)."""
     from models.features import rfm
     from models.learn import evaluation as ev
+    from models.learn import value_evaluation as vev
     from models.learn.forecaster import model_name
     from models.learn.segmentation import SEGMENT_NAMES
 
@@ -172,6 +182,14 @@ def score(run: Replay, events: list[PurchaseEvent], holdout: Holdout
         streaming_ari=ev.adjusted_rand(unrefitted, [int(g["id"]) for g in stored]),
         sizes=dict(sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0]))),
     )
+    spend = vev.spend_summary(
+        ((e.customer_id, e.occurred_at.date(), float(e.total)) for e in events), holdout)
+    if spend.customer_ids != ids or spend.holdout_purchases.tolist() != actual.tolist():
+        raise EvaluationError("the spend summary's customers or holdout purchases are not "
+                              "lifetimes' calibration summary's")
+    value = vev.evaluate_value(run.params, spend, float(holdout.weeks),
+                               lifetimes_expected=getattr(anchors, forecast_model))
+    name_change = vev.name_change_share(run.segments, features, NAME_CHANGE_DAYS)
     variants = [run.predictions[c].get("variant") for c in ids]
     models: dict[str, Sequence[float] | ev.FloatArray] = {
         "ours": ours, "bgnbd": anchors.bgnbd, "pareto_nbd": anchors.pareto_nbd,
@@ -188,6 +206,9 @@ def score(run: Replay, events: list[PurchaseEvent], holdout: Holdout
         "naive": ev.score(anchors.naive, actual).as_dict(),
         "total_actual": int(actual.sum()),
         "segments": segments.as_dict(),
+        "value": {k: v for k, v in value.as_dict().items() if k != "churn"},
+        "churn": value.churn.as_dict(),
+        "segment_name_change": {"recency_days_added": NAME_CHANGE_DAYS, "share": name_change},
         "customers": len(ids),
         "calibration_end": holdout.calibration_end.isoformat(),
         "holdout_end": holdout.end.isoformat(),
@@ -209,7 +230,7 @@ def evaluation_resources(settings: Settings, aws: Aws, keep: bool) -> Iterator[S
     s = settings.model_copy(update={
         "stream_name": f"{settings.stream_name}-eval-{run}",
         "table_prefix": f"{settings.table_prefix}eval-{run}-",
-        "refit_interval_s": 0.0, "analyzer": "statistical"})
+        "refit_interval_s": 0.0, "drift_delta": 0.0, "analyzer": "statistical"})
     kinesis, dynamodb = aws.client("kinesis"), aws.client("dynamodb")
     ensure_resources(s, kinesis, dynamodb)
     try:
@@ -284,12 +305,37 @@ def print_report(out: dict[str, Any]) -> None:
         ("refit churn: changed by the final refit alone", _fmt(g["refit_churn"])),
         ("ARI streaming model at the cut-off vs refit", _fmt(g["streaming_ari"])),
         *((f"segment: {name}", f"{n:,}") for name, n in g["sizes"].items())])
+    print_value(out)
     if "by_variant" in out:
         columns = ("variant", "customers", "MAE", "AUC", "predicted", "actual")
         output.table("by A/B variant (ours; anchors in --json)", columns, [
             (name, f"{v['customers']:,}", _fmt(v["ours"]["mae"]), _fmt(v["ours"]["auc"]),
              _fmt(v["ours"]["total_predicted"], 0), _fmt(v["total_actual"], 0))
             for name, v in out["by_variant"].items()], right=set(columns[1:]))
+
+
+def print_value(out: dict[str, Any]) -> None:
+    """The holdout spend, churn calibration and name-change sections of the report."""
+    v, c = out["value"], out["churn"]
+    model = {"bgnbd": "BG/NBD", "pareto_nbd": "Pareto/NBD"}.get(out.get("forecast_model", ""), "")
+    columns = ("model", "MAE", "RMSE", "Pearson", "total predicted")
+    output.table(
+        f"customer value (holdout spend, ${v['total_actual']:,.0f} actual)", columns,
+        [(label, _fmt(v[k]["mae"]), _fmt(v[k]["rmse"]), _fmt(v[k]["pearson"]),
+          _fmt(v[k]["total_predicted"], 0))
+         for k, label in (("ours", f"ours (Gamma-Gamma x {model})"),
+                          ("lifetimes", f"lifetimes (Gamma-Gamma x {model})"))],
+        right=set(columns[1:]),
+        caption=f"monetary-frequency correlation {_fmt(v['monetary_frequency_correlation'])}")
+    header = ("P(no purchase)", "customers", "mean predicted", "observed")
+    output.table(
+        f"churn calibration: P(no purchase in the holdout), Brier {_fmt(c['brier'])} "
+        f"(constant {_fmt(c['base_rate'], 3)}: {_fmt(c['brier_constant'])})", header,
+        [(f"{b['lower']:.1f}-{b['upper']:.1f}", f"{b['n']:,}", _fmt(b["mean_predicted"], 3),
+          _fmt(b["observed"], 3)) for b in c["reliability"]], right=set(header[1:]))
+    g = out["segment_name_change"]
+    output.pairs("segment names at a refit without purchases", [
+        (f"changed with recency + {g['recency_days_added']:g} days", _fmt(g["share"]))])
 
 
 def run_evaluation(settings: Settings, calibration_end: date, holdout_weeks: int,

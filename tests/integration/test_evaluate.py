@@ -99,7 +99,8 @@ def test_evaluate_json_on_a_cdnow_slice(fresh_settings: Callable[..., Settings],
     assert 0 <= seg["stability"] <= 1 and 0 <= seg["refit_churn"] <= 1
     assert -1 <= seg["streaming_ari"] <= 1
     assert sum(seg["sizes"].values()) == len(customers)
-    assert set(seg["sizes"]) <= set(SEGMENT_NAMES) and len(seg["sizes"]) == settings.n_segments
+    assert set(seg["sizes"]) <= set(SEGMENT_NAMES) and len(seg["sizes"]) <= settings.n_segments
+    assert_value_sections(out, len(customers))
     # the evaluation's own stream and tables are gone; the test's own are untouched
     aws = Aws(settings)
     eval_prefix = f"{settings.table_prefix}eval-"
@@ -110,6 +111,18 @@ def test_evaluate_json_on_a_cdnow_slice(fresh_settings: Callable[..., Settings],
     streams = [n for page in aws.client("kinesis").get_paginator("list_streams").paginate()
                for n in page["StreamNames"]]
     assert not [s for s in streams if s.startswith(f"{settings.stream_name}-eval-")]
+
+
+def assert_value_sections(out: dict[str, Any], customers: int) -> None:
+    """Holdout spend (ours vs lifetimes' Gamma-Gamma), churn calibration, name change."""
+    value, churn = out["value"], out["churn"]
+    for name in ("ours", "lifetimes"):
+        assert value[name]["non_finite"] == 0 and 0 < value[name]["mae"] <= value[name]["rmse"]
+        assert 0.5 < value[name]["total_predicted"] / value["total_actual"] < 2
+    assert value["ours"]["mae"] == pytest.approx(value["lifetimes"]["mae"], rel=2e-2)
+    assert 0 <= churn["brier"] < churn["brier_constant"] <= 0.25
+    assert sum(b["n"] for b in churn["reliability"]) == customers
+    assert 0 <= out["segment_name_change"]["share"] <= 1
 
 
 def assert_ours_is_the_anchor(out: dict[str, Any], model: str) -> None:
@@ -162,6 +175,7 @@ def test_segments_do_not_depend_on_the_hash_seed(fresh_settings: Callable[..., S
         outs.append(json.loads(stdout))
     a, b = outs
     assert a["segments"] == b["segments"]
+    assert a["segment_name_change"] == b["segment_name_change"]
     assert a["segments"]["stability_customers"] > 0
     assert a["customers"] == b["customers"] and a["total_actual"] == b["total_actual"]
     assert a["ours"] == pytest.approx(b["ours"], rel=1e-9)
