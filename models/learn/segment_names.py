@@ -20,7 +20,9 @@ Needs attention    anything else (the middle: no rule above holds)
 =================  ======================================================================
 
 "recent" is relative: recency below q20 means the centre bought more recently than 80%
-of customers; "lapsed" (recency >= q60) means longer ago than 60% of them.  A name whose
+of customers; "lapsed" (recency >= q60) means longer ago than 60% of them, or (whatever the
+others did: a base that all bought long ago, like CDNOW at the end of its log) no purchase
+for ``LAPSED_DAYS`` (a year). Every "not lapsed" name also needs recency under a year.  A name whose
 predicate holds for no centre is simply not used, and one name may go to several
 centres.  The rules are tried in the table's order; the first that holds wins.
 
@@ -55,8 +57,9 @@ import numpy as np
 import numpy.typing as npt
 from scipy.optimize import linear_sum_assignment
 
-__all__ = ["FEATURES", "HYSTERESIS", "MERGE_DISTANCE", "ONE_TIME_MAX", "QUANTILES", "RULES",
-           "SEGMENT_NAMES", "Reference", "align", "changed_share", "name_centres", "satisfies"]
+__all__ = ["FEATURES", "HYSTERESIS", "LAPSED_DAYS", "MERGE_DISTANCE", "ONE_TIME_MAX",
+           "QUANTILES", "RULES", "SEGMENT_NAMES", "Reference", "align", "changed_share",
+           "name_centres", "satisfies"]
 
 #: the features, in this order everywhere (``SegmentModel`` takes them from here)
 FEATURES: tuple[str, ...] = ("recency_days", "frequency", "monetary")
@@ -64,6 +67,8 @@ FEATURES: tuple[str, ...] = ("recency_days", "frequency", "monetary")
 QUANTILES: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
 #: a centre with fewer purchase days than this bought on one day ("~1")
 ONE_TIME_MAX = 1.5
+#: lapsed whatever the other customers did: no purchase for a year (days)
+LAPSED_DAYS = 365.0
 #: centres closer than this (reference-standardised log1p units) share one name
 MERGE_DISTANCE = 0.25
 #: slack (reference sd, log1p units) that keeps a centre's previous name
@@ -74,14 +79,21 @@ _SD_FLOOR = 1e-6
 Cond = tuple[str, str, str | float]
 #: (name, conditions): a name's predicate is the OR of its rows' ANDs; order = precedence
 RULES: tuple[tuple[str, tuple[Cond, ...]], ...] = (
-    ("New customers", (("recency_days", "<", "q20"), ("frequency", "<", ONE_TIME_MAX))),
-    ("Champions", (("recency_days", "<", "q20"), ("frequency", ">", "q60"),
-                   ("monetary", ">", "q40"))),
-    ("Loyal", (("recency_days", "<", "q60"), ("frequency", ">", "q60"))),
-    ("Big spenders", (("recency_days", "<", "q60"), ("monetary", ">", "q80"))),
+    ("New customers", (("recency_days", "<", "q20"), ("recency_days", "<", LAPSED_DAYS),
+                       ("frequency", "<", ONE_TIME_MAX))),
+    ("Champions", (("recency_days", "<", "q20"), ("recency_days", "<", LAPSED_DAYS),
+                   ("frequency", ">", "q60"), ("monetary", ">", "q40"))),
+    ("Loyal", (("recency_days", "<", "q60"), ("recency_days", "<", LAPSED_DAYS),
+               ("frequency", ">", "q60"))),
+    ("Big spenders", (("recency_days", "<", "q60"), ("recency_days", "<", LAPSED_DAYS),
+                      ("monetary", ">", "q80"))),
     ("At risk", (("recency_days", ">=", "q60"), ("frequency", ">", "q60"))),
     ("At risk", (("recency_days", ">=", "q60"), ("monetary", ">", "q60"))),
+    ("At risk", (("recency_days", ">=", LAPSED_DAYS), ("frequency", ">", "q60"))),
+    ("At risk", (("recency_days", ">=", LAPSED_DAYS), ("monetary", ">", "q60"))),
     ("Hibernating", (("recency_days", ">=", "q60"), ("frequency", "<=", "q60"),
+                     ("monetary", "<=", "q60"))),
+    ("Hibernating", (("recency_days", ">=", LAPSED_DAYS), ("frequency", "<=", "q60"),
                      ("monetary", "<=", "q60"))),
     ("Needs attention", ()),
 )

@@ -18,6 +18,7 @@ import pytest
 
 from models.learn.segment_names import (
     HYSTERESIS,
+    LAPSED_DAYS,
     MERGE_DISTANCE,
     ONE_TIME_MAX,
     RULES,
@@ -260,22 +261,28 @@ def test_cdnow_names_mean_what_they_say(cdnow) -> None:
     assert names[int(np.argmax(frequency))] == "Champions"
     for j in (j for j, n in enumerate(names) if n == "Champions"):
         assert recency[j] < q_r[0] and frequency[j] > q_f[2] and value[j] > q_m[1]
-    # Big spenders: the highest order value of all centres not lapsed (recency < q60);
-    # also the highest overall on CDNOW.
-    not_lapsed = [j for j in range(6) if recency[j] < q_r[2]]
-    assert [names[j] for j in not_lapsed if value[j] == max(value[k] for k in not_lapsed)] \
-        == ["Big spenders"]
-    assert names[int(np.argmax(value))] == "Big spenders"
-    # At risk (if used): bought often or dear, but longer ago than 60% of customers
+    # lapsed: longer ago than 60% of customers, or a year whatever the others did
+    lapsed = [recency[j] >= q_r[2] or recency[j] >= LAPSED_DAYS for j in range(6)]
+    # Big spenders (if used): the highest order value of all centres not lapsed. On CDNOW
+    # the dearest centre last bought 430 days before the end of the log: lapsed, At risk.
+    for j in (j for j, n in enumerate(names) if n == "Big spenders"):
+        assert not lapsed[j] and value[j] == max(value[k] for k in range(6) if not lapsed[k])
+    dearest = int(np.argmax(value))
+    assert lapsed[dearest] and names[dearest] == "At risk"
+    # At risk (if used): bought often or dear, but lapsed
     for j in (j for j, n in enumerate(names) if n == "At risk"):
-        assert recency[j] >= q_r[2] and (frequency[j] > q_f[2] or value[j] > q_m[2])
+        assert lapsed[j] and (frequency[j] > q_f[2] or value[j] > q_m[2])
     # Hibernating: long ago, few, low; the cheapest centre here
     for j in (j for j, n in enumerate(names) if n == "Hibernating"):
-        assert recency[j] >= q_r[2] and frequency[j] <= q_f[2] and value[j] <= q_m[2]
+        assert lapsed[j] and frequency[j] <= q_f[2] and value[j] <= q_m[2]
     assert names[int(np.argmin(value))] == "Hibernating"
     # Loyal: frequent and not lapsed
     for j in (j for j, n in enumerate(names) if n == "Loyal"):
-        assert frequency[j] > q_f[2] and recency[j] < q_r[2]
+        assert frequency[j] > q_f[2] and not lapsed[j]
+    # nobody who last bought over a year ago is in a "not lapsed" segment
+    for j, name in enumerate(names):
+        if recency[j] >= LAPSED_DAYS:
+            assert name in ("At risk", "Hibernating", "Needs attention")
 
 
 def test_cdnow_names_are_stable_across_refits(cdnow) -> None:
