@@ -86,6 +86,7 @@ chaos: setup-dev
 bench: setup-dev
 	$(PY) bench/pipeline.py
 	$(PY) bench/analysis_policy.py
+	$(PY) bench/cost.py
 	$(PY) bench/replay.py
 	$(PY) bench/state_size.py
 	$(PY) bench/refit_lag.py
