@@ -256,8 +256,11 @@ async def refit(
         await registry.replace_segmenter(model)
     names = model.segment_names()
     sizes = Counter(names.get(s, f"segment {s}") for s in segments)
+    # by name (centres too alike to tell apart share one) and by centre id
     await registry.store.put(SIZES, {"version": registry.segments_version, "as_of": as_of,
-                                     "sizes": dict(sizes.most_common())})
+                                     "sizes": dict(sizes.most_common()),
+                                     "sizes_by_id": {str(k): v for k, v in
+                                                     sorted(Counter(segments).items())}})
     written = 0
     if rewrite:
         out = await rewrite_predictions(ordered, segments, names,

@@ -24,6 +24,7 @@ import json
 import math
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -266,10 +267,15 @@ async def segments(live: Live) -> Segments:
     if found is None:
         return Segments(version=0, currency=currency, segments=[])
     sizes: dict[str, Any] = sized[1].get("sizes", {}) if sized else {}
+    by_id: dict[str, Any] = sized[1].get("sizes_by_id", {}) if sized else {}
+    described = SegmentModel.from_dict(found[1]).describe()
+    shared = Counter(str(d["name"]) for d in described)
     rows = []
-    for d in SegmentModel.from_dict(found[1]).describe():
-        name = str(d["name"])
-        rows.append(Segment(id=int(str(d["id"])), name=name, customers=int(sizes.get(name, 0)),
+    for d in described:
+        name, ident = str(d["name"]), int(str(d["id"]))
+        # per centre; sizes kept only by name count for a name one centre has
+        n = by_id.get(str(ident), sizes.get(name, 0) if shared[name] == 1 else 0)
+        rows.append(Segment(id=ident, name=name, customers=int(n),
                             learned=int(str(d["count"])),
                             centre=Centre.model_validate(d["centre"])))
     return Segments(version=found[0], currency=currency, segments=rows)

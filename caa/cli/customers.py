@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
@@ -182,7 +183,12 @@ def segments(settings: Settings, aws: Aws, as_json: bool) -> int:
     version, body = found
     model = SegmentModel.from_dict(body)
     sizes: dict[str, int] = sized[1]["sizes"] if sized else {}
-    rows = [{**d, "customers": sizes.get(str(d["name"]), 0)} for d in model.describe()]
+    by_id: dict[str, int] = sized[1].get("sizes_by_id", {}) if sized else {}
+    described = model.describe()
+    shared = Counter(str(d["name"]) for d in described)  # centres too alike share a name
+    rows = [{**d, "customers": by_id.get(str(d["id"]), sizes.get(str(d["name"]), 0)
+                                         if shared[str(d["name"])] == 1 else 0)}
+            for d in described]
     currency = settings.reporting_currency  # the monetary feature's
     if as_json:
         output.print_json({"version": version, "currency": currency, "segments": rows})

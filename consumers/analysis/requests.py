@@ -307,7 +307,9 @@ class RequestAnalyzer:
         assert self.queue is not None
         stopped = asyncio.ensure_future(stop.wait())
         try:
-            while not stop.is_set():
+            # a stop signal reaches the enricher first (closing): receiving on would only
+            # hand messages back, each receive counting towards the dead-letter queue
+            while not stop.is_set() and not self.enricher.closing:
                 free = self.concurrency - len(self._tasks)
                 if free <= 0:
                     await asyncio.wait([stopped, *self._tasks],
@@ -323,7 +325,7 @@ class RequestAnalyzer:
                     self.counts["receive_failed"] += 1
                     await asyncio.wait([stopped], timeout=1.0)
                     continue
-                if stop.is_set():
+                if stop.is_set() or self.enricher.closing:
                     await asyncio.gather(*(self.queue.release(m["ReceiptHandle"])
                                            for m in messages))
                     break
