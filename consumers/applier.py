@@ -42,6 +42,8 @@ from consumers.core import (
     decode_batch,
     process_batch,
 )
+from consumers.gc_policy import DEFAULT as GC_POLICY
+from consumers.gc_policy import GcPolicy
 from consumers.hook import AnalysisHook, RequestSink
 from consumers.registry import ModelRegistry
 from consumers.stores.customers import CustomerStore
@@ -205,6 +207,9 @@ class BatchApplier:
         self.drift_reason: str | None = None
         self.drift_seen = asyncio.Event()
         self.on_drift: Callable[[str], Awaitable[None]] | None = None
+        #: run after each applied batch (None: CPython's own collections): freezes what
+        #: survived the batch, so full collections stop re-walking the cached states
+        self.gc_policy: GcPolicy | None = GC_POLICY
 
     async def _load(self, ids: Iterable[str]) -> dict[str, CustomerState]:
         states, missing = self.cache.get_many(ids)
@@ -322,4 +327,6 @@ class BatchApplier:
         t.rejected += result.counts["rejected"]
         t.write_rejected += sum(d.kind == WRITE_REJECTED for d in result.dead_letters)
         t.predictions += len(result.predictions)
+        if self.gc_policy is not None:  # issue 17: see consumers.gc_policy
+            self.gc_policy.after_batch()
         return result
