@@ -87,6 +87,7 @@ bench: setup-dev
 	$(PY) bench/pipeline.py
 	$(PY) bench/analysis_policy.py
 	$(PY) bench/cost.py
+	$(PY) bench/core_cpu.py
 	$(PY) bench/replay.py
 	$(PY) bench/state_size.py
 	$(PY) bench/refit_lag.py
