@@ -283,6 +283,11 @@ async def refit(
     )
 
 
+#: the reason of the refit a bounded run ends with (``caa consume --until-idle``, a direct
+#: backfill), the same on both so that they give the same predictions
+FINAL_REFIT = "final: the run ended"
+
+
 @dataclass(frozen=True)
 class RefitSkipped:
     """A refit that did not run because another held the refit lock."""

@@ -32,6 +32,7 @@ from consumers.instrument.chaos import NO_CHAOS, Chaos
 from consumers.instrument.metrics import Metrics
 from consumers.progress import NO_PROGRESS, Progress
 from consumers.refit import (
+    FINAL_REFIT,
     REFIT_LOCK_TTL_S,
     RefitReport,
     RefitSkipped,
@@ -164,7 +165,7 @@ class Worker:
                 enricher=self.enricher,
                 active_days=self.config.analysis_active_days if schedule else 0,
                 requests=self.requests.queue if self.requests is not None else None,
-                reason=reason or ("schedule" if schedule else "final: the stream went idle"),
+                reason=reason or ("schedule" if schedule else FINAL_REFIT),
                 progress=progress), wait_s=wait_s)
         except LeaseLost as exc:
             outcome = RefitSkipped("", f"refit abandoned: {exc}")

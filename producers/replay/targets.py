@@ -40,6 +40,7 @@ from consumers.applier import BatchApplier
 from consumers.core import Rejected, StreamRecord
 from consumers.progress import NO_PROGRESS, Progress
 from consumers.refit import (
+    FINAL_REFIT,
     REFIT_LOCK_TTL_S,
     RefitReport,
     RefitSkipped,
@@ -320,7 +321,8 @@ class DirectTarget(Target):
 
         def run() -> Awaitable[RefitReport | None]:
             return refit(a.customers, self.predictions, a.registry, rewrite=True,
-                         enricher=a.enricher, active_days=0, progress=progress)
+                         enricher=a.enricher, active_days=0, reason=FINAL_REFIT,
+                         progress=progress)
 
         if self.lease is None:
             return await run()

@@ -93,13 +93,21 @@ def consume(s: Settings) -> Totals:
     return asyncio.run(go())
 
 
+def segment_agreement(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]]) -> float:
+    """Share of the customers of ``a`` whose segment name is the same in ``b``."""
+    return sum(p["segment"]["name"] == b[c]["segment"]["name"] for c, p in a.items()) / len(a)
+
+
 def comparable(p: dict[str, Any]) -> dict[str, Any]:
     """A prediction minus what legitimately differs between two equal histories:
     ``generated_at`` is the wall clock of the write; the segment model's version counts
     its compare-and-set saves, one per learning batch, so it depends on how the events
     were batched (stream batches vs grouped backfill batches), not on the model the
-    final refit installed (the centres, hence every segment id and name, are compared)."""
-    out = {k: v for k, v in p.items() if k != "generated_at"}
+    final refit installed. Likewise the segment: a refit warm-starts from the streaming
+    model's centres and keeps their ids and names (models.learn.segmentation: stable
+    across refits), and that model depends on the batching; callers compare segments
+    separately (:func:`segment_agreement`)."""
+    out = {k: v for k, v in p.items() if k not in ("generated_at", "segment")}
     out["model_versions"] = {k: v for k, v in p["model_versions"].items() if k != "segments"}
     return out
 

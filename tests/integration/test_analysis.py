@@ -136,7 +136,9 @@ def test_every_customer_is_analysed_and_no_prompt_carries_personal_data(
     ai_settings: Callable[..., Settings], bedrock_server: BedrockServer,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    s = ai_settings(consent_mode="opt_in")
+    # a debounce longer than the run: every analysis is still pending when the consuming
+    # ends, so the progress shows the "AI analyses" phase whatever the machine's speed
+    s = ai_settings(consent_mode="opt_in", analysis_debounce_s="600")
     assert s.bedrock_endpoint_url == bedrock_server.endpoint  # AWS_ENDPOINT_URL_BEDROCK_RUNTIME
     events = generate(customers=24, days=45, seed=11)
     out = run(s, events)
