@@ -95,7 +95,8 @@ def consume(s: Settings) -> Totals:
 
 def segment_agreement(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]]) -> float:
     """Share of the customers of ``a`` whose segment name is the same in ``b``."""
-    return sum(p["segment"]["name"] == b[c]["segment"]["name"] for c, p in a.items()) / len(a)
+    same = sum(1 for c, p in a.items() if p["segment"]["name"] == b[c]["segment"]["name"])
+    return same / len(a)
 
 
 def comparable(p: dict[str, Any]) -> dict[str, Any]:
