@@ -26,6 +26,7 @@ import itertools
 import math
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
 
 from models.features import WEEK_DAYS, bgnbd_inputs, gamma_gamma_inputs
 from models.item_stats import ItemStats
@@ -80,6 +81,15 @@ def purchase_forecast(params: ForecastParams, x: float, t_x: float, big_t: float
                        for h in horizons]
     return bgnbd.p_alive(params, x, t_x, big_t), [
         bgnbd.expected_purchases(params, h, x, t_x, big_t) for h in horizons]
+
+
+@lru_cache(maxsize=1 << 15)
+def _memo_forecast(params: ForecastParams, x: float, t_x: float, big_t: float,
+                   horizons: tuple[float, ...]) -> tuple[float, tuple[float, ...]]:
+    """:func:`purchase_forecast`, memoised (pure; ``params`` are frozen): a batch's buyers
+    share few histories (see :data:`models.learn.outlook.COUNT_CACHE_SIZE`)."""
+    alive, expected = purchase_forecast(params, x, t_x, big_t, horizons)
+    return alive, tuple(expected)
 
 
 def expected_purchases(params: ForecastParams, t: float, x: float, t_x: float, big_t: float
@@ -195,8 +205,8 @@ class Forecaster:
         tenure = as_of_day - state.first_day if state.purchase_days else 0
         grade, reason, confidence = data_quality(state.purchase_days, tenure)
         spend, unconverted = state.spend(rates)
-        alive, (e30, e90) = purchase_forecast(
-            self.params, x, t_x, big_t, [h / WEEK_DAYS for h in self.horizons_days])
+        alive, (e30, e90) = _memo_forecast(
+            self.params, x, t_x, big_t, tuple(h / WEEK_DAYS for h in self.horizons_days))
         nexts = [
             n
             for kind, table in (("product", state.products), ("category", state.categories))
