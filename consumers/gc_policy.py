@@ -26,8 +26,8 @@ last sweep, and at the latest every :attr:`GcPolicy.sweep_every` batches; the ga
 frozen is thus bounded by about a quarter of the live blocks, and in a steady state (a
 full cache) the sweeps are rare. (Not ``gc.get_freeze_count()``: it walks the whole
 permanent generation, 17 ms a batch with 120,000 frozen objects; the block count is kept
-by the allocator, 0.3 ms.) While the cache fills they cost a full collection at every quarter of growth (5 in
-the CDNOW replay, 2 in the synthetic one). In the core itself no cycle outlives its batch
+by the allocator, 0.3 ms.) While the cache fills they cost a full collection at every
+quarter of growth (7 in the CDNOW replay). In the core itself no cycle outlives its batch
 (a CDNOW replay leaves nothing for a final full collection): the sweeps are for what the
 adapters around it may leave.
 
