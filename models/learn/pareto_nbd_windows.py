@@ -114,7 +114,23 @@ def p_no_purchase(params: ParetoNbdParams, t: float, x: float, t_x: float, T: fl
     if t == 0.0:
         return 1.0
     p_a = p_alive(params, x, t_x, T) if alive is None else alive
-    return 1.0 - p_a * _buy_if_alive(params, t, x, T)
+    return 1.0 - p_a * _buy_if_alive_memo(params, t, x, T)
+
+
+#: ``(params, t, x, T)`` and ``(params, x, T)`` results kept by the memoised helpers below:
+#: what does not depend on ``t_x`` is shared by every history with the same ``x`` and ``T``
+#: (a third as many as the ``(x, t_x, T)`` histories in a CDNOW replay)
+_MEMO = 1 << 14
+
+
+@lru_cache(maxsize=_MEMO)
+def _buy_if_alive_memo(params: ParetoNbdParams, t: float, x: float, T: float) -> float:
+    return _buy_if_alive(params, t, x, T)
+
+
+@lru_cache(maxsize=_MEMO)
+def _pi_now(params: ParetoNbdParams, x: float, T: float) -> float:
+    return _pi(params.r + x, params.s, params.alpha + T, params.beta + T)
 
 
 def _mixture(params: ParetoNbdParams, x: float, T: float
@@ -210,15 +226,23 @@ def purchase_count_pmf(params: ParetoNbdParams, t: float, x: float, t_x: float, 
     if t == 0.0:
         return [1.0] + [0.0] * n_max
     p_a = p_alive(params, x, t_x, T) if alive is None else alive
+    out = p_a * _alive_pmf(params, t, x, T, n_max)
+    out[0] += 1.0 - p_a
+    pmf: list[float] = out.tolist()
+    return pmf
+
+
+@lru_cache(maxsize=_MEMO)
+def _alive_pmf(params: ParetoNbdParams, t: float, x: float, T: float, n_max: int
+               ) -> np.ndarray:
+    """``P(X(T, T+t) = k | alive at T)``, ``k <= n_max`` (read-only: memoised; it does not
+    depend on ``t_x``)."""
     mixture = _mixture(params, x, T)
     if mixture is None:
         if_alive = _alive_pmf_quadrature(params, t, x, T, n_max)
     else:
         if_alive = _alive_pmf_series(params, t, x, n_max, mixture)
-    out = p_a * if_alive
-    out[0] += 1.0 - p_a
-    pmf: list[float] = out.tolist()
-    return pmf
+    return _frozen(if_alive)[0]
 
 
 def _frozen(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -292,7 +316,7 @@ def next_order_quantile(params: ParetoNbdParams, q: float, x: float, t_x: float,
     if q == 0.0:
         return 0.0
     p_a = p_alive(params, x, t_x, T) if alive is None else alive
-    pi_now = _pi(params.r + x, params.s, params.alpha + T, params.beta + T)
+    pi_now = _pi_now(params, x, T)
     if q >= p_a * pi_now:  # also when p_alive underflows to 0
         return None
     target = q / p_a
