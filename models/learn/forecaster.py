@@ -27,6 +27,7 @@ import math
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
+from typing import Literal, NamedTuple
 
 from models.features import WEEK_DAYS, bgnbd_inputs, gamma_gamma_inputs
 from models.item_stats import ItemStats
@@ -131,6 +132,28 @@ def data_quality(n_days: int, tenure_days: int) -> tuple[Grade, str, float]:
     return "A", f"{what}: rich history", confidence
 
 
+class _Next(NamedTuple):
+    """A :class:`NextPurchase` as plain data, in the order shown: by expected date, then
+    confidence (highest first), kind and key."""
+
+    expected_date: date
+    neg_confidence: float
+    kind: Literal["product", "category"]
+    key: str
+    avg_days_between: float
+    purchases: int
+    confidence: float
+    status: Status
+
+    def order(self) -> tuple[date, float, str, str]:
+        return self[:4]
+
+    def model(self) -> NextPurchase:
+        return NextPurchase(kind=self.kind, key=self.key, expected_date=self.expected_date,
+                            avg_days_between=self.avg_days_between, purchases=self.purchases,
+                            confidence=self.confidence, status=self.status)
+
+
 class Forecaster:
     """Statistical predictions from a state and fitted population parameters."""
 
@@ -159,16 +182,18 @@ class Forecaster:
 
     def _next(
         self, kind: str, key: str, stats: ItemStats, as_of_day: int
-    ) -> NextPurchase | None:
+    ) -> _Next | None:
         """The mean gap is over all the item's distinct days (``day_count``), its spread
         (coefficient of variation) over the gaps between the days kept one by one (those
-        within the de-duplication horizon: all of them for most customers)."""
+        within the de-duplication horizon: all of them for most customers). Plain data:
+        :meth:`predict` builds :class:`NextPurchase` only for the ones it shows."""
         mean = stats.mean_gap
         if mean is None or stats.orders <= 0:
             return None
         n_gaps = stats.day_count - 1
-        gaps = [b - a for a, b in itertools.pairwise(stats.days)]
-        if n_gaps > 1 and mean > 0 and len(gaps) > 1:
+        days = stats.days
+        if n_gaps > 1 and mean > 0 and len(days) > 2:
+            gaps = [b - a for a, b in itertools.pairwise(days)]
             gap_mean = sum(gaps) / len(gaps)
             var = sum((g - gap_mean) ** 2 for g in gaps) / len(gaps)
             cv = math.sqrt(var) / gap_mean if gap_mean > 0 else 1.0
@@ -183,15 +208,9 @@ class Forecaster:
             status = "upcoming"
         else:
             status = "later"
-        return NextPurchase(
-            kind="product" if kind == "product" else "category",
-            key=key,
-            expected_date=_day_date(expected),
-            avg_days_between=round(mean, 2),
-            purchases=stats.day_count,
-            confidence=confidence,
-            status=status,
-        )
+        return _Next(_day_date(expected), -confidence,
+                     "product" if kind == "product" else "category", key,
+                     round(mean, 2), stats.day_count, confidence, status)
 
     def predict(
         self, state: CustomerState, segment: SegmentRef, as_of_ts: int, now: datetime,
@@ -213,7 +232,8 @@ class Forecaster:
             for key, stats in table.items()
             if (n := self._next(kind, key, stats, as_of_day)) is not None
         ]
-        nexts.sort(key=lambda n: (n.expected_date, -n.confidence, n.kind, n.key))
+        nexts.sort(key=_Next.order)
+        showing = [n.model() for n in nexts[: self.max_items]]
         alerts = [
             Alert(
                 kind="replenishment_due" if n.status == "due" else "replenishment_upcoming",
@@ -222,8 +242,10 @@ class Forecaster:
                 message=f"{n.kind} {n.key!r} is {n.status}: bought every "
                 f"{n.avg_days_between:g} days, next expected {n.expected_date}",
             )
-            for n in nexts
-            if n.kind == "product" and n.status != "later" and n.confidence >= 0.2
+            for n in itertools.islice(
+                (n for n in nexts
+                 if n.kind == "product" and n.status != "later" and n.confidence >= 0.2),
+                self.max_items)
         ]
         extra: dict[str, object] = {}
         if state.purchase_days:
@@ -247,8 +269,8 @@ class Forecaster:
             p_alive=round(alive, 4),
             expected_purchases_30d=round(e30, 4),
             expected_purchases_90d=round(e90, 4),
-            next_purchases=nexts[: self.max_items],
-            alerts=alerts[: self.max_items],
+            next_purchases=showing,
+            alerts=alerts,
             recommendations=self._recommend(state, nexts),
             data_quality=grade,
             data_quality_reason=reason,
@@ -267,7 +289,7 @@ class Forecaster:
         )
 
     def _recommend(
-        self, state: CustomerState, nexts: list[NextPurchase]
+        self, state: CustomerState, nexts: list[_Next]
     ) -> list[Recommendation]:
         recs = [
             Recommendation(
@@ -276,8 +298,9 @@ class Forecaster:
                 reason="replenishment_due" if n.status == "due" else "replenishment_upcoming",
                 score=n.confidence,
             )
-            for n in nexts
-            if n.kind == "product" and n.status != "later"
+            for n in itertools.islice(
+                (n for n in nexts if n.kind == "product" and n.status != "later"),
+                self.max_items)
         ]
         total = sum(max(0, c.orders) for c in state.categories.values()) or 1
         ranked = sorted(((k, v) for k, v in state.categories.items() if v.orders > 0),
