@@ -326,7 +326,9 @@ def next_order_quantile(params: ParetoNbdParams, q: float, x: float, t_x: float,
 
     lo, hi = 0.0, 1.0
     for _ in range(_MAX_DOUBLINGS):
-        if gap(hi) >= 0.0:
+        # the bracket's ends do not depend on q or t_x: memoised (the 50% and 80% dates,
+        # and every history with this x and T, share them)
+        if _buy_if_alive_memo(params, hi, x, T) - target >= 0.0:
             root: float = brentq(gap, lo, hi, xtol=1e-9, rtol=1e-12)
             return root
         lo, hi = hi, 2.0 * hi
