@@ -100,9 +100,25 @@ class ItemTable(dict[str, ItemStats]):
     def __init__(self, limit: int, items: dict[str, ItemStats] | None = None) -> None:
         super().__init__(items or {})
         self.limit = limit
+        #: keys whose entry this table shares with a clone or its original (copied before
+        #: :meth:`add`, :meth:`take_back` or :meth:`compact` changes it)
+        self._shared: set[str] = set()
 
     def clone(self) -> ItemTable:
-        return ItemTable(self.limit, {k: v.clone() for k, v in self.items()})
+        """An independent copy, copy-on-write: the two tables share their entries until
+        one of them changes one through its methods (the only way an entry changes)."""
+        twin = ItemTable(self.limit, self)
+        self._shared = set(self)
+        twin._shared = set(self._shared)
+        return twin
+
+    def _own(self, key: str, stats: ItemStats) -> ItemStats:
+        """``stats`` (the entry of ``key``), copied first if it is shared."""
+        if key in self._shared:
+            self._shared.discard(key)
+            stats = stats.clone()
+            dict.__setitem__(self, key, stats)
+        return stats
 
     def add(self, key: str, day: int, quantity: int, minor: int, currency: str,
             new_order: bool) -> None:
@@ -113,6 +129,9 @@ class ItemTable(dict[str, ItemStats]):
             if len(self) >= self.limit:
                 self.evict(1)
             stats = self[key] = ItemStats()
+            self._shared.discard(key)
+        else:
+            stats = self._own(key, stats)
         stats.quantity += quantity
         stats.spend[currency] = stats.spend.get(currency, 0) + minor
         if new_order:
@@ -130,17 +149,22 @@ class ItemTable(dict[str, ItemStats]):
             if len(self) >= self.limit:
                 self.evict(1)
             stats = self[key] = ItemStats()
+            self._shared.discard(key)
+        else:
+            stats = self._own(key, stats)
         stats.quantity -= quantity
         stats.spend[currency] = stats.spend.get(currency, 0) - minor
         if whole_order:
             stats.orders -= 1
 
     def compact(self, floor_day: int) -> None:
-        for stats in self.values():
-            stats.compact(floor_day)
+        for key, stats in list(self.items()):
+            if stats.days and stats.days[0] < floor_day:
+                self._own(key, stats).compact(floor_day)
 
     def evict(self, n: int) -> None:
         """Drop the ``n`` entries bought least recently."""
         ranked = sorted(self.items(), key=lambda kv: (kv[1].last_day, kv[1].orders, kv[0]))
         for key, _ in ranked[:n]:
             del self[key]
+            self._shared.discard(key)

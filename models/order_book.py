@@ -156,18 +156,29 @@ class OrderBook:
     orders: dict[int, OrderRecord] = field(default_factory=dict)
     events: dict[int, int] = field(default_factory=dict)  # digest -> epoch seconds
     base: Compacted = field(default_factory=Compacted)
+    #: orders whose record this book shares with a clone or its original (copied by
+    #: :meth:`order` before it can change)
+    _shared: set[int] = field(default_factory=set, repr=False, compare=False)
 
     def clone(self) -> OrderBook:
-        return OrderBook(
-            {k: OrderRecord(r.ts, r.placed, r.cancelled, r.currency, r.amount, r.refunded,
-                            r.quantity, r.channel) for k, r in self.orders.items()},
-            dict(self.events), self.base.clone())
+        """An independent copy, copy-on-write: the two books share their order records
+        until :meth:`order` hands one out to be changed (the only way a record changes), so
+        a clone costs two dict copies, not a record per order."""
+        self._shared = set(self.orders)
+        return OrderBook(dict(self.orders), dict(self.events), self.base.clone(),
+                         set(self._shared))
 
     def order(self, digest: int, ts: int) -> OrderRecord:
-        """The record of an order, created (not placed) at ``ts`` when unknown."""
+        """The record of an order (the caller may change it), created (not placed) at
+        ``ts`` when unknown."""
         rec = self.orders.get(digest)
         if rec is None:
             rec = self.orders[digest] = OrderRecord(ts)
+        elif digest in self._shared:
+            self._shared.discard(digest)
+            rec = self.orders[digest] = OrderRecord(rec.ts, rec.placed, rec.cancelled,
+                                                    rec.currency, rec.amount, rec.refunded,
+                                                    rec.quantity, rec.channel)
         return rec
 
     def beyond(self, ts: int) -> bool:
