@@ -1,0 +1,90 @@
+"""Copy-on-write clones (issue 17): a clone and its original share order records and item
+entries, and neither ever sees the other's changes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from models.events import CancellationEvent, LineItem, PurchaseEvent, RefundEvent, StreamEvent
+from models.order_book import ORDER_HORIZON
+from models.state import CustomerState
+
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+def purchase(i: int, day: int, product: str = "milk", order: int | None = None) -> PurchaseEvent:
+    return PurchaseEvent(
+        event_id=f"p{i}", order_id=f"o{i if order is None else order}", customer_id="c",
+        occurred_at=T0 + timedelta(days=day), currency="EUR",
+        items=[LineItem(product_id=product, category="cat-" + product, quantity=2,
+                        unit_price=Decimal("1.25"))],
+        total=Decimal("2.50"))
+
+
+def refund(i: int, order: int, day: int, product: str = "milk") -> RefundEvent:
+    return RefundEvent(type="refund", event_id=f"r{i}", order_id=f"o{order}", customer_id="c",
+                       occurred_at=T0 + timedelta(days=day), currency="EUR",
+                       amount=Decimal("1.25"),
+                       items=[LineItem(product_id=product, category="cat-" + product,
+                                       quantity=1, unit_price=Decimal("1.25"))])
+
+
+def cancel(i: int, order: int, day: int) -> CancellationEvent:
+    return CancellationEvent(type="cancellation", event_id=f"x{i}", order_id=f"o{order}",
+                             customer_id="c", occurred_at=T0 + timedelta(days=day))
+
+
+def folded(events: Sequence[StreamEvent]) -> CustomerState:
+    s = CustomerState.new("c")
+    for e in events:
+        s.apply(e)
+    return s
+
+
+def snapshot(s: CustomerState) -> tuple[object, ...]:
+    orders, events = s.book.pack()
+    return (s.to_json(), orders, events, s.comparable())
+
+
+history = [purchase(i, i, "milk" if i % 2 else "tea") for i in range(12)]
+follow_ups = st.lists(
+    st.one_of(
+        st.builds(lambda i, d, p: purchase(100 + i, 12 + d, p),
+                  st.integers(0, 50), st.integers(0, 30), st.sampled_from(["milk", "tea", "jam"])),
+        st.builds(lambda i, o, d: refund(i, o, 12 + d),
+                  st.integers(0, 50), st.integers(0, 11), st.integers(0, 30)),
+        st.builds(lambda i, o, d: cancel(i, o, 12 + d),
+                  st.integers(0, 50), st.integers(0, 11), st.integers(0, 30)),
+    ),
+    min_size=1, max_size=12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(follow_ups, follow_ups)
+def test_a_clone_and_its_original_change_independently(mine: list[StreamEvent],
+                                                       theirs: list[StreamEvent]) -> None:
+    original = folded(history)
+    twin = original.clone()
+    for e in mine:
+        twin.apply(e)
+    assert snapshot(original) == snapshot(folded(history))  # the clone's changes stay there
+    for e in theirs:
+        original.apply(e)
+    assert snapshot(twin) == snapshot(folded([*history, *mine]))  # and the original's too
+    assert snapshot(original) == snapshot(folded([*history, *theirs]))
+
+
+def test_compaction_of_a_clone_leaves_the_original_alone() -> None:
+    many = [purchase(i, i // 4, "milk") for i in range(ORDER_HORIZON + ORDER_HORIZON // 8)]
+    original = folded(many)
+    before = snapshot(original)
+    twin = original.clone()
+    twin.apply(purchase(10_000, 400, "milk"))  # past the horizon's eighth: orders fold
+    assert twin.book.base.orders > 0 and original.book.base.orders == 0
+    assert snapshot(original) == before
+    assert snapshot(twin) == snapshot(folded([*many, purchase(10_000, 400, "milk")]))
