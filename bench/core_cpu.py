@@ -86,7 +86,8 @@ def main() -> None:
                           f"{r['us_per_event']:7.1f} us/event  peak {r['peak_rss_mib']:6.1f} MiB",
                           file=sys.stderr, flush=True)
     print(f"{'stream':<10}{'model':<11}{'gc':<8}{'us/event (median, range)':>30}"
-          f"{'speed-up':>10}{'peak RSS MiB':>14}{'gen-2 GCs':>11}{'sweeps':>8}")
+          f"{'events/s':>10}{'speed-up':>10}{'peak RSS MiB':>14}{'gen-2 GCs':>11}"
+          f"{'sweeps':>8}")
     for stream in args.streams.split(","):
         for model in args.models.split(","):
             base = 0.0
@@ -97,7 +98,8 @@ def main() -> None:
                 med = statistics.median(us)
                 base = base or med
                 print(f"{stream:<10}{model:<11}{mode:<8}"
-                      f"{f'{med:.1f} ({min(us):.1f}-{max(us):.1f})':>30}{base / med:>9.2f}x"
+                      f"{f'{med:.1f} ({min(us):.1f}-{max(us):.1f})':>30}{1e6 / med:>10,.0f}"
+                      f"{base / med:>9.2f}x"
                       f"{statistics.median(r['peak_rss_mib'] for r in rs):>14.1f}"
                       f"{rs[0]['gen2_collections']:>11}{rs[0]['sweeps']:>8}")
     folder = Path("out")

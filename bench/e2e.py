@@ -1,15 +1,18 @@
 """End to end on the emulator: our consumer against a naive one; the pure core; peak RSS.
 
 Run by ``make bench`` (``bench/pipeline.py`` runs it last) or alone:
-``.venv/bin/python bench/e2e.py``. Prints a side-by-side table and writes ``out/bench.json``::
+``.venv/bin/python bench/e2e.py``. Prints a side-by-side table, a table of where each
+drain's time goes, and writes ``out/bench.json``::
 
-    {"ours":  {"events_per_s": .., "p50_ms": .., "p99_ms": ..},
-     "naive": {"events_per_s": .., "p50_ms": .., "p99_ms": ..},
+    {"ours":  {"events_per_s": .., "p50_ms": .., "p99_ms": ..,
+               "client_cpu_us_per_event": .., "emulator_cpu_us_per_event": ..},
+     "naive": {...the same keys...},
      "core_events_per_s": ..,
      "peak_rss_mb": {"10000": .., "100000": .., "1000000": ..}}
 
-and everything behind those figures (settings, sample sizes, drain latencies, where the
-naive consumer's time goes, machine load) in ``out/bench-e2e.json``.
+and everything behind those figures (settings, sample sizes, drain latencies, the CPU
+meters, where the naive consumer's time goes, the core's runs, machine load) in
+``out/bench-e2e.json``.
 
 Setup. One moto server process (:func:`deploy.local.emulator.launch` on a free loopback port,
 started here) serves every run; each run gets a fresh stream (``BENCH_SHARDS``, 4 shards)
@@ -17,25 +20,38 @@ and fresh tables. The events are the synthetic grocery stream
 (:func:`producers.datasets.synthetic.generate`: ``BENCH_CUSTOMERS`` 2,000 customers over
 ``BENCH_DAYS`` 60 days, seed 7), the first ``BENCH_EVENTS`` (20,000) by time.
 
-The consumers.
+The consumers; both forecast with the settings' model (``CAA_FORECAST_MODEL``: Pareto/NBD
+unless set).
 
 * ours: the real :class:`consumers.sources.worker.Worker` (the
   :class:`~consumers.sources.poller.Poller` on GetRecords,
   :class:`~consumers.applier.BatchApplier`, the DynamoDB stores, the model
   registry) in this process on aiobotocore, with default settings and no refit;
-* naive: :mod:`bench.naive_consumer` (GetRecords per shard; per event one UpdateItem that
-  ADDs counters, one statistical analysis, one PutItem; synchronous boto3). It writes the
-  same prediction items.
+* naive: ``bench/naive_consumer.py``: one thread per shard polling GetRecords concurrently
+  (synchronous boto3); per event one GetItem of the customer's state, the event folded in,
+  one PutItem of the state, one statistical analysis, one PutItem of the prediction. It
+  writes prediction items of the same layout and forecast (its docstring says what it
+  leaves out).
 
 ``events_per_s`` (throughput: draining a backlog). All of a run's events are published
 first; then the consumer is started on the fresh stream (TRIM_HORIZON) and
 ``events_per_s = events / (t_last_ack - t_start)``: from the moment the consumer was started
 to the moment the last event's prediction write was acknowledged. Ours drains all
-``BENCH_EVENTS``. The naive consumer is about two orders of magnitude slower here, so it
-drains a subset: the whole history of every k-th customer, k chosen so that about
+``BENCH_EVENTS``. The naive consumer is an order of magnitude slower, so it drains a
+subset: the whole history of every k-th customer, k chosen so that about
 ``BENCH_NAIVE_EVENTS`` (2,000) events remain, which keeps its per-event work (history
 lengths, basket sizes) distributed as in the full stream; its events/s is measured on that
 subset (the printout says how many events each consumer drained).
+
+Where a drain's time goes (``bench/e2e_cpu.py``). From the consumer's start until its last
+event was handled (ours: the end of the ``apply`` of the batch holding it; naive: its
+prediction PutItem returned), a meter takes this process's CPU time (the client: ours on the
+event loop, or the naive one's shard threads; nothing else runs here meanwhile) and the
+moto server's (``/proc/<pid>/stat``). Printed: the CPU per event of each, their shares of
+the wall time, the rest (time neither ran: poll sleeps, waits for a core) and which limits
+the drain; ``client_cpu_us_per_event`` and ``emulator_cpu_us_per_event`` go to
+``out/bench.json``. The naive consumer's thread-seconds per step (summed over its threads)
+are printed too.
 
 ``p50_ms`` / ``p99_ms`` (latency at a steady offered load). A fresh stream; the consumer is
 started, then a publisher thread puts ``BENCH_LATENCY_EVENTS`` (300) events (the naive
@@ -47,17 +63,19 @@ latency is ``t_ack - t_put``:
 * ``t_put``: the record's ``ApproximateArrivalTimestamp``, set by the emulator when the
   PutRecords carrying it arrived (same host, same clock as the consumer);
 * ``t_ack``: the wall-clock time at which the DynamoDB write of the prediction that reflects
-  the event returned to the consumer: ours, the moment
-  :meth:`~consumers.stores.predictions.PredictionStore.save` for the event's batch returned (every
-  BatchWriteItem of the batch's predictions acknowledged); naive, the moment its PutItem
-  returned.
+  the event returned to the consumer: ours, the moment the applier's prediction writes for
+  the event's batch returned (every BatchWriteItem of the batch's predictions acknowledged);
+  naive, the moment its PutItem returned.
 
 Percentiles are nearest-rank over all events of the run. The drain runs' latencies (mostly
 time queued behind the backlog, so they grow with its size) are in the detail file only.
 
-``core_events_per_s``: ``bench/pipeline.py``'s :func:`bench_core`
+``core_events_per_s``: events per CPU second of the pure core on the same ``BENCH_EVENTS``
+events, with the settings' forecast model: ``bench/pipeline_core.py``
 (:func:`~consumers.core.decode_batch` + :func:`~consumers.core.process_batch` in batches of
-1,000 on in-memory states, the segment model learning) on the same ``BENCH_EVENTS`` events.
+1,000 on in-memory states, the segment model learning, the applier's GC policy), each of
+``BENCH_CORE_REPEATS`` (3) runs a fresh process; the median (the range and the wall-clock
+figures are printed and in the detail file).
 
 ``peak_rss_mb``: see ``bench/rss.py`` (``BENCH_RSS_SIZES``, ``BENCH_RSS_EVENTS``,
 ``BENCH_RSS_CACHE``).
@@ -76,13 +94,14 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from e2e_cpu import Meter, print_limits
 from naive_consumer import NaiveConsumer
-from pipeline import bench_core
+from pipeline_core import interleaved, summarise
 from rss import RssRun, env_int, measure, print_runs
 
 from caa import wiring
@@ -90,9 +109,8 @@ from caa.aws import Aws
 from caa.settings import Settings
 from caa.wiring import ensure_resources
 from consumers.applier import BatchApplier
-from consumers.core import BatchResult, StreamRecord
+from consumers.core import BatchResult, DecodedBatch, StreamRecord
 from consumers.sources.worker import Worker
-from consumers.stores.predictions import PredictionStore
 from deploy.local.emulator import launch
 from models.events import PurchaseEvent
 from models.prediction import Prediction
@@ -102,14 +120,22 @@ from producers.publisher import Publisher, PublishReport
 
 @dataclass
 class Sink:
-    """Latencies (s) of acknowledged events and when the last one was acknowledged."""
+    """Latencies (s) of acknowledged events and when the last one was acknowledged; stops
+    ``meter`` when the ``expected``-th event is acknowledged (thread-safe: the naive
+    consumer's shard threads add to it)."""
 
     latencies: list[float] = field(default_factory=list)
     last_ack: float = 0.0
+    expected: int = 0
+    meter: Meter | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, put_at: float, acked_at: float) -> None:
-        self.latencies.append(acked_at - put_at)
-        self.last_ack = max(self.last_ack, acked_at)
+        with self.lock:
+            self.latencies.append(acked_at - put_at)
+            self.last_ack = max(self.last_ack, acked_at)
+            if self.meter is not None and len(self.latencies) == self.expected:
+                self.meter.stop()
 
     @property
     def n(self) -> int:
@@ -122,38 +148,34 @@ class Sink:
         return round(1000 * xs[max(0, math.ceil(p * len(xs)) - 1)], 1)
 
 
-@dataclass
-class TimedPredictionStore(PredictionStore):
-    """The real store; notes when each customer's prediction write was acknowledged."""
-
-    acks: dict[str, float] = field(default_factory=dict)
-
-    async def save(self, predictions: Iterable[Prediction]) -> None:
-        batch = list(predictions)
-        await super().save(batch)
-        acked = time.time()
-        for p in batch:
-            self.acks[p.customer_id] = acked
-
-
 class TimedApplier(BatchApplier):
-    """The real applier; after a batch, each applied record's latency goes to ``sink``.
+    """The real applier (a copy of the worker's, every attribute); notes when each
+    customer's prediction write was acknowledged, and after a batch, each applied record's
+    latency goes to ``sink``.
 
     A shard's batches run one after the other and its customers are its own, so when
     ``apply`` returns, ``acks[customer]`` is the acknowledgement of this batch's write."""
 
     def __init__(self, base: BatchApplier, sink: Sink) -> None:
-        self.timed = TimedPredictionStore(base.predictions.db, base.predictions.table)
-        super().__init__(base.customers, self.timed, base.dead_letters, base.registry,
-                         base.max_event_bytes, cache_size=base.cache.size,
-                         enricher=base.enricher)
+        super().__init__(base.customers, base.predictions, base.dead_letters, base.registry,
+                         base.max_event_bytes)
+        self.__dict__.update(base.__dict__)
         self.sink = sink
+        self.acks: dict[str, float] = {}
+
+    async def _write_predictions(self, result: BatchResult, decoded: DecodedBatch
+                                 ) -> list[Prediction]:
+        written = await super()._write_predictions(result, decoded)
+        acked = time.time()
+        for p in result.predictions:
+            self.acks[p.customer_id] = acked
+        return written
 
     async def apply(self, records: Sequence[StreamRecord]) -> BatchResult:
         result = await super().apply(records)
         for rec, outcome in zip(records, result.outcomes, strict=True):
             if outcome.status == "applied" and rec.arrived_at is not None:
-                self.sink.add(rec.arrived_at.timestamp(), self.timed.acks[rec.partition_key])
+                self.sink.add(rec.arrived_at.timestamp(), self.acks[rec.partition_key])
         return result
 
 
@@ -164,9 +186,14 @@ def timed_worker(settings: Settings, kinesis: Any, dynamodb: Any, sink: Sink) ->
 
 
 class Bench:
-    def __init__(self, endpoint: str, shards: int) -> None:
+    def __init__(self, endpoint: str, shards: int, emulator_pid: int | None = None) -> None:
         self.endpoint = endpoint
         self.shards = shards
+        self.emulator_pid = emulator_pid
+
+    def sink(self, expected: int, drain: bool) -> Sink:
+        """A drain's sink meters the CPU from the consumer's start to the last ack."""
+        return Sink(expected=expected, meter=Meter(self.emulator_pid) if drain else None)
 
     def fresh(self, tag: str) -> Settings:
         """A fresh stream and fresh tables."""
@@ -205,12 +232,14 @@ class Bench:
     async def _ours(self, settings: Settings, expected: int,
                     paced: tuple[list[PurchaseEvent], float] | None,
                     timeout_s: float) -> tuple[Sink, float, dict[str, Any]]:
-        sink = Sink()
+        sink = self.sink(expected, paced is None)
         extra: dict[str, Any] = {}
         async with Aws(settings, quiet=True).clients("kinesis", "dynamodb") as c:
             worker = timed_worker(settings, c["kinesis"], c["dynamodb"], sink)
             stop = asyncio.Event()
             started = time.time()
+            if sink.meter is not None:
+                sink.meter.start()
             run = asyncio.create_task(worker.run(until_idle=paced is None, stop=stop,
                                                  final_refit=False))
             if paced is not None:
@@ -224,6 +253,8 @@ class Bench:
                          state_cache_hits=worker.applier.cache.hits)
         if sink.n < expected:
             raise RuntimeError(f"ours: {sink.n} of {expected} predictions written")
+        if sink.meter is not None:
+            extra["limits"] = sink.meter.limits(expected)
         return sink, started, extra
 
     def ours(self, events: list[PurchaseEvent], paced_rate: float | None = None
@@ -240,13 +271,14 @@ class Bench:
               ) -> tuple[Sink, float, dict[str, Any]]:
         settings = self.fresh("naive")
         aws = Aws(settings, quiet=True)
-        sink = Sink()
+        sink = self.sink(len(events), paced_rate is None)
         consumer = NaiveConsumer(
             aws.client("kinesis"), aws.client("dynamodb"), settings.stream_name,
             settings.table("customers"), settings.table("predictions"),
             poll_interval=settings.poll_interval_s,
             on_written=lambda rec, acked: sink.add(
                 rec["ApproximateArrivalTimestamp"].timestamp(), acked),
+            forecast_model=settings.forecast_model,
         )
         extra: dict[str, Any] = {}
         publisher = None
@@ -259,6 +291,8 @@ class Bench:
             publisher = threading.Thread(target=put, daemon=True)
             timeout = len(events) / paced_rate + 120
         started = time.time()
+        if sink.meter is not None:
+            sink.meter.start()
         if publisher is not None:
             publisher.start()
         consumer.run(len(events), timeout)
@@ -266,7 +300,9 @@ class Bench:
             publisher.join()
         if sink.n < len(events):
             raise RuntimeError(f"naive: {sink.n} of {len(events)} predictions written")
-        extra["seconds_by_step"] = {k: round(v, 2) for k, v in consumer.seconds.items()}
+        extra["thread_seconds_by_step"] = {k: round(v, 2) for k, v in consumer.seconds.items()}
+        if sink.meter is not None:
+            extra["limits"] = sink.meter.limits(len(events))
         return sink, started, extra
 
 
@@ -298,20 +334,28 @@ def main() -> None:
     rss_cache = env_int("BENCH_RSS_CACHE", 10_000)
     load = {"start": os.getloadavg()}
 
-    events = generate(customers=customers, days=env_int("BENCH_DAYS", 60), seed=7)[:n_events]
+    days = env_int("BENCH_DAYS", 60)
+    events = generate(customers=customers, days=days, seed=7)[:n_events]
     naive_events, k = subset(events, naive_target)
     latency_events = naive_events[:n_latency]
     print(f"e2e: {len(events):,} synthetic events of {customers:,} customers, {shards} shards; "
           f"naive drains every {k}th customer ({len(naive_events):,} events); latency at "
           f"{rate:g} events/s offered, {len(latency_events):,} events", flush=True)
     detail: dict[str, Any] = {
-        "settings": {"customers": customers, "events": len(events), "shards": shards,
+        "settings": {"customers": customers, "days": days, "events": len(events),
+                     "shards": shards,
                      "naive_events": len(naive_events), "naive_every_kth_customer": k,
                      "latency_rate": rate, "latency_events": len(latency_events),
                      "rss_sizes": rss_sizes, "rss_events": rss_events,
                      "rss_cache_size": rss_cache},
     }
-    detail["core_events_per_s"] = round(bench_core(events))
+    forecast_model = Settings(stream_name="bench").forecast_model
+    repeats = env_int("BENCH_CORE_REPEATS", 3)
+    print(f"pure core: {len(events):,} events, {forecast_model}, {repeats} repeats", flush=True)
+    core_runs = interleaved([f"e2e:{customers}:{days}:{n_events}"], [forecast_model], repeats)
+    core = summarise(core_runs)[0]
+    detail["core"] = core | {"runs": core_runs}
+    detail["core_events_per_s"] = round(core["events_per_cpu_s"]["median"])
 
     with tempfile.TemporaryDirectory() as tmp:
         emu = launch("127.0.0.1", log=Path(tmp) / "moto.log")
@@ -319,7 +363,7 @@ def main() -> None:
             os.environ.update(AWS_ENDPOINT_URL=emu.endpoint, CAA_STATE_DIR=tmp)
             os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
             os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
-            bench = Bench(emu.endpoint, shards)
+            bench = Bench(emu.endpoint, shards, emu.pid)
             runs: dict[str, dict[str, Any]] = {}
             for name, run in (("ours", bench.ours), ("naive", bench.naive)):
                 drained = events if name == "ours" else naive_events
@@ -346,7 +390,10 @@ def report(runs: dict[str, dict[str, Any]], core: float, rss: list[RssRun],
     figures = {
         name: {"events_per_s": runs[name]["drain"]["events_per_s"],
                "p50_ms": runs[name]["latency"]["p50_ms"],
-               "p99_ms": runs[name]["latency"]["p99_ms"]}
+               "p99_ms": runs[name]["latency"]["p99_ms"],
+               "client_cpu_us_per_event": runs[name]["drain"]["limits"]["client_cpu_us_per_event"],
+               "emulator_cpu_us_per_event":
+                   runs[name]["drain"]["limits"]["emulator_cpu_us_per_event"]}
         for name in ("ours", "naive")
     }
     out: dict[str, Any] = {
@@ -378,8 +425,17 @@ def report(runs: dict[str, dict[str, Any]], core: float, rss: list[RssRun],
         if lat.get("offered_rate", rate) < 0.9 * rate or runs[name]["drain"]["events_per_s"] < rate:
             print(f"note: {name} did not keep up with {rate:g} events/s; its latency includes "
                   "a growing backlog")
-    print(f"naive seconds by step: {naive['drain']['seconds_by_step']}")
-    print(f"pure core (decode_batch + process_batch, batches of 1,000): {core:,.0f} events/s")
+    print()
+    print_limits({name: runs[name]["drain"]["limits"] for name in ("ours", "naive")})
+    print(f"naive thread-seconds by step (summed over its shard threads): "
+          f"{naive['drain']['thread_seconds_by_step']}")
+    c = detail["core"]
+    print(f"pure core (decode_batch + process_batch, batches of 1,000, GC policy on; the "
+          f"{c['events']:,} events drained by ours; {c['model']}; median (min-max) of "
+          f"{c['repeats']}): {c['cpu_us_per_event']['median']:,.0f} "
+          f"({c['cpu_us_per_event']['min']:,.0f}-{c['cpu_us_per_event']['max']:,.0f}) us CPU "
+          f"per event = {core:,.0f} events per CPU second; wall "
+          f"{c['events_per_wall_s']['median']:,.0f} events/s")
     print()
     print_runs(rss)
     print(f"load average (1, 5, 15 min) at start {detail['load_average']['start']}, "

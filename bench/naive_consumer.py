@@ -1,123 +1,69 @@
 """A naive Kinesis -> DynamoDB consumer, written only to be measured against ours.
 
-It is the design a first attempt would use, kept correct enough to produce the same
-prediction items as our consumer for a stream without duplicates:
+It is the simple read-modify-write consumer a competent engineer would write first. It
+writes the same prediction items as our consumer (the same layout, the same statistical
+forecast from the same prior, short of the conversion and variants listed below; the
+segment ids come from its own segment model, which learns event by event) and keeps
+each customer's state in our customers table's layout:
 
-* one process, synchronous boto3, one shard after the other: GetRecords (``Limit`` 10,000,
-  from TRIM_HORIZON) on each shard in turn, sleeping ``poll_interval`` when no shard had
-  anything;
+* one thread per shard (``run`` starts them; synchronous boto3, the clients shared, which
+  boto3 allows), each reading its shard from TRIM_HORIZON with GetRecords (``Limit``
+  10,000) and sleeping ``poll_interval`` when it got nothing; a customer's events are all on
+  one shard (partition key = customer id), so no two threads touch the same customer;
 * per event, in the order read:
 
   1. decode and validate it (:func:`models.events.decode_event`, the same decoder as ours);
-  2. one ``UpdateItem`` on the customer that ADDs the counters (purchases, spend, quantity,
-     orders per channel, per product and per category) and the purchase day to number sets
-     (the customer's, and each product's and category's), SETs first/last purchase time,
-     and returns the whole item (``ReturnValues=ALL_NEW``). It keeps only what the analysis
-     reads: no quantity or spend per product (the forecaster does not use them; each ADD
-     clause costs moto's expression parser about 1 ms, which real DynamoDB does not);
-  3. one analysis of that customer, computed for this event alone (no batching, no cache):
-     the state rebuilt from the returned item, RFM features, the segment model learns and
-     predicts, and the BG/NBD forecaster predicts, i.e. the statistical prediction our
-     consumer writes (:class:`models.learn.forecaster.Forecaster`);
-  4. one ``PutItem`` of the prediction (the same item layout as ours,
+  2. one ``GetItem`` of the customer's state (``ConsistentRead``), in our customers table's
+     layout (:func:`consumers.stores.customers.state_from_item`), or a new state;
+  3. the event folded in (:meth:`models.state.CustomerState.apply`, the same domain code
+     as ours: it ignores an event id it has seen, so a redelivery changes nothing and
+     nothing is written for it);
+  4. one ``PutItem`` of the whole updated state, its version up by one as ours
+     (:func:`consumers.stores.customers.state_to_item`; no condition: the thread owns the
+     customer);
+  5. one analysis of that customer, computed for this event alone (no batching, no cache):
+     RFM features, the segment model (one for the process, behind a lock) learns and
+     predicts, and the forecaster (``forecast_model``: Pareto/NBD, the production default,
+     or BG/NBD, with its prior) predicts, i.e. the statistical prediction our consumer
+     writes (:class:`models.learn.forecaster.Forecaster`);
+  6. one ``PutItem`` of the prediction (the same item layout as ours,
      :func:`consumers.stores.predictions.prediction_to_item`).
 
-What it leaves out, all in its favour for speed: no event-id de-duplication (ADD counts a
-redelivered event twice), no checkpoints (a restart reads the stream again from the start),
-no dead letters (undecodable records are counted and skipped), no persisted segment model.
+What it leaves out, all in its favour for speed: no checkpoints (a restart reads the stream
+again from the start), no dead letters (undecodable records, and erasure events, which it
+does not handle, are counted in ``rejected`` and skipped), no conditional writes (a second
+consumer on the same shard would lose updates), no persisted segment model, no currency
+conversion and no A/B variants in the forecast. ``seconds`` sums, over the shard threads,
+the wall time of each step (thread-seconds: with 4 threads they add up to about 4x the run).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from consumers.stores.customers import customer_key, state_from_item, state_to_item
 from consumers.stores.predictions import prediction_to_item
-from models.events import EventRejected, PurchaseEvent, decode_event
+from models.events import ErasureEvent, EventRejected, decode_event
 from models.features import rfm
-from models.item_stats import ItemStats
-from models.learn.forecaster import DEFAULT_PRIOR, Forecaster
+from models.learn import bgnbd, pareto_nbd
+from models.learn.forecaster import Forecaster, ForecastParams
 from models.learn.segmentation import SegmentModel
-from models.order_book import Compacted
 from models.prediction import SegmentRef
-from models.state import DAY, CustomerState
+from models.state import CustomerState
 
 #: called once per event after its prediction PutItem returned: (record, acknowledged at,
-#: epoch seconds)
+#: epoch seconds); from the shard's thread
 OnWritten = Callable[[dict[str, Any], float], None]
 
-def update_args(event: PurchaseEvent) -> dict[str, Any]:
-    """The one UpdateItem that folds ``event`` into its customer's item."""
-    ts = int(event.occurred_at.timestamp())
-    day = ts // DAY
-    names: dict[str, str] = {}
-    values: dict[str, Any] = {}
-    adds: list[str] = []
-
-    def add(attr: str, value: dict[str, Any]) -> None:
-        n = f"#a{len(names)}"
-        v = f":v{len(values)}"
-        names[n] = attr
-        values[v] = value
-        adds.append(f"{n} {v}")
-
-    add("purchases", {"N": "1"})
-    add("spend_cents", {"N": str(int(event.total * 100))})
-    add("quantity", {"N": str(sum(i.quantity for i in event.items))})
-    add("days", {"NS": [str(day)]})
-    add(f"ch#{event.channel}", {"N": "1"})
-    keys = dict.fromkeys((kind, key) for i in event.items
-                         for kind, key in (("p", i.product_id), ("c", i.category)))
-    for kind, key in keys:  # an order counts once per product and category
-        add(f"{kind}#{key}#o", {"N": "1"})
-        add(f"{kind}#{key}#d", {"NS": [str(day)]})
-    values[":ts"] = {"N": str(ts)}
-    values[":eid"] = {"S": event.event_id}
-    values[":cur"] = {"S": event.currency}
-    sets = ["first_ts = if_not_exists(first_ts, :ts)", "last_ts = :ts", "last_event_id = :eid",
-            "currency = :cur"]
-    if event.consent is not None:
-        values[":consent"] = {"BOOL": event.consent}
-        sets.append("consent = :consent")
-    return {
-        "Key": {"customer_id": {"S": event.customer_id}},
-        "UpdateExpression": f"ADD {', '.join(adds)} SET {', '.join(sets)}",
-        "ExpressionAttributeNames": names,
-        "ExpressionAttributeValues": values,
-        "ReturnValues": "ALL_NEW",
-    }
-
-
-def state_from_item(item: dict[str, Any]) -> CustomerState:
-    """The customer's state rebuilt from the item the UpdateItem returned: its orders as
-    compacted sums (the naive item keeps no order one by one), one currency (the last)."""
-    days = sorted(int(d) for d in item["days"]["NS"])
-    purchases, currency = int(item["purchases"]["N"]), item["currency"]["S"]
-    channels: dict[str, int] = {}
-    s = CustomerState.new(item["customer_id"]["S"])
-    for attr, value in item.items():
-        parts = attr.split("#")
-        if parts[0] == "ch" and len(parts) == 2:
-            channels[parts[1]] = int(value["N"])
-        elif parts[0] in ("p", "c") and len(parts) == 3:
-            table = s.products if parts[0] == "p" else s.categories
-            stats = table.setdefault(parts[1], ItemStats())
-            if parts[2] == "o":
-                stats.orders = int(value["N"])
-            elif parts[2] == "d":
-                stats.days = sorted(int(d) for d in value["NS"])
-                stats.first_day = stats.days[0]
-    s.book.base = Compacted(0, purchases, len(days), int(item["first_ts"]["N"]),
-                            int(item["last_ts"]["N"]), int(item["quantity"]["N"]),
-                            {currency: int(item["spend_cents"]["N"])}, {currency: purchases},
-                            channels)
-    s.last_event_id, s.last_event_ts = item["last_event_id"]["S"], int(item["last_ts"]["N"])
-    if "consent" in item:
-        s.consent = bool(item["consent"]["BOOL"])
-    return s
+PRIORS: dict[str, ForecastParams] = {"pareto_nbd": pareto_nbd.DEFAULT_PRIOR,
+                                     "bgnbd": bgnbd.DEFAULT_PRIOR}
+STEPS = ("get_records", "decode", "get_item", "put_state", "analysis", "put_prediction",
+         "idle")
 
 
 @dataclass
@@ -129,75 +75,110 @@ class NaiveConsumer:
     predictions_table: str
     poll_interval: float = 0.25
     on_written: OnWritten | None = None
+    forecast_model: str = "pareto_nbd"
     segmenter: SegmentModel = field(default_factory=lambda: SegmentModel(n_clusters=6, seed=42,
                                                                          warmup=500))
-    forecaster: Forecaster = field(default_factory=lambda: Forecaster(DEFAULT_PRIOR))
     watermark: int = 0
     written: int = 0
     rejected: int = 0
-    #: seconds spent in each step (where the time goes)
-    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
-        ("get_records", "decode", "update_item", "analysis", "put_item", "idle"), 0.0))
+    #: applied nothing (a redelivery, an out-of-horizon event): nothing written
+    skipped: int = 0
+    #: thread-seconds spent in each step (where the time goes), summed over the threads
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STEPS, 0.0))
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def handle(self, record: dict[str, Any]) -> None:
-        """One event: UpdateItem, analysis, PutItem."""
-        sec = self.seconds
+    def __post_init__(self) -> None:
+        self.forecaster = Forecaster(PRIORS[self.forecast_model])
+
+    @property
+    def done(self) -> int:
+        return self.written + self.rejected + self.skipped
+
+    def _count(self, what: str) -> None:
+        with self._lock:
+            setattr(self, what, getattr(self, what) + 1)
+
+    def handle(self, record: dict[str, Any], sec: dict[str, float]) -> None:
+        """One event: GetItem, apply, PutItem (state), analysis, PutItem (prediction)."""
         t0 = time.perf_counter()
         try:
             event = decode_event(record["Data"])
         except EventRejected:
-            self.rejected += 1
+            self._count("rejected")
             return
-        if not isinstance(event, PurchaseEvent):  # consent/erasure: not this benchmark's
-            self.rejected += 1
+        if isinstance(event, ErasureEvent):  # not this consumer's
+            self._count("rejected")
             return
         t1 = time.perf_counter()
-        resp = self.dynamodb.update_item(TableName=self.customers_table, **update_args(event))
+        resp = self.dynamodb.get_item(TableName=self.customers_table,
+                                      Key=customer_key(event.customer_id), ConsistentRead=True)
         t2 = time.perf_counter()
-        state = state_from_item(resp["Attributes"])
-        self.watermark = max(self.watermark, state.last_ts)
-        features = rfm(state, self.watermark)
-        self.segmenter.learn_one(features)
-        seg = self.segmenter.predict_one(features)
-        names = self.segmenter.segment_names()
-        prediction = self.forecaster.predict(
-            state, SegmentRef(id=seg, name=names.get(seg, f"segment {seg}")),
-            self.watermark, datetime.now(UTC))
-        item = prediction_to_item(prediction)
+        state = (state_from_item(resp["Item"]) if "Item" in resp
+                 else CustomerState.new(event.customer_id))
+        if state.apply(event) != "applied":
+            self._count("skipped")
+            return
+        state.version += 1  # as ours: the durable writes so far
+        self.dynamodb.put_item(TableName=self.customers_table, Item=state_to_item(state))
         t3 = time.perf_counter()
+        with self._lock:
+            self.watermark = watermark = max(self.watermark, state.last_ts)
+            features = rfm(state, watermark)
+            self.segmenter.learn_one(features)
+            seg = self.segmenter.predict_one(features)
+            name = self.segmenter.segment_names().get(seg, f"segment {seg}")
+        prediction = self.forecaster.predict(state, SegmentRef(id=seg, name=name), watermark,
+                                             datetime.now(UTC))
+        item = prediction_to_item(prediction)
+        t4 = time.perf_counter()
         self.dynamodb.put_item(TableName=self.predictions_table, Item=item)
         acked = time.time()
-        t4 = time.perf_counter()
+        t5 = time.perf_counter()
         sec["decode"] += t1 - t0
-        sec["update_item"] += t2 - t1
-        sec["analysis"] += t3 - t2
-        sec["put_item"] += t4 - t3
-        self.written += 1
+        sec["get_item"] += t2 - t1
+        sec["put_state"] += t3 - t2
+        sec["analysis"] += t4 - t3
+        sec["put_prediction"] += t5 - t4
+        self._count("written")
         if self.on_written is not None:
             self.on_written(record, acked)
 
+    def _shard(self, shard_id: str, expected: int, deadline: float,
+               errors: list[Exception]) -> None:
+        sec = dict.fromkeys(STEPS, 0.0)
+        try:
+            iterator = self.kinesis.get_shard_iterator(
+                StreamName=self.stream_name, ShardId=shard_id, ShardIteratorType="TRIM_HORIZON"
+            )["ShardIterator"]
+            while self.done < expected and time.monotonic() < deadline and not errors:
+                t0 = time.perf_counter()
+                resp = self.kinesis.get_records(ShardIterator=iterator, Limit=10_000)
+                sec["get_records"] += time.perf_counter() - t0
+                iterator = resp["NextShardIterator"]
+                for record in resp["Records"]:
+                    self.handle(record, sec)
+                if not resp["Records"]:
+                    time.sleep(self.poll_interval)
+                    sec["idle"] += self.poll_interval
+        except Exception as exc:  # noqa: BLE001  (re-raised by run())
+            errors.append(exc)
+        finally:
+            with self._lock:
+                for k, v in sec.items():
+                    self.seconds[k] += v
+
     def run(self, expected: int, timeout_s: float) -> None:
-        """Read every shard in turn until ``expected`` predictions were written (or the
-        timeout passed)."""
+        """Read every shard, each in its own thread, until ``expected`` events were handled
+        (written, rejected or skipped) or the timeout passed."""
         shards = [s["ShardId"] for s in
                   self.kinesis.list_shards(StreamName=self.stream_name)["Shards"]]
-        iterators = {
-            sid: self.kinesis.get_shard_iterator(
-                StreamName=self.stream_name, ShardId=sid, ShardIteratorType="TRIM_HORIZON"
-            )["ShardIterator"]
-            for sid in shards
-        }
         deadline = time.monotonic() + timeout_s
-        while self.written + self.rejected < expected and time.monotonic() < deadline:
-            got = 0
-            for sid in shards:
-                t0 = time.perf_counter()
-                resp = self.kinesis.get_records(ShardIterator=iterators[sid], Limit=10_000)
-                self.seconds["get_records"] += time.perf_counter() - t0
-                iterators[sid] = resp["NextShardIterator"]
-                for record in resp["Records"]:
-                    self.handle(record)
-                got += len(resp["Records"])
-            if not got:
-                time.sleep(self.poll_interval)
-                self.seconds["idle"] += self.poll_interval
+        errors: list[Exception] = []
+        threads = [threading.Thread(target=self._shard, args=(sid, expected, deadline, errors),
+                                    name=f"naive-{sid}", daemon=True) for sid in shards]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]

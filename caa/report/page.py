@@ -296,7 +296,7 @@ def _bench(d: ReportData) -> str:
            _table(["consumer", "events/s (drain)", "p50 latency (ms)", "p99 latency (ms)"],
                   rows),
            f'<p class="caption">Throughput ratio ours/naive: {_num(ratio, 1)}x. '
-           + (f"Pure core (no I/O): {_num(b['core_events_per_s'])} events/s. "
+           + (f"Pure core (no I/O): {_num(b['core_events_per_s'])} events per CPU second. "
               if "core_events_per_s" in b else "")
            + "Definitions in <code>bench/e2e.py</code>.</p>"]
     rss = b.get("peak_rss_mb") or {}

@@ -328,7 +328,7 @@ def test_page_has_every_section_and_only_embedded_images(tmp_path: Path) -> None
     assert "today&#x27;s segment model" in html or "today's segment model" in html
     assert "2,400" in html and "31" in html  # the bench table
     assert '<td class="n">$0.7500</td>' in html  # a day's spend, in USD
-    assert "Pure core (no I/O): 25,000 events/s" in html
+    assert "Pure core (no I/O): 25,000 events per CPU second" in html
     d = synthetic(tmp_path)
     # the reporting currency (default USD): one currency, nothing converted, no note
     assert f"spend {money(d.spend_minor['USD'] / 100, 'USD')}." in html
