@@ -207,7 +207,9 @@ class CustomerState:
         digest = event_digest(event.event_id)
         if digest in book.events:
             return "duplicate"
-        rec = book.order(event_digest(event.order_id), ts)
+        order_digest = event_digest(event.order_id)
+        new_order = order_digest not in book.orders
+        rec = book.order(order_digest, ts)
         if not rec.placed:  # known from follow-ups only: dated by the earliest
             rec.ts = min(rec.ts, ts)
         if isinstance(event, PurchaseEvent):
@@ -223,8 +225,12 @@ class CustomerState:
                 return "duplicate_order"
             self._cancel(event, rec)
         book.events[digest] = ts
+        floor = book.base.floor_ts
         self._compact()
-        self._view = None
+        old, self._view = self._view, None
+        if (old is not None and new_order and isinstance(event, PurchaseEvent)
+                and book.base.floor_ts == floor and rec.counted):
+            self._view = old.with_order(book.base, rec)  # the common case, without a pass
         return "applied"
 
     def _compact(self) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from models.money import exponent
-from models.order_book import DAY, Compacted, OrderBook
+from models.order_book import DAY, Compacted, OrderBook, OrderRecord
 
 
 def _add(counts: dict[str, int], key: str, n: int) -> None:
@@ -62,6 +62,29 @@ class StateView:
                    {c: v for c, v in sorted(spend.items()) if currencies.get(c)},
                    {c: v for c, v in sorted(currencies.items()) if v},
                    {c: v for c, v in sorted(channels.items()) if v}, tuple(sorted(days)))
+
+    def with_order(self, base: Compacted, rec: OrderRecord) -> StateView:
+        """The view after one more counted order ``rec`` is kept (nothing else changed, the
+        compacted part ``base`` included): what :meth:`of` gives for the book with it, without
+        going over every kept order (integer sums: exactly the same)."""
+        ts, c, ch = rec.ts, rec.currency, rec.channel
+        day = ts // DAY
+        days = self.recent_days
+        if (base.orders and day == base.last_ts // DAY) or day in days:
+            n_days = self.purchase_days
+        else:
+            days = tuple(sorted((*days, day)))
+            n_days = self.purchase_days + 1
+        spend = dict(self.spend)
+        spend[c] = (spend[c] if c in self.currencies else base.spend.get(c, 0)) + rec.net
+        currencies = dict(self.currencies)
+        _add(currencies, c, 1)
+        channels = dict(self.channels)
+        _add(channels, ch, 1)
+        return StateView(
+            self.purchases + 1, n_days, min(self.first_ts, ts) if self.purchases else ts,
+            max(self.last_ts, ts), self.quantity + rec.quantity, dict(sorted(spend.items())),
+            dict(sorted(currencies.items())), dict(sorted(channels.items())), days)
 
     def days_through(self, base: Compacted, day: int) -> tuple[int, int]:
         """(distinct purchase days on or before ``day``, the latest such day); (0, 0) when

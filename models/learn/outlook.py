@@ -105,14 +105,21 @@ def _windows(params: BgNbdParams | ParetoNbdParams):  # type: ignore[no-untyped-
     return pareto_nbd_windows if isinstance(params, ParetoNbdParams) else bgnbd_windows
 
 
+@lru_cache(maxsize=1 << 14)
+def _if_alive(params: ParetoNbdParams, x: float, big_t: float, horizons: tuple[float, ...]
+              ) -> tuple[float, ...]:
+    """Pareto/NBD's expected purchases over each horizon if alive: they do not depend on
+    ``t_x``, so histories with the same ``x`` and ``T`` share them (memoised)."""
+    return tuple(pareto_nbd.expected_purchases_if_alive(params, h, x, big_t) for h in horizons)
+
+
 def _alive_and_cumulative(params: BgNbdParams | ParetoNbdParams, x: float, t_x: float,
                           big_t: float, horizons: list[float]) -> tuple[float, list[float]]:
     """P(alive) and the expected purchases over each horizon (weeks), P(alive) computed
     once."""
     if isinstance(params, ParetoNbdParams):
         alive = pareto_nbd.p_alive(params, x, t_x, big_t)
-        return alive, [alive * pareto_nbd.expected_purchases_if_alive(params, h, x, big_t)
-                       for h in horizons]
+        return alive, [alive * e for e in _if_alive(params, x, big_t, tuple(horizons))]
     return bgnbd.p_alive(params, x, t_x, big_t), [
         bgnbd.expected_purchases(params, h, x, t_x, big_t) for h in horizons]
 

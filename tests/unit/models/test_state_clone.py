@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from models.events import CancellationEvent, LineItem, PurchaseEvent, RefundEvent, StreamEvent
 from models.order_book import ORDER_HORIZON
 from models.state import CustomerState
+from models.state_view import StateView
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
@@ -88,3 +89,70 @@ def test_compaction_of_a_clone_leaves_the_original_alone() -> None:
     assert twin.book.base.orders > 0 and original.book.base.orders == 0
     assert snapshot(original) == before
     assert snapshot(twin) == snapshot(folded([*many, purchase(10_000, 400, "milk")]))
+
+
+# -- the view kept up to date by a purchase (StateView.with_order) -------------------------
+
+def _checked(events: Sequence[StreamEvent]) -> int:
+    """Apply ``events`` to a fresh state, reading its view after each one; every view kept
+    across a purchase must be the one computed from scratch. Returns how many were kept."""
+    s = CustomerState.new("c")
+    kept = 0
+    for e in events:
+        before = s.view
+        s.apply(e)
+        if s._view is not None and s._view is not before:
+            kept += 1
+            assert s._view == StateView.of(s.book), e
+    return kept
+
+
+mixed = st.lists(
+    st.one_of(
+        st.builds(lambda i, d, p, c: purchase(i, d, p, order=c),
+                  st.integers(0, 40), st.integers(0, 60), st.sampled_from(["milk", "tea"]),
+                  st.one_of(st.none(), st.integers(0, 40))),
+        st.builds(refund,
+                  st.integers(0, 40), st.integers(0, 40), st.integers(0, 60)),
+        st.builds(cancel,
+                  st.integers(0, 40), st.integers(0, 40), st.integers(0, 60)),
+    ),
+    min_size=1, max_size=40)
+
+
+@settings(max_examples=150, deadline=None)
+@given(mixed)
+def test_a_view_kept_across_a_purchase_is_the_one_computed_from_scratch(
+        events: list[StreamEvent]) -> None:
+    _checked(events)
+
+
+def test_views_stay_exact_through_compaction_and_currencies() -> None:
+    events: list[StreamEvent] = []
+    for i in range(ORDER_HORIZON + ORDER_HORIZON // 4):
+        e = purchase(i, i // 3, "milk" if i % 3 else "tea")
+        if i % 7 == 0:  # another currency and channel now and then
+            e = e.model_copy(update={"currency": "USD", "channel": "app"})
+        events.append(e)
+        if i % 11 == 0:
+            events.append(refund(i, i, i // 3))
+    assert _checked(events) > ORDER_HORIZON  # the fast path ran, and stayed exact
+
+
+def test_a_purchase_on_the_compacted_part_s_last_day_is_not_a_new_day() -> None:
+    events: list[StreamEvent] = [
+        purchase(i, 0).model_copy(update={"occurred_at": T0 + timedelta(days=i // 3,
+                                                                         hours=i % 3)})
+        for i in range(ORDER_HORIZON + ORDER_HORIZON // 8 + 1)]
+    s = CustomerState.new("c")
+    for e in events:
+        s.apply(e)
+    base = s.book.base
+    assert base.orders and base.last_ts // 86_400 == s.book.base.floor_ts // 86_400
+    late = purchase(99_999, 0).model_copy(
+        update={"occurred_at": datetime.fromtimestamp(base.last_ts, UTC) + timedelta(hours=20)})
+    assert _checked([*events, late]) > 0
+    s.view  # noqa: B018 - the view before, so that the purchase keeps it up to date
+    days = s.purchase_days
+    s.apply(late)
+    assert s._view is not None and s.purchase_days == days == StateView.of(s.book).purchase_days
