@@ -24,15 +24,23 @@ from __future__ import annotations
 import argparse
 import heapq
 import json
+import math
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from consumers.analysis.tokenbucket import TokenBucket
 from consumers.analysis.trigger import CacheRules, Signature, TriggerPolicy, stale_reason
+from consumers.analysis.value_route import ROUTES, ValueCuts, cuts_of, route
 from models.analysis import tool_spec
 from models.events import PurchaseEvent
+from models.learn.forecaster import Forecaster
+from models.money import NO_RATES, Rates
+from models.prediction import SegmentRef
 from models.prompt import SYSTEM_PROMPT, AnalysisInput, build_input, render_user
 from models.state import DAY, CustomerState
 from producers.datasets.cdnow import load_events, time_ordered
@@ -123,6 +131,175 @@ def simulate(events: list[PurchaseEvent], arrival: Callable[[PurchaseEvent], flo
         "calls_per_1000": round(1000 * calls.n / len(events), 1), "cache_hits": hits,
         "freshness_p50_s": _q(fresh, 0.5), "freshness_p95_s": _q(fresh, 0.95),
         "freshness_max_s": _q(fresh, 1.0),
+    }
+
+
+@dataclass
+class RouteParams:
+    """Value routing in virtual time (:mod:`consumers.analysis.value_route`): its shares,
+    refits (the first after ``first_refit_days``, then every ``refit_days`` of arrival time)
+    recomputing the cuts over the customers active within ``active_days`` (at most
+    ``cut_sample`` of them, every k-th by id: a quantile estimate, to keep the benchmark
+    quick; the refit uses all), and the daily batch: runs every ``batch_every_h`` hours from
+    ``batch_at_h`` UTC, each job assumed to take ``batch_job_h`` hours (Bedrock gives no
+    completion time). Runs with fewer than ``batch_min_records`` requests (Bedrock's minimum
+    job size) are counted apart. ``daily`` False: no daily batch (the middle stays on
+    demand)."""
+
+    top_share: float = 0.2
+    low_share: float = 0.4
+    first_refit_days: float = 1.0
+    refit_days: float = 7.0
+    active_days: int = 30
+    cut_sample: int = 1000
+    batch_every_h: float = 12.0
+    batch_at_h: float = 3.0
+    batch_job_h: float = 6.0
+    batch_min_records: int = 100
+    daily: bool = True
+
+
+class _Routed:
+    """The state of :func:`simulate_routed`."""
+
+    def __init__(self, forecaster: Forecaster, p: Params, rp: RouteParams, first: float,
+                 rates: Rates) -> None:
+        self.f, self.p, self.rp, self.rates = forecaster, p, rp, rates
+        self.calls = _Calls(p)
+        self.policy: TriggerPolicy[AnalysisInput] = TriggerPolicy(p.debounce_s)
+        self.rules, self.version = CacheRules(), "haiku|p2"
+        self.states: dict[str, CustomerState] = {}
+        self.seen: dict[str, Signature] = {}
+        self.fresh: dict[str, list[float]] = {r: [] for r in ROUTES}
+        self.n: Counter[str] = Counter()
+        self.waiting: dict[str, tuple[AnalysisInput, list[float]]] = {}
+        self.seg, self.now = SegmentRef(id=0, name="all"), datetime.now(UTC)
+        self.cuts: ValueCuts | None = None
+        self.cut_log: list[dict[str, float]] = []
+        self.first = first
+        self.next_refit = first + rp.first_refit_days * DAY
+        self.next_run = first // DAY * DAY + rp.batch_at_h * 3600
+        while self.next_run <= first:
+            self.next_run += rp.batch_every_h * 3600
+
+    def _route(self, x: AnalysisInput, daily: bool) -> str:
+        return route(x.p_alive, x.clv, self.cuts, daily=daily, purchase_days=x.purchase_days)
+
+    def _cached(self, cid: str, x: AnalysisInput) -> bool:
+        sig = Signature.of(x, self.version)
+        if stale_reason(self.seen.get(cid), sig, self.rules) is None:
+            self.n["cache_hits"] += 1
+            return True
+        self.seen[cid] = sig
+        return False
+
+    def purchase(self, e: PurchaseEvent, t: float) -> None:
+        self.advance(t)
+        state = self.states.setdefault(e.customer_id, CustomerState.new(e.customer_id))
+        state.apply(e)
+        pred = self.f.predict(state, self.seg, state.last_ts, self.now, rates=self.rates)
+        x = build_input(state, pred, as_of_ts=state.last_ts, key=KEY, reference_order_value=30.0,
+                        rates=self.rates)
+        self.policy.purchase(e.customer_id, x, t)
+
+    def released(self, at: float, cid: str, x: AnalysisInput, arrivals: list[float]) -> None:
+        way = self._route(x, self.rp.daily)
+        self.n[f"route_{way}"] += 1
+        if way == "daily":
+            old = self.waiting.get(cid)
+            self.waiting[cid] = (x, (old[1] if old else []) + arrivals)
+            return
+        done = at
+        if way == "on_demand" and not self._cached(cid, x):
+            done = self.calls.run(at, x)
+            self.n["on_demand"] += 1
+        self.fresh[way].extend(done - a for a in arrivals)
+
+    def batch_run(self, at: float) -> None:
+        self.n["runs"] += 1
+        sent = 0
+        for cid, (x, arrivals) in sorted(self.waiting.items()):
+            if self._route(x, True) == "statistical" or self._cached(cid, x):
+                self.fresh["daily"].extend(at - a for a in arrivals)
+                continue
+            sent += 1
+            self.fresh["daily"].extend(at + self.rp.batch_job_h * 3600 - a for a in arrivals)
+        self.waiting.clear()
+        self.n["batch"] += sent
+        if 0 < sent < self.rp.batch_min_records:
+            self.n["runs_below_minimum"] += 1
+            self.n["batch_below_minimum"] += sent
+
+    def refit(self, at: float) -> None:
+        if not self.states:
+            return
+        as_of = max(s.last_ts for s in self.states.values())
+        recent = as_of - self.rp.active_days * DAY
+        active = sorted(cid for cid, s in self.states.items()
+                        if s.last_ts >= recent and s.purchase_days > 1)
+        step = max(1, math.ceil(len(active) / self.rp.cut_sample))
+        # each one's CLV as of their own last purchase, as consumers.refit.route_cuts_doc
+        clvs = [c for cid in active[::step]
+                if (c := self.f.predict(self.states[cid], self.seg, self.states[cid].last_ts,
+                                        self.now, rates=self.rates).clv)
+                is not None]
+        self.cuts = cuts_of(clvs, as_of=as_of, top_share=self.rp.top_share,
+                            low_share=self.rp.low_share)
+        self.n["refits"] += 1
+        if self.cuts is not None:
+            self.cut_log.append({"day": round((at - self.first) / DAY, 1),
+                                 "active": len(active), "top_clv": round(self.cuts.top_clv, 2),
+                                 "low_clv": round(self.cuts.low_clv, 2)})
+
+    def advance(self, until: float) -> None:
+        while True:
+            due = self.policy.next_due_at()
+            run = self.next_run if (self.rp.daily or self.waiting) else math.inf
+            at = min(math.inf if due is None else due, self.next_refit, run)
+            if at > until or at == math.inf:
+                return
+            if at == self.next_refit:
+                self.refit(at)
+                self.next_refit += self.rp.refit_days * DAY
+            elif at == due:
+                for cid, pend in self.policy.due(at):
+                    self.released(at, cid, pend.features, pend.arrivals)
+            else:
+                self.batch_run(at)
+                self.next_run += self.rp.batch_every_h * 3600
+
+
+def simulate_routed(events: list[PurchaseEvent], arrival: Callable[[PurchaseEvent], float],
+                    forecaster: Forecaster, p: Params, rp: RouteParams,
+                    rates: Rates = NO_RATES) -> dict[str, Any]:
+    """Our policy with value routing: the debounce and the cache as :func:`simulate`, each
+    released customer routed by :func:`~consumers.analysis.value_route.route` on its fresh
+    prediction (``forecaster``: the refit's models) against the cuts of the latest refit
+    (:func:`~consumers.analysis.value_route.cuts_of` over the active repeat customers' CLV,
+    each as of their own last purchase, as :func:`consumers.refit.route_cuts_doc`; none before the
+    first: everyone on demand). Daily-routed customers
+    wait for the next batch run, which routes them again and applies the cache. Money in
+    ``rates``' reporting currency.
+
+    Returns calls (``on_demand``; ``batch``, of which ``batch_below_minimum`` in runs
+    smaller than Bedrock's minimum job), analyses by route and freshness per route: seconds
+    from a purchase's arrival to the analysis (or cache decision) reflecting it."""
+    sim = _Routed(forecaster, p, rp, arrival(events[0]) if events else 0.0, rates)
+    for e in events:
+        sim.purchase(e, arrival(e))
+    sim.advance((arrival(events[-1]) if events else 0.0) + p.debounce_s + 1)
+    if sim.waiting:  # the run after the stream ends, for those still waiting
+        sim.advance(sim.next_run)
+    n, purchases = sim.n, len(events)
+    return {
+        "purchases": purchases,
+        "calls": {k: n[k] for k in ("on_demand", "batch", "batch_below_minimum")},
+        "calls_per_1000": round(1000 * (n["on_demand"] + n["batch"]) / max(1, purchases), 1),
+        "routes": {r: n[f"route_{r}"] for r in ROUTES},
+        "cache_hits": n["cache_hits"], "refits": n["refits"], "batch_runs": n["runs"],
+        "batch_runs_below_minimum": n["runs_below_minimum"], "cuts": sim.cut_log,
+        "freshness": {r: {"purchases": len(v), "p50_s": _q(v, 0.5), "p95_s": _q(v, 0.95),
+                          "max_s": _q(v, 1.0)} for r, v in sim.fresh.items()},
     }
 
 

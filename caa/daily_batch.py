@@ -10,6 +10,8 @@ code here: the Lambda artifact leaves ``caa/cli`` out.
 
 from __future__ import annotations
 
+import asyncio
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
@@ -55,14 +57,41 @@ async def run_batch(settings: Settings, aws: Aws, since: datetime,
                            "to_analyse": len(work.entries),
                            "worst_case_usd": work.worst_case_usd}
         if len(work.entries) < s.batch_min_records:
+            # too few for a job (Bedrock's minimum): on demand now, so that nobody waits
+            # past the next run; the guard's budget and limits hold as for any call
             out["analysis"]["job"] = (
                 f"not submitted: {len(work.entries)} record(s), fewer than Bedrock's minimum "
-                f"{s.batch_min_records} (CAA_BATCH_MIN_RECORDS); their analyses stay as they are")
+                f"{s.batch_min_records} (CAA_BATCH_MIN_RECORDS): analysed on demand instead")
+            if work.entries:
+                progress.phase(f"analysing {len(work.entries):,} customers on demand")
+                out["analysis"]["on_demand"] = await _on_demand(s, aws, db, registry, work)
             return out
         progress.phase(f"submitting the batch job ({len(work.entries):,} records)")
         job = await submit(config, c["s3"], c["bedrock"], work, now)
         out["analysis"]["job"] = job.summary()
         return out
+
+
+async def _on_demand(settings: Settings, aws: Aws, db: Any, registry: Any,
+                     work: Any) -> dict[str, int]:
+    """Each planned entry analysed on demand (``bedrock_concurrency`` at a time): how many
+    came back from Bedrock, fell back to the statistical analysis, or failed to be stored."""
+    from caa import wiring
+
+    entries = list(work.entries.values())
+    gate = asyncio.Semaphore(settings.bedrock_concurrency)
+    async with aws.clients("bedrock-runtime") as c:
+        live = wiring.enricher(settings, db, c["bedrock-runtime"], registry)
+
+        async def one(entry: Any) -> str:
+            async with gate:
+                rec = await live.analyze_planned(entry.customer_id, entry.input)
+            if rec is None:
+                return "failed"
+            return "bedrock" if rec.source == "bedrock" else "statistical"
+
+        done = Counter(await asyncio.gather(*(one(e) for e in entries)))
+    return {k: done.get(k, 0) for k in ("bedrock", "statistical", "failed")}
 
 
 async def run_ingest(settings: Settings, aws: Aws, ident: str,

@@ -133,6 +133,17 @@ class Settings(BaseSettings):
     analysis_debounce_s: float = Field(60.0, ge=0)
     analysis_min_change: float = Field(0.25, gt=0)
     analysis_max_age_days: int = Field(30, ge=1)
+    #: value routing (consumers/analysis/value_route.py): "value" sends a model call at once
+    #: only for the top ``analysis_top_share`` of the active customers by CLV, the statistical
+    #: analysis for the bottom ``analysis_low_share`` (and P(alive) < 0.05), the rest to the
+    #: daily batch when CAA_BATCH_BUCKET is set (else on demand); the cuts come from the last
+    #: refit (none before it: every analysis on demand). "off": every analysis on demand
+    analysis_route: Literal["value", "off"] = "value"
+    analysis_top_share: float = Field(0.2, gt=0, le=1)
+    analysis_low_share: float = Field(0.4, ge=0, lt=1)
+    #: the middle goes to the daily batch (`caa batch`, which must then run): by default
+    #: when CAA_BATCH_BUCKET is set; the analyzer function of deploy/template.yaml says true
+    analysis_daily: bool | None = None
     #: customers who bought within this many days are re-analysed on each scheduled refit
     analysis_active_days: int = Field(30, ge=0)
     #: "opt_in": only customers who said yes; "opt_out": everyone who has not said no

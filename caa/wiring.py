@@ -29,6 +29,7 @@ from consumers.analysis.enricher import Enricher
 from consumers.analysis.guard import CallGuard
 from consumers.analysis.requests import RequestAnalyzer, RequestQueue, delay_of
 from consumers.analysis.trigger import CacheRules
+from consumers.analysis.value_route import NO_ROUTING, ValueCuts, ValueRouter, load_cuts
 from consumers.applier import BatchApplier
 from consumers.core import BatchResult
 from consumers.instrument.chaos import NO_CHAOS, Chaos
@@ -167,7 +168,25 @@ def enricher(settings: Settings, db: Dynamo, bedrock: Any, registry: ModelRegist
         metrics=Metrics(cloudwatch, {"Stream": s.stream_name, "Model": s.bedrock_model_id}),
         variants=registry.variants,
         rates=registry.rates,
+        router=value_router(s, registry),
     )
+
+
+def value_router(settings: Settings, registry: ModelRegistry) -> ValueRouter:
+    """Value routing (``CAA_ANALYSIS_ROUTE=value``, the default) from the cuts the latest
+    refit stored; the middle goes to the daily batch only when one runs
+    (``CAA_ANALYSIS_DAILY``, by default whether ``CAA_BATCH_BUCKET`` is set), else stays on
+    demand."""
+    s = settings
+    if s.analysis_route != "value":
+        return NO_ROUTING
+
+    async def load() -> ValueCuts | None:
+        return await load_cuts(registry.store, top_share=s.analysis_top_share,
+                               low_share=s.analysis_low_share)
+
+    daily = s.analysis_daily if s.analysis_daily is not None else s.batch_bucket is not None
+    return ValueRouter(load, daily=daily, refresh_s=s.model_refresh_s)
 
 
 # -- what the adapters run --------------------------------------------------------------

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from consumers.analysis.value_route import ROUTE_CUTS, clv_percentiles
 from consumers.hook import AnalysisHook, RequestSink
 from consumers.progress import NO_PROGRESS, Progress
 from consumers.registry import PARETO_NBD, ModelRegistry
@@ -57,6 +58,9 @@ if TYPE_CHECKING:
     from consumers.core import BatchResult
 
 SIZES = "segment-sizes"
+#: customers who bought within this many days make value routing's CLV cuts (without an
+#: active window of the scheduled re-analysis)
+ROUTE_ACTIVE_DAYS = 30
 #: the checkpoints-table group whose lease row is the refit lock
 REFIT_GROUP = "refit"
 #: how long the refit lock outlives its last renewal (it is renewed every third of it): a
@@ -113,6 +117,22 @@ def spend_by_currency(states: Iterable[CustomerState]) -> dict[str, int]:
     for s in states:
         total.update(s.spend_minor)
     return dict(sorted(total.items()))
+
+
+def route_cuts_doc(forecaster: Forecaster, active: Sequence[CustomerState], as_of: int,
+                   rates: Rates = NO_RATES) -> dict[str, object] | None:
+    """Value routing's CLV percentiles (:func:`consumers.analysis.value_route.clv_percentiles`)
+    over the ``active`` customers (the refit passes those who bought within the active window
+    and on more than one day: a single purchase day is routed on its own rule, and all such
+    customers share one CLV), each one's CLV **as of their own last purchase**: the moment a
+    buyer is routed at, so a buyer is compared like for like (as of the refit, the CLV of
+    someone who bought weeks ago has decayed, and every fresh buyer would look top-value)."""
+    now = datetime.now(UTC)
+    anyone = SegmentRef(id=0, name="")
+    clvs = [c for s in active
+            if (c := forecaster.predict(s, anyone, s.last_ts, now, rates=rates).clv)
+            is not None]
+    return clv_percentiles(clvs, as_of=as_of)
 
 
 async def rewrite_predictions(
@@ -263,11 +283,19 @@ async def refit(
                                                      sorted(Counter(segments).items())}})
     written = 0
     if rewrite:
-        out = await rewrite_predictions(ordered, segments, names,
-            registry.forecaster(params, version),
+        forecaster = registry.forecaster(params, version)
+        out = await rewrite_predictions(ordered, segments, names, forecaster,
             registry.segments_version, as_of, predictions,
             enricher, progress, registry.rates)
         written = len(out)
+        # value routing's CLV cuts (consumers.analysis.value_route), before any re-analysis
+        recent = as_of - (active_days or ROUTE_ACTIVE_DAYS) * DAY
+        doc = await asyncio.to_thread(
+            route_cuts_doc, forecaster,
+            [s for s in ordered if s.last_ts >= recent and s.purchase_days > 1], as_of,
+            registry.rates)
+        if doc is not None:
+            await registry.store.put(ROUTE_CUTS, doc)
         if active_days and (requests is not None or enricher is not None):
             since = as_of - active_days * DAY
             active = [s for s in ordered if s.last_ts >= since]

@@ -123,6 +123,8 @@ class Analysis(_Strict):
     """One customer's analysis, as the tool input schema demands it."""
 
     profile: Profile
+    #: not in the tool's schema (:func:`input_schema`): a model's answer gets the purchase
+    #: intervals' patterns (consumers.analysis.bedrock, with_statistical_patterns)
     consumption_patterns: Annotated[list[ConsumptionPattern], Field(max_length=10)]
     recommendations: Annotated[list[AnalysisRecommendation], Field(max_length=5)]
     next_best_action: NextBestAction
@@ -153,9 +155,55 @@ class Analysis(_Strict):
         return out
 
 
+#: the answer's limits in the tool's schema, tighter than :class:`Analysis` accepts (so the
+#: analyses stored under earlier prompt versions stay valid): at most this many items per
+#: list, characters per short text and in the narrative. Worst case of an answer at these
+#: limits: about 2,800 characters of JSON, 700 to 950 tokens, inside the default ``maxTokens``
+#: of 1,024 (billing counts the tokens answered, not ``maxTokens``)
+ANSWER_MAX_ITEMS = 3
+ANSWER_TEXT_CHARS = 120
+ANSWER_NARRATIVE_CHARS = 320
+_TIGHTER = {300: ANSWER_TEXT_CHARS, 600: ANSWER_NARRATIVE_CHARS}
+
+
+#: schema keys that tell the model nothing it needs (titles repeat the property names;
+#: ``minLength`` 1 and ``default`` null are checked and filled on our side)
+_DROPPED = ("title", "minLength", "default")
+#: answer fields the tool does not ask for (and the $defs only they use)
+_NOT_ASKED = {"consumption_patterns": "ConsumptionPattern"}
+
+
+def _tighten(node: Any) -> Any:
+    """The schema without what tells the model nothing (:data:`_DROPPED`), with the answer's
+    tighter limits."""
+    if isinstance(node, list):
+        return [_tighten(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _tighten(v) for k, v in node.items()
+           if k not in _DROPPED or isinstance(v, dict)}  # a property may be called so
+    if isinstance(out.get("maxItems"), int):
+        out["maxItems"] = min(out["maxItems"], ANSWER_MAX_ITEMS)
+    if isinstance(out.get("maxLength"), int):
+        out["maxLength"] = _TIGHTER.get(out["maxLength"], out["maxLength"])
+    return out
+
+
 def input_schema() -> dict[str, Any]:
-    """The JSON schema Bedrock's tool use is forced to satisfy."""
-    return Analysis.model_json_schema()
+    """The JSON schema Bedrock's tool use is forced to satisfy.
+
+    >>> s = input_schema()
+    >>> s["properties"]["narrative"]["maxLength"], "title" in s
+    (320, False)
+    """
+    schema: dict[str, Any] = _tighten(Analysis.model_json_schema())
+    schema.pop("description", None)  # the class docstring, for developers
+    # the model would only restate the statistical intervals it is given (statistical_next)
+    for name, model in _NOT_ASKED.items():
+        schema["properties"].pop(name)
+        schema["$defs"].pop(model, None)
+    schema["required"] = [r for r in schema["required"] if r not in _NOT_ASKED]
+    return schema
 
 
 def tool_spec() -> dict[str, Any]:
@@ -163,10 +211,7 @@ def tool_spec() -> dict[str, Any]:
     return {
         "toolSpec": {
             "name": TOOL_NAME,
-            "description": (
-                "Record the analysis of one customer's purchase behaviour. Every field is "
-                "derived from the purchase features provided; demographics are never inferred."
-            ),
+            "description": "Record the analysis of one customer's purchase behaviour.",
             "inputSchema": {"json": input_schema()},
         }
     }

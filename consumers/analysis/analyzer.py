@@ -182,13 +182,28 @@ def _action(x: AnalysisInput, recs: list[AnalysisRecommendation]) -> NextBestAct
     return NextBestAction(action=action, detail=detail)
 
 
-def statistical_analysis(x: AnalysisInput) -> Analysis:
-    """The analysis the BG/NBD forecast and the purchase intervals support."""
-    patterns = [
+def statistical_patterns(x: AnalysisInput) -> list[ConsumptionPattern]:
+    """The consumption patterns of the purchase intervals (the prompt's ``statistical_next``
+    products)."""
+    return [
         ConsumptionPattern(product=h.name, avg_days_between=h.avg_days_between,
                            predicted_next_date=h.expected_date, confidence=h.confidence)
         for h in x.statistical_next if h.kind == "product"
     ][:10]
+
+
+def with_statistical_patterns(a: Analysis, x: AnalysisInput) -> Analysis:
+    """A model's analysis with the consumption patterns of the purchase intervals when it
+    gave none (the tool's schema no longer asks for them: the model would only restate the
+    ``statistical_next`` it was given, at output-token prices)."""
+    if a.consumption_patterns:
+        return a
+    return a.model_copy(update={"consumption_patterns": statistical_patterns(x)})
+
+
+def statistical_analysis(x: AnalysisInput) -> Analysis:
+    """The analysis the BG/NBD forecast and the purchase intervals support."""
+    patterns = statistical_patterns(x)
     recs = [
         AnalysisRecommendation(
             product=h.name,

@@ -49,7 +49,14 @@ from botocore.exceptions import (
 )
 from pydantic import ValidationError
 
-from consumers.analysis.analyzer import FREE, AnalyzerResult, Calls, FailureKind, PriceTable
+from consumers.analysis.analyzer import (
+    FREE,
+    AnalyzerResult,
+    Calls,
+    FailureKind,
+    PriceTable,
+    with_statistical_patterns,
+)
 from consumers.retry import Backoff
 from models.analysis import TOOL_NAME, Analysis, tool_spec
 from models.prompt import SYSTEM_PROMPT, AnalysisInput, render_user
@@ -105,8 +112,11 @@ def _validated(uses: list[dict[str, Any]], stop: str,
     use = next((u for u in uses if u.get("name") == TOOL_NAME), None)
     if use is None:
         return None, f"no {TOOL_NAME} tool call ({stop})", None
+    answer = use.get("input")
+    if isinstance(answer, dict):  # not asked for (models.analysis.input_schema): filled later
+        answer = {"consumption_patterns": [], **answer}
     try:
-        return Analysis.model_validate(use.get("input")), "", use
+        return Analysis.model_validate(answer), "", use
     except ValidationError as exc:
         errors = exc.errors(include_url=False)[:5]
         why = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'input'}: {e['msg']}" for e in errors)
@@ -236,7 +246,7 @@ class BedrockAnalyzer:
                 if analysis is not None:
                     problems = analysis.problems(items)
                     if not problems:
-                        return result(analysis)
+                        return result(with_statistical_patterns(analysis, x))
                     why = "; ".join(problems[:5])
                 if billable >= MAX_BILLABLE or self._clock() >= deadline:
                     return result(None, "invalid_answer", why)

@@ -8,10 +8,15 @@ many as there are free slots (``bedrock_concurrency``), one analysis per
 customer at a time. For each one, in order:
 
 1. no consent (per ``consent_mode``) → statistical analysis, reason ``no_consent``;
-2. the cached analysis still holds (:func:`~consumers.analysis.trigger.stale_reason`) → skip;
-3. :class:`~consumers.analysis.guard.CallGuard`: circuit breaker, daily budget, token bucket
+2. value routing (:mod:`~consumers.analysis.value_route`; purchases and schedules, never
+   on-demand requests): ``statistical`` → the statistical analysis, reason ``low_value`` (by
+   design, not counted as a fallback; a scheduled re-analysis keeps one already there);
+   ``daily`` → nothing now, the daily batch analyses the
+   customer (counted ``route_daily``); ``on_demand`` → on;
+3. the cached analysis still holds (:func:`~consumers.analysis.trigger.stale_reason`) → skip;
+4. :class:`~consumers.analysis.guard.CallGuard`: circuit breaker, daily budget, token bucket
    → statistical with ``circuit_open``, ``budget_exhausted`` or ``rate_limited``;
-4. Bedrock; a failure (after its own retries) → statistical with the failure as reason.
+5. Bedrock; a failure (after its own retries) → statistical with the failure as reason.
 
 Each analysis is stored (latest, history, merged into the prediction item).
 A write that fails is counted and the customer is analysed again on the next
@@ -47,6 +52,7 @@ from consumers.analysis.trigger import (
     TriggerPolicy,
     stale_reason,
 )
+from consumers.analysis.value_route import NO_ROUTING, ROUTES, ValueRouter
 from consumers.core import BatchResult
 from consumers.instrument.metrics import Metrics
 from consumers.progress import NO_PROGRESS, Progress
@@ -72,6 +78,8 @@ STOP_GRACE_S = 1.5
 
 #: the fallback reason of the A/B control variant's analyses
 AB_CONTROL = "ab_control"
+#: the fallback reason of an analysis value routing sent to the statistical analyzer
+LOW_VALUE = "low_value"
 
 
 class _Stopped(Exception):
@@ -96,8 +104,11 @@ class Enricher:
         metrics: Metrics | None = None,
         variants: VariantPlan = NO_EXPERIMENT,
         rates: Rates = NO_RATES,
+        router: ValueRouter = NO_ROUTING,
     ) -> None:
         self.guard = guard
+        #: value routing (consumers.analysis.value_route): who gets a call now
+        self.router = router
         #: into the reporting currency of the prompts' money (the registry's rates)
         self.rates = rates
         self.variants = variants
@@ -304,6 +315,15 @@ class Enricher:
         self._inflight.add(customer_id)
         return await self._claimed(customer_id, x, "on_demand", [], True)
 
+    async def analyze_planned(self, customer_id: str, x: AnalysisInput) -> AnalysisRecord | None:
+        """A scheduled analysis the daily batch planned (consent, A/B plan, routing and the
+        cache already applied) but could not send as a job (fewer records than Bedrock's
+        minimum): on demand now, through the call guard (budget, limits, breaker)."""
+        while customer_id in self._inflight:
+            await asyncio.sleep(0.05)
+        self._inflight.add(customer_id)
+        return await self._claimed(customer_id, x, "schedule", [], True)
+
     async def run_request(self, customer_id: str, x: AnalysisInput, trigger: TriggerKind,
                           arrivals: list[float]) -> bool:
         """One durable request (:mod:`consumers.analysis.requests`), through the same path as
@@ -381,6 +401,18 @@ class Enricher:
             return await self._finish(cid, x, trigger, arrivals, None, "no_consent", None)
         if self.variants.is_control(cid):  # A/B control: the statistical analysis, by design
             return await self._finish(cid, x, trigger, arrivals, None, AB_CONTROL, None)
+        if not bypass and trigger != "on_demand" and self.router.enabled:
+            way = await self.router.route(x.p_alive, x.clv, x.purchase_days)
+            self._count(f"route_{way}", shared=True)
+            if way == "statistical":
+                prev = await self._previous(cid) if trigger == "schedule" else None
+                if prev is not None and prev.fallback_reason == LOW_VALUE:
+                    # nothing bought since its last statistical analysis: no rewrite per refit
+                    self._count("cache_hits", shared=True)
+                    return None
+                return await self._finish(cid, x, trigger, arrivals, None, LOW_VALUE, None)
+            if way == "daily":  # the daily batch analyses it (batch price, within its schedule)
+                return None
         if not bypass:
             prev = await self._previous(cid)
             old = Signature.from_dict(prev.signature) if prev and prev.signature else None
@@ -431,8 +463,8 @@ class Enricher:
         await self.store.record(rec)
         self._count("analyses", shared=True)
         self._count(f"source_{rec.source}", shared=True)
-        if fallback == AB_CONTROL:
-            self._count(AB_CONTROL, shared=True)  # not a fallback: the dashboard's rate
+        if fallback in (AB_CONTROL, LOW_VALUE):
+            self._count(fallback, shared=True)  # not a fallback: by design
         elif fallback:
             self._count("fallbacks", shared=True)
             self._count(f"fallback_{fallback}", shared=True)
@@ -486,6 +518,7 @@ class Enricher:
             "cache_hits": c["cache_hits"], "fallbacks": c["fallbacks"],
             "fallback_reasons": {k.removeprefix("fallback_"): v for k, v in sorted(c.items())
                                  if k.startswith("fallback_")},
+            "routes": {r: c[f"route_{r}"] for r in ROUTES if c[f"route_{r}"]},
             "errors": c["errors"], "breaker_opened": self.breaker.opened,
             **({"pending_at_stop": len(self.policy), "cut_short_at_stop": self._cut}
                if self._closing else {}),

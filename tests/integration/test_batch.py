@@ -248,7 +248,7 @@ def check_ingested(capsys: pytest.CaptureFixture[str], s: Settings,
     assert [e.startswith("test server at ") for e in day["endpoints"]] == [True]
 
 
-def test_statistical_batch_rewrites_active_predictions_and_small_jobs_are_not_submitted(
+def test_statistical_batch_rewrites_active_predictions_and_small_jobs_go_on_demand(
     ai_settings: Callable[..., Settings], bedrock_server: BedrockServer,
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -269,7 +269,10 @@ def test_statistical_batch_rewrites_active_predictions_and_small_jobs_are_not_su
     assert rc == 0
     assert out["analysis"]["to_analyse"] == 2
     assert out["analysis"]["job"].startswith("not submitted: 2 record(s), fewer than")
-    assert bedrock_server.jobs() == []
+    assert bedrock_server.jobs() == []  # too few for a job: analysed on demand instead
+    assert out["analysis"]["on_demand"] == {"bedrock": 2, "statistical": 0, "failed": 0}
+    rc, history = run_cli(capsys, "history", "a", "--json")
+    assert [(h["source"], h["trigger"]) for h in history] == [("bedrock", "schedule")]
 
     monkeypatch.setenv("CAA_AB_EXPERIMENT", "exp-1")  # everyone in the control variant
     monkeypatch.setenv("CAA_AB_VARIANTS", "statistical=1")
@@ -278,4 +281,4 @@ def test_statistical_batch_rewrites_active_predictions_and_small_jobs_are_not_su
     assert (out["analysis"]["ab_control"], out["analysis"]["to_analyse"]) == (2, 0)
     rc, history = run_cli(capsys, "history", "a", "--json")
     assert [(h["source"], h["fallback_reason"]) for h in history] == [
-        ("statistical", "ab_control")]
+        ("statistical", "ab_control"), ("bedrock", None)]  # newest first

@@ -34,7 +34,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from consumers.analysis.analyzer import PriceTable
+from consumers.analysis.analyzer import PriceTable, with_statistical_patterns
 from consumers.analysis.bedrock import endpoint, parse_native_answer
 from consumers.analysis.daily.job import BatchConfig, statistical_record, store_all
 from consumers.stores.analyses import AnalysisStore
@@ -94,7 +94,8 @@ def analysis_of(entry: BatchEntry, line: OutputLine, prices: PriceTable, model: 
         return AnalysisRecord(
             customer_id=entry.customer_id, at=at, as_of=x.as_of, source="bedrock", model=model,
             trigger="schedule", input_tokens=tin, output_tokens=tout, cost_usd=cost,
-            attempts=1, analysis=analysis, signature=entry.signature)
+            attempts=1, analysis=with_statistical_patterns(analysis, x),
+            signature=entry.signature)
     fallback = statistical_record(entry.customer_id, x, at, "invalid_answer")
     return fallback.model_copy(update={"input_tokens": tin, "output_tokens": tout,
                                        "cost_usd": cost, "attempts": 1})

@@ -10,7 +10,8 @@
    event among them, or of the last refit if later), keeping each customer's analysis.
 3. **Analyses**, with ``CAA_ANALYZER=bedrock``: consent, the A/B control variant and the
    change-aware cache apply as for a scheduled re-analysis (refusals get the statistical
-   analysis, ``no_consent``, and so does the control, ``ab_control``; unchanged customers
+   analysis, ``no_consent``, and so does the control, ``ab_control``, and those value routing
+   sends to it, ``low_value``: :mod:`consumers.analysis.value_route`; unchanged customers
    keep theirs). The rest go to a Bedrock batch inference job instead of on-demand calls:
    the exact Converse request the on-demand analyzer builds (pseudonymised prompt, forced
    tool) in the model's native format (:func:`models.daily_job.messages_body`: Converse-type
@@ -32,8 +33,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from consumers.analysis.analyzer import PriceTable, statistical_analysis
 from consumers.analysis.bedrock import BedrockAnalyzer
-from consumers.analysis.enricher import AB_CONTROL, Enricher
+from consumers.analysis.enricher import AB_CONTROL, LOW_VALUE, Enricher
 from consumers.analysis.trigger import Signature, stale_reason
+from consumers.analysis.value_route import route
 from consumers.progress import NO_PROGRESS, Progress
 from consumers.refit import rewrite_predictions
 from consumers.registry import ModelRegistry
@@ -73,6 +75,8 @@ class Plan:
     lines: list[str] = field(default_factory=list)
     no_consent: int = 0
     ab_control: int = 0
+    #: settled with the statistical analysis by value routing (consumers.analysis.value_route)
+    low_value: int = 0
     cache_hits: int = 0
     worst_case_usd: float = 0.0
 
@@ -157,6 +161,18 @@ async def plan(config: BatchConfig, enricher: Enricher, states: Sequence[Custome
         raise RuntimeError(f"could not store {len(errors)} analyses: {errors[0]}")
     out.no_consent, out.ab_control = len(refused), len(control)
     asked = [cid for cid in inputs if cid not in {*refused, *control}]
+    # value routing: those whose analysis could not change an action get the statistical one
+    cuts = await enricher.router.cuts() if enricher.router.enabled else None
+    low = [cid for cid in asked
+           if route(inputs[cid].p_alive, inputs[cid].clv, cuts, daily=True,
+                    purchase_days=inputs[cid].purchase_days) == "statistical"]
+    if low:
+        errors = await store_all(enricher.store, [
+            statistical_record(cid, inputs[cid], now, LOW_VALUE) for cid in low])
+        if errors:
+            raise RuntimeError(f"could not store {len(errors)} analyses: {errors[0]}")
+        out.low_value = len(low)
+        asked = [cid for cid in asked if cid not in set(low)]
     progress.phase("preparing the batch input", total=len(asked))
     previous = await enricher.store.latest(asked)
     prices = config.prices
@@ -176,10 +192,10 @@ async def plan(config: BatchConfig, enricher: Enricher, states: Sequence[Custome
                                           analyzer.max_tokens)
     out.worst_case_usd = round(out.worst_case_usd * config.price_factor, 6)
     await UsageLedger(enricher.store.db, config.usage_table).add(now.date().isoformat(), {
-        "analyses": out.no_consent + out.ab_control,
-        "source_statistical": out.no_consent + out.ab_control,
+        "analyses": out.no_consent + out.ab_control + out.low_value,
+        "source_statistical": out.no_consent + out.ab_control + out.low_value,
         "fallbacks": out.no_consent, "fallback_no_consent": out.no_consent,
-        AB_CONTROL: out.ab_control, "cache_hits": out.cache_hits})
+        AB_CONTROL: out.ab_control, LOW_VALUE: out.low_value, "cache_hits": out.cache_hits})
     return out
 
 

@@ -67,8 +67,9 @@ def test_iam_has_no_wildcard_actions_and_no_wildcard_resources_aws_does_not_requ
 
 
 def test_bedrock_is_invoke_model_on_the_configured_model_only() -> None:
-    """Invoking (the analyzer, and Bedrock's batch service role) and creating batch jobs only
-    on the configured model; the batch function's other Bedrock actions only on jobs."""
+    """Invoking (the analyzer, Bedrock's batch service role, and the batch function for a run
+    too small for a job) and creating batch jobs only on the configured model; the batch
+    function's other Bedrock actions only on jobs."""
     model = [
         "arn:${AWS::Partition}:bedrock:${PrimaryRegion}:${AWS::AccountId}:"
         "inference-profile/${BedrockModelId}",
@@ -82,7 +83,7 @@ def test_bedrock_is_invoke_model_on_the_configured_model_only() -> None:
     create = [st for st in bedrock
               if _list(st["Action"]) == ["bedrock:CreateModelInvocationJob"]]
     on_jobs = [st for st in bedrock if st not in invoke and st not in create]
-    assert (len(invoke), len(create), len(on_jobs)) == (2, 1, 1)
+    assert (len(invoke), len(create), len(on_jobs)) == (3, 1, 1)
     for st in invoke + create:
         assert sorted(r["Fn::Sub"] for r in st["Resource"]) == model
     assert sorted(_list(on_jobs[0]["Action"])) == [

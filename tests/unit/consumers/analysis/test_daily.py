@@ -14,7 +14,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from consumers.analysis.analyzer import PriceTable
+from consumers.analysis.analyzer import PriceTable, statistical_patterns
 from consumers.analysis.bedrock import BedrockAnalyzer
 from consumers.analysis.daily.ingest import analysis_of, ingest
 from consumers.analysis.daily.job import BatchConfig
@@ -98,7 +98,10 @@ def test_a_native_tool_use_answer_is_validated_and_priced_at_the_batch_rate() ->
         "bedrock", None, MODEL, "schedule")
     assert (rec.input_tokens, rec.output_tokens, rec.attempts) == (1000, 200, 1)
     assert rec.cost_usd == pytest.approx(BILLED)
-    assert rec.analysis.model_dump(mode="json") == valid_input()
+    # the consumption patterns are the purchase intervals' (the tool does not ask for them)
+    patterns = [p.model_dump(mode="json") for p in statistical_patterns(entry().input)]
+    assert rec.analysis.model_dump(mode="json") == {**valid_input(),
+                                                    "consumption_patterns": patterns}
 
 
 @pytest.mark.parametrize("content", [
