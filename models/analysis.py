@@ -39,6 +39,8 @@ given: free text that states such an inference (item names masked out, so
 
 from __future__ import annotations
 
+import functools
+import json
 import re
 from collections.abc import Iterable
 from datetime import date, datetime
@@ -190,12 +192,19 @@ def _tighten(node: Any) -> Any:
 
 
 def input_schema() -> dict[str, Any]:
-    """The JSON schema Bedrock's tool use is forced to satisfy.
+    """The JSON schema Bedrock's tool use is forced to satisfy (a fresh copy each call: built
+    once, as pydantic's schema generation takes milliseconds and every request sends it).
 
     >>> s = input_schema()
     >>> s["properties"]["narrative"]["maxLength"], "title" in s
     (320, False)
     """
+    out: dict[str, Any] = json.loads(_schema_json())
+    return out
+
+
+@functools.cache
+def _schema_json() -> str:
     schema: dict[str, Any] = _tighten(Analysis.model_json_schema())
     schema.pop("description", None)  # the class docstring, for developers
     # the model would only restate the statistical intervals it is given (statistical_next)
@@ -203,7 +212,7 @@ def input_schema() -> dict[str, Any]:
         schema["properties"].pop(name)
         schema["$defs"].pop(model, None)
     schema["required"] = [r for r in schema["required"] if r not in _NOT_ASKED]
-    return schema
+    return json.dumps(schema)
 
 
 def tool_spec() -> dict[str, Any]:
