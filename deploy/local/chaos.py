@@ -58,6 +58,12 @@ MODES = {"external": 0.0, "mid_batch_write": 0.01, "before_checkpoint": 0.2,
          "after_checkpoint": 0.2}
 #: shards of the harness's stream (the consumer's CAA_SHARD_COUNT default)
 SHARDS = 4
+#: records per GetRecords of the consumers it starts: a round of the four shards' batches
+#: must end (and checkpoint) well within the kill delays (2-15 s) for the kills to land at
+#: every point; at the local consumer's 300-600 events/s on 2 cores, 4 x 500 records take
+#: 3-7 s (4 x 2,000, the earlier value, took longer than the longest delay once the
+#: per-customer outlook made the core slower, and no run died at a checkpoint)
+GET_RECORDS_LIMIT = 500
 
 
 def poison() -> list[tuple[bytes, str]]:
@@ -307,7 +313,7 @@ class Harness:
 
 def run_chaos(endpoint: str, *, limit: int | None, kills: int, seed: int = 1,
               delay_s: tuple[float, float] = (2.0, 15.0), probability: float = 1.0,
-              get_records_limit: int = 2000, workdir: Path | None = None,
+              get_records_limit: int = GET_RECORDS_LIMIT, workdir: Path | None = None,
               say: bool = True, handovers: int = 1) -> ChaosReport:
     started = time.monotonic()
     h = Harness(endpoint, limit=limit, seed=seed, delay_s=delay_s, probability=probability,
@@ -339,11 +345,14 @@ def main() -> int:
                     help="lease handovers with a paused, then resumed, consumer")
     ap.add_argument("--probability", type=float, default=1.0,
                     help="scales the per-point kill probabilities of MODES")
+    ap.add_argument("--get-records-limit", type=int, default=GET_RECORDS_LIMIT,
+                    help="records per GetRecords of the consumers it starts")
     args = ap.parse_args()
     emu = launch("127.0.0.1")
     try:
         report = run_chaos(emu.endpoint, limit=args.limit, kills=args.kills, seed=args.seed,
-                           probability=args.probability, handovers=args.handovers)
+                           probability=args.probability, handovers=args.handovers,
+                           get_records_limit=args.get_records_limit)
     finally:
         emu.stop()
     print(report.line())
