@@ -85,7 +85,7 @@ async def _on_demand(settings: Settings, aws: Aws, db: Any, registry: Any,
 
         async def one(entry: Any) -> str:
             async with gate:
-                rec = await live.analyze_planned(entry.customer_id, entry.input)
+                rec = await live.analyze_now(entry.customer_id, entry.input, "schedule")
             if rec is None:
                 return "failed"
             return "bedrock" if rec.source == "bedrock" else "statistical"

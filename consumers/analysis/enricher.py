@@ -308,21 +308,15 @@ class Enricher:
         self._finished += 1
         self._wake.set()  # a slot is free
 
-    async def analyze_now(self, customer_id: str, x: AnalysisInput) -> AnalysisRecord | None:
-        """On demand: bypasses debounce and cache (consent, budget and limits still hold)."""
+    async def analyze_now(self, customer_id: str, x: AnalysisInput,
+                          trigger: TriggerKind = "on_demand") -> AnalysisRecord | None:
+        """Now: bypasses debounce, routing and cache (consent, budget and limits still hold).
+        ``trigger`` is ``on_demand`` (``caa analyze``, the API) or ``schedule`` (a daily
+        batch too small for a Bedrock job, which applied routing and the cache itself)."""
         while customer_id in self._inflight:
             await asyncio.sleep(0.05)
         self._inflight.add(customer_id)
-        return await self._claimed(customer_id, x, "on_demand", [], True)
-
-    async def analyze_planned(self, customer_id: str, x: AnalysisInput) -> AnalysisRecord | None:
-        """A scheduled analysis the daily batch planned (consent, A/B plan, routing and the
-        cache already applied) but could not send as a job (fewer records than Bedrock's
-        minimum): on demand now, through the call guard (budget, limits, breaker)."""
-        while customer_id in self._inflight:
-            await asyncio.sleep(0.05)
-        self._inflight.add(customer_id)
-        return await self._claimed(customer_id, x, "schedule", [], True)
+        return await self._claimed(customer_id, x, trigger, [], True)
 
     async def run_request(self, customer_id: str, x: AnalysisInput, trigger: TriggerKind,
                           arrivals: list[float]) -> bool:
