@@ -39,22 +39,41 @@ from typing import Any
 MODES = ("cpython", "freeze")
 
 
+def records_of(stream: str) -> list[Any]:
+    """The records of ``stream``: a name of :data:`core_golden.STREAMS`, or
+    ``e2e:CUSTOMERS:DAYS:EVENTS`` (the first ``EVENTS`` of
+    :func:`producers.datasets.synthetic.generate`, seed 7: what ``bench/e2e.py`` publishes)."""
+    from core_golden import STREAMS, _records
+
+    if stream.startswith("e2e:"):
+        from producers.datasets.synthetic import generate
+
+        customers, days, events = (int(x) for x in stream.split(":")[1:])
+        return _records(list(generate(customers=customers, days=days, seed=7)[:events]))
+    return STREAMS[stream]()
+
+
 def child(stream: str, model: str, mode: str) -> dict[str, Any]:
-    from core_golden import STREAMS, replay
+    """One replay of ``stream`` (see :func:`records_of`) with the ``model`` forecaster and
+    the GC ``mode``: its CPU and wall time, peak RSS and the collector's figures."""
+    from core_golden import replay
 
     from consumers.gc_policy import GcPolicy
 
-    records = STREAMS[stream]()
+    records = records_of(stream)
     policy = GcPolicy(enabled=mode == "freeze")
     gc.collect()
-    started = time.process_time()
+    wall0, started = time.perf_counter(), time.process_time()
     batches = sum(1 for _ in replay(records, model, after_batch=policy.after_batch))
-    cpu = time.process_time() - started
+    cpu, wall = time.process_time() - started, time.perf_counter() - wall0
+    n = len(records)
     status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text()
                   .splitlines() if ":" in line)
     return {
-        "stream": stream, "model": model, "gc": mode, "events": len(records),
-        "batches": batches, "cpu_s": cpu, "us_per_event": cpu / len(records) * 1e6,
+        "stream": stream, "model": model, "gc": mode, "events": n,
+        "batches": batches, "cpu_s": cpu, "wall_s": wall, "us_per_event": cpu / n * 1e6,
+        "cpu_us_per_event": cpu / n * 1e6, "wall_us_per_event": wall / n * 1e6,
+        "events_per_cpu_s": n / cpu, "events_per_wall_s": n / wall,
         "peak_rss_mib": int(status["VmHWM"].split()[0]) / 1024,
         "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "frozen": gc.get_freeze_count(), "sweeps": policy.sweeps,

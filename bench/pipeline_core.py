@@ -27,45 +27,21 @@ median and range (min-max) of the repeats.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 FIGURES = ("cpu_us_per_event", "wall_us_per_event", "events_per_cpu_s", "events_per_wall_s")
 
 
-def records_of(stream: str) -> list[Any]:
-    from core_golden import STREAMS, _records
-
-    if stream.startswith("e2e:"):
-        from producers.datasets.synthetic import generate
-
-        customers, days, events = (int(x) for x in stream.split(":")[1:])
-        return _records(list(generate(customers=customers, days=days, seed=7)[:events]))
-    return STREAMS[stream]()
-
-
 def child(stream: str, model: str) -> dict[str, Any]:
-    from core_golden import replay
+    """``bench/core_cpu.py``'s measurement with the applier's GC policy."""
+    from core_cpu import child as measure
 
-    from consumers.gc_policy import GcPolicy
-
-    records = records_of(stream)
-    policy = GcPolicy(enabled=True)
-    gc.collect()
-    wall0, cpu0 = time.perf_counter(), time.process_time()
-    batches = sum(1 for _ in replay(records, model, after_batch=policy.after_batch))
-    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-    n = len(records)
-    return {"stream": stream, "model": model, "gc": "freeze", "events": n,
-            "batches": batches, "cpu_s": round(cpu, 4), "wall_s": round(wall, 4),
-            "cpu_us_per_event": cpu / n * 1e6, "wall_us_per_event": wall / n * 1e6,
-            "events_per_cpu_s": n / cpu, "events_per_wall_s": n / wall}
+    return measure(stream, model, "freeze")
 
 
 def run_child(stream: str, model: str) -> dict[str, Any]:
