@@ -43,6 +43,7 @@ from models.learn.bgnbd import BgNbdParams
 from models.learn.clv import WEEKS_PER_MONTH, clv_interval, discounted_clv
 from models.learn.gamma_gamma import GammaGammaParams, conditional_expected_order_value
 from models.learn.pareto_nbd import ParetoNbdParams
+from models.learn.pareto_nbd_next_order import next_order_day
 from models.prediction import Churn, ChurnBand, Timing, Value
 
 __all__ = ["DEFAULT_OUTLOOK", "CountOutlook", "Outlook", "OutlookConfig", "churn_band",
@@ -124,6 +125,13 @@ def _alive_and_cumulative(params: BgNbdParams | ParetoNbdParams, x: float, t_x: 
         bgnbd.expected_purchases(params, h, x, t_x, big_t) for h in horizons]
 
 
+def _next_order(params: BgNbdParams | ParetoNbdParams, q: float, x: float, t_x: float,
+                big_t: float, alive: float) -> float | None:
+    if isinstance(params, ParetoNbdParams):  # to the day: the date shown is all we need
+        return next_order_day(params, q, x, t_x, big_t, alive)
+    return bgnbd_windows.next_order_quantile(params, q, x, t_x, big_t, alive)
+
+
 #: distinct histories ``(params, x, t_x, T, months)`` whose count outlook is kept (about
 #: 0.5 KB each): a batch's buyers share few of them (same first day, same repeat count,
 #: bought today), so a replay of CDNOW finds 60% of them here, the synthetic stream 49%
@@ -136,7 +144,9 @@ class CountOutlook:
     but money. ``cumulative[m-1]``: expected purchases within ``m`` months (30-day, for
     ``m`` in 1..months); ``count_interval``: the 80% interval of the purchases over the
     whole ``months`` (``(0, 0)`` when ``months`` is 0); ``q50`` / ``q80``: weeks until a
-    next order is 50% / 80% likely (None beyond :data:`TIMING_HORIZON_WEEKS`)."""
+    next order is 50% / 80% likely (None beyond :data:`TIMING_HORIZON_WEEKS`); Pareto/NBD
+    gives them to the day (:func:`models.learn.pareto_nbd_next_order.next_order_day`: the
+    dates shown are the same)."""
 
     alive: float
     horizons: tuple[float, ...]
@@ -176,8 +186,8 @@ def count_outlook(params: BgNbdParams | ParetoNbdParams, x: float, t_x: float, b
     # a date more than a year out is not a date a marketer can use (and BG/NBD gives
     # customers with no repeat P(alive) 1, so centuries): None, like "never"
     p_year = 1.0 - w.p_no_purchase(params, TIMING_HORIZON_WEEKS, x, t_x, big_t, alive)
-    q50 = w.next_order_quantile(params, 0.5, x, t_x, big_t, alive) if p_year >= 0.5 else None
-    q80 = w.next_order_quantile(params, 0.8, x, t_x, big_t, alive) if p_year >= 0.8 else None
+    q50 = _next_order(params, 0.5, x, t_x, big_t, alive) if p_year >= 0.5 else None
+    q80 = _next_order(params, 0.8, x, t_x, big_t, alive) if p_year >= 0.8 else None
     interval = w.purchase_count_interval(params, 90 / _WEEK, x, t_x, big_t, LEVEL, alive)
     return CountOutlook(alive, tuple(horizons), tuple(cumulative), count_interval, p30, p90,
                         q50, q80, interval)
