@@ -44,7 +44,7 @@ from models.learn.forecaster import Forecaster
 from models.learn.segmentation import SegmentModel
 from models.money import NO_RATES, Rates
 from models.order_book import ORDER_HORIZON
-from models.prediction import Prediction, SegmentRef
+from models.prediction import Prediction, SegmentRef, shared
 from models.state import CustomerState
 
 Status = Literal["applied", "duplicate", "duplicate_order", "rejected"]
@@ -304,7 +304,7 @@ def process_batch(
             features = rfm(state, watermark, models.rates)
             seg = models.segmenter.predict_one(features)
             prediction = models.forecaster.predict(
-                state, SegmentRef(id=seg, name=names.get(seg, f"segment {seg}")),
+                state, shared(SegmentRef, seg, names.get(seg, f"segment {seg}")),
                 watermark, now, models.segments_version, rates=models.rates)
         except Exception as exc:  # noqa: BLE001 - any defect is this customer's dead letter
             f.fail(cid, exc)

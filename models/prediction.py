@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Literal
+from functools import lru_cache
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -17,6 +18,23 @@ Status = Literal["due", "upcoming", "later"]
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+_M = TypeVar("_M", bound=_Frozen)
+
+
+@lru_cache(maxsize=1 << 14, typed=True)
+def shared(cls: type[_M], *values: Any) -> _M:
+    """One validated ``cls`` per distinct ``values`` (its fields in declaration order, all
+    hashable; ``1`` and ``1.0`` are told apart), kept and given to every caller: the
+    models here are frozen, and a prediction holds a nested one as it is (pydantic does
+    not revalidate instances). For the parts many predictions share: a segment, a churn
+    figure, a category's affinity.
+
+    >>> shared(SegmentRef, 1, "Loyal") is shared(SegmentRef, 1, "Loyal")
+    True
+    """
+    return cls(**dict(zip(cls.model_fields, values, strict=True)))
 
 
 class SegmentRef(_Frozen):

@@ -46,6 +46,7 @@ from models.prediction import (
     Recommendation,
     SegmentRef,
     Status,
+    shared,
 )
 from models.state import DAY, CustomerState
 from models.variant import NO_EXPERIMENT, VariantPlan
@@ -77,7 +78,7 @@ def purchase_forecast(params: ForecastParams, x: float, t_x: float, big_t: float
     (0.918, 0.5759)
     """
     if isinstance(params, ParetoNbdParams):  # one P(alive) for every horizon
-        alive = pareto_nbd.p_alive(params, x, t_x, big_t)
+        alive = pareto_nbd.p_alive_memo(params, x, t_x, big_t)
         return alive, [alive * pareto_nbd.expected_purchases_if_alive(params, h, x, big_t)
                        for h in horizons]
     return bgnbd.p_alive(params, x, t_x, big_t), [
@@ -319,10 +320,8 @@ class Forecaster:
         ranked = sorted(((k, v) for k, v in state.categories.items() if v.orders > 0),
                         key=lambda kv: (-kv[1].orders, kv[0]))
         recs.extend(
-            Recommendation(
-                key=key, kind="category", reason="category_affinity",
-                score=round(stats.orders / total, 3),
-            )
+            shared(Recommendation, key, "category", "category_affinity",
+                   round(stats.orders / total, 3))
             for key, stats in ranked[:2]
         )
         return recs[: self.max_items]

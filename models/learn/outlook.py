@@ -44,7 +44,7 @@ from models.learn.clv import WEEKS_PER_MONTH, clv_interval, discounted_clv
 from models.learn.gamma_gamma import GammaGammaParams, conditional_expected_order_value
 from models.learn.pareto_nbd import ParetoNbdParams
 from models.learn.pareto_nbd_next_order import next_order_day
-from models.prediction import Churn, ChurnBand, Timing, Value
+from models.prediction import Churn, ChurnBand, Timing, Value, shared
 
 __all__ = ["DEFAULT_OUTLOOK", "CountOutlook", "Outlook", "OutlookConfig", "churn_band",
            "count_outlook", "customer_outlook"]
@@ -119,7 +119,7 @@ def _alive_and_cumulative(params: BgNbdParams | ParetoNbdParams, x: float, t_x: 
     """P(alive) and the expected purchases over each horizon (weeks), P(alive) computed
     once."""
     if isinstance(params, ParetoNbdParams):
-        alive = pareto_nbd.p_alive(params, x, t_x, big_t)
+        alive = pareto_nbd.p_alive_memo(params, x, t_x, big_t)
         return alive, [alive * e for e in _if_alive(params, x, big_t, tuple(horizons))]
     return bgnbd.p_alive(params, x, t_x, big_t), [
         bgnbd.expected_purchases(params, h, x, t_x, big_t) for h in horizons]
@@ -224,12 +224,10 @@ def customer_outlook(params: BgNbdParams | ParetoNbdParams, value_params: GammaG
                   clv_high=round(max(clv_hi, clv), 2), expected_order_value=round(aov, 2),
                   historic=round(spend, 2), months=months,
                   monthly_discount_rate=config.monthly_discount_rate)
-    churn = Churn(p_no_purchase_30d=round(c.p30, 4), p_no_purchase_90d=round(c.p90, 4),
-                  band=churn_band(c.p90, config))
-    timing = Timing(
-        avg_days_between=round((last_day - first_day) / (purchase_days - 1), 2)
-        if purchase_days > 1 else None,
-        next_order_50=_date(as_of_day + c.q50 * _WEEK) if c.q50 is not None else None,
-        next_order_80=_date(as_of_day + c.q80 * _WEEK) if c.q80 is not None else None,
-    )
+    churn = shared(Churn, round(c.p30, 4), round(c.p90, 4), churn_band(c.p90, config))
+    timing = shared(
+        Timing,
+        round((last_day - first_day) / (purchase_days - 1), 2) if purchase_days > 1 else None,
+        _date(as_of_day + c.q50 * _WEEK) if c.q50 is not None else None,
+        _date(as_of_day + c.q80 * _WEEK) if c.q80 is not None else None)
     return Outlook(value, churn, timing, c.interval_90d)

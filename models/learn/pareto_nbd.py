@@ -41,6 +41,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -237,6 +238,11 @@ def p_alive(params: ParetoNbdParams, x: float, t_x: float, T: float) -> float:
         e = math.exp(-log_odds)
         return e / (1.0 + e)
     return 1.0 / (1.0 + math.exp(log_odds))
+
+
+#: :func:`p_alive` memoised (pure; ``params`` are frozen): the forecaster's 30/90-day
+#: figures and the customer outlook ask it of the same history, one after the other
+p_alive_memo = lru_cache(maxsize=1 << 15)(p_alive)
 
 
 def expected_purchases_if_alive(params: ParetoNbdParams, t: float, x: float, T: float) -> float:
