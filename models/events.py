@@ -317,7 +317,10 @@ def _encoding_hint(data: bytes) -> str:
 
 def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
     """``json.loads``'s object hook: :class:`EventRejected` on a key given twice."""
-    out: dict[str, object] = {}
+    out: dict[str, object] = dict(pairs)
+    if len(out) == len(pairs):  # every key once (the common case, in C)
+        return out
+    out = {}
     for key, value in pairs:
         if key in out:
             raise EventRejected("duplicate_key", f"key {key[:64]!r} appears more than once in "
