@@ -8,12 +8,14 @@
   inference job (the job's record and input in ``CAA_BATCH_BUCKET``);
 - Bedrock's "Batch Inference Job State Change" event (``BatchJobStateRule``, an EventBridge
   rule on ``source`` ``aws.bedrock``), ``detail.batchJobArn`` and ``detail.status``: a job
-  that ended ``Completed`` or ``PartiallyCompleted`` is ingested
-  (:func:`caa.daily_batch.run_ingest`: every record's analysis stored, the spend counted);
-  any other status is skipped, nothing written;
+  that ended (``Completed``, ``PartiallyCompleted``, ``Failed``, ``Stopped``, ``Expired``) is
+  ingested (:func:`caa.daily_batch.run_ingest`: every record's analysis stored, the spend
+  counted). A job that failed, expired or was stopped part way has been billed for the
+  records it answered: those answers are stored and their spend counts against the day's
+  budget, and every other record gets its statistical analysis (``batch_missing``) at once
+  instead of none. Any other status is skipped, nothing written;
 - by hand: ``{"job": "ingest", "job_id": "<name, id or ARN>"}`` ingests that job whatever
-  the event said (a ``Failed`` or ``Stopped`` job's records then get their statistical
-  analyses, ``batch_missing``).
+  the event said.
 
 It returns, and logs as one JSON line, a summary with ``job`` (``batch`` or ``ingest``) and
 ``status``: ``submitted``, ``not_submitted`` (too few records, or nobody active),
@@ -36,14 +38,15 @@ from caa.aws import Aws
 from caa.daily_batch import missing_settings, run_batch, run_ingest
 from caa.errors import BadInput
 from caa.settings import Settings
-from consumers.analysis.daily.ingest import IngestRefused
+from consumers.analysis.daily.ingest import ENDED, IngestRefused
 from models.daily_job import parse_since
 
 #: what the EventBridge rule matches (deploy/template.yaml: BatchJobStateRule)
 EVENT_SOURCE = "aws.bedrock"
 DETAIL_TYPE = "Batch Inference Job State Change"
-#: job states whose answers the event path ingests; the other ended states are skipped
-INGESTED_STATES = frozenset({"Completed", "PartiallyCompleted"})
+#: job states whose answers the event path ingests: every ended one (a failed, expired or
+#: stopped job was billed for what it answered); the others are skipped
+INGESTED_STATES = ENDED
 DEFAULT_SPAN = "1d"
 
 
@@ -87,7 +90,7 @@ def ingest(ident: str, trigger: str, now: datetime | None = None) -> dict[str, A
 
 
 def state_change(event: Mapping[str, Any]) -> dict[str, Any]:
-    """Bedrock's job state change: ingest an ended, answered job; skip any other status."""
+    """Bedrock's job state change: ingest an ended job; skip any other status."""
     detail = event.get("detail") or {}
     arn, status = str(detail.get("batchJobArn") or ""), str(detail.get("status") or "")
     if not arn:

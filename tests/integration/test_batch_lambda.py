@@ -4,7 +4,9 @@ input and record on moto's S3, the job on the Bedrock-protocol test server: moto
 invocation jobs), the pseudonym key read from the SSM parameter the template names; then
 Bedrock's "Batch Inference Job State Change" event, with the job's output written as Bedrock
 writes it (as tests/integration/test_batch.py does), stores the analyses. A job that has not
-completed is skipped and nothing is written; a second delivery of the event is refused."""
+ended is skipped and nothing is written; a second delivery of the event is refused. A job
+that failed, expired or was stopped part way is ingested too: what it answered (and was
+billed for) is stored and counted, every other record gets its statistical analysis."""
 
 from __future__ import annotations
 
@@ -116,9 +118,9 @@ def test_the_schedule_submits_the_job_and_its_completion_event_ingests_it(
         check_native_request(s, ln, record.entries[ln["recordId"]].input, who[ln["recordId"]])
     assert not any(c.encode() in raw for c in ("c1", "c2", "c3", "c4", "c5", "nope"))
 
-    # a job that did not complete: skipped, nothing written
+    # a job that has not ended: skipped, nothing written
     write_output(s, job, {who[ln["recordId"]]: ln for ln in lines})
-    for status in ("InProgress", "Failed", "Stopped"):
+    for status in ("InProgress", "Stopping"):
         skipped = batch_lambda.handler(state_change(job, status))
         assert (skipped["job"], skipped["status"], skipped["job_status"]) == (
             "ingest", "skipped", status), skipped
@@ -141,6 +143,30 @@ def test_the_schedule_submits_the_job_and_its_completion_event_ingests_it(
     by_hand = batch_lambda.handler({"job": "ingest", "job_id": job["job"]})
     assert (by_hand["status"], by_hand["trigger"]) == ("refused", "manual")
     assert run_cli(capsys, "costs", "--json")[1] == costs
+
+
+@pytest.mark.parametrize("status", ["Failed", "Expired", "Stopped"])
+def test_a_job_that_ended_part_way_is_ingested_with_its_spend(
+    deployed: Settings, bedrock_server: BedrockServer, capsys: pytest.CaptureFixture[str],
+    status: str,
+) -> None:
+    """Bedrock answered some records before the job failed, expired or was stopped: those
+    answers were billed. They are stored and counted against the day's budget; the records
+    it never reached get their statistical analysis (``batch_missing``) now."""
+    s = deployed
+    job = batch_lambda.handler(dict(SCHEDULED))["analysis"]["job"]
+    lines, record, _ = read_input(s, job)
+    write_output(s, job, {record.entries[ln["recordId"]].customer_id: ln for ln in lines})
+    bedrock_server.set_job_status(status)
+    before = run_cli(capsys, "costs", "--json")[1]
+    out = batch_lambda.handler(state_change(job, status))
+    assert (out["status"], out["trigger"], out["job_status"]) == ("ingested", "event", status)
+    check_ingested(capsys, s, out)
+    assert marker_exists(s, job)
+    after = run_cli(capsys, "costs", "--json")[1]
+    assert after != before  # the billed answers are in the day's spend
+    again = batch_lambda.handler(state_change(job, status))
+    assert again["status"] == "refused", again
 
 
 def test_a_completion_event_of_a_job_still_running_on_bedrock_writes_nothing(
