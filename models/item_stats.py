@@ -26,11 +26,8 @@ Beyond the table's limit, which entry is evicted depends on the order purchases 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
-
-_T = TypeVar("_T")
+from typing import Any
 
 #: products kept per customer
 MAX_PRODUCTS = 256
@@ -48,36 +45,10 @@ class ItemStats:
     early: int = 0  # distinct purchase days before the floor's day
     first_day: int = 0
     days: list[int] = field(default_factory=list)  # distinct days from the floor's, sorted
-    #: :meth:`of_days`' kept result: ``(early, len(days), compute, value)``
-    _memo: tuple[int, int, Callable[[ItemStats], Any], Any] | None = field(
-        default=None, init=False, repr=False, compare=False)
 
     def clone(self) -> ItemStats:
-        twin = ItemStats(self.orders, self.quantity, dict(self.spend), self.early,
+        return ItemStats(self.orders, self.quantity, dict(self.spend), self.early,
                          self.first_day, list(self.days))
-        twin._memo = self._memo
-        return twin
-
-    def of_days(self, compute: Callable[[ItemStats], _T]) -> _T:
-        """``compute(self)`` for a ``compute`` that reads only the purchase days
-        (``early``, ``first_day``, ``days`` and what follows from them), kept until they
-        change: every change of them changes ``(early, len(days))`` (:meth:`add_day` adds
-        a day, :meth:`compact` moves days to ``early``, which never goes down), so that
-        pair tells a kept result from a stale one. The days must change only through
-        these methods (as :class:`ItemTable` does); one ``compute`` is kept at a time.
-
-        >>> s = ItemStats(); s.add_day(3); s.add_day(10)
-        >>> s.of_days(lambda st: st.mean_gap), s.of_days(lambda st: st.day_count)
-        (7.0, 2)
-        """
-        memo = self._memo
-        early, n = self.early, len(self.days)
-        if memo is not None and memo[0] == early and memo[1] == n and memo[2] is compute:
-            value: _T = memo[3]
-            return value
-        value = compute(self)
-        self._memo = (early, n, compute, value)
-        return value
 
     @property
     def day_count(self) -> int:

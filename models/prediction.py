@@ -23,13 +23,13 @@ class _Frozen(BaseModel):
 _M = TypeVar("_M", bound=_Frozen)
 
 
-@lru_cache(maxsize=1 << 14, typed=True)
+@lru_cache(maxsize=1 << 12, typed=True)
 def shared(cls: type[_M], *values: Any) -> _M:
     """One validated ``cls`` per distinct ``values`` (its fields in declaration order, all
     hashable; ``1`` and ``1.0`` are told apart), kept and given to every caller: the
     models here are frozen, and a prediction holds a nested one as it is (pydantic does
     not revalidate instances). For the parts many predictions share: a segment, a churn
-    figure, a category's affinity.
+    figure, a category's affinity (the 4,096 most recent, about 2 MB).
 
     >>> shared(SegmentRef, 1, "Loyal") is shared(SegmentRef, 1, "Loyal")
     True

@@ -208,10 +208,10 @@ class Forecaster:
         self, kind: str, key: str, stats: ItemStats, as_of_day: int
     ) -> _Next | None:
         """Plain data: :meth:`predict` builds :class:`NextPurchase` only for the ones it
-        shows. The rhythm (:func:`_rhythm`) is kept on the stats until their days change."""
+        shows (:func:`_rhythm` says when)."""
         if stats.orders <= 0:
             return None
-        rhythm = stats.of_days(_rhythm)
+        rhythm = _rhythm(stats)
         if rhythm is None:
             return None
         mean, expected, expected_date, confidence, shown_mean, day_count = rhythm

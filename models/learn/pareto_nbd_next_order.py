@@ -44,7 +44,12 @@ _WEEK = 7.0
 _MARGIN_WEEKS = 1e-8
 
 
-@lru_cache(maxsize=1 << 14)
+#: ``(x, T)`` pairs whose cell ends are kept (each a dict of 10-20 floats, about 1 KB: 8 MB
+#: at most); a CDNOW replay has 7,822 pairs in all, a batch's buyers a few hundred
+_PAIRS = 1 << 13
+
+
+@lru_cache(maxsize=_PAIRS)
 def _cell_ends(params: ParetoNbdParams, x: float, T: float) -> dict[int, float]:
     """``k -> P(X(T, T + t_k) >= 1 | alive at T)``, filled as the searches need them."""
     return {}
