@@ -29,6 +29,8 @@ left to ``next_order_quantile`` itself.
 
 from __future__ import annotations
 
+import math
+from array import array
 from functools import lru_cache
 
 from models.learn.btyd_data import check_history
@@ -44,21 +46,26 @@ _WEEK = 7.0
 _MARGIN_WEEKS = 1e-8
 
 
-#: ``(x, T)`` pairs whose cell ends are kept (each a dict of 10-20 floats, about 1 KB: 8 MB
-#: at most); a CDNOW replay has 7,822 pairs in all, a batch's buyers a few hundred
-_PAIRS = 1 << 13
+#: ``(x, T)`` pairs whose cell ends are kept, each in an array of :data:`DAY_CELLS` doubles
+#: (NaN: not computed yet; about 3 KB a pair, 12 MB at most); a CDNOW replay has 7,822 pairs
+#: in all, a batch's buyers a few hundred
+_PAIRS = 1 << 12
 
 
 @lru_cache(maxsize=_PAIRS)
-def _cell_ends(params: ParetoNbdParams, x: float, T: float) -> dict[int, float]:
-    """``k -> P(X(T, T + t_k) >= 1 | alive at T)``, filled as the searches need them."""
-    return {}
+def _cell_ends(params: ParetoNbdParams, x: float, T: float) -> array[float]:
+    """``[P(X(T, T + t_k) >= 1 | alive at T) for k in 0..365]``, filled as the searches
+    need them (NaN until then)."""
+    return array("d", _UNKNOWN)
 
 
-def _at_end(params: ParetoNbdParams, x: float, T: float, ends: dict[int, float],
+_UNKNOWN = [math.nan] * DAY_CELLS
+
+
+def _at_end(params: ParetoNbdParams, x: float, T: float, ends: array[float],
             k: int) -> float:
-    value = ends.get(k)
-    if value is None:
+    value = ends[k]
+    if math.isnan(value):  # not computed yet
         value = ends[k] = _buy_if_alive(params, (k + 0.5) / _WEEK, x, T, _pi_now(params, x, T))
     return value
 
