@@ -311,8 +311,7 @@ def batch_config(settings: Settings) -> BatchConfig:
     s = settings
     return BatchConfig(usage_table=tables(s).usage, prices=prices(s),
                        price_factor=s.bedrock_batch_price_factor, model_id=s.bedrock_model_id,
-                       bucket=s.batch_bucket, prefix=s.batch_prefix, role_arn=s.batch_role_arn,
-                       min_records=s.batch_min_records)
+                       bucket=s.batch_bucket, prefix=s.batch_prefix, role_arn=s.batch_role_arn)
 
 
 def erasure_targets(settings: Settings) -> ErasureTargets:

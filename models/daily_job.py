@@ -199,9 +199,6 @@ class BatchJob(_Frozen):
     entries: dict[str, BatchEntry]
     job_arn: str | None = None
     submit_error: str | None = None
-    #: the job whose unanswered records this one asks again (a job that failed or expired:
-    #: :func:`consumers.analysis.daily.ingest.retry_unanswered`); a retry is not retried
-    retry_of: str | None = None
 
     @property
     def input_name(self) -> str:
@@ -211,5 +208,4 @@ class BatchJob(_Frozen):
         return {"job": self.name, "job_arn": self.job_arn, "records": len(self.entries),
                 "model": self.model_id, "input_uri": self.input_uri,
                 "output_uri": self.output_uri, "record_uri": self.record_uri,
-                **({"submit_error": self.submit_error} if self.submit_error else {}),
-                **({"retry_of": self.retry_of} if self.retry_of else {})}
+                **({"submit_error": self.submit_error} if self.submit_error else {})}

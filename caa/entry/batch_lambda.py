@@ -13,9 +13,7 @@
   counted). A job that failed, expired or was stopped part way has been billed for the
   records it answered: those answers are stored and their spend counts against the day's
   budget, and every other record gets its statistical analysis (``batch_missing``) at once
-  instead of none. A job Bedrock gave up on (``Failed``, ``Expired``) also has those records
-  asked again, once, in a new job (the summary's ``retry``). Any other status is skipped,
-  nothing written;
+  instead of none. Any other status is skipped, nothing written;
 - by hand: ``{"job": "ingest", "job_id": "<name, id or ARN>"}`` ingests that job whatever
   the event said.
 

@@ -17,10 +17,6 @@ on-demand analyses (latest, history, merged into the prediction), with trigger `
   answer nor error: ``batch_malformed``; no line at all (an unreadable line, a failed job):
   ``batch_missing``.
 
-A job that failed or expired (Bedrock gave up on it, :data:`RETRIED`) has its records that
-got no line asked again, once, in a new job with the same input lines
-(:func:`retry_unanswered`; not below Bedrock's minimum job size, not for a retry itself).
-
 The day's usage counters get the job's tokens, spend (also counted against the daily budget's
 ``committed_micros``), calls and fallbacks in one update at the end. A marker object beside
 the job record claims the ingestion first (a conditional put), so a job is counted once; an
@@ -36,11 +32,11 @@ from collections import Counter
 from datetime import datetime
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
 from consumers.analysis.analyzer import PriceTable, with_statistical_patterns
 from consumers.analysis.bedrock import endpoint, parse_native_answer
-from consumers.analysis.daily.job import BatchConfig, Plan, statistical_record, store_all, submit
+from consumers.analysis.daily.job import BatchConfig, statistical_record, store_all
 from consumers.stores.analyses import AnalysisStore
 from consumers.stores.usage import UsageLedger, micros
 from models.analysis import AnalysisRecord
@@ -48,9 +44,6 @@ from models.daily_job import BatchEntry, BatchJob, OutputLine, parse_output_line
 
 #: job states with nothing more to come
 ENDED = frozenset({"Completed", "PartiallyCompleted", "Stopped", "Expired", "Failed"})
-#: ended states whose unanswered records are asked again, once, in a new job
-#: (:func:`retry_unanswered`): Bedrock gave up on them; a Stopped job was stopped by someone
-RETRIED = frozenset({"Failed", "Expired"})
 
 
 class IngestRefused(RuntimeError):
@@ -205,41 +198,4 @@ async def ingest(config: BatchConfig, store: AnalysisStore, s3: Any, bedrock: An
                   write_errors=errors[:50])
     await s3.put_object(Bucket=bucket, Key=marker, Body=json.dumps(
         {**report, "claimed_at": now.isoformat()}).encode())
-    if status in RETRIED:
-        missing = [rid for rid, r in zip(sorted(job.entries), records, strict=True)
-                   if r.fallback_reason == "batch_missing"]
-        try:
-            report["retry"] = await retry_unanswered(config, s3, bedrock, job, missing, now)
-        except (ClientError, BotoCoreError) as exc:  # the ingestion stands; say why not
-            report["retry"] = {"submitted": False,
-                               "reason": f"{type(exc).__name__}: {exc}"[:500]}
     return report
-
-
-async def retry_unanswered(config: BatchConfig, s3: Any, bedrock: Any, job: BatchJob,
-                           missing: list[str], now: datetime) -> dict[str, Any]:
-    """A new job (``retry_of`` the old one) for the records ``missing`` (ids) that ``job``,
-    which failed or expired, never answered: their input lines as they were sent, so the
-    same pseudonymised requests at the batch price. Meanwhile they have their statistical
-    analysis (``batch_missing``); the new job's answers replace it. Not for a job that is a
-    retry itself, nor below Bedrock's minimum job size (``config.min_records``): those
-    records keep the statistical analysis until their customer buys again. The summary
-    says which (``submitted``; the job's summary, or ``reason``)."""
-    if job.retry_of is not None:
-        return {"submitted": False, "reason": f"a retry (of {job.retry_of}) is not retried"}
-    if not missing:
-        return {"submitted": False, "reason": "every record has a line"}
-    if len(missing) < config.min_records:
-        return {"submitted": False, "reason": f"{len(missing)} unanswered record(s), fewer "
-                f"than Bedrock's minimum {config.min_records} (CAA_BATCH_MIN_RECORDS): "
-                f"they keep the statistical analysis"}
-    if not (config.bucket and config.role_arn):
-        return {"submitted": False, "reason": "no CAA_BATCH_ROLE_ARN to submit a job with"}
-    bucket, key = split_s3_uri(job.input_uri)
-    wanted = set(missing)
-    lines = [ln for ln in (await _read(s3, bucket, key)).decode("utf-8").splitlines()
-             if ln.strip() and json.loads(ln).get("recordId") in wanted]
-    retry = await submit(config, s3, bedrock,
-                         Plan(entries={rid: job.entries[rid] for rid in sorted(wanted)},
-                              lines=lines), now, retry_of=job.name)
-    return {"submitted": retry.job_arn is not None, **retry.summary()}

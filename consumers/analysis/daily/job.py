@@ -65,8 +65,6 @@ class BatchConfig:
     bucket: str | None
     prefix: str
     role_arn: str | None
-    #: the fewest records Bedrock takes in a job (``CAA_BATCH_MIN_RECORDS``)
-    min_records: int = 100
 
 
 @dataclass
@@ -213,17 +211,15 @@ async def save_job(s3: Any, bucket: str, job: BatchJob) -> None:
 
 
 async def submit(config: BatchConfig, s3: Any, bedrock: Any, work: Plan, now: datetime,
-                 retry_of: str | None = None) -> BatchJob:
+                 ) -> BatchJob:
     """Write the input and the job record to S3, then create the job. A refused creation is
-    kept in the record (``submit_error``), not raised. ``retry_of``: the job whose records
-    this one asks again."""
+    kept in the record (``submit_error``), not raised."""
     assert config.bucket and config.role_arn
     bucket, name, base = config.bucket, job_name(now), config.prefix
     job = BatchJob(name=name, model_id=config.model_id, created_at=now,
                    input_uri=s3_uri(bucket, f"{base}input/{name}.jsonl"),
                    output_uri=s3_uri(bucket, f"{base}output/{name}/"),
-                   record_uri=s3_uri(bucket, f"{base}jobs/{name}.json"), entries=work.entries,
-                   retry_of=retry_of)
+                   record_uri=s3_uri(bucket, f"{base}jobs/{name}.json"), entries=work.entries)
     await s3.put_object(Bucket=bucket, Key=f"{base}input/{name}.jsonl",
                         Body=("\n".join(work.lines) + "\n").encode(),
                         ContentType="application/jsonl")

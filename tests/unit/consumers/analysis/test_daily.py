@@ -16,7 +16,7 @@ from botocore.exceptions import ClientError
 
 from consumers.analysis.analyzer import PriceTable, statistical_patterns
 from consumers.analysis.bedrock import BedrockAnalyzer
-from consumers.analysis.daily.ingest import analysis_of, ingest, retry_unanswered
+from consumers.analysis.daily.ingest import analysis_of, ingest
 from consumers.analysis.daily.job import BatchConfig
 from deploy.local.bedrock_server import serve
 from deploy.local.schema_answer import generate, grounding
@@ -190,25 +190,3 @@ def test_an_ingestion_that_fails_before_counting_gives_its_claim_back() -> None:
         asyncio.run(ingest(config, None, s3, FakeBedrock(), job, NOW))  # type: ignore[arg-type]
     assert s3.deleted == ["p/jobs/caa-batch-x.ingested.json"]
     assert s3.objects == {}  # free to try again
-
-
-@pytest.mark.parametrize(("missing", "min_records", "role", "retry_of", "why"), [
-    (["r0000000001"], 100, "arn:role", None, "fewer than Bedrock's minimum 100"),
-    (["r0000000001"], 1, None, None, "no CAA_BATCH_ROLE_ARN"),
-    (["r0000000001"], 1, "arn:role", "caa-batch-w", "a retry (of caa-batch-w) is not"),
-    ([], 1, "arn:role", None, "every record has a line"),
-])
-def test_a_retry_that_is_not_submitted_says_why(missing: list[str], min_records: int,
-                                                role: str | None, retry_of: str | None,
-                                                why: str) -> None:
-    """No S3 or Bedrock call is made (the stand-ins would raise): only the reason."""
-    job = BatchJob(name="caa-batch-x", model_id=MODEL, created_at=NOW,
-                   input_uri="s3://b/p/input/caa-batch-x.jsonl",
-                   output_uri="s3://b/p/output/caa-batch-x/",
-                   record_uri="s3://b/p/jobs/caa-batch-x.json",
-                   entries={"r0000000001": entry()}, job_arn="arn:job", retry_of=retry_of)
-    config = BatchConfig(usage_table="caa-usage", prices=PRICES, price_factor=0.5,
-                         model_id=MODEL, bucket="b", prefix="p/", role_arn=role,
-                         min_records=min_records)
-    out = asyncio.run(retry_unanswered(config, None, None, job, missing, NOW))
-    assert not out["submitted"] and why in out["reason"], out
