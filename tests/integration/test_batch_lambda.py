@@ -163,8 +163,11 @@ def test_a_job_that_ended_part_way_is_ingested_with_its_spend(
     assert (out["status"], out["trigger"], out["job_status"]) == ("ingested", "event", status)
     check_ingested(capsys, s, out)
     assert marker_exists(s, job)
-    after = run_cli(capsys, "costs", "--json")[1]
-    assert after != before  # the billed answers are in the day's spend
+    (after,) = run_cli(capsys, "costs", "--json")[1]
+    spent_before = sum(day["spend_usd"] for day in before or [])
+    # the billed answers (two valid, one invalid) are in the day's spend and calls
+    assert after["spend_usd"] - spent_before == pytest.approx(out["cost_usd"])
+    assert out["cost_usd"] > 0 and after["calls"] >= 3
     again = batch_lambda.handler(state_change(job, status))
     assert again["status"] == "refused", again
 
