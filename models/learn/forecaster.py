@@ -155,29 +155,6 @@ class _Next(NamedTuple):
                             confidence=self.confidence, status=self.status)
 
 
-def _rhythm(stats: ItemStats) -> tuple[float, float, date, float, float, int] | None:
-    """An item's purchase rhythm: ``(mean gap, expected day, its date, confidence, mean
-    gap rounded to 2 places, distinct days)``, None below two distinct days. The mean gap
-    is over all the item's distinct days (``day_count``), its spread (coefficient of
-    variation) over the gaps between the days kept one by one (those within the
-    de-duplication horizon: all of them for most customers)."""
-    mean = stats.mean_gap
-    if mean is None:
-        return None
-    n_gaps = stats.day_count - 1
-    days = stats.days
-    if n_gaps > 1 and mean > 0 and len(days) > 2:
-        gaps = [b - a for a, b in itertools.pairwise(days)]
-        gap_mean = sum(gaps) / len(gaps)
-        var = sum((g - gap_mean) ** 2 for g in gaps) / len(gaps)
-        cv = math.sqrt(var) / gap_mean if gap_mean > 0 else 1.0
-    else:
-        cv = 1.0
-    confidence = round((1.0 - 1.0 / math.sqrt(n_gaps + 1)) / (1.0 + cv), 3)
-    expected = stats.last_day + mean
-    return mean, expected, _day_date(expected), confidence, round(mean, 2), stats.day_count
-
-
 class Forecaster:
     """Statistical predictions from a state and fitted population parameters."""
 
@@ -207,14 +184,24 @@ class Forecaster:
     def _next(
         self, kind: str, key: str, stats: ItemStats, as_of_day: int
     ) -> _Next | None:
-        """Plain data: :meth:`predict` builds :class:`NextPurchase` only for the ones it
-        shows (:func:`_rhythm` says when)."""
-        if stats.orders <= 0:
+        """The mean gap is over all the item's distinct days (``day_count``), its spread
+        (coefficient of variation) over the gaps between the days kept one by one (those
+        within the de-duplication horizon: all of them for most customers). Plain data:
+        :meth:`predict` builds :class:`NextPurchase` only for the ones it shows."""
+        mean = stats.mean_gap
+        if mean is None or stats.orders <= 0:
             return None
-        rhythm = _rhythm(stats)
-        if rhythm is None:
-            return None
-        mean, expected, expected_date, confidence, shown_mean, day_count = rhythm
+        n_gaps = stats.day_count - 1
+        days = stats.days
+        if n_gaps > 1 and mean > 0 and len(days) > 2:
+            gaps = [b - a for a, b in itertools.pairwise(days)]
+            gap_mean = sum(gaps) / len(gaps)
+            var = sum((g - gap_mean) ** 2 for g in gaps) / len(gaps)
+            cv = math.sqrt(var) / gap_mean if gap_mean > 0 else 1.0
+        else:
+            cv = 1.0
+        confidence = round((1.0 - 1.0 / math.sqrt(n_gaps + 1)) / (1.0 + cv), 3)
+        expected = stats.last_day + mean
         status: Status
         if as_of_day >= expected:
             status = "due"
@@ -222,9 +209,9 @@ class Forecaster:
             status = "upcoming"
         else:
             status = "later"
-        return _Next(expected_date, -confidence,
+        return _Next(_day_date(expected), -confidence,
                      "product" if kind == "product" else "category", key,
-                     shown_mean, day_count, confidence, status)
+                     round(mean, 2), stats.day_count, confidence, status)
 
     def predict(
         self, state: CustomerState, segment: SegmentRef, as_of_ts: int, now: datetime,

@@ -50,6 +50,7 @@ _MARGIN_WEEKS = 1e-8
 #: (NaN: not computed yet; about 3 KB a pair, 12 MB at most); a CDNOW replay has 7,822 pairs
 #: in all, a batch's buyers a few hundred
 _PAIRS = 1 << 12
+_UNKNOWN = [math.nan] * DAY_CELLS
 
 
 @lru_cache(maxsize=_PAIRS)
@@ -59,14 +60,11 @@ def _cell_ends(params: ParetoNbdParams, x: float, T: float) -> array[float]:
     return array("d", _UNKNOWN)
 
 
-_UNKNOWN = [math.nan] * DAY_CELLS
-
-
-def _at_end(params: ParetoNbdParams, x: float, T: float, ends: array[float],
+def _at_end(params: ParetoNbdParams, x: float, T: float, pi_now: float, ends: array[float],
             k: int) -> float:
     value = ends[k]
     if math.isnan(value):  # not computed yet
-        value = ends[k] = _buy_if_alive(params, (k + 0.5) / _WEEK, x, T, _pi_now(params, x, T))
+        value = ends[k] = _buy_if_alive(params, (k + 0.5) / _WEEK, x, T, pi_now)
     return value
 
 
@@ -83,21 +81,22 @@ def next_order_day(params: ParetoNbdParams, q: float, x: float, t_x: float, T: f
     if not 0.0 < q < 1.0:
         return next_order_quantile(params, q, x, t_x, T, alive)
     p_a = p_alive(params, x, t_x, T) if alive is None else alive
-    if q >= p_a * _pi_now(params, x, T):  # never (next_order_quantile's own test)
+    pi_now = _pi_now(params, x, T)
+    if q >= p_a * pi_now:  # never (next_order_quantile's own test)
         return None
     target = q / p_a
     ends = _cell_ends(params, x, T)
     eps = _MARGIN_WEEKS * (params.r + x) / (params.alpha + T) + 1e-12
-    if _at_end(params, x, T, ends, DAY_CELLS - 1) < target + eps:
+    if _at_end(params, x, T, pi_now, ends, DAY_CELLS - 1) < target + eps:
         return next_order_quantile(params, q, x, t_x, T, alive)
     lo, hi = -1, DAY_CELLS - 1  # f(t_lo) < target <= f(t_hi), f(t_-1) = f(0) = 0
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if _at_end(params, x, T, ends, mid) >= target:
+        if _at_end(params, x, T, pi_now, ends, mid) >= target:
             hi = mid
         else:
             lo = mid
-    below = _at_end(params, x, T, ends, lo) if lo >= 0 else 0.0
-    if target - below < eps or _at_end(params, x, T, ends, hi) - target < eps:
+    below = _at_end(params, x, T, pi_now, ends, lo) if lo >= 0 else 0.0
+    if target - below < eps or _at_end(params, x, T, pi_now, ends, hi) - target < eps:
         return next_order_quantile(params, q, x, t_x, T, alive)
     return hi / _WEEK
