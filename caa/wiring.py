@@ -208,6 +208,7 @@ def applier_and_enricher(settings: Settings, dynamodb: Any, *, cache_size: int,
                            DeadLetterStore(db, t.dead_letters), models, s.max_event_bytes,
                            cache_size=cache_size, enricher=ai,
                            future_tolerance_s=s.future_tolerance_s)
+    applier.analyses = analysis_store(s, db)
     if s.drift_delta > 0:  # 0 turns drift detection off
         applier.drift = DriftMonitor("distant", delta=s.drift_delta, trigger="worse")
     return applier, ai

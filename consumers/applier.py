@@ -46,6 +46,7 @@ from consumers.gc_policy import DEFAULT as GC_POLICY
 from consumers.gc_policy import GcPolicy
 from consumers.hook import AnalysisHook, RequestSink
 from consumers.registry import ModelRegistry
+from consumers.stores.analyses import AnalysisStore
 from consumers.stores.customers import CustomerStore
 from consumers.stores.dead_letters import DeadLetterStore
 from consumers.stores.dynamo import Rejection, WriteFailed
@@ -198,6 +199,10 @@ class BatchApplier:
         #: durable analysis requests (SQS): sent once a batch's effects are written, before
         #: its checkpoint, in place of the enricher's in-memory queue (``observe``)
         self.requests: RequestSink | None = None
+        #: the analyses an erasure event from the stream deletes (a tombstone stays:
+        #: consumers.stores.analyses); None: the consumer leaves them (``caa erase`` itself
+        #: deletes them)
+        self.analyses: AnalysisStore | None = None
         #: drift detection on whether each customer of a batch is far from every segment
         #: centre (scored before the model learns the batch)
         #: (models.learn.drift): a detection sets :attr:`drift_seen` (the local worker
@@ -303,6 +308,11 @@ class BatchApplier:
             await asyncio.gather(self.customers.delete(result.erased),
                                  self.predictions.delete(result.erased | result.retired))
             self.cache.forget(result.erased)
+        if result.erased and self.analyses is not None:
+            # an erasure the producers published: the analyses (derived from the erased
+            # history) go too, and any analysis of that history landing later is refused
+            analyses = self.analyses
+            await asyncio.gather(*(analyses.erase(cid, now) for cid in sorted(result.erased)))
         if self.enricher is not None:  # effects are durable: the AI analysis may follow
             await self.enricher.reconcile(written)
         # learnt before the analyses are asked for: their prompts' reference order value

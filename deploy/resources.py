@@ -22,8 +22,9 @@ KEYS: dict[str, tuple[str, str | None]] = {
     "usage": ("day", None),
     "audit": ("id", None),
 }
-#: tables whose items expire (attribute holding the epoch second)
-TTL = {"analysis-history": "expires_at"}
+#: tables whose items expire (attribute holding the epoch second): the history, and the
+#: erasure tombstones among the latest analyses (consumers/stores/analyses.py)
+TTL = {"analyses": "expires_at", "analysis-history": "expires_at"}
 #: tables with a DynamoDB stream (its view type): the predictions change feed for downstream
 #: consumers (docs/change-feed.md, `caa watch`)
 STREAMS = {"predictions": "NEW_AND_OLD_IMAGES"}

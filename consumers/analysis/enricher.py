@@ -148,7 +148,11 @@ class Enricher:
 
     # -- what the applier and the refit call -------------------------------------------
     def observe(self, result: BatchResult) -> None:
-        """File the customers this (durably written) batch changed; never blocks or raises."""
+        """File the customers this (durably written) batch changed; never blocks or raises.
+        Erased customers leave the queue (their queued input is of the erased state)."""
+        for cid in result.erased:
+            self.policy.cancel(cid)
+            self._latest.pop(cid, None)
         if not result.states:
             return
         now = self._clock()
@@ -390,11 +394,12 @@ class Enricher:
 
     async def _analyze(self, cid: str, x: AnalysisInput, trigger: TriggerKind,
                        arrivals: list[float], bypass: bool) -> AnalysisRecord | None:
+        started = self._wall()  # ``x`` was read before: the analysis's ``input_at``
         signature = Signature.of(x, self.version)
         if not self._consented(x):
-            return await self._finish(cid, x, trigger, arrivals, None, "no_consent", None)
+            return await self._finish(cid, x, started, trigger, arrivals, None, "no_consent", None)
         if self.variants.is_control(cid):  # A/B control: the statistical analysis, by design
-            return await self._finish(cid, x, trigger, arrivals, None, AB_CONTROL, None)
+            return await self._finish(cid, x, started, trigger, arrivals, None, AB_CONTROL, None)
         if not bypass and trigger != "on_demand" and self.router.enabled:
             way = await self.router.route(x.p_alive, x.clv, x.purchase_days)
             self._count(f"route_{way}", shared=True)
@@ -404,7 +409,7 @@ class Enricher:
                     # nothing bought since its last statistical analysis: no rewrite per refit
                     self._count("cache_hits", shared=True)
                     return None
-                return await self._finish(cid, x, trigger, arrivals, None, LOW_VALUE, None)
+                return await self._finish(cid, x, started, trigger, arrivals, None, LOW_VALUE, None)
             if way == "daily":  # the daily batch analyses it (batch price, within its schedule)
                 return None
         if not bypass:
@@ -418,7 +423,8 @@ class Enricher:
         if isinstance(outcome, Refused) and outcome.reason == "stopped":
             raise _Stopped
         if isinstance(outcome, Refused):
-            return await self._finish(cid, x, trigger, arrivals, None, outcome.reason, None)
+            return await self._finish(cid, x, started, trigger, arrivals, None, outcome.reason,
+                                      None)
         self.counts["bedrock_calls"] += outcome.attempts
         self._metric.update({"bedrock_calls": outcome.attempts,
                              "input_tokens": outcome.input_tokens,
@@ -428,10 +434,12 @@ class Enricher:
         if outcome.failure == "stopped":
             raise _Stopped
         if outcome.analysis is not None:
-            return await self._finish(cid, x, trigger, arrivals, outcome, None, signature)
-        return await self._finish(cid, x, trigger, arrivals, outcome, outcome.failure, None)
+            return await self._finish(cid, x, started, trigger, arrivals, outcome, None,
+                                      signature)
+        return await self._finish(cid, x, started, trigger, arrivals, outcome, outcome.failure,
+                                  None)
 
-    async def _finish(self, cid: str, x: AnalysisInput, trigger: TriggerKind,
+    async def _finish(self, cid: str, x: AnalysisInput, started: datetime, trigger: TriggerKind,
                       arrivals: list[float], result: AnalyzerResult | None, fallback: str | None,
                       signature: Signature | None) -> AnalysisRecord:
         """Store the analysis (Bedrock's, or the statistical one with the fallback reason)."""
@@ -454,7 +462,10 @@ class Enricher:
         if rec.endpoint:
             self.endpoints.add(rec.endpoint)
         self._remember(cid, rec)  # before the writes: predictions written meanwhile carry it
-        await self.store.record(rec)
+        stored = await self.store.record(rec, input_at=started)
+        if stored != "latest":  # a newer analysis, or an erasure, landed meanwhile
+            self._latest.pop(cid, None)  # read again when next needed
+            self._count(f"analyses_{stored}")
         self._count("analyses", shared=True)
         self._count(f"source_{rec.source}", shared=True)
         if fallback in (AB_CONTROL, LOW_VALUE):

@@ -78,6 +78,11 @@ class TriggerPolicy(Generic[F]):
         pending.due_at = until
         self._put(customer, pending)
 
+    def cancel(self, customer: str) -> bool:
+        """Forget the customer's pending analysis (erased); True when there was one. Its
+        heap entry is skipped when it comes up."""
+        return self._pending.pop(customer, None) is not None
+
     def _put(self, customer: str, p: Pending[F]) -> None:
         self._pending[customer] = p
         heapq.heappush(self._heap, (p.due_at, customer))

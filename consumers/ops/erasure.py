@@ -9,7 +9,10 @@ Two halves, so no order of events can bring the customer back:
 2. this module deletes directly what the consumer does not own or may not reach soon:
    the state and prediction (for an answer now, even with no consumer running), the
    latest analysis (the analysis cache), the analysis history and the dead letters
-   published under the customer's key.
+   published under the customer's key. The latest analysis becomes a tombstone for two
+   weeks, so an analysis of the erased state that lands later (a daily batch job created
+   before the erasure, a Bedrock call in flight) is stored nowhere
+   (:mod:`consumers.stores.analyses`).
 
 Then it writes an audit entry with no personal data: a random request id (for the
 ticket), the time, how many items each table lost, and the erasure event's position.
@@ -71,7 +74,7 @@ async def erase(targets: ErasureTargets, kinesis: Any, db: Dynamo, customer_id: 
     states, predictions, (latest, history), letters = await asyncio.gather(
         CustomerStore(db, t.customers).erase(customer_id),
         PredictionStore(db, t.predictions).erase(customer_id),
-        AnalysisStore(db, t.analyses, t.analysis_history, t.predictions).erase(customer_id),
+        AnalysisStore(db, t.analyses, t.analysis_history, t.predictions).erase(customer_id, at),
         DeadLetterStore(db, t.dead_letters).erase(customer_id))
     deleted = {"customers": states, "predictions": predictions, "analyses": latest,
                "analysis-history": history, "dead-letters": letters}

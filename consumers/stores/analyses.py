@@ -12,6 +12,22 @@ Both tables hold an item of the same layout (:func:`record_item`: the record as 
 reason and, when the answer did not come from AWS, ``endpoint`` as their own
 attributes); the history's ``at`` ends with ``#`` and a random suffix, so two analyses in
 the same microsecond both stay, and it has ``expires_at``.
+
+**Which analysis is the latest** is decided by ``input_at``: when the state the analysis
+read was captured (a daily batch job's creation; the start of a streaming or on-demand
+analysis), not when the answer came. A batch job can end hours after it was created, so
+its answers may be older than an analysis made meanwhile: the write of the latest is
+conditional (``input_at`` not after the one stored), and an analysis it refuses is
+**superseded**: kept in the history (it happened, and was paid for), not in ``analyses``
+nor in the prediction item.
+
+**Erasure** leaves a tombstone in ``analyses``: ``customer_id``, ``erased``, ``input_at``
+= the erasure's time plus :data:`ERASURE_CLOCK_MARGIN` (the clocks of the host that
+erases and those that analyse may differ) and ``expires_at`` after
+:data:`TOMBSTONE_TTL_DAYS` (longer than a Bedrock batch job may run and wait to be
+ingested). An analysis of the erased state that lands later (a batch job created before,
+a call in flight) is refused and stored nowhere; readers see no analysis. A customer
+who buys again after the margin is analysed as new.
 """
 
 from __future__ import annotations
@@ -22,12 +38,35 @@ import json
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
 from consumers.stores.dynamo import Dynamo, Item
 from models.analysis import AnalysisRecord
+
+#: how far past an erasure's own clock its tombstone refuses analyses (clock skew between
+#: the host that erases and those that analyse)
+ERASURE_CLOCK_MARGIN = timedelta(minutes=5)
+#: how long a tombstone stays: a Bedrock batch job runs for at most 7 days (its
+#: ``timeoutDurationInHours`` is at most 168) and is ingested when it ends
+TOMBSTONE_TTL_DAYS = 14
+
+#: what :meth:`AnalysisStore.record` did with an analysis: made it the ``latest``, kept it
+#: in the history only (``superseded`` by one of a newer input), or nothing (``erased``:
+#: the customer was erased after its input was captured)
+Stored = Literal["latest", "superseded", "erased"]
+
+
+def input_key(at: datetime) -> str:
+    """``at`` as the ordered text ``input_at`` holds (UTC, microseconds: the same length
+    for every time, so text order is time order)."""
+    return at.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def is_tombstone(item: Item) -> bool:
+    return "erased" in item
 
 
 def record_item(rec: AnalysisRecord) -> Item:
@@ -79,6 +118,8 @@ class AnalysisStore:
         schema) counts as absent, so the customer is simply analysed afresh."""
         out = {}
         for item in await self.db.batch_get(self.table, "customer_id", ids):
+            if is_tombstone(item):
+                continue
             with contextlib.suppress(ValidationError):
                 rec = record_from_item(item)
                 out[rec.customer_id] = rec
@@ -93,25 +134,30 @@ class AnalysisStore:
             Limit=limit)
         return [document_from_item(i) for i in resp.get("Items", [])]
 
-    async def erase(self, customer_id: str) -> tuple[int, int]:
-        """Delete the customer's latest analysis and history: how many items went from
-        each (the analysis merged into the prediction goes with the prediction)."""
+    async def erase(self, customer_id: str, at: datetime) -> tuple[int, int]:
+        """Delete the customer's latest analysis and history, leaving a tombstone (see the
+        module's text) for an erasure made at ``at``: how many analyses went from each (the
+        analysis merged into the prediction goes with the prediction)."""
         latest, history = await asyncio.gather(
-            self._keys(self.table, customer_id), self._keys(self.history_table, customer_id))
-        await asyncio.gather(*(self.db.batch_delete(t, keys) for t, keys in
-                               ((self.table, latest), (self.history_table, history)) if keys))
-        return len(latest), len(history)
+            self.db.client.get_item(TableName=self.table, ConsistentRead=True,
+                                    Key={"customer_id": {"S": customer_id}}),
+            self._keys(self.history_table, customer_id))
+        old = latest.get("Item")
+        tombstone = {
+            "customer_id": {"S": customer_id}, "erased": {"S": input_key(at)},
+            "input_at": {"S": input_key(at + ERASURE_CLOCK_MARGIN)},
+            "expires_at": {"N": str(int(at.timestamp()) + TOMBSTONE_TTL_DAYS * 86_400)}}
+        await asyncio.gather(self.db.client.put_item(TableName=self.table, Item=tombstone),
+                             *([self.db.batch_delete(self.history_table, history)]
+                               if history else []))
+        return int(old is not None and not is_tombstone(old)), len(history)
 
     async def _keys(self, table: str, customer_id: str) -> list[Item]:
         keys: list[Item] = []
         kw: dict[str, Any] = {
             "TableName": table, "KeyConditionExpression": "customer_id = :c",
-            "ExpressionAttributeValues": {":c": {"S": customer_id}}, "ConsistentRead": True}
-        if table == self.history_table:
-            kw["ProjectionExpression"] = "customer_id, #at"
-            kw["ExpressionAttributeNames"] = {"#at": "at"}
-        else:
-            kw["ProjectionExpression"] = "customer_id"
+            "ExpressionAttributeValues": {":c": {"S": customer_id}}, "ConsistentRead": True,
+            "ProjectionExpression": "customer_id, #at", "ExpressionAttributeNames": {"#at": "at"}}
         while True:
             resp = await self.db.client.query(**kw)
             keys.extend(resp.get("Items", []))
@@ -119,18 +165,45 @@ class AnalysisStore:
                 return keys
             kw["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
 
-    async def record(self, rec: AnalysisRecord) -> None:
-        """Store one analysis everywhere it belongs (raises if any write fails)."""
+    async def record(self, rec: AnalysisRecord, input_at: datetime | None = None) -> Stored:
+        """Store one analysis everywhere it belongs; ``input_at``: when the state it read was
+        captured (default ``rec.at``). The latest only when no analysis of a later input is
+        stored, nothing after an erasure (module text). Raises if a write fails.
+
+        The prediction item is merged after the latest is written, then checked against
+        the latest as read back: two writers that race each merge, then the later merge
+        sees the final latest and puts it back if it was not its own."""
         client = self.db.client
         history = record_item(rec)
         history["at"] = {"S": f"{history['at']['S']}#{uuid.uuid4().hex[:6]}"}
         expires = int(rec.at.timestamp()) + self.history_ttl_days * 86_400
         history["expires_at"] = {"N": str(expires)}
-        await asyncio.gather(
-            client.put_item(TableName=self.table, Item=record_item(rec)),
-            client.put_item(TableName=self.history_table, Item=history),
-            self.merge(rec),
-        )
+        latest = record_item(rec)
+        latest["input_at"] = {"S": input_key(input_at or rec.at)}
+        try:
+            await client.put_item(
+                TableName=self.table, Item=latest,
+                ConditionExpression="attribute_not_exists(input_at) OR input_at <= :i",
+                ExpressionAttributeValues={":i": latest["input_at"]})
+        except client.exceptions.ConditionalCheckFailedException:
+            stored = await self._stored(rec.customer_id)
+            if stored is not None and is_tombstone(stored):
+                return "erased"
+            await client.put_item(TableName=self.history_table, Item=history)
+            return "superseded"
+        await asyncio.gather(client.put_item(TableName=self.history_table, Item=history),
+                             self.merge(rec))
+        now = await self._stored(rec.customer_id)
+        if now is not None and not is_tombstone(now) and now["at"] != latest["at"]:
+            with contextlib.suppress(ValidationError):
+                await self.merge(record_from_item(now))
+        return "latest"
+
+    async def _stored(self, customer_id: str) -> Item | None:
+        resp = await self.db.client.get_item(TableName=self.table, ConsistentRead=True,
+                                             Key={"customer_id": {"S": customer_id}})
+        item: Item | None = resp.get("Item")
+        return item
 
     async def merge(self, rec: AnalysisRecord) -> None:
         """Set the analysis attributes of the customer's prediction item in place."""

@@ -198,3 +198,44 @@ def test_an_unknown_job_is_refused_and_a_foreign_event_is_bad_input(
                               "detail-type": "Batch Inference Job State Change",
                               "detail": {"status": "Completed"}})
     assert bedrock_server.jobs() == []
+
+
+def test_a_job_answering_after_a_newer_analysis_or_an_erasure_changes_neither(
+    deployed: Settings, bedrock_server: BedrockServer, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The job is created; then c1 is analysed on demand and c2 is erased; then the job
+    completes. Its answer for c1 is of an older input: kept in the history, not made the
+    latest, not merged into the prediction. Its answer for c2 is of the erased customer:
+    stored nowhere. The other customers' answers are stored as usual."""
+    s = deployed
+    job = batch_lambda.handler(dict(SCHEDULED))["analysis"]["job"]
+    lines, record, _ = read_input(s, job)
+    rc, on_demand = run_cli(capsys, "analyze", "c1", "--json")
+    assert rc == 0 and on_demand["trigger"] == "on_demand", on_demand
+    assert run_cli(capsys, "erase", "c2", "--json")[0] == 0
+    db = Aws(s).client("dynamodb")
+
+    def latest(cid: str) -> dict[str, Any]:
+        return dict(db.get_item(TableName=s.table("analyses"), ConsistentRead=True,
+                                Key={"customer_id": {"S": cid}})["Item"])
+
+    newer = latest("c1")
+    write_output(s, job, {record.entries[ln["recordId"]].customer_id: ln for ln in lines})
+    bedrock_server.set_job_status("Completed")
+    out = batch_lambda.handler(state_change(job, "Completed"))
+    assert (out["status"], out["superseded"], out["erased"]) == ("ingested", 1, 1), out
+    assert out["write_errors"] == []
+
+    assert latest("c1") == newer  # the on-demand analysis is still the latest
+    prediction = db.get_item(TableName=s.table("predictions"), ConsistentRead=True,
+                             Key={"customer_id": {"S": "c1"}})["Item"]
+    assert prediction["analysis_at"] == newer["at"]
+    rc, history = run_cli(capsys, "history", "c1", "--json")
+    assert rc == 0 and [h["trigger"] for h in history] == ["schedule", "on_demand"]
+
+    assert set(latest("c2")) == {"customer_id", "erased", "input_at", "expires_at"}
+    assert Aws(s).client("dynamodb").query(
+        TableName=s.table("analysis-history"), KeyConditionExpression="customer_id = :c",
+        ExpressionAttributeValues={":c": {"S": "c2"}})["Items"] == []
+    for cid in ("c3", "c4", "c5"):  # the rest: stored and the latest
+        assert latest(cid)["trigger"]["S"] == "schedule"

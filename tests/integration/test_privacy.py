@@ -21,7 +21,12 @@ from caa import wiring
 from caa.aws import Aws
 from caa.cli import main as cli
 from caa.settings import Settings
+from consumers.analysis.on_demand import on_demand
 from consumers.sources.worker import Worker
+from consumers.stores.analyses import is_tombstone
+from consumers.stores.customers import CustomerStore
+from consumers.stores.predictions import PredictionStore
+from models.analysis import AnalysisRecord
 from models.events import ConsentEvent, PurchaseEvent
 from models.state import CustomerState
 from producers.datasets.cdnow import load_events, time_ordered
@@ -105,7 +110,11 @@ def test_consent_and_erasure_hold_through_the_consumer(
         if cid != gone:
             assert after[cid].purchases == len(bought)
 
-    assert _items(s, "analyses") == [] and _items(s, "analysis-history") == []
+    # the latest analysis is a tombstone: no record, only the erasure's time, expiring
+    (tombstone,) = _items(s, "analyses")
+    assert set(tombstone) == {"customer_id", "erased", "input_at", "expires_at"}
+    assert tombstone["customer_id"]["S"] == gone
+    assert _items(s, "analysis-history") == []
     assert not [d for d in _items(s, "dead-letters") if d["partition_key"]["S"] == gone]
     (audit,) = _items(s, "audit")
     assert gone not in json.dumps(audit)  # no personal data in the audit entry
@@ -139,3 +148,61 @@ def test_erased_customer_is_not_found_and_a_reread_agrees(
     assert {c: x.purchases for c, x in first.items()} == \
         {c: x.purchases for c, x in reread.items()}
     assert cli.main(["show", gone]) == 6  # caa.errors.NotFound
+
+
+def test_an_erasure_event_from_the_producers_erases_the_analyses_too(
+    fresh_settings: Callable[..., Settings],
+) -> None:
+    """The orders service publishes the erasure itself (no ``caa erase``): the consumer
+    applying it deletes the state and the prediction, and the latest analysis and the
+    analysis history, leaving a tombstone; an analysis of the erased history that lands
+    later (a Bedrock call that was in flight) is stored nowhere."""
+    s = fresh_settings(shard_count="1", refit_interval_s="0")
+    events = time_ordered([e for e in load_events(limit=200) if int(e.customer_id) <= 20])
+    gone, kept = events[0].customer_id, events[-1].customer_id
+    assert gone != kept
+    kinesis = Aws(s).client("kinesis")
+    Publisher(kinesis, s.stream_name).publish(events)
+
+    async def consume() -> None:
+        async with Aws(s).clients("kinesis", "dynamodb") as c:
+            w = wiring.worker(s, c["kinesis"], c["dynamodb"])
+            await w.run(until_idle=True, final_refit=False)
+
+    asyncio.run(consume())
+    stale: list[AnalysisRecord] = []
+
+    async def analyse_both() -> None:  # the statistical analyses, stored as the enricher does
+        async with Aws(s).clients("dynamodb") as c:
+            db = wiring.dynamo(s, c["dynamodb"])
+            store, t = wiring.analysis_store(s, db), wiring.tables(s)
+            for cid in (gone, kept):
+                rec = await on_demand(CustomerStore(db, t.customers),
+                                      PredictionStore(db, t.predictions),
+                                      wiring.registry(s, db), None, cid,
+                                      lambda: wiring.pseudonym_key(s))
+                assert rec is not None
+                stale.append(rec)
+                assert await store.record(rec) == "latest"
+
+    asyncio.run(analyse_both())
+    erasure = {"type": "erasure", "event_id": f"erase-{gone}", "customer_id": gone,
+               "occurred_at": events[-1].occurred_at.isoformat()}
+    kinesis.put_record(StreamName=s.stream_name, Data=json.dumps(erasure).encode(),
+                       PartitionKey=gone)
+    asyncio.run(consume())
+
+    latest = {i["customer_id"]["S"]: i for i in _items(s, "analyses")}
+    assert is_tombstone(latest[gone]) and not is_tombstone(latest[kept])
+    history = {i["customer_id"]["S"] for i in _items(s, "analysis-history")}
+    assert history == {kept}
+    assert gone not in {p["customer_id"]["S"] for p in _items(s, "predictions")}
+
+    async def late() -> str:  # the in-flight analysis of the erased customer lands now
+        async with Aws(s).clients("dynamodb") as c:
+            store = wiring.analysis_store(s, wiring.dynamo(s, c["dynamodb"]))
+            return await store.record(stale[0].model_copy(
+                update={"at": stale[0].at + timedelta(seconds=1)}), input_at=stale[0].at)
+
+    assert asyncio.run(late()) == "erased"
+    assert {i["customer_id"]["S"] for i in _items(s, "analysis-history")} == {kept}

@@ -188,14 +188,18 @@ async def ingest(config: BatchConfig, store: AnalysisStore, s3: Any, bedrock: An
         if where:
             records = [r.model_copy(update={"endpoint": where}) if r.attempts else r
                        for r in records]
-        errors = await store_all(store, records)
+        stored: Counter[str] = Counter()
+        errors = await store_all(store, records, input_at=job.created_at, outcomes=stored)
         report.update(await _count(config, store, records, now, where))
     except BaseException:  # nothing counted: free the claim, so the job can be ingested again
         with contextlib.suppress(Exception):
             await s3.delete_object(Bucket=bucket, Key=marker)
         raise
-    report.update(ingested=True, analyses=len(records) - len(errors), problems=problems[:50],
-                  write_errors=errors[:50])
+    # superseded: an analysis of a later state was stored meanwhile (kept in the history
+    # only); erased: the customer was erased after the job was created (stored nowhere)
+    report.update(ingested=True, analyses=len(records) - len(errors),
+                  superseded=stored["superseded"], erased=stored["erased"],
+                  problems=problems[:50], write_errors=errors[:50])
     await s3.put_object(Bucket=bucket, Key=marker, Body=json.dumps(
         {**report, "claimed_at": now.isoformat()}).encode())
     return report

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -114,19 +115,26 @@ def statistical_record(cid: str, x: AnalysisInput, at: datetime, reason: str) ->
 
 
 async def store_all(store: AnalysisStore, records: Sequence[AnalysisRecord],
-                    concurrency: int = 8, progress: Progress = NO_PROGRESS) -> list[str]:
+                    concurrency: int = 8, progress: Progress = NO_PROGRESS,
+                    input_at: datetime | None = None,
+                    outcomes: Counter[str] | None = None) -> list[str]:
     """Store every record (latest, history, prediction); the errors, as text.
-    ``progress`` advances by one per record stored (or failed)."""
+    ``input_at``: when their inputs were read (a job's creation; default each record's
+    ``at``); ``outcomes`` counts what :meth:`AnalysisStore.record` did with each
+    (``latest``, ``superseded``, ``erased``). ``progress`` advances by one per record
+    stored (or failed)."""
     sem = asyncio.Semaphore(concurrency)
 
     async def one(rec: AnalysisRecord) -> str | None:
         async with sem:
             try:
-                await store.record(rec)
+                stored = await store.record(rec, input_at=input_at)
             except Exception as exc:  # noqa: BLE001 -- reported; the rest go on
                 return f"{rec.customer_id}: {type(exc).__name__}: {exc}"[:300]
             finally:
                 progress.advance()
+            if outcomes is not None:
+                outcomes[stored] += 1
             return None
 
     return [e for e in await asyncio.gather(*(one(r) for r in records)) if e]

@@ -25,7 +25,10 @@ from consumers.analysis.value_route import (
     load_cuts,
     route,
 )
+from consumers.core import ModelView, StreamRecord, decode_batch, process_batch
 from models.analysis import AnalysisRecord
+from models.learn.forecaster import DEFAULT_PRIOR, Forecaster
+from models.learn.segmentation import SegmentModel
 from models.prompt import AnalysisInput, build_input
 from models.state import DAY, CustomerState
 
@@ -151,14 +154,18 @@ class FakeGuard:
 
 
 class FakeStore:
-    def __init__(self) -> None:
+    def __init__(self, outcome: str = "latest") -> None:
         self.records: list[AnalysisRecord] = []
+        self.input_at: list[datetime | None] = []
+        self.outcome = outcome
 
     async def latest(self, ids: list[str]) -> dict[str, AnalysisRecord]:
         return {r.customer_id: r for r in self.records if r.customer_id in ids}
 
-    async def record(self, rec: AnalysisRecord) -> None:
+    async def record(self, rec: AnalysisRecord, input_at: datetime | None = None) -> str:
         self.records.append(rec)
+        self.input_at.append(input_at)
+        return self.outcome
 
 
 def _enricher(router: ValueRouter) -> tuple[Enricher, FakeGuard, FakeStore]:
@@ -222,3 +229,40 @@ def test_without_routing_nothing_is_counted_or_routed() -> None:
     with pytest.raises(AssertionError, match="no Bedrock call"):
         asyncio.run(e.run_request("c1", _input(clv=10.0), "purchase", [0.0]))
     assert len(guard.calls) == 1 and "routes" in e.summary() and e.summary()["routes"] == {}
+
+
+@pytest.mark.parametrize("outcome", ["superseded", "erased"])
+def test_an_analysis_the_store_does_not_make_the_latest_is_not_remembered(
+        outcome: str) -> None:
+    """The store decides which analysis is the latest, by ``input_at`` (the analysis's
+    start); one it refuses is not kept as the latest in the enricher's memory either."""
+    e, _, store = _enricher(ValueRouter(_cuts, daily=True))
+    store.outcome = outcome
+    assert asyncio.run(e.run_request("c1", _input(clv=10.0), "purchase", [0.0]))
+    assert store.input_at == [datetime(2024, 3, 1, tzinfo=UTC)]
+    assert "c1" not in e._latest and e.counts[f"analyses_{outcome}"] == 1
+    store.outcome = "latest"
+    assert asyncio.run(e.run_request("c1", _input(clv=10.0), "purchase", [0.0]))
+    assert e._latest["c1"] is store.records[-1] and e.counts["analyses_latest"] == 0
+
+
+def test_an_erased_customer_leaves_the_analysis_queue() -> None:
+    """A purchase queues the customer (debounced); the erasure event in the next batch
+    takes them out: their queued input is of the erased state."""
+    e, _, _ = _enricher(NO_ROUTING)
+    models = ModelView(SegmentModel(), 0, Forecaster(DEFAULT_PRIOR))
+    now = datetime(2024, 3, 1, tzinfo=UTC)
+    purchase = (b'{"event_id":"e1","order_id":"o1","customer_id":"c1","occurred_at":'
+                b'"2024-02-01T00:00:00Z","currency":"EUR","items":[{"product_id":"p",'
+                b'"category":"k","quantity":1,"unit_price":"2.50"}],"total":"2.50"}')
+    erasure = (b'{"type":"erasure","event_id":"x1","customer_id":"c1",'
+               b'"occurred_at":"2024-02-02T00:00:00Z"}')
+    first = process_batch(decode_batch([StreamRecord(purchase, "1", "c1", "s")]), {},
+                          models, now=now)
+    e.observe(first)
+    assert len(e.policy) == 1
+    second = process_batch(decode_batch([StreamRecord(erasure, "2", "c1", "s")]),
+                           first.states, models, now=now)
+    assert second.erased == {"c1"}
+    e.observe(second)
+    assert len(e.policy) == 0 and e.policy.next_due_at() is None
