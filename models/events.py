@@ -73,10 +73,31 @@ Label = Annotated[str, Field(min_length=1, max_length=128)]
 Channel = Literal["web", "app", "store", "phone", "marketplace", "other"]
 
 
+#: the longest ``detail`` of an :class:`EventRejected` (characters; longer ones are cut)
+MAX_DETAIL_CHARS = 500
+
+
+def printable(text: str, limit: int = MAX_DETAIL_CHARS) -> str:
+    """``text`` safe to show on an operator's terminal: control characters (ANSI escapes,
+    BEL, NUL, ...: Unicode category C) written as Python escapes, and cut to ``limit``
+    characters with ``...``.
+
+    >>> printable("key \\x1b[2J\\x07 done")
+    'key \\\\x1b[2J\\\\x07 done'
+    """
+    if text.isprintable() and len(text) <= limit:
+        return text
+    clean = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit + 1])
+    return clean if len(clean) <= limit else clean[:limit] + "..."
+
+
 class EventRejected(ValueError):
-    """A record that can never become a valid event; ``kind`` is a short machine code."""
+    """A record that can never become a valid event; ``kind`` is a short machine code and
+    ``detail`` says why in one printable line (:func:`printable`: a payload's own text in
+    it cannot drive a terminal)."""
 
     def __init__(self, kind: str, detail: str) -> None:
+        detail = printable(detail)
         super().__init__(f"{kind}: {detail}")
         self.kind = kind
         self.detail = detail

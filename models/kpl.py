@@ -34,6 +34,8 @@ from google.protobuf.message import DecodeError
 
 MAGIC: bytes = aws_kinesis_agg.MAGIC
 DIGEST_SIZE: int = aws_kinesis_agg.DIGEST_SIZE
+#: a Kinesis partition key's longest (Unicode characters; the shortest is 1)
+MAX_PARTITION_KEY = 256
 
 
 class BadAggregate(ValueError):
@@ -57,7 +59,8 @@ def deaggregate(data: bytes) -> list[UserRecord] | None:
 
     Raises :class:`BadAggregate` when the magic bytes are there but the rest is not a valid
     aggregate (too short, MD5 mismatch, protobuf that does not parse, a key index out of
-    its table, a key that is not UTF-8, a required field missing, no user records)."""
+    its table, a key that is not UTF-8, a partition key empty or over 256 characters, a
+    required field missing, no user records)."""
     if not is_aggregate(data):
         return None
     body = data[len(MAGIC):]
@@ -87,8 +90,13 @@ def deaggregate(data: bytes) -> list[UserRecord] | None:
                 raise BadAggregate(f"user record {i}: explicit hash key index "
                                    f"{r.explicit_hash_key_index} outside a table of {len(ehks)}")
             ehk = _text(ehks[r.explicit_hash_key_index], "explicit hash key", i)
-        out.append(UserRecord(_text(pks[r.partition_key_index], "partition key", i),
-                              bytes(r.data), ehk))
+        key = _text(pks[r.partition_key_index], "partition key", i)
+        if not 1 <= len(key) <= MAX_PARTITION_KEY:  # what Kinesis takes, and KPL with it;
+            # an empty one would skip the consumer's partition key check (it exempts only
+            # old dead letters that have none)
+            raise BadAggregate(f"user record {i}: partition key of {len(key)} characters "
+                               f"(1 to {MAX_PARTITION_KEY})")
+        out.append(UserRecord(key, bytes(r.data), ehk))
     if not out:
         raise BadAggregate("KPL aggregate holds no user records")
     return out

@@ -217,12 +217,16 @@ class CustomerState:
                 return "duplicate_order"
             self._purchase(event, rec, ts)
         elif isinstance(event, RefundEvent):
-            if rec.placed and rec.currency != event.currency:
+            # the order's currency, or that of a follow-up that came before it: one order's
+            # money is in one currency, whatever the order its events arrive in
+            if rec.currency and rec.currency != event.currency:
                 return "currency_mismatch"
             self._refund(event, rec)
         elif isinstance(event, CancellationEvent):
             if rec.cancelled:
                 return "duplicate_order"
+            if event.currency is not None and rec.currency and rec.currency != event.currency:
+                return "currency_mismatch"
             self._cancel(event, rec)
         book.events[digest] = ts
         floor = book.base.floor_ts
@@ -280,6 +284,7 @@ class CustomerState:
     def _cancel(self, event: CancellationEvent, rec: OrderRecord) -> None:
         rec.cancelled = True
         if event.currency is not None:
+            rec.currency = rec.currency or event.currency
             self._lines(event.items, event.currency, 0, take_back=True, whole=True)
 
     def _lines(self, items: list[LineItem], currency: str, day: int, *, take_back: bool,

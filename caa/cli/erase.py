@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import asdict
 
 import typer
+from pydantic import TypeAdapter, ValidationError
 
 from caa.aws import Aws
 from caa.cli import output
@@ -16,6 +17,9 @@ from caa.errors import BadInput
 from caa.settings import Settings
 from consumers.ops import erasure
 from consumers.ops.erasure import ErasureReport
+from models.events import Identifier
+
+_IDENTIFIER: TypeAdapter[str] = TypeAdapter(Identifier)
 
 
 async def run(settings: Settings, aws: Aws, customer_id: str) -> ErasureReport:
@@ -26,10 +30,22 @@ async def run(settings: Settings, aws: Aws, customer_id: str) -> ErasureReport:
         return await erasure.erase(wiring.erasure_targets(settings), c["kinesis"], db, customer_id)
 
 
-def erase(settings: Settings, aws: Aws, customer_id: str, as_json: bool) -> int:
-    """``caa erase``: prints the audit request id (or the whole report as JSON)."""
+def check_customer_id(customer_id: str) -> None:
+    """Raise :class:`BadInput` unless the erasure event can carry ``customer_id`` (the wire
+    schema's identifier rule), before anything is erased or published."""
     if not customer_id.strip():
         raise BadInput("a customer id is needed, not an empty string")
+    try:
+        _IDENTIFIER.validate_python(customer_id)
+    except ValidationError:
+        raise BadInput(f"not a customer id: {customer_id[:64]!r}"
+                       f"{'...' if len(customer_id) > 64 else ''} (1 to 64 of A-Z a-z 0-9 "
+                       "and . _ : @ -, as events carry it)") from None
+
+
+def erase(settings: Settings, aws: Aws, customer_id: str, as_json: bool) -> int:
+    """``caa erase``: prints the audit request id (or the whole report as JSON)."""
+    check_customer_id(customer_id)
     report = asyncio.run(run(settings, aws, customer_id))
     if as_json:
         output.print_json(asdict(report), sort_keys=True, indent=None)
@@ -41,6 +57,7 @@ def erase(settings: Settings, aws: Aws, customer_id: str, as_json: bool) -> int:
 
 
 def _erase(ctx: typer.Context, customer_id: CustomerId, as_json: JsonFlag = False) -> int:
+    check_customer_id(customer_id)
     inv = current(ctx)
     return erase(inv.settings, inv.aws(quiet=True), customer_id, as_json)
 

@@ -14,7 +14,8 @@ members (as ``cat a.gz b.gz`` makes) are read as one stream.
 **json**: JSON objects one per line (JSON Lines), or back to back with no separator, as
 Kinesis Data Firehose writes records to S3, or any mix. A stretch that does not parse
 becomes one record up to the end of its line (the decoder rejects it as ``not_json``)
-and framing goes on with the next line. Bytes that are not UTF-8 are kept as they are.
+and framing goes on with the next line; so does one nested too deep for Python's parser or
+holding an integer of more than 4,300 digits. Bytes that are not UTF-8 are kept as they are.
 
 **csv**: the wire schema flattened to one row per line item, under a header naming the
 columns (in any order): ``event_id, order_id, customer_id, occurred_at, currency,
@@ -182,9 +183,13 @@ def json_records(chunks: Iterable[str]) -> Iterator[Framed]:
             continue
         try:
             obj, end = decoder.raw_decode(buf, pos)
-        except json.JSONDecodeError as exc:
+        except (ValueError, RecursionError) as exc:
+            # JSONDecodeError (a ValueError) says where it failed; nesting too deep for the
+            # parser (RecursionError) and an integer beyond int's digit limit (a plain
+            # ValueError) do not: the record is bad up to the end of its line all the same
+            at = exc.pos if isinstance(exc, json.JSONDecodeError) else pos
             # no end of line after the failure: the record may go on in the next chunk
-            if not eof and buf.find("\n", exc.pos) < 0 and len(buf) - pos < MAX_SPAN:
+            if not eof and buf.find("\n", at) < 0 and len(buf) - pos < MAX_SPAN:
                 more()
                 continue
             nl = buf.find("\n", pos)

@@ -89,6 +89,10 @@ def test_a_plain_record_is_not_an_aggregate() -> None:
     (with_md5(b"\xff\xff\xff"), "protobuf AggregatedRecord does not parse"),
     (with_md5(b"\x0a\x02c1\x1a\x04\x08\x05\x1a\x00"), "partition key index 5 outside a table"),
     (with_md5(b"\x0a\x02c1"), "holds no user records"),
+    (with_md5(b"\x0a\x00\x1a\x04\x08\x00\x1a\x00"), "partition key of 0 characters"),
+    (with_md5(b"\x0a\x81\x02" + b"k" * 257 + b"\x1a\x04\x08\x00\x1a\x00"),
+     "partition key of 257 characters"),
+    (aggregate([("", purchase("e9", "victim", 100))])[1], "partition key of 0 characters"),
 ])
 def test_a_corrupt_aggregate_says_why(data: bytes | None, reason: str) -> None:
     blob = corrupt(aggregate(PURCHASES)[1]) if data is None else data

@@ -145,3 +145,17 @@ def test_four_decimal_currencies_and_twelve_integer_digits_are_accepted():
     big = decode_event(enc(good(currency="USD", items=[{**line, "unit_price": "999999999999.99"}],
                                 total="999999999999.99")))
     assert isinstance(big, PurchaseEvent)
+
+
+@pytest.mark.parametrize("key", ["\x1b[2J\x1b[31mPWNED\x07", "\u202eevil", "k" * 200_000,
+                                 "nul\x00"])
+def test_a_payloads_own_text_in_a_reason_is_escaped_and_cut(key: str) -> None:
+    """An extra key's name is echoed in the reason: a producer must not be able to drive
+    the operator's terminal (``caa dlq list``) with it, nor make reasons unbounded."""
+    with pytest.raises(EventRejected) as info:
+        decode_event(enc({**good(), key: 1}), max_bytes=1 << 20)
+    detail = info.value.detail
+    assert info.value.kind == "schema" and detail.isprintable() and len(detail) <= 503
+    assert str(info.value) == f"schema: {detail}"
+    if len(key) < 100:  # shown escaped, as Python writes it
+        assert detail == f"{repr(key)[1:-1]}: Extra inputs are not permitted"

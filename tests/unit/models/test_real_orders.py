@@ -180,6 +180,33 @@ def test_follow_ups_before_their_purchase_give_the_same_state_in_any_order() -> 
     assert (s.purchases, s.spend_minor, s.products["milk"].quantity) == (2, {"USD": 1050}, 5)
 
 
+def test_a_follow_up_in_another_currency_is_refused_in_any_order_after_an_agreeing_one(
+) -> None:
+    """A refund in the order's currency and one in another, around their purchase: the
+    other one is refused (a dead letter) in every order where the first follow-up agrees
+    with the purchase; and a cancellation with lines in another currency is refused too."""
+    order = buy(1, T0, currency="EUR", lines=[("milk", 4, "2.50")])
+    eur = refund(1, 1, T0 + timedelta(days=2), "1.00", currency="EUR")
+    jpy = refund(2, 1, T0 + timedelta(days=3), "300", currency="JPY")
+    seen = set()
+    orders: list[list[StreamEvent]] = [[order, eur, jpy], [eur, order, jpy], [eur, jpy, order]]
+    for events in orders:
+        s = CustomerState.new("c")
+        assert [s.apply(e) for e in events].count("currency_mismatch") == 1
+        assert s.spend_minor == {"EUR": 900} and set(s.products["milk"].spend) == {"EUR"}
+        seen.add(s.comparable())
+    assert len(seen) == 1
+    usd_lines = CancellationEvent(
+        type="cancellation", event_id="x9", order_id="o1", customer_id="c",
+        occurred_at=T0 + timedelta(days=4), currency="USD",
+        items=[LineItem(product_id="milk", category="cat-m", quantity=4,
+                        unit_price=Decimal("2.50"))])
+    for first in (order, eur):  # placed, or known from a follow-up only
+        s = fold([first])
+        assert s.apply(usd_lines) == "currency_mismatch"
+        assert all("USD" not in st.spend for _, st in s.products.items())
+
+
 follow_ups = st.lists(
     st.tuples(st.sampled_from(["buy", "refund", "cancel"]), st.integers(0, 6),
               st.integers(0, 60), st.integers(1, 3000)), min_size=1, max_size=25)

@@ -79,6 +79,21 @@ def test_a_stretch_that_does_not_parse_is_one_record_up_to_its_line_end() -> Non
     assert got[4].line == 4
 
 
+@pytest.mark.parametrize("bad", [b"[" * 5000, b'{"customer_id":"c1","x":' + b"9" * 5000 + b"}"],
+                         ids=["nested too deep", "integer beyond the digit limit"])
+@pytest.mark.parametrize("cut", [None, 7, 2600])
+def test_a_line_python_cannot_parse_is_one_bad_record_and_the_next_lines_go_on(
+        bad: bytes, cut: int | None) -> None:
+    """``json`` raises RecursionError and a plain ValueError for these, not
+    JSONDecodeError: still one record the decoder rejects, then the rest of the file."""
+    data = bad + b"\n" + JSONL
+    got = _records([data] if cut is None else [data[:cut], data[cut:]])
+    assert got[0].data == bad and got[0].line == 1
+    with pytest.raises(EventRejected, match="not_json"):
+        decode_event(got[0].data)
+    assert [decode_event(r.data) for r in got[1:]] == EVENTS
+
+
 def test_bytes_that_are_not_utf8_are_kept_as_they_are() -> None:
     raw = b'{"event_id": "\xff\xfe"}'
     (record,) = _records([raw + b"\n"])
