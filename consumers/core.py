@@ -167,8 +167,8 @@ _REFUSED = {
                       f"(the latest {ORDER_HORIZON} orders are kept one by one), so it cannot "
                       "be told from one applied long ago: most likely a redelivery or replay "
                       "of an old event, never counted twice",
-    "currency_mismatch": "a refund or cancellation in another currency than its order's "
-                         "(or than an earlier refund's or cancellation's of that order)",
+    "currency_mismatch": "the refund's or cancellation's currency is not its order's "
+                         "currency (or that of a follow-up of the order seen before it)",
 }
 
 

@@ -46,12 +46,14 @@ models.events.EventRejected: schema: customer_id: Field required; ...
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 
 from pydantic import (
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -71,6 +73,33 @@ CurrencyCode = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
 Identifier = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:@-]+$")]
 Label = Annotated[str, Field(min_length=1, max_length=128)]
 Channel = Literal["web", "app", "store", "phone", "marketplace", "other"]
+
+
+def _date_time_text(value: object) -> object:
+    """``occurred_at``: RFC 3339 / ISO 8601 text with its offset, or a number (or a text
+    of digits) of **seconds** since the epoch, UTC. Always seconds: pydantic alone would
+    read a number above 2e10 as milliseconds, so a producer's epoch seconds far in the
+    future (20000000001, the year 2603) would silently become 1970-08-20. A boolean is
+    refused."""
+    if isinstance(value, bool):
+        raise ValueError("must be an ISO 8601 date-time text with its UTC offset, such as "
+                         "2024-05-01T10:00:00Z, or seconds since the epoch")
+    if isinstance(value, str):
+        text = value.strip()
+        if not text.lstrip("+-").replace(".", "", 1).isdigit():
+            return value
+        value = float(text)
+    if isinstance(value, int | float):
+        try:
+            return datetime.fromtimestamp(value, UTC)
+        except (OverflowError, OSError, ValueError):
+            raise ValueError(f"{value:g} seconds since the epoch is not a date between "
+                             "the years 1 and 9999") from None
+    return value
+
+
+#: when an event happened: ISO 8601 text with an offset (:func:`_date_time_text`)
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_date_time_text)]
 
 
 #: the longest ``detail`` of an :class:`EventRejected` (characters; longer ones are cut)
@@ -142,7 +171,7 @@ class PurchaseEvent(BaseModel):
     event_id: Identifier
     order_id: Identifier
     customer_id: Identifier
-    occurred_at: AwareDatetime
+    occurred_at: Timestamp
     currency: CurrencyCode
     items: Annotated[list[LineItem], Field(min_length=1, max_length=500)]
     total: Money
@@ -170,7 +199,7 @@ class _Statement(BaseModel):
     schema_version: Literal[1] = 1
     event_id: Identifier
     customer_id: Identifier
-    occurred_at: AwareDatetime
+    occurred_at: Timestamp
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json().encode()
@@ -198,7 +227,7 @@ class _OrderFollowUp(BaseModel):
     event_id: Identifier
     order_id: Identifier
     customer_id: Identifier
-    occurred_at: AwareDatetime
+    occurred_at: Timestamp
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json(exclude_none=True).encode()

@@ -159,3 +159,21 @@ def test_a_payloads_own_text_in_a_reason_is_escaped_and_cut(key: str) -> None:
     assert str(info.value) == f"schema: {detail}"
     if len(key) < 100:  # shown escaped, as Python writes it
         assert detail == f"{repr(key)[1:-1]}: Extra inputs are not permitted"
+
+
+@pytest.mark.parametrize(("when", "read"), [
+    (20000000001, "2603-10-11T11:33:21+00:00"), ("20000000001", "2603-10-11T11:33:21+00:00"),
+    (1714557600, "2024-05-01T10:00:00+00:00"), (1714557600.5, "2024-05-01T10:00:00.500000+00:00"),
+])
+def test_a_number_for_occurred_at_is_seconds_never_milliseconds(when: Any, read: str) -> None:
+    """pydantic alone reads a number above 2e10 as milliseconds: 20000000001 would become
+    1970-08-20 silently. Seconds, always: that one is in 2603 (a future_event for the
+    consumer)."""
+    assert decode_event(enc(good(occurred_at=when))).occurred_at.isoformat() == read
+
+
+@pytest.mark.parametrize("when", [True, 1e20, "-1e400"])
+def test_a_boolean_or_an_impossible_epoch_for_occurred_at_is_refused(when: Any) -> None:
+    with pytest.raises(EventRejected) as info:
+        decode_event(enc(good(occurred_at=when)))
+    assert info.value.kind == "schema" and info.value.detail.startswith("occurred_at:")
