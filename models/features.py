@@ -59,13 +59,30 @@ def gamma_gamma_inputs(state: CustomerState, rates: Rates = NO_RATES) -> tuple[i
     if x <= 0:
         return 0, 0.0
     total, missing = state.spend(rates)
+    return _gamma_gamma_inputs(state, rates, total, missing)
+
+
+def _gamma_gamma_inputs(state: CustomerState, rates: Rates, total: float,
+                        missing: tuple[str, ...]) -> tuple[int, float]:
+    """:func:`gamma_gamma_inputs` given ``state.spend(rates)`` (``total, missing``), for a
+    caller that has it already."""
+    x = state.purchase_days - 1
+    if x <= 0:
+        return 0, 0.0
     book = state.book
     if book.base.orders:
         return x, max(0.0, total / state.purchase_days)
     first_day = state.first_day
     first: dict[str, int] = {}
-    for rec in book.orders.values():
-        if rec.counted and rec.ts // DAY == first_day and rec.currency not in missing:
+    for rec in book.orders.values():  # the day first: most orders are on other days
+        if rec.ts // DAY == first_day and rec.counted and rec.currency not in missing:
             first[rec.currency] = first.get(rec.currency, 0) + rec.net
     first_total, _ = rates.convert(first)
     return x, max(0.0, (total - first_total) / x)
+
+
+def _order_value(state: CustomerState, total: float, missing: tuple[str, ...]) -> float:
+    """``state.order_value(rates)[0]`` given ``state.spend(rates)`` (``total, missing``):
+    the mean order value over the orders in currencies with a rate (0 when none)."""
+    orders = sum(n for c, n in state.currencies.items() if c not in missing)
+    return total / orders if orders else 0.0

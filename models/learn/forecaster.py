@@ -29,12 +29,12 @@ from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from typing import Literal, NamedTuple
 
-from models.features import WEEK_DAYS, bgnbd_inputs, gamma_gamma_inputs
+from models.features import WEEK_DAYS, _gamma_gamma_inputs, _order_value
 from models.item_stats import ItemStats
 from models.learn import bgnbd, pareto_nbd
 from models.learn.bgnbd import DEFAULT_PRIOR, BgNbdParams
 from models.learn.gamma_gamma import GammaGammaParams
-from models.learn.outlook import DEFAULT_OUTLOOK, OutlookConfig, customer_outlook
+from models.learn.outlook import DEFAULT_OUTLOOK, OutlookConfig, _if_alive, customer_outlook
 from models.learn.pareto_nbd import ParetoNbdParams
 from models.money import NO_RATES, Rates
 from models.prediction import (
@@ -90,8 +90,18 @@ def _memo_forecast(params: ForecastParams, x: float, t_x: float, big_t: float,
                    horizons: tuple[float, ...]) -> tuple[float, tuple[float, ...]]:
     """:func:`purchase_forecast`, memoised (pure; ``params`` are frozen): a batch's buyers
     share few histories (see :data:`models.learn.outlook.COUNT_CACHE_SIZE`)."""
+    if isinstance(params, ParetoNbdParams):  # what purchase_forecast computes, but the
+        # expected purchases if alive shared with the outlook's (memoised by x and T)
+        alive = pareto_nbd.p_alive_memo(params, x, t_x, big_t)
+        return alive, tuple([alive * e for e in _if_alive(params, x, big_t, horizons)])
     alive, expected = purchase_forecast(params, x, t_x, big_t, horizons)
     return alive, tuple(expected)
+
+
+@lru_cache(maxsize=16)
+def _in_weeks(horizons_days: tuple[int, ...]) -> tuple[float, ...]:
+    """The horizons (days) in weeks, memoised (a forecaster's are the same every time)."""
+    return tuple(h / WEEK_DAYS for h in horizons_days)
 
 
 def expected_purchases(params: ForecastParams, t: float, x: float, t_x: float, big_t: float
@@ -131,6 +141,36 @@ def data_quality(n_days: int, tenure_days: int) -> tuple[Grade, str, float]:
     if n_days < 5 or tenure_days < 90:
         return "B", f"{what}: moderate history", confidence
     return "A", f"{what}: rich history", confidence
+
+
+#: :func:`data_quality`, memoised (pure; histories share their day counts and tenures)
+_data_quality = lru_cache(maxsize=1 << 12, typed=True)(data_quality)
+
+
+#: items with at most this many days kept have their gap spread memoised (a bounded memo:
+#: 4,096 tuples of at most 64 ints)
+_SPREAD_MEMO_DAYS = 64
+
+
+def _gap_spread(days: list[int]) -> float:
+    """The coefficient of variation of the gaps between ``days`` (three or more)."""
+    if len(days) <= _SPREAD_MEMO_DAYS:
+        return _gap_spread_memo(tuple(days))
+    return _gap_spread_of(days)
+
+
+@lru_cache(maxsize=1 << 12)
+def _gap_spread_memo(days: tuple[int, ...]) -> float:
+    """:func:`_gap_spread_of`, memoised (pure): a product and its category often have the
+    same days, and an item's days stay the same until it is bought again."""
+    return _gap_spread_of(days)
+
+
+def _gap_spread_of(days: Sequence[int]) -> float:
+    gaps = [b - a for a, b in itertools.pairwise(days)]
+    gap_mean = sum(gaps) / len(gaps)
+    var = sum([(g - gap_mean) ** 2 for g in gaps]) / len(gaps)
+    return math.sqrt(var) / gap_mean if gap_mean > 0 else 1.0
 
 
 class _Next(NamedTuple):
@@ -179,6 +219,8 @@ class Forecaster:
         #: why ``params`` were last refitted (carried into every prediction)
         self.refit_reason = refit_reason
         self.horizons_days = horizons_days
+        if max_items < 0:
+            raise ValueError(f"max_items must be >= 0, got {max_items}")
         self.max_items = max_items
 
     def _next(
@@ -188,18 +230,15 @@ class Forecaster:
         (coefficient of variation) over the gaps between the days kept one by one (those
         within the de-duplication horizon: all of them for most customers). Plain data:
         :meth:`predict` builds :class:`NextPurchase` only for the ones it shows."""
-        mean = stats.mean_gap
-        if mean is None or stats.orders <= 0:
+        if stats.orders <= 0:
             return None
-        n_gaps = stats.day_count - 1
+        mean = stats.mean_gap
+        if mean is None:
+            return None
+        day_count = stats.day_count
+        n_gaps = day_count - 1
         days = stats.days
-        if n_gaps > 1 and mean > 0 and len(days) > 2:
-            gaps = [b - a for a, b in itertools.pairwise(days)]
-            gap_mean = sum(gaps) / len(gaps)
-            var = sum((g - gap_mean) ** 2 for g in gaps) / len(gaps)
-            cv = math.sqrt(var) / gap_mean if gap_mean > 0 else 1.0
-        else:
-            cv = 1.0
+        cv = _gap_spread(days) if n_gaps > 1 and mean > 0 and len(days) > 2 else 1.0
         confidence = round((1.0 - 1.0 / math.sqrt(n_gaps + 1)) / (1.0 + cv), 3)
         expected = stats.last_day + mean
         status: Status
@@ -211,7 +250,7 @@ class Forecaster:
             status = "later"
         return _Next(_day_date(expected), -confidence,
                      "product" if kind == "product" else "category", key,
-                     round(mean, 2), stats.day_count, confidence, status)
+                     round(mean, 2), day_count, confidence, status)
 
     def predict(
         self, state: CustomerState, segment: SegmentRef, as_of_ts: int, now: datetime,
@@ -220,21 +259,46 @@ class Forecaster:
         """The prediction for one customer as of ``as_of_ts`` (event time, epoch seconds);
         money in ``rates``' reporting currency (currencies without a rate are named in
         ``unconverted`` and left out of ``spend``)."""
-        x, t_x, big_t = bgnbd_inputs(state, as_of_ts)
-        as_of_day = max(state.last_day if state.purchase_days else 0, as_of_ts // DAY)
-        tenure = as_of_day - state.first_day if state.purchase_days else 0
-        grade, reason, confidence = data_quality(state.purchase_days, tenure)
+        n_days = state.purchase_days
+        if n_days:
+            first_day, last_day = state.first_day, state.last_day
+            # bgnbd_inputs(state, as_of_ts), with the day figures read once
+            as_of_day = max(last_day, as_of_ts // DAY)
+            x, t_x, big_t = (n_days - 1, (last_day - first_day) / WEEK_DAYS,
+                             (as_of_day - first_day) / WEEK_DAYS)
+            tenure = as_of_day - first_day
+        else:
+            x, t_x, big_t = 0, 0.0, 0.0
+            as_of_day = max(0, as_of_ts // DAY)
+            tenure = 0
+        grade, reason, confidence = _data_quality(n_days, tenure)
         spend, unconverted = state.spend(rates)
-        alive, (e30, e90) = _memo_forecast(
-            self.params, x, t_x, big_t, tuple(h / WEEK_DAYS for h in self.horizons_days))
-        nexts = [
-            n
-            for kind, table in (("product", state.products), ("category", state.categories))
-            for key, stats in table.items()
-            if (n := self._next(kind, key, stats, as_of_day)) is not None
-        ]
+        days_ahead = self.horizons_days
+        weeks_ahead = (_in_weeks(days_ahead) if isinstance(days_ahead, tuple)
+                       else tuple(h / WEEK_DAYS for h in days_ahead))
+        alive, (e30, e90) = _memo_forecast(self.params, x, t_x, big_t, weeks_ahead)
+        nexts = []
+        next_of = self._next
+        for kind, table in (("product", state.products), ("category", state.categories)):
+            for key, stats in table.items():
+                if (n := next_of(kind, key, stats, as_of_day)) is not None:
+                    nexts.append(n)
         nexts.sort(key=_Next.order)
-        showing = [n.model() for n in nexts[: self.max_items]]
+        max_items = self.max_items
+        showing = [n.model() for n in nexts[:max_items]]
+        # in one pass: the first max_items products due or upcoming (the recommendations)
+        # and the first max_items of them with a confidence of 0.2 or more (the alerts)
+        soon: list[_Next] = []
+        sure: list[_Next] = []
+        if max_items > 0:
+            for n in nexts:
+                if n.kind == "product" and n.status != "later":
+                    if len(soon) < max_items:
+                        soon.append(n)
+                    if n.confidence >= 0.2:
+                        sure.append(n)
+                        if len(sure) == max_items:
+                            break
         alerts = [
             Alert(
                 kind="replenishment_due" if n.status == "due" else "replenishment_upcoming",
@@ -243,19 +307,18 @@ class Forecaster:
                 message=f"{n.kind} {n.key!r} is {n.status}: bought every "
                 f"{n.avg_days_between:g} days, next expected {n.expected_date}",
             )
-            for n in itertools.islice(
-                (n for n in nexts
-                 if n.kind == "product" and n.status != "later" and n.confidence >= 0.2),
-                self.max_items)
+            for n in sure
         ]
         extra: dict[str, object] = {}
-        if state.purchase_days:
-            gx, mbar = gamma_gamma_inputs(state, rates)
+        if n_days:
+            # gamma_gamma_inputs and state.order_value, from the conversion made above
+            gx, mbar = _gamma_gamma_inputs(state, rates, spend, unconverted)
             o = customer_outlook(
                 self.params, self.value_params, x, t_x, big_t, spend=spend,
-                order_value=state.order_value(rates)[0], monetary_repeat=mbar if gx else 0.0,
-                purchase_days=state.purchase_days, first_day=state.first_day,
-                last_day=state.last_day, as_of_day=as_of_day, config=self.outlook)
+                order_value=_order_value(state, spend, unconverted),
+                monetary_repeat=mbar if gx else 0.0,
+                purchase_days=n_days, first_day=first_day,
+                last_day=last_day, as_of_day=as_of_day, config=self.outlook)
             extra = {"value": o.value, "churn": o.churn, "timing": o.timing,
                      "clv": o.value.clv, "churn_band": o.churn.band,
                      "expected_purchases_90d_interval": o.interval_90d,
@@ -272,7 +335,7 @@ class Forecaster:
             expected_purchases_90d=round(e90, 4),
             next_purchases=showing,
             alerts=alerts,
-            recommendations=self._recommend(state, nexts),
+            recommendations=self._recommend(state, soon),
             data_quality=grade,
             data_quality_reason=reason,
             purchases=state.purchases,
@@ -290,8 +353,9 @@ class Forecaster:
         )
 
     def _recommend(
-        self, state: CustomerState, nexts: list[_Next]
+        self, state: CustomerState, soon: list[_Next]
     ) -> list[Recommendation]:
+        """``soon``: the first ``max_items`` products due or upcoming, in order."""
         recs = [
             Recommendation(
                 key=n.key,
@@ -299,16 +363,20 @@ class Forecaster:
                 reason="replenishment_due" if n.status == "due" else "replenishment_upcoming",
                 score=n.confidence,
             )
-            for n in itertools.islice(
-                (n for n in nexts if n.kind == "product" and n.status != "later"),
-                self.max_items)
+            for n in soon
         ]
-        total = sum(max(0, c.orders) for c in state.categories.values()) or 1
-        ranked = sorted(((k, v) for k, v in state.categories.items() if v.orders > 0),
-                        key=lambda kv: (-kv[1].orders, kv[0]))
+        total = 0
+        ranked: list[tuple[int, str]] = []  # (-orders, key): keys are distinct
+        for key, c in state.categories.items():
+            orders = c.orders
+            if orders > 0:
+                total += orders
+                ranked.append((-orders, key))
+        total = total or 1
+        ranked.sort()
         recs.extend(
             shared(Recommendation, key, "category", "category_affinity",
-                   round(stats.orders / total, 3))
-            for key, stats in ranked[:2]
+                   round(-neg_orders / total, 3))
+            for neg_orders, key in ranked[:2]
         )
         return recs[: self.max_items]

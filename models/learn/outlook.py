@@ -34,6 +34,7 @@ Time is in weeks inside the models (x, t_x, T as :func:`models.features.bgnbd_in
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import date, timedelta
 from functools import lru_cache
@@ -193,6 +194,26 @@ def count_outlook(params: BgNbdParams | ParetoNbdParams, x: float, t_x: float, b
                         q50, q80, interval)
 
 
+#: distinct ``(params, x, t_x, T, config)`` whose money-free part of the outlook is kept
+#: (about 0.4 KB each beyond the :func:`count_outlook` entry they share): a batch's buyers
+#: share them, and 4,096 find as many as :data:`COUNT_CACHE_SIZE` do in a replay
+_PARTS_CACHE_SIZE = 1 << 12
+
+
+@lru_cache(maxsize=_PARTS_CACHE_SIZE)
+def _outlook_parts(params: BgNbdParams | ParetoNbdParams, x: float, t_x: float, big_t: float,
+                   config: OutlookConfig) -> tuple[CountOutlook, float, Churn]:
+    """The :func:`count_outlook` of a history, its CLV per unit of order value (what
+    :func:`discounted_clv` sums before multiplying by the order value: the CLV is this
+    times the order value, the same product) and its :class:`Churn` (memoised: pure)."""
+    months = config.clv_months
+    c = count_outlook(params, x, t_x, big_t, months)
+    table = dict(zip(c.horizons, c.cumulative, strict=True))
+    per_unit = discounted_clv(table.__getitem__, 1.0, months, config.monthly_discount_rate)
+    churn = shared(Churn, round(c.p30, 4), round(c.p90, 4), churn_band(c.p90, config))
+    return c, per_unit, churn
+
+
 def customer_outlook(params: BgNbdParams | ParetoNbdParams, value_params: GammaGammaParams | None,
                      x: float, t_x: float, big_t: float, *, spend: float, order_value: float,
                      monetary_repeat: float, purchase_days: int, first_day: int,
@@ -206,13 +227,14 @@ def customer_outlook(params: BgNbdParams | ParetoNbdParams, value_params: GammaG
     The purchase model's part is :func:`count_outlook` (memoised).
     """
     months = config.clv_months
-    c = count_outlook(params, x, t_x, big_t, months)
-    table = dict(zip(c.horizons, c.cumulative, strict=True))
+    c, per_unit, churn = _outlook_parts(params, x, t_x, big_t, config)
     if value_params is not None:
         aov = conditional_expected_order_value(value_params, x, monetary_repeat if x else 0.0)
     else:
         aov = order_value
-    clv = discounted_clv(table.__getitem__, aov, months, config.monthly_discount_rate)
+    if not (0.0 <= aov < math.inf):  # as discounted_clv checks it
+        raise ValueError(f"order_value must be finite and >= 0, got {aov!r}")
+    clv = per_unit * aov
     if months:
         expected = c.cumulative[-1]
         lo_n, hi_n = c.count_interval
@@ -224,10 +246,10 @@ def customer_outlook(params: BgNbdParams | ParetoNbdParams, value_params: GammaG
                   clv_high=round(max(clv_hi, clv), 2), expected_order_value=round(aov, 2),
                   historic=round(spend, 2), months=months,
                   monthly_discount_rate=config.monthly_discount_rate)
-    churn = shared(Churn, round(c.p30, 4), round(c.p90, 4), churn_band(c.p90, config))
+    q50, q80 = c.q50, c.q80
     timing = shared(
         Timing,
         round((last_day - first_day) / (purchase_days - 1), 2) if purchase_days > 1 else None,
-        _date(as_of_day + c.q50 * _WEEK) if c.q50 is not None else None,
-        _date(as_of_day + c.q80 * _WEEK) if c.q80 is not None else None)
+        _date(as_of_day + q50 * _WEEK) if q50 is not None else None,
+        _date(as_of_day + q80 * _WEEK) if q80 is not None else None)
     return Outlook(value, churn, timing, c.interval_90d)

@@ -160,23 +160,45 @@ def _alive_pmf_series(params: ParetoNbdParams, t: float, x: float, n_max: int,
                       mixture: tuple[list[float], float, bool, float]) -> np.ndarray:
     """``P(X = k | alive)``, ``k <= n_max``, by the mixture series (module docstring)."""
     weights, shape, mixed_lambda, rate = mixture
-    j = np.arange(float(len(weights)))
+    rows = _series_rows if n_max <= _SERIES_MEMO_MAX else _series_rows.__wrapped__
+    log_steps, ratio, spread = rows(params, x, n_max, len(weights), shape, mixed_lambda)
+    big_r = params.r + x + params.s + np.arange(float(len(weights)))  # L + M
+    log_w = math.log(t) - math.log(rate + t)
+    steps = np.empty((n_max + 1, len(weights)))
+    steps[0] = big_r * (math.log(rate) - math.log(rate + t))  # log (1-w)^R = log NB(0)
+    steps[1:] = log_steps  # log NB(k+1) - log NB(k) - log w
+    np.cumsum(steps, axis=0, out=steps)
+    steps += _k_column(n_max) * log_w
+    nb = np.exp(steps)  # P(N = k)
+    tail = 1.0 - np.cumsum(nb, axis=0)  # P(N > k)
+    comp = ratio * (nb + spread * np.maximum(tail, 0.0))
+    out: np.ndarray = comp @ np.array(weights)
+    return out
+
+
+#: the longest series whose rows are memoised (about 24 bytes per count and term each), so
+#: the memo stays within a few MB whatever the customers
+_SERIES_MEMO_MAX = 256
+
+
+@lru_cache(maxsize=_MEMO >> 2)
+def _series_rows(params: ParetoNbdParams, x: float, n_max: int, n_terms: int, shape: float,
+                 mixed_lambda: bool) -> tuple[np.ndarray, ...]:
+    """What :func:`_alive_pmf_series` needs that does not depend on ``t`` or on the rate
+    (the same element by element as computing it there; read-only, memoised): the steps
+    ``log(R+k) - log(k+1)`` of ``log NB(k)``, ``(L)_k / (R)_k`` and ``M / (R+k)``."""
+    j = np.arange(float(n_terms))
     big_r = params.r + x + params.s + j  # L + M
     big_l = shape + j if mixed_lambda else np.full_like(j, params.r + x)
     i, log_i1 = _steps(n_max)
-    log_w = math.log(t) - math.log(rate + t)
     log_r = np.log(big_r + i)  # row i: log(R+i), i = 0..n_max-1
-    steps = np.zeros((2, n_max + 1, len(weights)))
-    np.subtract(log_r, log_i1, out=steps[0, 1:])  # log NB(k+1) - log NB(k) - log w
-    np.subtract(np.log(big_l + i), log_r, out=steps[1, 1:])  # log (L+k)/(R+k)
-    steps[0, 0] = big_r * (math.log(rate) - math.log(rate + t))  # log (1-w)^R = log NB(0)
-    np.cumsum(steps, axis=1, out=steps)
-    steps[0] += _k_column(n_max) * log_w
-    nb, ratio = np.exp(steps)  # P(N = k); (L)_k / (R)_k
-    tail = 1.0 - np.cumsum(nb, axis=0)  # P(N > k)
-    comp = ratio * (nb + (big_r - big_l) / (big_r + _k_column(n_max)) * np.maximum(tail, 0.0))
-    out: np.ndarray = comp @ np.array(weights)
-    return out
+    log_steps = log_r - log_i1
+    ratio_steps = np.zeros((n_max + 1, n_terms))
+    np.subtract(np.log(big_l + i), log_r, out=ratio_steps[1:])  # log (L+k)/(R+k)
+    np.cumsum(ratio_steps, axis=0, out=ratio_steps)
+    ratio = np.exp(ratio_steps)  # (L)_k / (R)_k
+    spread = (big_r - big_l) / (big_r + _k_column(n_max))
+    return _frozen(log_steps, ratio, spread)
 
 
 def _alive_pmf_quadrature(params: ParetoNbdParams, t: float, x: float, T: float,
@@ -280,8 +302,7 @@ def purchase_count_interval(params: ParetoNbdParams, t: float, x: float, t_x: fl
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level!r}")
     lo_q, hi_q = (1.0 - level) / 2.0, (1.0 + level) / 2.0
-    mean = expected_purchases_if_alive(params, t, x, T)  # validates t; no 2F1
-    n = int(2.0 * mean + 6.0 * math.sqrt(mean)) + 6  # first guess, usually enough
+    n = _first_guess(params, t, x, T)
     while True:
         pmf = purchase_count_pmf(params, t, x, t_x, T, n, alive)
         cdf, lo = 0.0, None
@@ -294,6 +315,14 @@ def purchase_count_interval(params: ParetoNbdParams, t: float, x: float, t_x: fl
         if n >= _MAX_COUNT:
             raise ValueError("purchase count quantile beyond the supported range")
         n *= 4
+
+
+@lru_cache(maxsize=_MEMO >> 2)
+def _first_guess(params: ParetoNbdParams, t: float, x: float, T: float) -> int:
+    """:func:`purchase_count_interval`'s first number of counts, usually enough (memoised:
+    it does not depend on ``t_x``)."""
+    mean = expected_purchases_if_alive(params, t, x, T)  # validates t; no 2F1
+    return int(2.0 * mean + 6.0 * math.sqrt(mean)) + 6
 
 
 def next_order_quantile(params: ParetoNbdParams, q: float, x: float, t_x: float, T: float,
