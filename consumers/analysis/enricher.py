@@ -41,7 +41,7 @@ import sys
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from consumers.analysis.analyzer import AnalyzerResult, StatisticalAnalyzer
 from consumers.analysis.guard import CallGuard, Refused
@@ -302,8 +302,11 @@ class Enricher:
                 self.policy.defer(cid, pending, now + 0.5)
                 continue
             self._inflight.add(cid)
+            # the input was filed (built) at its latest arrival, or when it was scheduled
+            filed = max([pending.opened_at, *pending.arrivals])
+            read_at = self._wall() - timedelta(seconds=max(0.0, now - filed))
             task = asyncio.create_task(self._claimed(cid, pending.features, pending.trigger,
-                                                     pending.arrivals, False))
+                                                     pending.arrivals, False, read_at))
             self._tasks.add(task)
             task.add_done_callback(self._done)
 
@@ -351,10 +354,11 @@ class Enricher:
             self._finished += 1
 
     async def _claimed(self, cid: str, x: AnalysisInput, trigger: TriggerKind,
-                       arrivals: list[float], bypass: bool) -> AnalysisRecord | None:
+                       arrivals: list[float], bypass: bool,
+                       read_at: datetime | None = None) -> AnalysisRecord | None:
         """Analyse ``cid``, whose in-flight marker the caller set; errors become counts."""
         try:
-            return await self._analyze(cid, x, trigger, arrivals, bypass)
+            return await self._analyze(cid, x, trigger, arrivals, bypass, read_at)
         except _Stopped:
             self._requeue(cid, x, trigger, arrivals)
             return None
@@ -393,8 +397,11 @@ class Enricher:
         return self._latest.get(cid)
 
     async def _analyze(self, cid: str, x: AnalysisInput, trigger: TriggerKind,
-                       arrivals: list[float], bypass: bool) -> AnalysisRecord | None:
-        started = self._wall()  # ``x`` was read before: the analysis's ``input_at``
+                       arrivals: list[float], bypass: bool,
+                       read_at: datetime | None = None) -> AnalysisRecord | None:
+        # the analysis's ``input_at``: when ``x`` was read (queued: when it was filed);
+        # otherwise it was read just before this call
+        started = read_at or self._wall()
         signature = Signature.of(x, self.version)
         if not self._consented(x):
             return await self._finish(cid, x, started, trigger, arrivals, None, "no_consent", None)
@@ -463,8 +470,9 @@ class Enricher:
             self.endpoints.add(rec.endpoint)
         self._remember(cid, rec)  # before the writes: predictions written meanwhile carry it
         stored = await self.store.record(rec, input_at=started)
-        if stored != "latest":  # a newer analysis, or an erasure, landed meanwhile
-            self._latest.pop(cid, None)  # read again when next needed
+        if stored != "latest":  # a newer analysis, or an erasure, landed meanwhile: what
+            # the store holds is the one predictions carry (and reconcile puts back)
+            self._remember(cid, (await self.store.latest([cid])).get(cid))
             self._count(f"analyses_{stored}")
         self._count("analyses", shared=True)
         self._count(f"source_{rec.source}", shared=True)

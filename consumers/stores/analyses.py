@@ -190,14 +190,38 @@ class AnalysisStore:
             if stored is not None and is_tombstone(stored):
                 return "erased"
             await client.put_item(TableName=self.history_table, Item=history)
-            return "superseded"
+            return await self._settle(rec, history, "superseded")
         await asyncio.gather(client.put_item(TableName=self.history_table, Item=history),
                              self.merge(rec))
+        return await self._settle(rec, history, "latest")
+
+    async def _settle(self, rec: AnalysisRecord, history: Item, stored: Stored) -> Stored:
+        """After the writes, the latest read back: another writer's (a later one) is merged
+        into the prediction again, in case a prediction written meanwhile carried ``rec``
+        or its merge came last; a tombstone (an erasure that ran between our writes and
+        missed them) takes back our history item and our analysis in the prediction."""
         now = await self._stored(rec.customer_id)
-        if now is not None and not is_tombstone(now) and now["at"] != latest["at"]:
+        if now is not None and is_tombstone(now):
+            await asyncio.gather(
+                self.db.client.delete_item(TableName=self.history_table, Key={
+                    "customer_id": history["customer_id"], "at": history["at"]}),
+                self._unmerge(rec))
+            return "erased"
+        if now is not None and now["at"]["S"] != record_item(rec)["at"]["S"]:
             with contextlib.suppress(ValidationError):
                 await self.merge(record_from_item(now))
-        return "latest"
+        return stored
+
+    async def _unmerge(self, rec: AnalysisRecord) -> None:
+        """Remove ``rec``'s analysis from the prediction item, if it is still there."""
+        client = self.db.client
+        with contextlib.suppress(client.exceptions.ConditionalCheckFailedException):
+            await client.update_item(
+                TableName=self.predictions_table,
+                Key={"customer_id": {"S": rec.customer_id}},
+                UpdateExpression="REMOVE analysis, analysis_at, analysis_model",
+                ConditionExpression="analysis_at = :t",
+                ExpressionAttributeValues={":t": {"S": rec.at.isoformat()}})
 
     async def _stored(self, customer_id: str) -> Item | None:
         resp = await self.db.client.get_item(TableName=self.table, ConsistentRead=True,

@@ -206,3 +206,43 @@ def test_an_erasure_event_from_the_producers_erases_the_analyses_too(
 
     assert asyncio.run(late()) == "erased"
     assert {i["customer_id"]["S"] for i in _items(s, "analysis-history")} == {kept}
+
+
+def test_an_erasure_between_an_analysis_writes_takes_the_analysis_back(
+    fresh_settings: Callable[..., Settings],
+) -> None:
+    """``caa erase`` runs after an analysis's latest was written but before its history
+    item and merge: the erasure's history query missed them. Reading the latest back, the
+    analysis finds the tombstone and takes its own writes back: nothing of it stays."""
+    from consumers.stores.analyses import AnalysisStore
+
+    s = fresh_settings(shard_count="1", refit_interval_s="0")
+    events = time_ordered([e for e in load_events(limit=100) if int(e.customer_id) <= 5])
+    cid = events[0].customer_id
+    Publisher(Aws(s).client("kinesis"), s.stream_name).publish(events)
+
+    class ErasedMidway(AnalysisStore):
+        async def merge(self, rec: AnalysisRecord) -> None:
+            await super().merge(rec)
+            await self.erase(rec.customer_id, rec.at - timedelta(minutes=10))
+
+    async def scenario() -> str:
+        async with Aws(s).clients("kinesis", "dynamodb") as c:
+            await wiring.worker(s, c["kinesis"], c["dynamodb"]).run(
+                until_idle=True, final_refit=False)
+            db = wiring.dynamo(s, c["dynamodb"])
+            t = wiring.tables(s)
+            rec = await on_demand(CustomerStore(db, t.customers),
+                                  PredictionStore(db, t.predictions), wiring.registry(s, db),
+                                  None, cid, lambda: wiring.pseudonym_key(s))
+            assert rec is not None
+            store = ErasedMidway(db, t.analyses, t.analysis_history, t.predictions)
+            return await store.record(rec, input_at=rec.at - timedelta(minutes=20))
+
+    assert asyncio.run(scenario()) == "erased"
+    assert _items(s, "analysis-history") == []
+    (latest,) = _items(s, "analyses")
+    assert is_tombstone(latest)
+    prediction = Aws(s).client("dynamodb").get_item(
+        TableName=s.table("predictions"), Key={"customer_id": {"S": cid}})["Item"]
+    assert "analysis" not in prediction and "analysis_at" not in prediction

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import pytest
@@ -158,13 +158,17 @@ class FakeStore:
         self.records: list[AnalysisRecord] = []
         self.input_at: list[datetime | None] = []
         self.outcome = outcome
+        #: the latest per customer, as the store keeps it
+        self.kept: dict[str, AnalysisRecord] = {}
 
     async def latest(self, ids: list[str]) -> dict[str, AnalysisRecord]:
-        return {r.customer_id: r for r in self.records if r.customer_id in ids}
+        return {c: r for c, r in self.kept.items() if c in ids}
 
     async def record(self, rec: AnalysisRecord, input_at: datetime | None = None) -> str:
         self.records.append(rec)
         self.input_at.append(input_at)
+        if self.outcome == "latest":
+            self.kept[rec.customer_id] = rec
         return self.outcome
 
 
@@ -235,15 +239,16 @@ def test_without_routing_nothing_is_counted_or_routed() -> None:
 def test_an_analysis_the_store_does_not_make_the_latest_is_not_remembered(
         outcome: str) -> None:
     """The store decides which analysis is the latest, by ``input_at`` (the analysis's
-    start); one it refuses is not kept as the latest in the enricher's memory either."""
+    start for a request read just before); one it refuses is replaced in the enricher's
+    memory by what the store keeps (which predictions then carry)."""
     e, _, store = _enricher(ValueRouter(_cuts, daily=True))
+    assert asyncio.run(e.run_request("c1", _input(clv=10.0), "purchase", [0.0]))
+    kept = store.records[-1]
     store.outcome = outcome
     assert asyncio.run(e.run_request("c1", _input(clv=10.0), "purchase", [0.0]))
-    assert store.input_at == [datetime(2024, 3, 1, tzinfo=UTC)]
-    assert "c1" not in e._latest and e.counts[f"analyses_{outcome}"] == 1
-    store.outcome = "latest"
-    assert asyncio.run(e.run_request("c1", _input(clv=10.0), "purchase", [0.0]))
-    assert e._latest["c1"] is store.records[-1] and e.counts["analyses_latest"] == 0
+    assert store.input_at == [datetime(2024, 3, 1, tzinfo=UTC)] * 2
+    assert e._latest["c1"] is kept and store.records[-1] is not kept
+    assert e.counts[f"analyses_{outcome}"] == 1
 
 
 def test_an_erased_customer_leaves_the_analysis_queue() -> None:
@@ -266,3 +271,32 @@ def test_an_erased_customer_leaves_the_analysis_queue() -> None:
     assert second.erased == {"c1"}
     e.observe(second)
     assert len(e.policy) == 0 and e.policy.next_due_at() is None
+
+
+def test_a_queued_analysis_is_dated_by_when_its_input_was_read() -> None:
+    """A purchase files the customer's input; the analysis starts after the debounce (60 s
+    here, on the enricher's clock). Its ``input_at`` is when the input was read, not when
+    the analysis started: an answer of an older input must not pass for a newer one."""
+    guard, store = FakeGuard(), FakeStore()
+    t = [1000.0]
+    wall0 = datetime(2024, 3, 1, tzinfo=UTC)
+    e = Enricher(guard=cast(Any, guard), store=cast(Any, store), pseudonym_key=b"k",
+                 reference_order_value=lambda: 30.0, consent_mode="opt_out",
+                 clock=lambda: t[0], wall=lambda: wall0 + timedelta(seconds=t[0] - 1000.0),
+                 router=ValueRouter(_cuts, daily=True))
+    purchase = (b'{"event_id":"e1","order_id":"o1","customer_id":"c1","occurred_at":'
+                b'"2024-02-01T00:00:00Z","currency":"EUR","items":[{"product_id":"p",'
+                b'"category":"k","quantity":1,"unit_price":"2.50"}],"total":"2.50"}')
+    models = ModelView(SegmentModel(), 0, Forecaster(DEFAULT_PRIOR))
+    e.observe(process_batch(decode_batch([StreamRecord(purchase, "1", "c1", "s")]), {},
+                            models, now=wall0))
+    t[0] += 75.0  # the debounce is over, and some more
+
+    async def run() -> None:
+        e._dispatch(t[0])
+        await e.settle()
+
+    asyncio.run(run())
+    assert len(store.records) == 1
+    assert store.input_at == [wall0]  # read at the purchase, 75 s before the analysis
+    assert store.records[0].at == wall0 + timedelta(seconds=75)
