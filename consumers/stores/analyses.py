@@ -14,12 +14,12 @@ attributes); the history's ``at`` ends with ``#`` and a random suffix, so two an
 the same microsecond both stay, and it has ``expires_at``.
 
 **Which analysis is the latest** is decided by ``input_at``: when the state the analysis
-read was captured (a daily batch job's creation; the start of a streaming or on-demand
-analysis), not when the answer came. A batch job can end hours after it was created, so
-its answers may be older than an analysis made meanwhile: the write of the latest is
-conditional (``input_at`` not after the one stored), and an analysis it refuses is
-**superseded**: kept in the history (it happened, and was paid for), not in ``analyses``
-nor in the prediction item.
+read was captured (a daily batch job's creation; when a queued analysis's input was filed;
+the start of an analysis that read the state just before), not when the answer came. A
+batch job can end hours after it was created, so its answers may be older than an analysis
+made meanwhile: the write of the latest is conditional (``input_at`` not after the one
+stored), and an analysis it refuses is **superseded**: kept in the history (it happened,
+and was paid for), not in ``analyses`` nor in the prediction item.
 
 **Erasure** leaves a tombstone in ``analyses``: ``customer_id``, ``erased``, ``input_at``
 = the erasure's time plus :data:`ERASURE_CLOCK_MARGIN` (the clocks of the host that
@@ -138,11 +138,8 @@ class AnalysisStore:
         """Delete the customer's latest analysis and history, leaving a tombstone (see the
         module's text) for an erasure made at ``at``: how many analyses went from each (the
         analysis merged into the prediction goes with the prediction)."""
-        latest, history = await asyncio.gather(
-            self.db.client.get_item(TableName=self.table, ConsistentRead=True,
-                                    Key={"customer_id": {"S": customer_id}}),
-            self._keys(self.history_table, customer_id))
-        old = latest.get("Item")
+        old, history = await asyncio.gather(self._stored(customer_id),
+                                            self._keys(self.history_table, customer_id))
         tombstone = {
             "customer_id": {"S": customer_id}, "erased": {"S": input_key(at)},
             "input_at": {"S": input_key(at + ERASURE_CLOCK_MARGIN)},
@@ -207,7 +204,7 @@ class AnalysisStore:
                     "customer_id": history["customer_id"], "at": history["at"]}),
                 self._unmerge(rec))
             return "erased"
-        if now is not None and now["at"]["S"] != record_item(rec)["at"]["S"]:
+        if now is not None and now["at"]["S"] != rec.at.isoformat(timespec="microseconds"):
             with contextlib.suppress(ValidationError):
                 await self.merge(record_from_item(now))
         return stored
