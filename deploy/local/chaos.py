@@ -4,7 +4,8 @@
 (tests/integration/test_chaos.py). It starts the emulator, publishes the log plus
 one poison record of each kind, and then, until it has killed the consumer at
 least ``--kills`` times, starts ``caa consume --until-idle`` as a subprocess and
-kills it with SIGKILL: from outside at a random moment, or from inside at the
+kills it with SIGKILL: from outside at a random moment once it holds the consumer group
+(sooner after each run that finished first), or from inside at the
 hardest points (``CAA_CHAOS_POINTS``: in the middle of a DynamoDB batch write,
 between the write and the checkpoint, right after the checkpoint). When a run
 finishes before being killed, part of the log is re-published (a replay with new
@@ -68,6 +69,9 @@ GET_RECORDS_LIMIT = 500
 #: (the random delays are for the ``external`` runs: with them, a consumer slower to start
 #: than the delay, as on a loaded CI machine, never reached a checkpoint to die at)
 POINT_BACKSTOP_S = 120.0
+#: the ``external`` runs' delays (counted from when the consumer holds the group) shrink by
+#: half after each run that finished first, down to this factor of ``delay_s``
+EXTERNAL_SCALE_MIN = 1 / 64
 
 
 def poison() -> list[tuple[bytes, str]]:
@@ -156,6 +160,8 @@ class Harness:
         self.events = time_ordered(load_events(limit=limit))
         self.publisher = Publisher(self.kinesis, self.stream)
         self.report = ChaosReport()
+        #: factor on ``delay_s`` for the ``external`` runs, halved each time one finishes
+        self.external_scale = 1.0
         self.modes = sorted(MODES)
         self.rng.shuffle(self.modes)
 
@@ -194,6 +200,10 @@ class Harness:
             delay = self.rng.uniform(*self.delay_s)
             if mode != "external":  # it dies at its point: the delay is only a backstop
                 delay = max(delay, POINT_BACKSTOP_S)
+            else:  # counted from when it holds the group (is past its start-up and working)
+                self._until("the consumer's lease",
+                            lambda: (self._lease() or (0, 0.0))[0] == proc.pid, proc)
+                delay *= self.external_scale
             try:
                 rc = proc.wait(timeout=delay)
             except subprocess.TimeoutExpired:
@@ -211,6 +221,9 @@ class Harness:
             r.kills_by_point[point] += 1
             self.note(f"  run {r.runs}: killed itself at {point}")
         elif rc == 0:  # it finished first: replay part of the log to crash on
+            if mode == "external":  # and kill the next one sooner (a replay of events it
+                # has seen is only duplicates: a fast machine gets through it in a second)
+                self.external_scale = max(EXTERNAL_SCALE_MIN, self.external_scale / 2)
             size = max(1, len(self.events) // 5)
             start = self.rng.randrange(0, max(1, len(self.events) - size))
             self.publisher.publish(self.events[start:start + size])
