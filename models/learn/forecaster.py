@@ -47,6 +47,7 @@ from models.prediction import (
     SegmentRef,
     Status,
     shared,
+    validator,
 )
 from models.state import DAY, CustomerState
 from models.variant import NO_EXPERIMENT, VariantPlan
@@ -190,9 +191,18 @@ class _Next(NamedTuple):
         return self[:4]
 
     def model(self) -> NextPurchase:
-        return NextPurchase(kind=self.kind, key=self.key, expected_date=self.expected_date,
-                            avg_days_between=self.avg_days_between, purchases=self.purchases,
-                            confidence=self.confidence, status=self.status)
+        return _NEXT_PURCHASE({
+            "kind": self.kind, "key": self.key, "expected_date": self.expected_date,
+            "avg_days_between": self.avg_days_between, "purchases": self.purchases,
+            "confidence": self.confidence, "status": self.status})
+
+
+#: the models' own validation of their fields (:func:`models.prediction.validator`)
+_PREDICTION = validator(Prediction)
+_NEXT_PURCHASE = validator(NextPurchase)
+_ALERT = validator(Alert)
+_RECOMMENDATION = validator(Recommendation)
+_LAST_EVENT = validator(LastEvent)
 
 
 class Forecaster:
@@ -300,13 +310,13 @@ class Forecaster:
                         if len(sure) == max_items:
                             break
         alerts = [
-            Alert(
-                kind="replenishment_due" if n.status == "due" else "replenishment_upcoming",
-                key=n.key,
-                expected_date=n.expected_date,
-                message=f"{n.kind} {n.key!r} is {n.status}: bought every "
+            _ALERT({
+                "kind": "replenishment_due" if n.status == "due" else "replenishment_upcoming",
+                "key": n.key,
+                "expected_date": n.expected_date,
+                "message": f"{n.kind} {n.key!r} is {n.status}: bought every "
                 f"{n.avg_days_between:g} days, next expected {n.expected_date}",
-            )
+            })
             for n in sure
         ]
         extra: dict[str, object] = {}
@@ -324,45 +334,45 @@ class Forecaster:
                      "expected_purchases_90d_interval": o.interval_90d,
                      "confidence": interval_confidence(o.interval_90d)}
         extra.setdefault("confidence", confidence)  # no purchase yet: the history's
-        return Prediction(
-            **extra,
-            refit_reason=self.refit_reason,
-            customer_id=state.customer_id,
-            variant=self.variants.assign(state.customer_id),
-            segment=segment,
-            p_alive=round(alive, 4),
-            expected_purchases_30d=round(e30, 4),
-            expected_purchases_90d=round(e90, 4),
-            next_purchases=showing,
-            alerts=alerts,
-            recommendations=self._recommend(state, soon),
-            data_quality=grade,
-            data_quality_reason=reason,
-            purchases=state.purchases,
-            spend=round(spend, 2),
-            currency=rates.reporting,
-            unconverted=list(unconverted),
-            model_versions={model_name(self.params): self.params_version,
-                            "segments": segments_version},
-            as_of=datetime.fromtimestamp(as_of_ts, UTC),
-            generated_at=now,
-            last_event=LastEvent(
-                event_id=state.last_event_id,
-                occurred_at=datetime.fromtimestamp(state.last_event_ts, UTC),
-            ),
-        )
+        extra.update({
+            "refit_reason": self.refit_reason,
+            "customer_id": state.customer_id,
+            "variant": self.variants.assign(state.customer_id),
+            "segment": segment,
+            "p_alive": round(alive, 4),
+            "expected_purchases_30d": round(e30, 4),
+            "expected_purchases_90d": round(e90, 4),
+            "next_purchases": showing,
+            "alerts": alerts,
+            "recommendations": self._recommend(state, soon),
+            "data_quality": grade,
+            "data_quality_reason": reason,
+            "purchases": state.purchases,
+            "spend": round(spend, 2),
+            "currency": rates.reporting,
+            "unconverted": list(unconverted),
+            "model_versions": {model_name(self.params): self.params_version,
+                               "segments": segments_version},
+            "as_of": datetime.fromtimestamp(as_of_ts, UTC),
+            "generated_at": now,
+            "last_event": _LAST_EVENT({
+                "event_id": state.last_event_id,
+                "occurred_at": datetime.fromtimestamp(state.last_event_ts, UTC),
+            }),
+        })
+        return _PREDICTION(extra)
 
     def _recommend(
         self, state: CustomerState, soon: list[_Next]
     ) -> list[Recommendation]:
         """``soon``: the first ``max_items`` products due or upcoming, in order."""
         recs = [
-            Recommendation(
-                key=n.key,
-                kind="product",
-                reason="replenishment_due" if n.status == "due" else "replenishment_upcoming",
-                score=n.confidence,
-            )
+            _RECOMMENDATION({
+                "key": n.key,
+                "kind": "product",
+                "reason": "replenishment_due" if n.status == "due" else "replenishment_upcoming",
+                "score": n.confidence,
+            })
             for n in soon
         ]
         total = 0

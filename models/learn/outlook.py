@@ -45,7 +45,7 @@ from models.learn.clv import WEEKS_PER_MONTH, clv_interval, discounted_clv
 from models.learn.gamma_gamma import GammaGammaParams, conditional_expected_order_value
 from models.learn.pareto_nbd import ParetoNbdParams
 from models.learn.pareto_nbd_next_order import next_order_day
-from models.prediction import Churn, ChurnBand, Timing, Value, shared
+from models.prediction import Churn, ChurnBand, Timing, Value, shared, validator
 
 __all__ = ["DEFAULT_OUTLOOK", "CountOutlook", "Outlook", "OutlookConfig", "churn_band",
            "count_outlook", "customer_outlook"]
@@ -214,6 +214,9 @@ def _outlook_parts(params: BgNbdParams | ParetoNbdParams, x: float, t_x: float, 
     return c, per_unit, churn
 
 
+_VALUE = validator(Value)  # Value(**fields), without BaseModel.__init__'s frame
+
+
 def customer_outlook(params: BgNbdParams | ParetoNbdParams, value_params: GammaGammaParams | None,
                      x: float, t_x: float, big_t: float, *, spend: float, order_value: float,
                      monetary_repeat: float, purchase_days: int, first_day: int,
@@ -242,10 +245,10 @@ def customer_outlook(params: BgNbdParams | ParetoNbdParams, value_params: GammaG
                                       frequency=x, monetary=monetary_repeat if x else 0.0)
     else:
         clv_lo = clv_hi = 0.0
-    value = Value(clv=round(clv, 2), clv_low=round(min(clv_lo, clv), 2),
-                  clv_high=round(max(clv_hi, clv), 2), expected_order_value=round(aov, 2),
-                  historic=round(spend, 2), months=months,
-                  monthly_discount_rate=config.monthly_discount_rate)
+    value = _VALUE({"clv": round(clv, 2), "clv_low": round(min(clv_lo, clv), 2),
+                    "clv_high": round(max(clv_hi, clv), 2),
+                    "expected_order_value": round(aov, 2), "historic": round(spend, 2),
+                    "months": months, "monthly_discount_rate": config.monthly_discount_rate})
     q50, q80 = c.q50, c.q80
     timing = shared(
         Timing,
