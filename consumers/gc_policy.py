@@ -31,6 +31,15 @@ quarter (CPython's own share) swept 8 times, 240 us/event; doubling 3 times, 224
 the same peak RSS (359 MiB). The block count is the allocator's, 0.3 ms a batch
 (``gc.get_freeze_count()`` walks the permanent generation: 17 ms with 120,000 objects).
 
+Young collections. Within a batch, CPython collects the youngest generation every 700
+net container allocations, walking whatever the batch has built since; what survives is
+walked again by the collection after the batch. The policy raises that threshold to
+:attr:`GcPolicy.young_threshold` (100,000) while it runs: the short-lived cycles still die
+within a batch or at its end, at most that many allocations later (a few MB), and the
+collector walks each survivor about once. Instructions per event under cachegrind, first
+15,000 CDNOW events (2026-12-01): 749k -> 728k (-2.7%; 20,000: -1.4%; 1,000,000: -2.8%);
+the synthetic stream -2.0%.
+
 The collector is the process's: one policy (:data:`DEFAULT`) serves every applier in it.
 """
 
@@ -46,6 +55,9 @@ class GcPolicy:
     enabled: bool = True
     #: sweep when the frozen objects have grown by this share since the last sweep
     sweep_growth: float = 1.0
+    #: the youngest generation's threshold while the policy runs (CPython's is 700): net
+    #: container allocations between two collections of it
+    young_threshold: int = 100_000
     #: and at the latest after this many batches
     sweep_every: int = 500
     batches: int = 0
@@ -53,6 +65,8 @@ class GcPolicy:
     #: allocated blocks after the last sweep (0: none yet, the first batch sweeps)
     _base: int = 0
     _since: int = 0
+    #: the interpreter's thresholds before the policy raised the young one (None: not yet)
+    _thresholds: tuple[int, ...] | None = None
 
     def after_batch(self) -> None:
         """Collect the young generations, freeze everything alive; sweep when due."""
@@ -60,6 +74,9 @@ class GcPolicy:
             return
         self.batches += 1
         self._since += 1
+        if self._thresholds is None:
+            self._thresholds = gc.get_threshold()
+            gc.set_threshold(self.young_threshold, *self._thresholds[1:])
         gc.collect(1)
         gc.freeze()
         if (self._since >= self.sweep_every
@@ -79,6 +96,9 @@ class GcPolicy:
         """Back to CPython's own collections (the frozen objects are unfrozen)."""
         self.enabled = False
         gc.unfreeze()
+        if self._thresholds is not None:
+            gc.set_threshold(*self._thresholds)
+            self._thresholds = None
 
 
 #: the process's policy, called by :meth:`consumers.applier.BatchApplier.apply`
