@@ -369,7 +369,10 @@ def _validate(text: str) -> StreamEvent:
             statement = _statement(text, exc)
             if statement is not None:
                 return statement
-        raise rejection from None
+        try:
+            raise rejection from None
+        finally:  # the traceback holds this frame: a local naming the error is a cycle
+            del rejection
 
 
 _UTF8_BOM = b"\xef\xbb\xbf"
