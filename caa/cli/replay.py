@@ -70,7 +70,9 @@ class Spec:
     key: dict[str, Any]
 
 
-def spec(settings: Settings, aws: Aws, opts: Options) -> Spec:
+def spec(settings: Settings, aws: Callable[[], Aws], opts: Options) -> Spec:
+    """The job's source; ``aws()`` is called only for an S3 or Kinesis one (files need no
+    AWS: a dry run of files runs with no target chosen)."""
     s3 = [s for s in opts.sources if s.startswith("s3://")]
     streams = [s for s in opts.sources if s.startswith("kinesis:")]
     files = [s for s in opts.sources if s not in s3 and s not in streams]
@@ -80,13 +82,13 @@ def spec(settings: Settings, aws: Aws, opts: Options) -> Spec:
     key: dict[str, Any] = {"format": opts.format, "since": opts.since, "until": opts.until}
     if s3:
         bucket, _, prefix = s3[0].removeprefix("s3://").partition("/")
-        client = aws.client("s3")
+        client = aws().client("s3")
         return Spec(lambda started: S3Source(client, bucket, prefix, opts.until or started,
                                              opts.format),
                     s3[0], "replay", {**key, "s3": s3[0]})
     if streams:
         name = streams[0].removeprefix("kinesis:").removeprefix("//") or settings.stream_name
-        kinesis = aws.client("kinesis")
+        kinesis = aws().client("kinesis")
         since = opts.since
         return Spec(lambda started: KinesisSource(kinesis, name, since,
                                                   opts.until or started),
@@ -126,12 +128,13 @@ def report_table(title: str, rows: list[tuple[str, str]], report: ReplayReport) 
 def replay(settings: Settings, sources: Sequence[str], *, to: str, fmt: str,
            since: datetime | None, until: datetime | None, job: str | None, restart: bool,
            dry_run: bool, as_json: bool, chunk: int | None, group_size: int, share: float,
-           refit: bool, aws: Aws | None = None) -> int:
+           refit: bool, aws: Callable[[], Aws] | None = None) -> int:
     """``caa replay``: ``sources`` (files and directories, one ``s3://`` prefix or one
     ``kinesis://`` stream) in ``fmt`` onto the stream (``to="stream"``, using ``share`` of its
     write capacity) or straight into the tables (``"direct"``, ``group_size`` records a batch,
     then a refit unless not ``refit``), ``chunk`` records a commit, as the resumable job
-    ``job`` (default: named after the arguments). :mod:`caa.errors` on bad input, 1 when
+    ``job`` (default: named after the arguments); ``aws`` gives the client factory, called only
+    when AWS is needed (not by a dry run of files). :mod:`caa.errors` on bad input, 1 when
     writing failed or a dry run found invalid records, 130 when interrupted."""
     return _replay(settings, Options(
         tuple(sources), to=to, format=fmt, since=since, until=until, job=job, restart=restart,
@@ -139,7 +142,7 @@ def replay(settings: Settings, sources: Sequence[str], *, to: str, fmt: str,
         refit=refit), aws)
 
 
-def _replay(settings: Settings, opts: Options, aws: Aws | None = None) -> int:
+def _replay(settings: Settings, opts: Options, aws: Callable[[], Aws] | None = None) -> int:
     from consumers.sources.lease import GroupBusy
     from consumers.stores.dynamo import WriteFailed
     from producers.publisher import PublishError
@@ -148,9 +151,15 @@ def _replay(settings: Settings, opts: Options, aws: Aws | None = None) -> int:
     from producers.replay.runner import ProgressMeter, dry_run
     from producers.replay.sources import SourceError
 
-    aws = Aws(settings, quiet=opts.json) if aws is None else aws
+    made: list[Aws] = []
+
+    def clients() -> Aws:  # built on first use: the command line's target check with it
+        if not made:
+            made.append(aws() if aws is not None else Aws(settings, quiet=opts.json))
+        return made[0]
+
     try:
-        sp = spec(settings, aws, opts)
+        sp = spec(settings, clients, opts)
         if opts.dry_run:
             with output.progress() as progress:  # on stderr: `--json` stays parseable
                 meter = ProgressMeter(progress, "checking (bytes read)")
@@ -167,7 +176,7 @@ def _replay(settings: Settings, opts: Options, aws: Aws | None = None) -> int:
                 output.note(f"caa replay: {report.invalid_total:,} invalid record(s)")
                 return 1
             return 0
-        out = asyncio.run(_run(settings, aws, opts, sp))
+        out = asyncio.run(_run(settings, clients(), opts, sp))
     except SourceError as exc:
         raise NotFound(str(exc)) from exc
     except (FormatError, JobMismatch) as exc:
@@ -328,7 +337,7 @@ def _replay_command(
     return replay(inv.settings, sources, to=to, fmt=fmt, since=since, until=until, job=job,
                   restart=restart, dry_run=dry_run, as_json=as_json, chunk=chunk,
                   group_size=group_size, share=share, refit=not no_refit,
-                  aws=inv.aws(quiet=as_json))
+                  aws=lambda: inv.aws(quiet=as_json))
 
 
 EPILOG = "\n\n".join((

@@ -4,6 +4,7 @@ input, 8 no target), never a traceback, never a long wait."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ import pytest
 from caa.settings import Settings
 from deploy.local.emulator import Emulator, free_port
 from tests.integration.caa_process import TIMEOUT_S, caa, clean_env, fake_creds, one_line
+from tests.integration.poison_cases import good
 
 pytestmark = pytest.mark.integration
 
@@ -110,6 +112,20 @@ def test_no_target_needed(argv: tuple[str, ...], tmp_path: Path) -> None:
     proc = caa(clean_env(tmp_path, **fake_creds()), *argv, cwd=tmp_path)
     assert proc.returncode in (0, 1), proc.stderr  # status: 1 = not running
     assert "no AWS target" not in proc.stderr
+
+
+def test_a_dry_run_of_files_needs_no_target(tmp_path: Path) -> None:
+    """Checking a file talks to no AWS, so it runs with none chosen; publishing it does not."""
+    path = tmp_path / "orders.jsonl"
+    path.write_bytes(good("e1") + b"\n" + b"{broken\n")
+    env = clean_env(tmp_path, **fake_creds())
+    proc = caa(env, "replay", str(path), "--dry-run", "--json", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr  # one invalid record
+    assert "no AWS target" not in proc.stderr
+    assert json.loads(proc.stdout)["report"]["invalid"] == {"not_json": 1}
+    proc = caa(env, "replay", str(path), cwd=tmp_path)
+    assert proc.returncode == 8, proc.stderr
+    assert "no AWS target" in one_line(proc)
 
 
 def test_never_uses_aws_and_names_the_account_before_creating(emulator: Emulator,
