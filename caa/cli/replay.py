@@ -17,6 +17,7 @@ Targets: ``--to stream`` (CAA_STREAM_NAME, paced to its write capacity) or
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import os
@@ -151,13 +152,8 @@ def _replay(settings: Settings, opts: Options, aws: Callable[[], Aws] | None = N
     from producers.replay.runner import ProgressMeter, dry_run
     from producers.replay.sources import SourceError
 
-    made: list[Aws] = []
-
-    def clients() -> Aws:  # built on first use: the command line's target check with it
-        if not made:
-            made.append(aws() if aws is not None else Aws(settings, quiet=opts.json))
-        return made[0]
-
+    # built on first use (the command line's target check runs with it), then kept
+    clients = functools.cache(aws or (lambda: Aws(settings, quiet=opts.json)))
     try:
         sp = spec(settings, clients, opts)
         if opts.dry_run:
