@@ -16,6 +16,13 @@ from deploy.local.kinesis_mock import PACKAGE as KINESIS_MOCK
 from deploy.local.kinesis_mock import launch as launch_kinesis_mock
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests marked ``long`` first (otherwise in collection order): a parallel run
+    (``make test``: two workers) hands them out before the short ones, so no worker ends
+    the run alone on a minutes-long daemon test."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
+
+
 @pytest.fixture(scope="session")
 def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
     """moto's server as a real process on a free loopback port."""

@@ -75,6 +75,7 @@ def _summary(stdout: str) -> dict[str, Any]:
     return out
 
 
+@pytest.mark.long
 def test_pending_requests_survive_a_kill_9(ai_settings: Callable[..., Settings],
                                            bedrock_server: BedrockServer) -> None:
     """Killed with every analysis pending (in the debounce window) after the checkpoint

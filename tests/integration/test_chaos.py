@@ -16,6 +16,7 @@ from deploy.local.emulator import Emulator
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.long
 def test_sigkill_at_random_points_loses_nothing_and_counts_nothing_twice(
     emulator: Emulator, tmp_path: Path
 ) -> None:

@@ -193,6 +193,7 @@ def test_fanout_applies_every_event_exactly_once(efo_settings: Callable[..., Set
             StreamName=s.stream_name)["Shards"]}
 
 
+@pytest.mark.long
 def test_renewed_subscriptions_lose_and_repeat_nothing(
     efo_settings: Callable[..., Settings],
 ) -> None:
@@ -301,6 +302,7 @@ def test_split_and_merge_in_fanout_mode_read_parents_before_children(
     assert run.spy.get_records_records == 0
 
 
+@pytest.mark.long
 def test_a_write_failure_holds_the_shard_and_resubscribes_from_its_checkpoint(
     efo_settings: Callable[..., Settings], capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -98,6 +98,7 @@ def _expected(events: list[PurchaseEvent]) -> dict[str, tuple[int, int]]:
     return {k: (v[0], v[1]) for k, v in out.items()}
 
 
+@pytest.mark.long
 def test_multilang_daemon_processes_every_record_once_across_a_restart(
     kinesis_mock: Emulator, emulator: Emulator, fresh_settings: Callable[..., Settings],
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path,

@@ -338,6 +338,7 @@ def by_daemon(cases: list[Poison], kinesis_mock: Emulator, emulator: Emulator,
 needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="needs Java 17")
 
 
+@pytest.mark.long
 @needs_java
 def test_the_kcl_daemon_dead_letters_every_poison_and_checkpoints_the_last_record(
     kinesis_mock: Emulator, emulator: Emulator, request: pytest.FixtureRequest,
@@ -347,6 +348,7 @@ def test_the_kcl_daemon_dead_letters_every_poison_and_checkpoints_the_last_recor
               request, tmp_path)
 
 
+@pytest.mark.long
 @needs_java
 @pytest.mark.parametrize("case", sorted(KCL_CRASHES))
 def test_what_stops_the_kcl_daemon(case: str, kinesis_mock: Emulator, emulator: Emulator,

@@ -35,6 +35,7 @@ def _checkpoints(s: Settings) -> int:
     return sum(1 for i in items if i["shard_id"]["S"].startswith("shardId-"))
 
 
+@pytest.mark.long
 def test_sigterm_finishes_and_checkpoints_the_batch_in_flight(
     fresh_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
