@@ -46,7 +46,12 @@ the batch's new ones refer to: under cachegrind it is 2% of the instructions), a
 nothing: the core leaves no cycle (the one it left, a refused record's error held by a frame
 of its own traceback, is gone: ``tests/unit/consumers/test_rejection_garbage.py``). In the
 local worker (aiobotocore, the stores) it frees 13-707 objects a batch. Freezing without it
-would hold those until a sweep (memory for CPU); it is kept.
+would hold those until a sweep (memory for CPU). So the young collection backs off while it
+finds nothing: after one that frees nothing, the next comes twice as many batches later (up to
+:attr:`GcPolicy.young_every_max`, 64); one that frees something brings it back to every
+batch. The pure core thus collects about once in 64 batches, and a worker whose adapters
+leave cycles each batch still collects each batch; what a skipped batch leaves is frozen
+until the next sweep (rare garbage, bounded by the sweeps).
 
 The collector is the process's: one policy (:data:`DEFAULT`) serves every applier in it.
 """
@@ -68,6 +73,9 @@ class GcPolicy:
     young_threshold: int = 100_000
     #: and at the latest after this many batches
     sweep_every: int = 500
+    #: the most batches between two young collections (they back off while finding nothing)
+    young_every_max: int = 64
+    young_collections: int = 0
     batches: int = 0
     sweeps: int = 0
     #: allocated blocks after the last sweep (0: none yet, the first batch sweeps)
@@ -75,9 +83,13 @@ class GcPolicy:
     _since: int = 0
     #: the interpreter's thresholds before the policy raised the young one (None: not yet)
     _thresholds: tuple[int, ...] | None = None
+    #: batches between young collections now (1, 2, 4, ... young_every_max), and until the next
+    _young_every: int = 1
+    _young_due: int = 1
 
     def after_batch(self) -> None:
-        """Collect the young generations, freeze everything alive; sweep when due."""
+        """Collect the young generations when due (see the module's text), freeze everything
+        alive; sweep when due."""
         if not self.enabled:
             return
         self.batches += 1
@@ -85,7 +97,13 @@ class GcPolicy:
         if self._thresholds is None:
             self._thresholds = gc.get_threshold()
             gc.set_threshold(self.young_threshold, *self._thresholds[1:])
-        gc.collect(1)
+        self._young_due -= 1
+        if self._young_due <= 0:
+            found = gc.collect(1)
+            self.young_collections += 1
+            self._young_every = 1 if found else min(2 * self._young_every,
+                                                    self.young_every_max)
+            self._young_due = self._young_every
         gc.freeze()
         if (self._since >= self.sweep_every
                 or sys.getallocatedblocks() > self._base * (1 + self.sweep_growth)):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import weakref
 
 from consumers.gc_policy import GcPolicy
 
@@ -28,3 +29,38 @@ def test_a_disabled_policy_leaves_the_collector_alone() -> None:
     policy.after_batch()
     assert gc.get_threshold() == before
     assert policy.batches == 0
+
+
+class _Node:
+    """A container that can take part in a reference cycle (and a weak reference)."""
+
+    def __init__(self) -> None:
+        self.other: object = None
+
+
+def _cycle() -> weakref.ref[_Node]:
+    a, b = _Node(), _Node()
+    a.other, b.other = b, a
+    return weakref.ref(a)
+
+
+def test_young_collections_back_off_while_they_find_nothing_and_return_with_garbage() -> None:
+    gc.collect()
+    policy = GcPolicy(young_every_max=16)
+    try:
+        for _ in range(200):  # batches that leave no cycle
+            policy.after_batch()
+        idle = policy.young_collections
+        assert idle <= 1 + 200 // 16 + 5  # 1, 2, 4, 8, 16, then every 16th
+        cycles = []
+        for _ in range(100):  # batches that each leave a cycle
+            cycles.append(_cycle())
+            policy.after_batch()
+        # within the backed-off interval a collection finds the garbage; from then on,
+        # every batch is collected again and its cycle freed before it is frozen
+        assert policy.young_collections - idle >= 100 - 16
+        assert all(ref() is None for ref in cycles[16:])
+        policy.sweep()
+        assert all(ref() is None for ref in cycles)  # what was frozen goes with a sweep
+    finally:
+        policy.release()
