@@ -271,7 +271,7 @@ class BatchApplier:
         analysis attached, when there is an enricher)."""
         predictions = result.predictions
         if self.enricher is not None:  # keep the latest AI analysis on the rewritten item
-            predictions = await self.enricher.attach(predictions)
+            predictions = await self.enricher.attach(predictions, result.erasures)
         store = self.predictions
         refused, _ = await asyncio.gather(
             store.db.put_all(store.table, [prediction_to_item(p) for p in predictions]),
@@ -308,11 +308,18 @@ class BatchApplier:
             await asyncio.gather(self.customers.delete(result.erased),
                                  self.predictions.delete(result.erased | result.retired))
             self.cache.forget(result.erased)
-        if result.erased and self.analyses is not None:
-            # an erasure the producers published: the analyses (derived from the erased
-            # history) go too, and any analysis of that history landing later is refused
-            analyses = self.analyses
-            await asyncio.gather(*(analyses.erase(cid, now) for cid in sorted(result.erased)))
+        if result.erasures:
+            # an erasure on the stream (re-created in the batch or not): the analyses (derived
+            # from the erased history) go too, and any analysis of that history landing later
+            # is refused; so do the dead letters of the customer's records before it (with
+            # their raw payloads: those a lagging consumer writes after ``caa erase`` deleted
+            # the ones it found, too)
+            erasures = sorted(result.erasures.items())
+            letters = self.dead_letters
+            await asyncio.gather(*(letters.erase(cid, at) for cid, at in erasures))
+            if self.analyses is not None:
+                analyses = self.analyses
+                await asyncio.gather(*(analyses.erase(cid, now) for cid, _ in erasures))
         if self.enricher is not None:  # effects are durable: the AI analysis may follow
             await self.enricher.reconcile(written)
         # learnt before the analyses are asked for: their prompts' reference order value

@@ -124,6 +124,10 @@ class BatchResult:
     #: customers left without a purchase that counts (all cancelled, or erased and then only
     #: a consent or follow-up): their prediction is to be deleted, their state kept
     retired: set[str] = field(default_factory=set)
+    #: every customer an erasure event of the batch forgot, re-created after it or not, with
+    #: the erasure's position (the last one's): what was derived from the history before it
+    #: (analyses, dead letters) is to go as well
+    erasures: dict[str, Position] = field(default_factory=dict)
 
     @property
     def failures(self) -> list[RecordOutcome]:
@@ -179,6 +183,8 @@ class _Fold:
     working: dict[str, CustomerState] = field(default_factory=dict)
     changed: set[str] = field(default_factory=set)
     erased: set[str] = field(default_factory=set)
+    #: the position of each customer's (last) erasure in the batch
+    erasures: dict[str, Position] = field(default_factory=dict)
     bought: set[str] = field(default_factory=set)
     outcomes: list[RecordOutcome] = field(default_factory=list)
     checkpoints: dict[str, str] = field(default_factory=dict)
@@ -195,11 +201,13 @@ class _Fold:
             state = self.working[cid] = known.clone() if known else CustomerState.new(cid)
         return state
 
-    def apply(self, event: StreamEvent, states: Mapping[str, CustomerState]) -> str:
+    def apply(self, event: StreamEvent, states: Mapping[str, CustomerState],
+              at: Position) -> str:
         cid = event.customer_id
         if isinstance(event, ErasureEvent):
             self.working[cid] = CustomerState.new(cid)
             self.erased.add(cid)
+            self.erasures[cid] = at
             self.changed.discard(cid)
             self.bought.discard(cid)
             return "applied"
@@ -219,6 +227,7 @@ class _Fold:
         self.changed.discard(cid)
         self.bought.discard(cid)
         self.erased.discard(cid)
+        self.erasures.pop(cid, None)
 
 
 def _fold(batch: DecodedBatch, states: Mapping[str, CustomerState]) -> _Fold:
@@ -239,7 +248,7 @@ def _fold(batch: DecodedBatch, states: Mapping[str, CustomerState]) -> _Fold:
             f.outcomes.append(RecordOutcome(seq, rec.shard_id, "rejected", f.failed[cid]))
             continue
         try:
-            status = f.apply(event, states)
+            status = f.apply(event, states, rec.position)
         except Exception as exc:  # noqa: BLE001 - any defect is this customer's dead letter
             f.fail(cid, exc)
             f.outcomes.append(RecordOutcome(seq, rec.shard_id, "rejected", f.failed[cid]))
@@ -332,4 +341,5 @@ def process_batch(
         counts=counts,
         erased=f.erased - f.changed,
         retired=retired,
+        erasures=f.erasures,
     )

@@ -25,8 +25,11 @@ from models.state import CustomerState
 class AnalysisHook(Protocol):
     """What the applier and the refit need from the AI analysis."""
 
-    async def attach(self, predictions: Sequence[Prediction]) -> list[Prediction]:
-        """The same predictions, each with its customer's latest analysis merged in."""
+    async def attach(self, predictions: Sequence[Prediction], erased: Iterable[str] = ()
+                     ) -> list[Prediction]:
+        """The same predictions, each with its customer's latest analysis merged in, but for
+        the ``erased`` customers (an erasure of the batch: their prediction, if any, is a
+        re-created customer's, which the erased history's analysis must not reach)."""
         ...
 
     async def reconcile(self, written: Sequence[Prediction]) -> int:

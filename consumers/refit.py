@@ -377,8 +377,11 @@ class KeptAnalyses:
     def __init__(self, store: AnalysisStore) -> None:
         self.store = store
 
-    async def attach(self, predictions: Sequence[Prediction]) -> list[Prediction]:
-        found = await self.store.latest([p.customer_id for p in predictions])
+    async def attach(self, predictions: Sequence[Prediction], erased: Iterable[str] = ()
+                     ) -> list[Prediction]:
+        gone = set(erased)
+        found = await self.store.latest([p.customer_id for p in predictions
+                                         if p.customer_id not in gone])
         return [p if (rec := found.get(p.customer_id)) is None else p.model_copy(update={
             "analysis": rec.analysis, "analysis_at": rec.at, "analysis_model": rec.model,
             "source": rec.source, "fallback_reason": rec.fallback_reason,

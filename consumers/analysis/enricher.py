@@ -149,8 +149,9 @@ class Enricher:
     # -- what the applier and the refit call -------------------------------------------
     def observe(self, result: BatchResult) -> None:
         """File the customers this (durably written) batch changed; never blocks or raises.
-        Erased customers leave the queue (their queued input is of the erased state)."""
-        for cid in result.erased:
+        Erased customers leave the queue (their queued input is of the erased state), also
+        those a later event of the batch re-created (their new state is filed below)."""
+        for cid in result.erasures:
             self.policy.cancel(cid)
             self._latest.pop(cid, None)
         if not result.states:
@@ -180,8 +181,14 @@ class Enricher:
         self._wake.set()
         return n
 
-    async def attach(self, predictions: Sequence[Prediction]) -> list[Prediction]:
-        """Carry each customer's latest analysis into its new statistical prediction."""
+    async def attach(self, predictions: Sequence[Prediction], erased: Iterable[str] = ()
+                     ) -> list[Prediction]:
+        """Carry each customer's latest analysis into its new statistical prediction; none
+        for the ``erased`` ones (an erasure of the batch: a prediction of theirs is of a
+        customer re-created after it, and the analysis of the erased history must not
+        reach it)."""
+        for cid in erased:
+            self._remember(cid, None)
         missing = [p.customer_id for p in predictions if p.customer_id not in self._latest]
         if missing:
             found = await self.store.latest(missing)

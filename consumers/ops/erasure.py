@@ -5,7 +5,9 @@ Two halves, so no order of events can bring the customer back:
 1. an :class:`~models.events.ErasureEvent` goes on the stream under the customer's
    partition key. The consumer (the single writer of states) applies it in order with
    the customer's purchases: it drops any state it holds in memory and deletes the
-   state and the prediction, so a write from a stale cache cannot resurrect them;
+   state and the prediction, so a write from a stale cache cannot resurrect them, and
+   the analyses and the dead letters of the customer's records before it (those it
+   writes after step 2 ran, lagging behind);
 2. this module deletes directly what the consumer does not own or may not reach soon:
    the state and prediction (for an answer now, even with no consumer running), the
    latest analysis (the analysis cache), the analysis history and the dead letters

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from consumers.core import Rejected, StreamRecord, arrival
+from consumers.core import Position, Rejected, StreamRecord, arrival
 from consumers.stores.dynamo import Dynamo, Item, Rejection, from_attr, now_iso
 
 #: payload bytes kept in a dead letter; the rest of the 400 KB item is left for the others
@@ -96,6 +96,16 @@ def dead_letter_item(r: Rejected) -> Item:
     }
 
 
+def _after(item: Item, at: Position) -> bool:
+    """Is the letter ``item`` of a record after the position ``at`` on the same shard?"""
+    shard, seq, sub = at
+    if item.get("shard_id", {}).get("S") != shard:
+        return False
+    mine = (int(item["sequence_number"]["S"]),
+            int(item.get("sub_sequence_number", {}).get("N", "0")))
+    return mine > (int(seq), sub)
+
+
 @dataclass
 class DeadLetterStore:
     """Poison records with their raw payload; keyed by position, so a re-read overwrites."""
@@ -152,12 +162,17 @@ class DeadLetterStore:
             ExpressionAttributeValues={":s": {"S": "redriven"}, ":t": {"S": at},
                                        ":p": {"S": position}})
 
-    async def erase(self, customer_id: str) -> int:
-        """Delete the dead letters published under the customer's partition key: how many."""
-        items = await self.db.scan(self.table, FilterExpression="partition_key = :c",
-                                   ExpressionAttributeValues={":c": {"S": customer_id}},
-                                   ProjectionExpression="id")
-        keys = [{"id": i["id"]} for i in items]
+    async def erase(self, customer_id: str, before: Position | None = None) -> int:
+        """Delete the dead letters published under the customer's partition key: how many.
+
+        ``before``: the position of an erasure event the consumer applied; the letters of
+        records after it on its shard (a new customer's, in the same batch) are kept. A Scan
+        of the whole table (there is no index by partition key): erasures are rare."""
+        items = await self.db.scan(
+            self.table, FilterExpression="partition_key = :c",
+            ExpressionAttributeValues={":c": {"S": customer_id}},
+            ProjectionExpression="id, shard_id, sequence_number, sub_sequence_number")
+        keys = [{"id": i["id"]} for i in items if before is None or not _after(i, before)]
         if keys:
             await self.db.batch_delete(self.table, keys)
         return len(keys)

@@ -246,3 +246,69 @@ def test_an_erasure_between_an_analysis_writes_takes_the_analysis_back(
     prediction = Aws(s).client("dynamodb").get_item(
         TableName=s.table("predictions"), Key={"customer_id": {"S": cid}})["Item"]
     assert "analysis" not in prediction and "analysis_at" not in prediction
+
+
+def test_an_erasure_followed_in_its_batch_by_a_new_purchase_leaves_nothing_of_the_old(
+    ai_settings: Callable[..., Settings],
+) -> None:
+    """The erasure reaches the consumer in one batch with a later purchase of the same id
+    (a new customer) and with poison records of that key before and after it. The
+    analyses of the erased history go (a tombstone stays), the new customer's prediction
+    carries none of them, and of the dead letters only the one after the erasure stays (the
+    one before holds the erased customer's raw record; a consumer lagging behind ``caa
+    erase`` writes such letters after its own delete)."""
+    s = ai_settings(shard_count="1", refit_interval_s="0")
+    events = time_ordered([e for e in load_events(limit=200) if int(e.customer_id) <= 20])
+    gone = events[0].customer_id
+    kinesis = Aws(s).client("kinesis")
+    Publisher(kinesis, s.stream_name).publish(events)
+    old_at: set[str] = set()
+
+    async def consume() -> None:
+        async with Aws(s).clients("kinesis", "dynamodb", "bedrock-runtime") as c:
+            w = wiring.worker(s, c["kinesis"], c["dynamodb"], bedrock=c["bedrock-runtime"])
+            await w.run(until_idle=True, final_refit=False)
+
+    async def analyse() -> None:  # a statistical analysis of the old history, stored
+        async with Aws(s).clients("dynamodb") as c:
+            db = wiring.dynamo(s, c["dynamodb"])
+            t = wiring.tables(s)
+            rec = await on_demand(CustomerStore(db, t.customers),
+                                  PredictionStore(db, t.predictions), wiring.registry(s, db),
+                                  None, gone, lambda: wiring.pseudonym_key(s))
+            assert rec is not None
+            assert await wiring.analysis_store(s, db).record(rec) == "latest"
+
+    asyncio.run(consume())
+    asyncio.run(analyse())
+    old_at |= {i["at"]["S"] for i in _items(s, "analysis-history")
+               if i["customer_id"]["S"] == gone}
+    assert old_at
+    last = events[-1]
+    erasure = {"type": "erasure", "event_id": f"erase-{gone}", "customer_id": gone,
+               "occurred_at": last.occurred_at.isoformat()}
+    anew = last.model_copy(update={"event_id": f"anew-{gone}", "order_id": f"anew-{gone}",
+                                   "customer_id": gone,
+                                   "occurred_at": last.occurred_at + timedelta(days=1)})
+    sent = kinesis.put_records(StreamName=s.stream_name, Records=[
+        {"Data": b'{"before": "the erasure"}', "PartitionKey": gone},
+        {"Data": json.dumps(erasure).encode(), "PartitionKey": gone},
+        {"Data": anew.to_bytes(), "PartitionKey": gone},
+        {"Data": b'{"after": "the erasure"}', "PartitionKey": gone}])
+    before_seq, after_seq = (sent["Records"][i]["SequenceNumber"] for i in (0, 3))
+    asyncio.run(consume())
+
+    states = {i["customer_id"]["S"]: i for i in _items(s, "customers")}
+    assert states[gone]["version"]["N"] != "0"  # the new customer is saved
+    latest = {i["customer_id"]["S"]: i for i in _items(s, "analyses")}
+    assert is_tombstone(latest[gone])
+    assert not old_at & {i["at"]["S"] for i in _items(s, "analysis-history")
+                         if i["customer_id"]["S"] == gone}
+    prediction = {i["customer_id"]["S"]: i for i in _items(s, "predictions")}[gone]
+    assert prediction["purchases"]["N"] == "1"
+    # no analysis: the old one is not carried over, and the new customer's, filed within
+    # the tombstone's clock margin of the erasure, is refused
+    assert "analysis" not in prediction and "analysis_at" not in prediction
+    letters = {d["sequence_number"]["S"] for d in _items(s, "dead-letters")
+               if d["partition_key"]["S"] == gone}
+    assert letters == {after_seq} and before_seq not in letters
