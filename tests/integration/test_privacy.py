@@ -44,6 +44,15 @@ async def _states(w: Worker) -> dict[str, CustomerState]:
     return {s.customer_id: s for s in await w.customers.all()}
 
 
+async def _statistical(s: Settings, db: Any, cid: str) -> AnalysisRecord:
+    """The statistical analysis of ``cid``'s stored state (``db``: :func:`wiring.dynamo`)."""
+    t = wiring.tables(s)
+    rec = await on_demand(CustomerStore(db, t.customers), PredictionStore(db, t.predictions),
+                          wiring.registry(s, db), None, cid, lambda: wiring.pseudonym_key(s))
+    assert rec is not None
+    return rec
+
+
 def _items(s: Settings, table: str) -> list[dict[str, Any]]:
     return list(Aws(s).client("dynamodb").scan(TableName=s.table(table))["Items"])
 
@@ -175,13 +184,9 @@ def test_an_erasure_event_from_the_producers_erases_the_analyses_too(
     async def analyse_both() -> None:  # the statistical analyses, stored as the enricher does
         async with Aws(s).clients("dynamodb") as c:
             db = wiring.dynamo(s, c["dynamodb"])
-            store, t = wiring.analysis_store(s, db), wiring.tables(s)
+            store = wiring.analysis_store(s, db)
             for cid in (gone, kept):
-                rec = await on_demand(CustomerStore(db, t.customers),
-                                      PredictionStore(db, t.predictions),
-                                      wiring.registry(s, db), None, cid,
-                                      lambda: wiring.pseudonym_key(s))
-                assert rec is not None
+                rec = await _statistical(s, db, cid)
                 stale.append(rec)
                 assert await store.record(rec) == "latest"
 
@@ -232,10 +237,7 @@ def test_an_erasure_between_an_analysis_writes_takes_the_analysis_back(
                 until_idle=True, final_refit=False)
             db = wiring.dynamo(s, c["dynamodb"])
             t = wiring.tables(s)
-            rec = await on_demand(CustomerStore(db, t.customers),
-                                  PredictionStore(db, t.predictions), wiring.registry(s, db),
-                                  None, cid, lambda: wiring.pseudonym_key(s))
-            assert rec is not None
+            rec = await _statistical(s, db, cid)
             store = ErasedMidway(db, t.analyses, t.analysis_history, t.predictions)
             return await store.record(rec, input_at=rec.at - timedelta(minutes=20))
 
@@ -272,11 +274,7 @@ def test_an_erasure_followed_in_its_batch_by_a_new_purchase_leaves_nothing_of_th
     async def analyse() -> None:  # a statistical analysis of the old history, stored
         async with Aws(s).clients("dynamodb") as c:
             db = wiring.dynamo(s, c["dynamodb"])
-            t = wiring.tables(s)
-            rec = await on_demand(CustomerStore(db, t.customers),
-                                  PredictionStore(db, t.predictions), wiring.registry(s, db),
-                                  None, gone, lambda: wiring.pseudonym_key(s))
-            assert rec is not None
+            rec = await _statistical(s, db, gone)
             assert await wiring.analysis_store(s, db).record(rec) == "latest"
 
     asyncio.run(consume())
