@@ -75,10 +75,11 @@ $(JAXB):
 	  echo "jaxb-api missing: install Debian's libjaxb-api-java for the KCL daemon"
 
 ## test: lint, type-check, unit + integration tests (starts its own emulator)
-# two workers (pytest-xdist; TEST_WORKERS=0 runs in this process): each starts its own
+# two workers (pytest-xdist, an idle one takes queued tests from a busy one; TEST_WORKERS=0
+# runs in this process): each starts its own
 # emulator servers on free ports
 test: lint $(KINESIS_MOCK) $(CHROMIUM) $(JAXB)
-	$(VENV)/bin/pytest -n $(or $(TEST_WORKERS),2)
+	$(VENV)/bin/pytest -n $(or $(TEST_WORKERS),2) --dist worksteal
 
 ## chaos: the crash harness on the whole CDNOW log (>= 10 SIGKILLs); last line
 ## lost=<n> double_counted=<n> kills=<n> rejected=<n>
