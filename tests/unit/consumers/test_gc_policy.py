@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import sys
 import weakref
 
 from consumers.gc_policy import GcPolicy
@@ -64,3 +65,30 @@ def test_young_collections_back_off_while_they_find_nothing_and_return_with_garb
         assert all(ref() is None for ref in cycles)  # what was frozen goes with a sweep
     finally:
         policy.release()
+
+
+def test_growth_sweeps_only_while_young_collections_find_garbage() -> None:
+    gc.collect()
+    kept: list[list[object]] = []
+
+    def grow(policy: GcPolicy, garbage: bool) -> None:
+        for _ in range(3):  # each batch adds a tenth to the interpreter's allocated blocks
+            kept.append([[i] for i in range(sys.getallocatedblocks() // 10)])
+            if garbage:
+                _cycle()
+            policy.after_batch()
+
+    idle = GcPolicy(sweep_growth=0.05)
+    try:
+        grow(idle, garbage=False)
+        assert idle.sweeps <= 1  # the first batch's, when it found the test's own garbage
+    finally:
+        idle.release()
+    kept.clear()
+    gc.collect()
+    busy = GcPolicy(sweep_growth=0.05)
+    try:
+        grow(busy, garbage=True)
+        assert busy.sweeps == 3  # the first batch's, then one per growth by 5%
+    finally:
+        busy.release()
