@@ -303,25 +303,26 @@ class BatchApplier:
         if self.before_write is not None:
             await self.before_write()
         result, decoded = await self._write_states(decoded, now)
+        erasures = sorted(result.erasures.items())
+        if erasures and self.analyses is not None:
+            # an erasure on the stream (re-created in the batch or not): the analyses (derived
+            # from the erased history) go, before the predictions are written: from here on
+            # an analysis of that history landing (one in flight) is refused by the tombstone
+            analyses = self.analyses
+            await asyncio.gather(*(analyses.erase(cid, now) for cid, _ in erasures))
         written = await self._write_predictions(result, decoded)
         if result.erased or result.retired:  # after the saves: a re-created customer is saved
             await asyncio.gather(self.customers.delete(result.erased),
                                  self.predictions.delete(result.erased | result.retired))
             self.cache.forget(result.erased)
-        if result.erasures:
-            # an erasure on the stream (re-created in the batch or not): the analyses (derived
-            # from the erased history) go too, and any analysis of that history landing later
-            # is refused; so do the dead letters of the customer's records before it (with
-            # their raw payloads: those a lagging consumer writes after ``caa erase`` deleted
-            # the ones it found, too)
-            erasures = sorted(result.erasures.items())
+        if erasures:  # once written (this batch's too): the dead letters of the customer's
+            # records before the erasure, with their raw payloads (those a consumer lagging
+            # behind ``caa erase`` writes after the command deleted the ones it found, too)
             letters = self.dead_letters
             await asyncio.gather(*(letters.erase(cid, at) for cid, at in erasures))
-            if self.analyses is not None:
-                analyses = self.analyses
-                await asyncio.gather(*(analyses.erase(cid, now) for cid, _ in erasures))
         if self.enricher is not None:  # effects are durable: the AI analysis may follow
-            await self.enricher.reconcile(written)
+            await self.enricher.reconcile(  # not an erased history's analysis, even in flight
+                [p for p in written if p.customer_id not in result.erasures])
         # learnt before the analyses are asked for: their prompts' reference order value
         # comes from the segment model as it stands with this batch
         # prequential: the batch is scored by the segment model before it learns it

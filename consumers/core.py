@@ -125,9 +125,9 @@ class BatchResult:
     #: a consent or follow-up): their prediction is to be deleted, their state kept
     retired: set[str] = field(default_factory=set)
     #: every customer an erasure event of the batch forgot, re-created after it or not, with
-    #: the erasure's position (the last one's): what was derived from the history before it
-    #: (analyses, dead letters) is to go as well
-    erasures: dict[str, Position] = field(default_factory=dict)
+    #: the erasure's stream and position (the last one's): what was derived from the history
+    #: before it (analyses, dead letters) is to go as well
+    erasures: dict[str, tuple[str, Position]] = field(default_factory=dict)
 
     @property
     def failures(self) -> list[RecordOutcome]:
@@ -184,7 +184,7 @@ class _Fold:
     changed: set[str] = field(default_factory=set)
     erased: set[str] = field(default_factory=set)
     #: the position of each customer's (last) erasure in the batch
-    erasures: dict[str, Position] = field(default_factory=dict)
+    erasures: dict[str, tuple[str, Position]] = field(default_factory=dict)
     bought: set[str] = field(default_factory=set)
     outcomes: list[RecordOutcome] = field(default_factory=list)
     checkpoints: dict[str, str] = field(default_factory=dict)
@@ -202,12 +202,12 @@ class _Fold:
         return state
 
     def apply(self, event: StreamEvent, states: Mapping[str, CustomerState],
-              at: Position) -> str:
+              rec: StreamRecord) -> str:
         cid = event.customer_id
         if isinstance(event, ErasureEvent):
             self.working[cid] = CustomerState.new(cid)
             self.erased.add(cid)
-            self.erasures[cid] = at
+            self.erasures[cid] = (rec.stream, rec.position)
             self.changed.discard(cid)
             self.bought.discard(cid)
             return "applied"
@@ -248,7 +248,7 @@ def _fold(batch: DecodedBatch, states: Mapping[str, CustomerState]) -> _Fold:
             f.outcomes.append(RecordOutcome(seq, rec.shard_id, "rejected", f.failed[cid]))
             continue
         try:
-            status = f.apply(event, states, rec.position)
+            status = f.apply(event, states, rec)
         except Exception as exc:  # noqa: BLE001 - any defect is this customer's dead letter
             f.fail(cid, exc)
             f.outcomes.append(RecordOutcome(seq, rec.shard_id, "rejected", f.failed[cid]))

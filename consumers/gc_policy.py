@@ -51,9 +51,14 @@ finds nothing: after one that frees nothing, the next comes twice as many batche
 :attr:`GcPolicy.young_every_max`, 64); one that frees something brings it back to every
 batch. The pure core thus collects about once in 64 batches, and a worker whose adapters
 leave cycles each batch still collects each batch; what a skipped batch leaves is frozen
-until the next sweep. Likewise the sweeps on growth: they run only while the last young
-collection found garbage; otherwise (no sign of any) only every :attr:`GcPolicy.sweep_every`
-batches. Replaying CDNOW through the pure core (2026-12-02, interleaved pairs, CPU us/event,
+until the next sweep. The backed-off collections fall at a varying (seeded) batch of each
+interval, so garbage left on a regular pattern (every other batch) is found all the same.
+Likewise the sweeps on growth: they run only while the last young collection found
+garbage; otherwise (no sign of any) only every :attr:`GcPolicy.sweep_every` batches, so
+what a backed-off policy freezes is bounded by those batches (not by the live blocks), and a
+sweep that frees anything brings the young collections back to every batch.
+
+Replaying CDNOW through the pure core (2026-12-02, interleaved pairs, CPU us/event,
 median (range) of 3): collecting every batch 276 (246-286), backing off 232 (229-247); with
 the growth sweeps (three, 8% of the CPU by py-spy) skipped too, 170 (170-187) against 195
 (189-217) in the same minutes; the synthetic stream (550 customers: a small heap, its two
@@ -66,8 +71,9 @@ The collector is the process's: one policy (:data:`DEFAULT`) serves every applie
 from __future__ import annotations
 
 import gc
+import random
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -85,7 +91,8 @@ class GcPolicy:
     young_collections: int = 0
     batches: int = 0
     sweeps: int = 0
-    #: allocated blocks after the last sweep (0: none yet, the first batch sweeps)
+    #: allocated blocks after the last sweep (0: none yet: the first batch whose young
+    #: collection finds garbage sweeps)
     _base: int = 0
     _since: int = 0
     #: the interpreter's thresholds before the policy raised the young one (None: not yet)
@@ -93,6 +100,9 @@ class GcPolicy:
     #: batches between young collections now (1, 2, 4, ... young_every_max), and until the next
     _young_every: int = 1
     _young_due: int = 1
+    #: where in each backed-off interval the collection falls (seeded: reproducible), so
+    #: garbage a worker leaves every other batch, say, is not always in the skipped ones
+    _jitter: random.Random = field(default_factory=lambda: random.Random(17), repr=False)
 
     def after_batch(self) -> None:
         """Collect the young generations when due (see the module's text), freeze everything
@@ -110,7 +120,9 @@ class GcPolicy:
             self.young_collections += 1
             self._young_every = 1 if found else min(2 * self._young_every,
                                                     self.young_every_max)
-            self._young_due = self._young_every
+            # due within the next interval, at a varying batch of it (on average every
+            # _young_every batches)
+            self._young_due = self._jitter.randint(1, 2 * self._young_every - 1)
         gc.freeze()
         # growth sweeps only while young collections find garbage (see the module's text)
         if (self._since >= self.sweep_every
@@ -121,7 +133,8 @@ class GcPolicy:
     def sweep(self) -> None:
         """A full collection over every object, frozen ones included; then freeze again."""
         gc.unfreeze()
-        gc.collect()
+        if gc.collect():  # frozen garbage: the young collections are due every batch again
+            self._young_every = self._young_due = 1
         gc.freeze()
         self._base = sys.getallocatedblocks()
         self._since = 0

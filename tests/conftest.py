@@ -17,9 +17,10 @@ from deploy.local.kinesis_mock import launch as launch_kinesis_mock
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The tests marked ``long`` first (otherwise in collection order): a parallel run
-    (``make test``: two workers) hands them out before the short ones, so no worker ends
-    the run alone on a minutes-long daemon test."""
+    """The tests marked ``long`` first (otherwise in collection order): in a parallel run
+    (``make test``: two workers, ``--dist worksteal``) the first worker starts on them while
+    the other takes the short ones and then steals from the end of the first's queue, so no
+    worker ends the run alone on a minutes-long daemon test."""
     items.sort(key=lambda item: item.get_closest_marker("long") is None)
 
 

@@ -96,8 +96,11 @@ def dead_letter_item(r: Rejected) -> Item:
     }
 
 
-def _after(item: Item, at: Position) -> bool:
-    """Is the letter ``item`` of a record after the position ``at`` on the same shard?"""
+def _after(item: Item, stream: str, at: Position) -> bool:
+    """Is the letter ``item`` of another stream than ``stream``, or of a record after the
+    position ``at`` on the same shard (kept by an erasure there)?"""
+    if stream and item.get("stream", {}).get("S", stream) != stream:
+        return True
     shard, seq, sub = at
     if item.get("shard_id", {}).get("S") != shard:
         return False
@@ -162,17 +165,21 @@ class DeadLetterStore:
             ExpressionAttributeValues={":s": {"S": "redriven"}, ":t": {"S": at},
                                        ":p": {"S": position}})
 
-    async def erase(self, customer_id: str, before: Position | None = None) -> int:
+    async def erase(self, customer_id: str, before: tuple[str, Position] | None = None
+                    ) -> int:
         """Delete the dead letters published under the customer's partition key: how many.
 
-        ``before``: the position of an erasure event the consumer applied; the letters of
-        records after it on its shard (a new customer's, in the same batch) are kept. A Scan
-        of the whole table (there is no index by partition key): erasures are rare."""
+        ``before``: the stream and position of an erasure event the consumer applied; the
+        letters of records after it on its shard (a new customer's, in the same batch) are
+        kept, and so are other streams' (a table shared by several). A strongly consistent
+        Scan of the whole table (there is no index by partition key; it sees the letters just
+        written): erasures are rare."""
         items = await self.db.scan(
             self.table, FilterExpression="partition_key = :c",
-            ExpressionAttributeValues={":c": {"S": customer_id}},
-            ProjectionExpression="id, shard_id, sequence_number, sub_sequence_number")
-        keys = [{"id": i["id"]} for i in items if before is None or not _after(i, before)]
+            ExpressionAttributeValues={":c": {"S": customer_id}}, ConsistentRead=True,
+            ProjectionExpression="id, #stream, shard_id, sequence_number, sub_sequence_number",
+            ExpressionAttributeNames={"#stream": "stream"})  # a reserved word
+        keys = [{"id": i["id"]} for i in items if before is None or not _after(i, *before)]
         if keys:
             await self.db.batch_delete(self.table, keys)
         return len(keys)

@@ -5,10 +5,12 @@ emulator, never the process squatting on the port."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import socket
+import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
@@ -45,18 +47,22 @@ class _Squatter(BaseHTTPRequestHandler):
 @pytest.fixture
 def port_4566_taken() -> Iterator[None]:
     """127.0.0.1:4566 held by a server that is not ours (ours, if it was free; else whatever
-    already holds it on this machine: the same situation)."""
-    if port_in_use("127.0.0.1", PORT):
-        yield
-        return
-    server = ThreadingHTTPServer(("127.0.0.1", PORT), _Squatter)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        server.shutdown()
-        server.server_close()
+    already holds it on this machine: the same situation). The tests that use it take turns
+    across processes (``make test`` runs two workers): one's squatter must not go away, nor
+    two bind it at once, while another's test runs."""
+    with open(Path(tempfile.gettempdir()) / "caa-tests-port-4566.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if port_in_use("127.0.0.1", PORT):
+            yield
+            return
+        server = ThreadingHTTPServer(("127.0.0.1", PORT), _Squatter)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            server.shutdown()
+            server.server_close()
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:

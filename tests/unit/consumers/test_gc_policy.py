@@ -52,7 +52,7 @@ def test_young_collections_back_off_while_they_find_nothing_and_return_with_garb
         for _ in range(200):  # batches that leave no cycle
             policy.after_batch()
         idle = policy.young_collections
-        assert idle <= 1 + 200 // 16 + 5  # 1, 2, 4, 8, 16, then every 16th
+        assert idle < 50  # about 1, 2, 4, 8, then every 16th: some 16 (every batch: 200)
         cycles = []
         for _ in range(100):  # batches that each leave a cycle
             cycles.append(_cycle())
@@ -81,7 +81,7 @@ def test_growth_sweeps_only_while_young_collections_find_garbage() -> None:
     idle = GcPolicy(sweep_growth=0.05)
     try:
         grow(idle, garbage=False)
-        assert idle.sweeps <= 1  # the first batch's, when it found the test's own garbage
+        assert idle.sweeps < 3  # none (or one, two: stray garbage of another thread)
     finally:
         idle.release()
     kept.clear()
@@ -92,3 +92,20 @@ def test_growth_sweeps_only_while_young_collections_find_garbage() -> None:
         assert busy.sweeps == 3  # the first batch's, then one per growth by 5%
     finally:
         busy.release()
+
+
+def test_garbage_left_every_other_batch_is_found_by_the_backed_off_collections() -> None:
+    gc.collect()
+    policy = GcPolicy(young_every_max=16)
+    refs = []
+    try:
+        for batch in range(1, 401):
+            if batch % 2 == 0:
+                refs.append(_cycle())
+            policy.after_batch()
+        freed = sum(ref() is None for ref in refs)
+        print(f"freed {freed} of {len(refs)} cycles before a sweep; "
+              f"{policy.young_collections} young collections in 400 batches")
+        assert freed >= len(refs) // 5  # collections at odd batches only would free none
+    finally:
+        policy.release()
