@@ -75,9 +75,8 @@ $(JAXB):
 	  echo "jaxb-api missing: install Debian's libjaxb-api-java for the KCL daemon"
 
 ## test: lint, type-check, unit + integration tests (starts its own emulator)
-# two workers (pytest-xdist, an idle one takes queued tests from a busy one; TEST_WORKERS=0
-# runs in this process): each starts its own
-# emulator servers on free ports
+# two workers (pytest-xdist; an idle one takes queued tests from a busy one), each starting
+# its own emulator servers on free ports; TEST_WORKERS=0 runs them in this process
 test: lint $(KINESIS_MOCK) $(CHROMIUM) $(JAXB)
 	$(VENV)/bin/pytest -n $(or $(TEST_WORKERS),2) --dist worksteal
 

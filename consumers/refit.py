@@ -379,9 +379,9 @@ class KeptAnalyses:
 
     async def attach(self, predictions: Sequence[Prediction], erased: Iterable[str] = ()
                      ) -> list[Prediction]:
-        gone = set(erased)
-        found = await self.store.latest([p.customer_id for p in predictions
-                                         if p.customer_id not in gone])
+        # ``erased`` needs nothing here: read from the store, whose tombstone (written before
+        # the predictions of an erasure's batch) already hides an erased history's analysis
+        found = await self.store.latest([p.customer_id for p in predictions])
         return [p if (rec := found.get(p.customer_id)) is None else p.model_copy(update={
             "analysis": rec.analysis, "analysis_at": rec.at, "analysis_model": rec.model,
             "source": rec.source, "fallback_reason": rec.fallback_reason,

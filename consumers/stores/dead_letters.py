@@ -96,9 +96,9 @@ def dead_letter_item(r: Rejected) -> Item:
     }
 
 
-def _after(item: Item, stream: str, at: Position) -> bool:
-    """Is the letter ``item`` of another stream than ``stream``, or of a record after the
-    position ``at`` on the same shard (kept by an erasure there)?"""
+def _kept(item: Item, stream: str, at: Position) -> bool:
+    """Does an erasure at ``at`` in ``stream`` keep the letter ``item``: one of another
+    stream, or of a record after ``at`` on its shard?"""
     if stream and item.get("stream", {}).get("S", stream) != stream:
         return True
     shard, seq, sub = at
@@ -179,7 +179,7 @@ class DeadLetterStore:
             ExpressionAttributeValues={":c": {"S": customer_id}}, ConsistentRead=True,
             ProjectionExpression="id, #stream, shard_id, sequence_number, sub_sequence_number",
             ExpressionAttributeNames={"#stream": "stream"})  # a reserved word
-        keys = [{"id": i["id"]} for i in items if before is None or not _after(i, *before)]
+        keys = [{"id": i["id"]} for i in items if before is None or not _kept(i, *before)]
         if keys:
             await self.db.batch_delete(self.table, keys)
         return len(keys)
