@@ -22,6 +22,31 @@ KEYS: dict[str, tuple[str, str | None]] = {
     "usage": ("day", None),
     "audit": ("id", None),
 }
+@dataclass(frozen=True)
+class Index:
+    """A global secondary index: its name, hash and range key (strings) and the other
+    attributes it projects."""
+
+    name: str
+    hash_key: str
+    range_key: str
+    include: tuple[str, ...]
+
+    def spec(self) -> dict[str, Any]:
+        """The index as CreateTable and UpdateTable take it."""
+        return {"IndexName": self.name,
+                "KeySchema": [{"AttributeName": self.hash_key, "KeyType": "HASH"},
+                              {"AttributeName": self.range_key, "KeyType": "RANGE"}],
+                "Projection": {"ProjectionType": "INCLUDE",
+                               "NonKeyAttributes": list(self.include)}}
+
+
+#: tables with a global secondary index: the dead letters by partition key, so an erasure
+#: queries one customer's letters instead of scanning them all
+#: (consumers.stores.dead_letters.BY_PARTITION_KEY)
+INDEXES = {"dead-letters": Index("by-partition-key", "partition_key", "id",
+                                 ("stream", "shard_id", "sequence_number",
+                                  "sub_sequence_number"))}
 #: tables whose items expire (attribute holding the epoch second): the history, and the
 #: erasure tombstones among the latest analyses (consumers/stores/analyses.py)
 TTL = {"analyses": "expires_at", "analysis-history": "expires_at"}
@@ -103,17 +128,23 @@ def ensure_stream(kinesis: Any, name: str, shards: int) -> bool:
     return created
 
 
-def ensure_table(dynamodb: Any, name: str, hash_key: str, range_key: str | None) -> bool:
+def _attributes(*names: str | None) -> list[dict[str, str]]:
+    """The (string) key attributes' definitions, each once."""
+    return [{"AttributeName": n, "AttributeType": "S"} for n in dict.fromkeys(names) if n]
+
+
+def ensure_table(dynamodb: Any, name: str, hash_key: str, range_key: str | None,
+                 index: Index | None = None) -> bool:
     schema = [{"AttributeName": hash_key, "KeyType": "HASH"}]
-    attrs = [{"AttributeName": hash_key, "AttributeType": "S"}]
     if range_key:
         schema.append({"AttributeName": range_key, "KeyType": "RANGE"})
-        attrs.append({"AttributeName": range_key, "AttributeType": "S"})
+    keys = (hash_key, range_key) + ((index.hash_key, index.range_key) if index else ())
+    extra: dict[str, Any] = {"GlobalSecondaryIndexes": [index.spec()]} if index else {}
     created = False
     try:
         dynamodb.create_table(
-            TableName=name, KeySchema=schema, AttributeDefinitions=attrs,
-            BillingMode="PAY_PER_REQUEST",
+            TableName=name, KeySchema=schema, AttributeDefinitions=_attributes(*keys),
+            BillingMode="PAY_PER_REQUEST", **extra,
         )
         created = True
     except dynamodb.exceptions.ResourceInUseException:
@@ -122,6 +153,20 @@ def ensure_table(dynamodb: Any, name: str, hash_key: str, range_key: str | None)
         TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 120}
     )
     return created
+
+
+def ensure_index(dynamodb: Any, name: str, index: Index) -> bool:
+    """Add ``index`` to the existing table ``name`` unless it has it; True if added now.
+
+    Not waited for: DynamoDB builds it from the items already there (minutes on a large
+    table), and its readers fall back to what they did without it meanwhile."""
+    table = dynamodb.describe_table(TableName=name)["Table"]
+    if any(i["IndexName"] == index.name for i in table.get("GlobalSecondaryIndexes", [])):
+        return False
+    dynamodb.update_table(
+        TableName=name, AttributeDefinitions=_attributes(index.hash_key, index.range_key),
+        GlobalSecondaryIndexUpdates=[{"Create": index.spec()}])
+    return True
 
 
 def ensure_table_stream(dynamodb: Any, name: str, view_type: str) -> bool:
@@ -152,13 +197,16 @@ def ensure_resources(kinesis: Any, dynamodb: Any, *, stream_name: str, shard_cou
         created.append(f"stream {stream_name} ({shard_count} shards)")
     for table, (hk, rk) in KEYS.items():
         name = tables.name(table)
-        if ensure_table(dynamodb, name, hk, rk):
+        index = INDEXES.get(table)
+        if ensure_table(dynamodb, name, hk, rk, index):
             created.append(f"table {name}")
             if table in TTL:
                 dynamodb.update_time_to_live(
                     TableName=name,
                     TimeToLiveSpecification={"Enabled": True, "AttributeName": TTL[table]},
                 )
+        elif index is not None and ensure_index(dynamodb, name, index):
+            created.append(f"index {index.name} on {name}")
         if table in STREAMS and ensure_table_stream(dynamodb, name, STREAMS[table]):
             created.append(f"stream on {name} ({STREAMS[table]})")
     return created

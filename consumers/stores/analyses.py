@@ -150,17 +150,10 @@ class AnalysisStore:
         return int(old is not None and not is_tombstone(old)), len(history)
 
     async def _keys(self, table: str, customer_id: str) -> list[Item]:
-        keys: list[Item] = []
-        kw: dict[str, Any] = {
-            "TableName": table, "KeyConditionExpression": "customer_id = :c",
-            "ExpressionAttributeValues": {":c": {"S": customer_id}}, "ConsistentRead": True,
-            "ProjectionExpression": "customer_id, #at", "ExpressionAttributeNames": {"#at": "at"}}
-        while True:
-            resp = await self.db.client.query(**kw)
-            keys.extend(resp.get("Items", []))
-            if "LastEvaluatedKey" not in resp:
-                return keys
-            kw["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+        return await self.db.query(
+            table, KeyConditionExpression="customer_id = :c",
+            ExpressionAttributeValues={":c": {"S": customer_id}}, ConsistentRead=True,
+            ProjectionExpression="customer_id, #at", ExpressionAttributeNames={"#at": "at"})
 
     async def record(self, rec: AnalysisRecord, input_at: datetime | None = None) -> Stored:
         """Store one analysis everywhere it belongs; ``input_at``: when the state it read was

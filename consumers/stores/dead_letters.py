@@ -29,6 +29,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from consumers.core import Position, Rejected, StreamRecord, arrival
 from consumers.stores.dynamo import Dynamo, Item, Rejection, from_attr, now_iso
 
@@ -36,6 +38,13 @@ from consumers.stores.dynamo import Dynamo, Item, Rejection, from_attr, now_iso
 MAX_PAYLOAD_BYTES = 350_000
 #: characters kept of a reason (a DynamoDB message can be long)
 MAX_REASON_CHARS = 2_000
+#: the table's global secondary index by ``partition_key`` (hash) and ``id`` (range), with
+#: the position attributes projected (``deploy.resources.INDEXES``, the template): what
+#: :meth:`DeadLetterStore.erase` queries. Letters with an empty partition key lack the
+#: attribute (an index key cannot be empty) and are not in it
+BY_PARTITION_KEY = "by-partition-key"
+#: the attributes an erasure reads of each letter (``stream`` is a reserved word)
+_POSITION = "id, #stream, shard_id, sequence_number, sub_sequence_number"
 
 
 def _payload(data: bytes) -> Item:
@@ -63,7 +72,8 @@ def bare_item(refused: Rejection) -> Item:
                                        {"S": hashlib.sha256(data).hexdigest()}),
             "reason": {"S": _cut(f"dead letter refused ({refused.reason}); payload dropped; "
                                  f"was: {item.get('reason', {}).get('S', '')}")},
-            "partition_key": {"S": item.get("partition_key", {}).get("S", "")[:256]}}
+            **({"partition_key": {"S": key[:256]}}
+               if (key := item.get("partition_key", {}).get("S", "")) else {})}
 
 
 def dead_letter_id(rec: StreamRecord) -> str:
@@ -86,7 +96,8 @@ def dead_letter_item(r: Rejected) -> Item:
         "sequence_number": {"S": rec.sequence_number},
         **({"sub_sequence_number": {"N": str(rec.sub_sequence_number)}}
            if rec.sub_sequence_number else {}),
-        "partition_key": {"S": rec.partition_key},
+        # absent when empty: it keys the table's index (a key attribute cannot be empty)
+        **({"partition_key": {"S": rec.partition_key[:256]}} if rec.partition_key else {}),
         **_payload(rec.data),
         "kind": {"S": r.kind},
         "reason": {"S": _cut(r.reason)},
@@ -165,21 +176,49 @@ class DeadLetterStore:
             ExpressionAttributeValues={":s": {"S": "redriven"}, ":t": {"S": at},
                                        ":p": {"S": position}})
 
-    async def erase(self, customer_id: str, before: tuple[str, Position] | None = None
-                    ) -> int:
+    async def erase(self, customer_id: str, before: tuple[str, Position] | None = None,
+                    written: Sequence[Rejected] = ()) -> int:
         """Delete the dead letters published under the customer's partition key: how many.
 
         ``before``: the stream and position of an erasure event the consumer applied; the
         letters of records after it on its shard (a new customer's, in the same batch) are
-        kept, and so are other streams' (a table shared by several). A strongly consistent
-        Scan of the whole table (there is no index by partition key; it sees the letters just
-        written): erasures are rare."""
-        items = await self.db.scan(
-            self.table, FilterExpression="partition_key = :c",
-            ExpressionAttributeValues={":c": {"S": customer_id}}, ConsistentRead=True,
-            ProjectionExpression="id, #stream, shard_id, sequence_number, sub_sequence_number",
-            ExpressionAttributeNames={"#stream": "stream"})  # a reserved word
-        keys = [{"id": i["id"]} for i in items if before is None or not _kept(i, *before)]
-        if keys:
-            await self.db.batch_delete(self.table, keys)
-        return len(keys)
+        kept, and so are other streams' (a table shared by several). ``written``: letters
+        the caller has just saved (its batch's): deleted by key, since the index may not
+        show them yet.
+
+        A Query of the index :data:`BY_PARTITION_KEY` (the customer's letters only: its
+        cost does not grow with the table). The index is eventually consistent: a letter
+        written well under a second before (by an earlier batch, not in ``written``) may
+        be missed. A table without the index (one made before it, or while it is being
+        built) is read by a strongly consistent Scan of the whole table, as before."""
+        try:
+            items = await self._indexed(customer_id)
+        except ClientError as exc:
+            if not _no_index(exc):
+                raise
+            items = await self.db.scan(
+                self.table, FilterExpression="partition_key = :c",
+                ExpressionAttributeValues={":c": {"S": customer_id}}, ConsistentRead=True,
+                ProjectionExpression=_POSITION, ExpressionAttributeNames={"#stream": "stream"})
+        items += [i for i in map(dead_letter_item, written)
+                  if i.get("partition_key", {}).get("S") == customer_id]
+        ids = {i["id"]["S"] for i in items if before is None or not _kept(i, *before)}
+        if ids:
+            await self.db.batch_delete(self.table, [{"id": {"S": i}} for i in sorted(ids)])
+        return len(ids)
+
+    async def _indexed(self, customer_id: str) -> list[Item]:
+        return await self.db.query(
+            self.table, IndexName=BY_PARTITION_KEY, KeyConditionExpression="partition_key = :c",
+            ExpressionAttributeValues={":c": {"S": customer_id}}, ProjectionExpression=_POSITION,
+            ExpressionAttributeNames={"#stream": "stream"})
+
+
+def _no_index(exc: ClientError) -> bool:
+    """Is this the answer to a Query of an index the table lacks or is building?
+    (DynamoDB: ValidationException, "The table does not have the specified index" or
+    "Cannot read from backfilling global secondary index"; moto: ResourceNotFoundException,
+    "Invalid index")"""
+    error = exc.response.get("Error", {})
+    return (error.get("Code") in ("ValidationException", "ResourceNotFoundException")
+            and "index" in str(error.get("Message", "")).lower())

@@ -377,6 +377,17 @@ class Dynamo:
         await asyncio.gather(*(one(c) for c in _chunks(keys, 100)))
         return out
 
+    async def query(self, table: str, **kw: Any) -> list[Item]:
+        """Every item a Query (``kw``: its arguments but the table) finds, page by page."""
+        items: list[Item] = []
+        args: dict[str, Any] = {"TableName": table, **kw}
+        while True:
+            resp = await self.client.query(**args)
+            items.extend(resp.get("Items", []))
+            if "LastEvaluatedKey" not in resp:
+                return items
+            args["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+
     async def scan(self, table: str, segments: int = 4, progress: Progress = NO_PROGRESS,
                    **kw: Any) -> list[Item]:
         """Every item (``kw``: more Scan arguments), read in ``segments`` parallel parts;

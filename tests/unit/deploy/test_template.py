@@ -9,7 +9,8 @@ from typing import Any
 
 from cfnlint.decode import decode
 
-from deploy.resources import KEYS, TTL
+from consumers.stores.dead_letters import BY_PARTITION_KEY
+from deploy.resources import INDEXES, KEYS, TTL
 
 TEMPLATE = Path(__file__).resolve().parents[3] / "deploy" / "template.yaml"
 
@@ -97,8 +98,13 @@ def test_dynamodb_actions_only_on_our_tables_and_every_table_as_the_code_expects
     tables = {n: r for n, r in res.items() if r["Type"] == "AWS::DynamoDB::Table"}
     ddb = [st for st in statements()
            if any(a.startswith("dynamodb:") for a in _list(st["Action"]))]
-    granted = {r["Fn::GetAtt"][0] for st in ddb for r in st["Resource"]}
+    granted = {r["Fn::GetAtt"][0] for st in ddb for r in st["Resource"] if "Fn::GetAtt" in r}
     assert granted == set(tables) - {"AuditTable"}  # `caa erase` (operators) only
+    # an index is queried only by a role granted its table, and only the indexes there are
+    indexes = {r["Fn::Sub"] for st in ddb for r in st["Resource"] if "Fn::Sub" in r}
+    assert indexes == {f"${{{resource}.Arn}}/index/{i['IndexName']}"
+                       for resource, r in tables.items()
+                       for i in r["Properties"].get("GlobalSecondaryIndexes", [])}
     by_suffix = {r["Properties"]["TableName"]["Fn::Sub"].removeprefix("${Prefix}"): r["Properties"]
                  for r in tables.values()}
     assert set(by_suffix) == set(KEYS)
@@ -111,6 +117,11 @@ def test_dynamodb_actions_only_on_our_tables_and_every_table_as_the_code_expects
         assert p["SSESpecification"] == {"SSEEnabled": True}
         ttl = p.get("TimeToLiveSpecification")
         assert (ttl["AttributeName"] if ttl else None) == TTL.get(name)
+        index = INDEXES.get(name)
+        assert p.get("GlobalSecondaryIndexes", []) == ([index.spec()] if index else [])
+        assert sorted(a["AttributeName"] for a in p["AttributeDefinitions"]) == sorted(
+            {hk, rk or hk, *((index.hash_key, index.range_key) if index else ())})
+    assert INDEXES["dead-letters"].name == BY_PARTITION_KEY
 
 
 def test_event_source_mapping_reports_item_failures_and_bounds_retries() -> None:

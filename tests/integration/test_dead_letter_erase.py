@@ -1,0 +1,85 @@
+"""An erasure finds the customer's dead letters by the table's index, not by a Scan of the
+whole table (whose cost grows with every letter ever kept); a table made before the index
+is still erased (by a Scan) and gets the index from ``ensure_resources``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from caa.aws import Aws
+from caa.settings import Settings
+from consumers.core import Rejected, StreamRecord
+from consumers.stores.dead_letters import BY_PARTITION_KEY, DeadLetterStore
+from consumers.stores.dynamo import Dynamo
+from deploy.resources import INDEXES, ensure_index, ensure_table
+
+pytestmark = pytest.mark.integration
+
+
+def _letters(stream: str) -> list[Rejected]:
+    """c1's letters on two shards (one after its erasure at shard-0/5), c2's, and one
+    without a partition key (such a letter has no index key: it must still be stored)."""
+    def letter(key: str, shard: str, seq: int) -> Rejected:
+        return Rejected(StreamRecord(b"{oops " + key.encode(), str(seq), key, shard, stream),
+                        "not_json", "not JSON")
+
+    return [letter("c1", "shard-0", 1), letter("c1", "shard-0", 3),
+            letter("c1", "shard-1", 2), letter("c1", "shard-0", 9),
+            letter("c2", "shard-0", 4), letter("c2", "shard-1", 6), letter("", "shard-0", 7)]
+
+
+async def _erase(s: Settings, table: str, customer_id: str, at: tuple[str, str, int]
+                 ) -> tuple[int, list[str], list[str]]:
+    """Save the letters, erase the customer's before ``at`` on the test's stream: how many
+    went, the DynamoDB operations the erasure made, the ids left."""
+    async with Aws(s).clients("dynamodb") as c:
+        client = c["dynamodb"]
+        store = DeadLetterStore(Dynamo(client), table)
+        assert await store.save(_letters(s.stream_name)) == []
+        calls: list[str] = []
+
+        def record(model: Any, **_: Any) -> None:
+            calls.append(model.name)
+
+        client.meta.events.register("before-call.dynamodb", record)
+        try:
+            erased = await store.erase(customer_id, (s.stream_name, at))
+        finally:
+            client.meta.events.unregister("before-call.dynamodb", record)
+        left = sorted(str(d["id"]) for d in await store.all())
+        return erased, calls, left
+
+
+def test_an_erasure_queries_the_customers_letters_only(
+        fresh_settings: Callable[..., Settings]) -> None:
+    s = fresh_settings()
+    erased, calls, left = asyncio.run(_erase(s, s.table("dead-letters"), "c1",
+                                             ("shard-0", "5", 0)))
+    assert erased == 3  # shard-0/1, shard-0/3 and shard-1/2; shard-0/9 came after it
+    assert "Query" in calls and "Scan" not in calls
+    stream = s.stream_name
+    assert left == sorted(f"{stream}/{x}" for x in ("shard-0/9", "shard-0/4", "shard-1/6",
+                                                    "shard-0/7"))
+
+
+def test_a_table_made_before_the_index_is_erased_by_a_scan_and_gets_the_index(
+        fresh_settings: Callable[..., Settings]) -> None:
+    s = fresh_settings()
+    ddb = Aws(s).client("dynamodb")
+    old = f"{s.table('dead-letters')}-old"
+    assert ensure_table(ddb, old, "id", None)  # as every setup before the index made it
+    erased, calls, left = asyncio.run(_erase(s, old, "c2", ("shard-9", "0", 0)))
+    assert erased == 2 and "Scan" in calls
+    assert len(left) == 5
+    index = INDEXES["dead-letters"]
+    assert index.name == BY_PARTITION_KEY
+    assert ensure_index(ddb, old, index) and not ensure_index(ddb, old, index)
+    described = ddb.describe_table(TableName=old)["Table"]["GlobalSecondaryIndexes"]
+    assert [i["IndexName"] for i in described] == [BY_PARTITION_KEY]
+    erased, calls, left = asyncio.run(_erase(s, old, "c1", ("shard-9", "0", 0)))
+    assert erased == 4 and "Scan" not in calls  # every c1 letter: the erasure was elsewhere
+    assert len(left) == 3  # c2's two, saved again, and the one without a key
