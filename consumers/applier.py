@@ -318,8 +318,8 @@ class BatchApplier:
         if erasures:  # once written (this batch's too): the dead letters of the customer's
             # records before the erasure, with their raw payloads (those a consumer lagging
             # behind ``caa erase`` writes after the command deleted the ones it found, too)
-            letters, batch = self.dead_letters, result.dead_letters
-            await asyncio.gather(*(letters.erase(cid, at, batch) for cid, at in erasures))
+            letters = self.dead_letters
+            await asyncio.gather(*(letters.erase(cid, at) for cid, at in erasures))
         if self.enricher is not None:  # effects are durable: the AI analysis may follow
             await self.enricher.reconcile(  # not an erased history's analysis, even in flight
                 [p for p in written if p.customer_id not in result.erasures])

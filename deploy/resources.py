@@ -158,11 +158,22 @@ def ensure_table(dynamodb: Any, name: str, hash_key: str, range_key: str | None,
 def ensure_index(dynamodb: Any, name: str, index: Index) -> bool:
     """Add ``index`` to the existing table ``name`` unless it has it; True if added now.
 
-    Not waited for: DynamoDB builds it from the items already there (minutes on a large
-    table), and its readers fall back to what they did without it meanwhile."""
+    Items whose index hash key is an empty string lose that attribute first (no item may
+    have one once the index exists: DynamoDB would refuse every later write of it). The
+    index is not waited for: DynamoDB builds it from the items already there (minutes on a
+    large table), and its readers fall back to what they did without it meanwhile."""
     table = dynamodb.describe_table(TableName=name)["Table"]
     if any(i["IndexName"] == index.name for i in table.get("GlobalSecondaryIndexes", [])):
         return False
+    keys = {f"#t{n}": k["AttributeName"] for n, k in enumerate(table["KeySchema"])}
+    pages = dynamodb.get_paginator("scan").paginate(
+        TableName=name, FilterExpression="#k = :e", ProjectionExpression=", ".join(keys),
+        ExpressionAttributeNames={"#k": index.hash_key, **keys},
+        ExpressionAttributeValues={":e": {"S": ""}}, ConsistentRead=True)
+    for item in (i for page in pages for i in page.get("Items", [])):
+        dynamodb.update_item(TableName=name, Key={k: item[k] for k in keys.values()},
+                             UpdateExpression="REMOVE #k",
+                             ExpressionAttributeNames={"#k": index.hash_key})
     dynamodb.update_table(
         TableName=name, AttributeDefinitions=_attributes(index.hash_key, index.range_key),
         GlobalSecondaryIndexUpdates=[{"Create": index.spec()}])

@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import hashlib
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -45,6 +47,11 @@ MAX_REASON_CHARS = 2_000
 BY_PARTITION_KEY = "by-partition-key"
 #: the attributes an erasure reads of each letter (``stream`` is a reserved word)
 _POSITION = "id, #stream, shard_id, sequence_number, sub_sequence_number"
+_POSITION_KEYS = ("id", "stream", "shard_id", "sequence_number", "sub_sequence_number")
+#: seconds a store remembers the positions of the letters it wrote, for an erasure the same
+#: process applies (the index shows a letter within about a second), and at most how many
+RECENT_S = 60.0
+RECENT_MAX = 10_000
 
 
 def _payload(data: bytes) -> Item:
@@ -128,12 +135,19 @@ class DeadLetterStore:
     table: str
     #: letters DynamoDB refused even bare (logged, not stored)
     lost: int = 0
+    #: seconds, for :data:`RECENT_S`
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False)
+    #: (when, partition key, position attributes) of the letters written in the last
+    #: :data:`RECENT_S`, oldest first (no payload kept)
+    _recent: deque[tuple[float, str, Item]] = field(default_factory=deque, repr=False)
 
     async def save(self, rejected: Sequence[Rejected]) -> list[Rejection]:
         """Write the letters; the ones DynamoDB refused even bare (usually none). Never
         raises for a refused letter (module docstring); transient errors outlasting the
         retries raise :class:`~consumers.stores.dynamo.WriteFailed`."""
-        refused = await self.db.put_all(self.table, [dead_letter_item(r) for r in rejected])
+        items = [dead_letter_item(r) for r in rejected]
+        refused = await self.db.put_all(self.table, items)
+        self._remember(items)
         if not refused:
             return []
         lost = await self.db.put_all(self.table, [bare_item(r) for r in refused])
@@ -142,6 +156,13 @@ class DeadLetterStore:
             print(f"dead letter {r.item.get('id', {}).get('S', '?')} not stored: {r.reason}",
                   file=sys.stderr, flush=True)
         return lost
+
+    def _remember(self, items: list[Item]) -> None:
+        now, recent = self.clock(), self._recent
+        recent.extend((now, key, {k: i[k] for k in _POSITION_KEYS if k in i})
+                      for i in items if (key := i.get("partition_key", {}).get("S")))
+        while recent and (len(recent) > RECENT_MAX or recent[0][0] < now - RECENT_S):
+            recent.popleft()
 
     async def all(self, segments: int = 4) -> list[dict[str, Any]]:
         return [from_attr({"M": i}) for i in await self.db.scan(self.table, segments=segments)]
@@ -160,37 +181,49 @@ class DeadLetterStore:
 
     async def mark_rejected(self, letter_id: str, kind: str, reason: str, at: str) -> None:
         """Re-checked and still rejected: it stays open with this check's reason."""
-        await self.db.client.update_item(
-            TableName=self.table, Key={"id": {"S": letter_id}},
-            UpdateExpression="SET #k = :k, reason = :r, checked_at = :t",
-            ExpressionAttributeNames={"#k": "kind"},
-            ExpressionAttributeValues={":k": {"S": kind}, ":r": {"S": reason},
-                                       ":t": {"S": at}})
+        await self._update(letter_id, "SET #k = :k, reason = :r, checked_at = :t",
+                           {"#k": "kind"}, {":k": {"S": kind}, ":r": {"S": reason},
+                                            ":t": {"S": at}})
 
     async def mark_redriven(self, letter_id: str, position: str, at: str) -> None:
         """Put back on the stream at ``position`` (shard/sequence number)."""
-        await self.db.client.update_item(
-            TableName=self.table, Key={"id": {"S": letter_id}},
-            UpdateExpression="SET #s = :s, redriven_at = :t, redriven_to = :p",
-            ExpressionAttributeNames={"#s": "status"},
-            ExpressionAttributeValues={":s": {"S": "redriven"}, ":t": {"S": at},
-                                       ":p": {"S": position}})
+        await self._update(letter_id, "SET #s = :s, redriven_at = :t, redriven_to = :p",
+                           {"#s": "status"}, {":s": {"S": "redriven"}, ":t": {"S": at},
+                                              ":p": {"S": position}})
 
-    async def erase(self, customer_id: str, before: tuple[str, Position] | None = None,
-                    written: Sequence[Rejected] = ()) -> int:
+    async def _update(self, letter_id: str, expression: str, names: dict[str, str],
+                      values: Item) -> None:
+        """UpdateItem; a letter stored before the index with an empty partition key (which
+        no item may have once the index exists: DynamoDB refuses every write of it) loses
+        the attribute in the same update."""
+        kw: dict[str, Any] = {"TableName": self.table, "Key": {"id": {"S": letter_id}},
+                              "UpdateExpression": expression,
+                              "ExpressionAttributeNames": names,
+                              "ExpressionAttributeValues": values}
+        try:
+            await self.db.client.update_item(**kw)
+        except ClientError as exc:
+            if not _empty_index_key(exc):
+                raise
+            await self.db.client.update_item(
+                **kw | {"UpdateExpression": f"{expression} REMOVE partition_key"})
+
+    async def erase(self, customer_id: str, before: tuple[str, Position] | None = None
+                    ) -> int:
         """Delete the dead letters published under the customer's partition key: how many.
 
         ``before``: the stream and position of an erasure event the consumer applied; the
         letters of records after it on its shard (a new customer's, in the same batch) are
-        kept, and so are other streams' (a table shared by several). ``written``: letters
-        the caller has just saved (its batch's): deleted by key, since the index may not
-        show them yet.
+        kept, and so are other streams' (a table shared by several).
 
         A Query of the index :data:`BY_PARTITION_KEY` (the customer's letters only: its
-        cost does not grow with the table). The index is eventually consistent: a letter
-        written well under a second before (by an earlier batch, not in ``written``) may
-        be missed. A table without the index (one made before it, or while it is being
-        built) is read by a strongly consistent Scan of the whole table, as before."""
+        cost does not grow with the table). The index is eventually consistent (a letter
+        shows there within about a second), so the letters this store wrote in the last
+        :data:`RECENT_S` seconds are deleted by key as well: an erasure applied by the
+        process that wrote the customer's letters just before (its batch, the batches before
+        it) misses none; a letter another process wrote under a second before can be missed
+        (``caa erase`` again deletes it). A table without the index (made before it, or
+        while it is being built) is read by a strongly consistent Scan of the whole table."""
         try:
             items = await self._indexed(customer_id)
         except ClientError as exc:
@@ -200,8 +233,7 @@ class DeadLetterStore:
                 self.table, FilterExpression="partition_key = :c",
                 ExpressionAttributeValues={":c": {"S": customer_id}}, ConsistentRead=True,
                 ProjectionExpression=_POSITION, ExpressionAttributeNames={"#stream": "stream"})
-        items += [i for i in map(dead_letter_item, written)
-                  if i.get("partition_key", {}).get("S") == customer_id]
+        items += [i for _, key, i in self._recent if key == customer_id]
         ids = {i["id"]["S"] for i in items if before is None or not _kept(i, *before)}
         if ids:
             await self.db.batch_delete(self.table, [{"id": {"S": i}} for i in sorted(ids)])
@@ -212,6 +244,14 @@ class DeadLetterStore:
             self.table, IndexName=BY_PARTITION_KEY, KeyConditionExpression="partition_key = :c",
             ExpressionAttributeValues={":c": {"S": customer_id}}, ProjectionExpression=_POSITION,
             ExpressionAttributeNames={"#stream": "stream"})
+
+
+def _empty_index_key(exc: ClientError) -> bool:
+    """Is this DynamoDB's refusal of an item whose index key is an empty string?"""
+    error = exc.response.get("Error", {})
+    message = str(error.get("Message", "")).lower()
+    return (error.get("Code") == "ValidationException" and "empty string" in message
+            and "index" in message)
 
 
 def _no_index(exc: ClientError) -> bool:

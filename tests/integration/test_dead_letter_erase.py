@@ -38,8 +38,9 @@ async def _erase(s: Settings, table: str, customer_id: str, at: tuple[str, str, 
     went, the DynamoDB operations the erasure made, the ids left."""
     async with Aws(s).clients("dynamodb") as c:
         client = c["dynamodb"]
+        assert await DeadLetterStore(Dynamo(client), table).save(_letters(s.stream_name)) == []
+        # another store (another process): it does not remember them
         store = DeadLetterStore(Dynamo(client), table)
-        assert await store.save(_letters(s.stream_name)) == []
         calls: list[str] = []
 
         def record(model: Any, **_: Any) -> None:
@@ -75,11 +76,26 @@ def test_a_table_made_before_the_index_is_erased_by_a_scan_and_gets_the_index(
     erased, calls, left = asyncio.run(_erase(s, old, "c2", ("shard-9", "0", 0)))
     assert erased == 2 and "Scan" in calls
     assert len(left) == 5
+    # as the code before the index stored a letter without a partition key: no item may keep
+    # an empty index key once the index exists (every later write of it would be refused)
+    ddb.put_item(TableName=old, Item={"id": {"S": "old/letter"}, "partition_key": {"S": ""},
+                                      "status": {"S": "open"}})
     index = INDEXES["dead-letters"]
     assert index.name == BY_PARTITION_KEY
     assert ensure_index(ddb, old, index) and not ensure_index(ddb, old, index)
     described = ddb.describe_table(TableName=old)["Table"]["GlobalSecondaryIndexes"]
     assert [i["IndexName"] for i in described] == [BY_PARTITION_KEY]
+    item = ddb.get_item(TableName=old, Key={"id": {"S": "old/letter"}})["Item"]
+    assert "partition_key" not in item
     erased, calls, left = asyncio.run(_erase(s, old, "c1", ("shard-9", "0", 0)))
     assert erased == 4 and "Scan" not in calls  # every c1 letter: the erasure was elsewhere
-    assert len(left) == 3  # c2's two, saved again, and the one without a key
+    assert len(left) == 4  # c2's two, saved again, the one without a key, the old one
+
+    async def redrive_marks() -> None:  # the old letter can still be marked
+        async with Aws(s).clients("dynamodb") as c:
+            await DeadLetterStore(Dynamo(c["dynamodb"]), old).mark_rejected(
+                "old/letter", "not_json", "still not JSON", "2026-01-01T00:00:00Z")
+
+    asyncio.run(redrive_marks())
+    item = ddb.get_item(TableName=old, Key={"id": {"S": "old/letter"}})["Item"]
+    assert item["reason"]["S"] == "still not JSON"

@@ -155,19 +155,23 @@ def test_evaluate_scores_bgnbd_when_the_pipeline_uses_it(
     assert_ours_is_the_anchor(out, model)
 
 
-def _evaluate(seed: str) -> subprocess.Popen[str]:
+def _evaluate(seed: str, csv: Path) -> subprocess.Popen[str]:
+    """``caa evaluate`` under ``PYTHONHASHSEED=seed``, its per-customer file at ``csv`` (not
+    in the checkout's out/, where the two runs would also write at once)."""
     env = {**os.environ, "PYTHONHASHSEED": seed}
     return subprocess.Popen(
-        [sys.executable, "-m", "caa.cli.main", "evaluate", "--json", "--limit-customers", "300"],
+        [sys.executable, "-m", "caa.cli.main", "evaluate", "--json", "--limit-customers", "300",
+         "--customers-csv", str(csv)],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_segments_do_not_depend_on_the_hash_seed(fresh_settings: Callable[..., Settings]) -> None:
+def test_segments_do_not_depend_on_the_hash_seed(fresh_settings: Callable[..., Settings],
+                                                 tmp_path: Path) -> None:
     """Two runs under different PYTHONHASHSEED values give identical segment results. One
     shard, so batches reach the streaming model in one order in both runs (with several,
     their interleaving follows timing, which moves the streaming figures, not the refit)."""
     fresh_settings(shard_count="1", segment_warmup="30", get_records_limit="100")
-    runs = [_evaluate(seed) for seed in ("1", "2")]
+    runs = [_evaluate(seed, tmp_path / f"customers-{seed}.csv") for seed in ("1", "2")]
     outs: list[dict[str, Any]] = []
     for p in runs:
         stdout, stderr = p.communicate(timeout=300)

@@ -1,5 +1,6 @@
 """The branches of the dead-letter erase a real server does not show: an index that lags
-behind the letters just written, and errors that are not about the index."""
+behind the letters just written, a letter stored before the index with an empty partition
+key, and errors that are not about the index."""
 
 from __future__ import annotations
 
@@ -10,8 +11,12 @@ import pytest
 from botocore.exceptions import ClientError
 
 from consumers.core import Rejected, StreamRecord
-from consumers.stores.dead_letters import DeadLetterStore
+from consumers.stores.dead_letters import RECENT_S, DeadLetterStore
 from consumers.stores.dynamo import Dynamo
+
+
+def _error(code: str, message: str) -> ClientError:
+    return ClientError({"Error": {"Code": code, "Message": message}}, "Query")
 
 
 class _Lagging:
@@ -21,6 +26,7 @@ class _Lagging:
     def __init__(self, error: ClientError | None = None) -> None:
         self.error = error
         self.deleted: list[str] = []
+        self.updates: list[str] = []
         self.scanned = 0
 
     async def query(self, **kw: Any) -> dict[str, Any]:
@@ -34,7 +40,17 @@ class _Lagging:
 
     async def batch_write_item(self, RequestItems: dict[str, Any]) -> dict[str, Any]:
         for writes in RequestItems.values():
-            self.deleted += [w["DeleteRequest"]["Key"]["id"]["S"] for w in writes]
+            self.deleted += [w["DeleteRequest"]["Key"]["id"]["S"] for w in writes
+                             if "DeleteRequest" in w]
+        return {}
+
+    async def update_item(self, **kw: Any) -> dict[str, Any]:
+        self.updates.append(kw["UpdateExpression"])
+        if "REMOVE partition_key" not in kw["UpdateExpression"]:
+            raise _error("ValidationException", "One or more parameter values are not valid. "
+                         "A value specified for a secondary index key is not supported. The "
+                         "AttributeValue for a key attribute cannot contain an empty string "
+                         "value. IndexName: by-partition-key, IndexKey: partition_key")
         return {}
 
 
@@ -42,23 +58,38 @@ def _letter(key: str, seq: int) -> Rejected:
     return Rejected(StreamRecord(b"{", str(seq), key, "shard-0", "s"), "not_json", "no")
 
 
-def test_the_letters_just_written_go_even_before_the_index_shows_them() -> None:
-    client = _Lagging()
-    batch = [_letter("c1", 1), _letter("c2", 2), _letter("c1", 3), _letter("c1", 8)]
-    store = DeadLetterStore(Dynamo(client), "dl")
-    assert asyncio.run(store.erase("c1", ("s", ("shard-0", "5", 0)), batch)) == 2
+def test_the_letters_this_store_wrote_go_even_before_the_index_shows_them() -> None:
+    client, now = _Lagging(), [0.0]
+    store = DeadLetterStore(Dynamo(client), "dl", clock=lambda: now[0])
+    asyncio.run(store.save([_letter("c1", 1), _letter("c2", 2)]))
+    now[0] = RECENT_S / 2
+    asyncio.run(store.save([_letter("c1", 3), _letter("c1", 8), _letter("", 9)]))
+    assert asyncio.run(store.erase("c1", ("s", ("shard-0", "5", 0)))) == 2
     assert sorted(client.deleted) == ["s/shard-0/1", "s/shard-0/3"]  # not c2's, not after
+    # remembered for RECENT_S only (by then the index shows them)
+    now[0] = RECENT_S + 1
+    asyncio.run(store.save([_letter("c3", 10)]))
+    client.deleted.clear()
+    assert asyncio.run(store.erase("c1")) == 2  # the first save's letter is forgotten
+    assert sorted(client.deleted) == ["s/shard-0/3", "s/shard-0/8"]
 
 
 def test_a_missing_index_falls_back_to_a_scan_and_other_errors_raise() -> None:
-    def error(code: str, message: str) -> ClientError:
-        return ClientError({"Error": {"Code": code, "Message": message}}, "Query")
-
-    missing = _Lagging(error("ValidationException",
-                             "The table does not have the specified index: by-partition-key"))
+    missing = _Lagging(_error("ValidationException",
+                              "The table does not have the specified index: by-partition-key"))
     assert asyncio.run(DeadLetterStore(Dynamo(missing), "dl").erase("c1")) == 0
     assert missing.scanned > 0
-    gone = _Lagging(error("ResourceNotFoundException", "Requested resource not found"))
+    gone = _Lagging(_error("ResourceNotFoundException", "Requested resource not found"))
     with pytest.raises(ClientError):
         asyncio.run(DeadLetterStore(Dynamo(gone), "dl").erase("c1"))
     assert gone.scanned == 0
+
+
+def test_a_letter_with_an_empty_partition_key_loses_it_when_marked() -> None:
+    """A letter stored before the index with ``partition_key`` "": DynamoDB refuses any
+    update of it once the index exists; the update then removes the attribute as well."""
+    client = _Lagging()
+    asyncio.run(DeadLetterStore(Dynamo(client), "dl").mark_redriven("s/0/1", "0/9", "t"))
+    assert client.updates == ["SET #s = :s, redriven_at = :t, redriven_to = :p",
+                              "SET #s = :s, redriven_at = :t, redriven_to = :p "
+                              "REMOVE partition_key"]
