@@ -68,6 +68,9 @@ class Totals:
     conflicts: int = 0
     #: records dead-lettered because DynamoDB refused their customer's state or prediction
     write_rejected: int = 0
+    #: customers erased by erasure events, and the dead letters those erasures deleted
+    erasures: int = 0
+    dead_letters_erased: int = 0
 
     @property
     def records(self) -> int:
@@ -319,7 +322,9 @@ class BatchApplier:
             # records before the erasure, with their raw payloads (those a consumer lagging
             # behind ``caa erase`` writes after the command deleted the ones it found, too)
             letters = self.dead_letters
-            await asyncio.gather(*(letters.erase(cid, at) for cid, at in erasures))
+            deleted = await asyncio.gather(*(letters.erase(cid, at) for cid, at in erasures))
+            self.totals.erasures += len(erasures)
+            self.totals.dead_letters_erased += sum(deleted)
         if self.enricher is not None:  # effects are durable: the AI analysis may follow
             await self.enricher.reconcile(  # not an erased history's analysis, even in flight
                 [p for p in written if p.customer_id not in result.erasures])

@@ -87,7 +87,8 @@ async def consume(settings: Settings, aws: Aws, until_idle: bool,
         summary: dict[str, Any] = {
             "records_read": t.records, "applied": t.applied, "duplicates": t.duplicate,
             "duplicate_orders": t.duplicate_order,
-            "rejected": t.rejected, "batches": t.batches,
+            "rejected": t.rejected, "batches": t.batches, "erasures": t.erasures,
+            "dead_letters_erased": t.dead_letters_erased,
             "predictions_written": t.predictions
             + (report.predictions_rewritten if report else 0),
             "consume_s": round(worker.consume_seconds, 2),
@@ -145,6 +146,9 @@ def print_summary(summary: dict[str, Any]) -> None:
         ("records read this run", f"{summary['records_read']:,}"),
         ("  applied / duplicates", f"{summary['applied']:,} / {summary['duplicates']:,}"),
         ("  rejected (dead letters)", f"{summary['rejected']:,}"),
+        *([("  erasures (their dead letters deleted)",
+            f"{summary['erasures']:,} ({summary['dead_letters_erased']:,})")]
+          if summary.get("erasures") else []),
         ("predictions written", f"{summary['predictions_written']:,}"),
         ("consuming", f"{summary['consume_s']:.1f} s, {summary['events_per_s']:,.0f} events/s"),
         ("refit + prediction rewrite", f"{summary['refit_s']:.1f} s"),

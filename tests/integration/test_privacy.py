@@ -266,10 +266,11 @@ def test_an_erasure_followed_in_its_batch_by_a_new_purchase_leaves_nothing_of_th
     Publisher(kinesis, s.stream_name).publish(events)
     old_at: set[str] = set()
 
-    async def consume() -> None:
+    async def consume() -> tuple[int, int]:  # erasures, dead letters they deleted
         async with Aws(s).clients("kinesis", "dynamodb", "bedrock-runtime") as c:
             w = wiring.worker(s, c["kinesis"], c["dynamodb"], bedrock=c["bedrock-runtime"])
             await w.run(until_idle=True, final_refit=False)
+            return w.applier.totals.erasures, w.applier.totals.dead_letters_erased
 
     async def analyse() -> None:  # a statistical analysis of the old history, stored
         async with Aws(s).clients("dynamodb") as c:
@@ -294,7 +295,7 @@ def test_an_erasure_followed_in_its_batch_by_a_new_purchase_leaves_nothing_of_th
         {"Data": anew.to_bytes(), "PartitionKey": gone},
         {"Data": b'{"after": "the erasure"}', "PartitionKey": gone}])
     before_seq, after_seq = (sent["Records"][i]["SequenceNumber"] for i in (0, 3))
-    asyncio.run(consume())
+    assert asyncio.run(consume()) == (1, 1)  # the summary's figures
 
     states = {i["customer_id"]["S"]: i for i in _items(s, "customers")}
     assert states[gone]["version"]["N"] != "0"  # the new customer is saved
