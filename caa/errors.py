@@ -99,6 +99,8 @@ _REFUSED_CREDENTIALS = frozenset({
     "UnrecognizedClientException", "InvalidClientTokenId", "ExpiredTokenException",
     "ExpiredToken", "InvalidSignatureException", "SignatureDoesNotMatch",
     "AccessDeniedException", "AccessDenied", "AuthFailure"})
+_ENDPOINT_HINT = ("check AWS_ENDPOINT_URL and AWS_ENDPOINT_URL_<SERVICE>: an http:// or https:// "
+                  "URL with a host")
 #: "not found" codes that are about an item or job, not about missing setup
 _ITEM_OPERATIONS = frozenset({"GetModelInvocationJob", "StopModelInvocationJob"})
 
@@ -174,6 +176,14 @@ def _explain_one(exc: BaseException, endpoint: str | None) -> CaaError | None:
         return Unreachable(f"{url} {what}" if what else f"cannot reach {url}", hint)
     if "EmulatorError" in names:  # deploy.local.emulator's, which cannot import this module
         return EmulatorError(str(exc))
+    # the settings check AWS_ENDPOINT_URL and the region; botocore reads the per-service
+    # endpoints (AWS_ENDPOINT_URL_<SERVICE>) and the shared config itself
+    if isinstance(exc, ValueError) and str(exc).startswith("Invalid endpoint:"):
+        return BadInput(f"bad endpoint URL ({exc})", _ENDPOINT_HINT)
+    if "HTTPClientError" in names:
+        return Unreachable(f"cannot call {where}: {exc}", _ENDPOINT_HINT)
+    if "InvalidRegionError" in names:
+        return BadInput(str(exc), "check AWS_REGION, or the region of AWS_PROFILE's config")
     code, message = _error(exc)
     operation = getattr(exc, "operation_name", None)
     if code in {"404", "403"} and str(operation).startswith("Head"):  # S3 HEADs have no body

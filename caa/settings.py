@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
+from botocore.exceptions import InvalidRegionError
+from botocore.utils import validate_region_name
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -202,6 +205,33 @@ class Settings(BaseSettings):
     #: this probability
     chaos_points: str = ""
     chaos_probability: float = Field(0.0, ge=0.0, le=1.0)
+
+    @field_validator("region", "bedrock_region")
+    @classmethod
+    def _region_name(cls, v: str | None) -> str | None:
+        """A region name botocore accepts (its own check, made here so a bad one is a
+        settings error, not a client's traceback)."""
+        if v is not None:
+            try:
+                validate_region_name(v)
+            except InvalidRegionError:
+                raise ValueError("not a region name (like eu-central-1)") from None
+        return v
+
+    @field_validator("endpoint_url", "bedrock_endpoint_url")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        """An http(s) URL with a host, or unset."""
+        if v is None:
+            return v
+        try:
+            parts = urlsplit(v)
+            parts.port  # noqa: B018 - raises ValueError for a port out of range
+        except ValueError as exc:
+            raise ValueError(f"not a URL ({exc})") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("not an http:// or https:// URL with a host")
+        return v
 
     @field_validator("reporting_currency", mode="before")
     @classmethod

@@ -4,21 +4,37 @@ built here and nowhere else, when the command first asks for them (``caa --help`
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import typer
-from pydantic import ValidationError
+from pydantic import AliasChoices, ValidationError
 
 from caa.aws import Aws
 from caa.errors import BadInput
 from caa.settings import Settings
 
 
+def variable(name: str) -> str:
+    """The environment variable a settings value was read from, for the field (or alias)
+    pydantic names: the first of the field's aliases that is set (``AWS_REGION`` for
+    ``region`` when only that is), else ``CAA_<FIELD>``."""
+    for key, info in Settings.model_fields.items():
+        alias = info.validation_alias
+        names = ([str(c) for c in alias.choices if isinstance(c, str)]
+                 if isinstance(alias, AliasChoices) else [])
+        if name == key or name in names:
+            return next((n for n in names if n in os.environ),
+                        names[0] if names else "CAA_" + key.upper())
+    return name
+
+
 def settings_error(exc: ValidationError) -> BadInput:
-    """A settings value pydantic refused, as one line naming the ``CAA_`` variable."""
+    """A settings value pydantic refused, as one line naming its environment variable."""
     parts = []
     for err in exc.errors(include_url=False)[:3]:
-        name = "CAA_" + "_".join(str(p) for p in err["loc"]).upper()
+        loc = [str(p) for p in err["loc"]]
+        name = variable(loc[0]) + "".join(f"[{p}]" for p in loc[1:]) if loc else "?"
         parts.append(f"{name}={err.get('input')!r}: {err['msg']}")
     return BadInput("bad setting " + "; ".join(parts),
                     "fix the environment variable (see README, Configuration)")

@@ -170,3 +170,31 @@ def test_the_run_summary_says_when_bedrock_answers_came_from_the_test_server(
     summary["ai"] = {"model": "m", "analyses": 4}  # answered by AWS: nothing said
     print_summary(summary)
     assert "test server" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("env", "line"), [
+    ({"AWS_ENDPOINT_URL": "notaurl"}, "bad setting AWS_ENDPOINT_URL='notaurl'"),
+    ({"AWS_ENDPOINT_URL": "http://[::1"}, "bad setting AWS_ENDPOINT_URL="),
+    ({"AWS_ENDPOINT_URL": "ftp://127.0.0.1:9"}, "not an http:// or https:// URL"),
+    ({"AWS_ENDPOINT_URL_BEDROCK_RUNTIME": "x"}, "bad setting AWS_ENDPOINT_URL_BEDROCK_RUNTIME"),
+    ({"AWS_REGION": "bad region!"}, "bad setting AWS_REGION='bad region!'"),
+    # read by botocore itself, not by the settings
+    ({"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ENDPOINT_URL_DYNAMODB": "notaurl"},
+     "bad endpoint URL (Invalid endpoint: notaurl)"),
+    ({"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ENDPOINT_URL_DYNAMODB": "ftp://127.0.0.1:9"},
+     "cannot call http://127.0.0.1:9: An HTTP Client raised an unhandled exception"),
+])
+def test_a_bad_endpoint_or_region_is_one_line_not_a_traceback(
+        env: dict[str, str], line: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "CAA_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code = cli.main(["dlq", "list"] if "DYNAMODB" in str(env) else ["show", "c1"])
+    captured = capsys.readouterr()
+    assert code in (5, 7) and "Traceback" not in captured.err
+    (said,) = [ln for ln in captured.err.splitlines() if ln.startswith("caa: ")]
+    assert line in said
