@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Collection, Iterable, Sequence
-from typing import Annotated, Any
+from typing import Annotated, Any, overload
 
 import typer
 from rich.console import Console
@@ -28,6 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from caa.progress import RichProgress
+from models.events import printable
 
 #: the ``--json`` flag of every command that prints a result
 JsonFlag = Annotated[bool, typer.Option(
@@ -50,9 +51,25 @@ def print_json(obj: Any, *, sort_keys: bool = False, indent: int | None = 2) -> 
     print(json.dumps(obj, indent=indent, sort_keys=sort_keys, default=str), flush=True)
 
 
+def safe(value: str, *, lines: bool = False) -> str:
+    """``value`` (text that may come from a record's payload: a category, a product, an
+    analysis) fit for a terminal: control and format characters (ANSI escapes, NUL, a
+    right-to-left override: Unicode category C) written as Python escapes
+    (:func:`models.events.printable`, uncut); line breaks kept with ``lines``.
+
+    >>> safe("red \\x1b[31mX\\u202e"), safe("a\\nb", lines=True)
+    ('red \\\\x1b[31mX\\\\u202e', 'a\\nb')
+    """
+    if value.isprintable():
+        return value
+    if lines:
+        return "\n".join(safe(part) for part in value.split("\n"))
+    return printable(value, limit=sys.maxsize - 1)
+
+
 def _flat(value: str) -> str:
-    """One cell of a plain row: no tab or line break inside."""
-    return value.replace("\t", " ").replace("\r", " ").replace("\n", " ")
+    """One cell of a plain row: no tab or line break inside, nothing a terminal acts on."""
+    return safe(value.replace("\t", " ").replace("\r", " ").replace("\n", " "))
 
 
 def pairs(title: str, rows: Iterable[tuple[str, str]], caption: str | None = None) -> None:
@@ -71,7 +88,7 @@ def pairs(title: str, rows: Iterable[tuple[str, str]], caption: str | None = Non
     t.add_column(overflow="fold")
     t.add_column(overflow="fold")
     for k, v in rows:
-        t.add_row(Text(k), Text(v))  # data, never markup: "[canned ...]" stays
+        t.add_row(_text(k), _text(v))  # data, never markup: "[canned ...]" stays
     _print_fitting(t, title, None, pair_rows=rows, caption=caption)
 
 
@@ -90,14 +107,19 @@ def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]],
     rows = [list(r) for r in rows]
     t = Table(title=Text(title), caption=_text(caption), caption_justify="left")
     for c in columns:
-        t.add_column(Text(c), justify="right" if c in right else "left", overflow="fold")
+        t.add_column(_text(c), justify="right" if c in right else "left", overflow="fold")
     for r in rows:
-        t.add_row(*(Text(c) for c in r))  # data, never markup
+        t.add_row(*(_text(c) for c in r))  # data, never markup
     _print_fitting(t, title, columns, table_rows=rows, caption=caption)
 
 
+@overload
+def _text(value: str) -> Text: ...
+@overload
+def _text(value: None) -> None: ...
 def _text(value: str | None) -> Text | None:
-    return None if value is None else Text(value)
+    """A cell or caption as rich text: never markup, nothing a terminal acts on."""
+    return None if value is None else Text(safe(value, lines=True))
 
 
 def _print_fitting(t: Table, title: str, columns: Sequence[str] | None, *,
@@ -110,9 +132,9 @@ def _print_fitting(t: Table, title: str, columns: Sequence[str] | None, *,
     if _fits(out, t):
         out.print(t)
         return
-    out.print(Text(title, style="bold"))
+    out.print(Text(safe(title), style="bold"))
     if caption:
-        out.print(Text(caption))
+        out.print(_text(caption))
     if columns is None:
         for k, v in pair_rows:
             out.print(Text(f"{_flat(k).rstrip()}: {_flat(v)}"))
@@ -140,9 +162,9 @@ def lines(title: str, rows: Iterable[tuple[str, str]]) -> None:
     """Commands to try, or any short list of ``what  why`` lines, under a title."""
     rows = list(rows)
     width = max((len(a) for a, _ in rows), default=0)
-    print(title)
+    print(safe(title))
     for a, b in rows:
-        print(f"  {a:<{width}}  {b}")
+        print(f"  {safe(a):<{width}}  {_flat(b)}")
 
 
 def progress() -> RichProgress:

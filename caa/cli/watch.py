@@ -68,9 +68,9 @@ def tail(settings: Settings, aws: Aws, start: StartAt, as_json: bool, customer_i
     stderr; 1 when the predictions table has no stream."""
     def emit(item: FeedItem) -> None:
         if isinstance(item, FeedProblem):
-            print(render(item), file=sys.stderr)
+            print(output.safe(render(item)), file=sys.stderr)
         else:
-            print(item.model_dump_json() if as_json else render(item), flush=True)
+            print(item.model_dump_json() if as_json else output.safe(render(item)), flush=True)
 
     async def run() -> int:
         stop = asyncio.Event()

@@ -90,3 +90,21 @@ def test_show_an_older_prediction_says_value_is_not_there_yet(
                                      next_order_80=None))
     assert "days between orders: no repeat order yet" in run_show(monkeypatch, capsys,
                                                                   stored(first))
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_show_writes_no_control_character_of_the_data_to_the_terminal(
+        terminal: bool, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A category from a payload with an ANSI escape, a right-to-left override and a NUL
+    (the schema bounds its length only) is shown escaped, on a terminal and in plain rows."""
+    from caa.cli import output
+    from models.prediction import Recommendation
+
+    monkeypatch.setattr(output, "is_terminal", lambda: terminal)
+    bad = "\x1b[31mRED\x1b[0m\u202e\x00zz"
+    pred = prediction(recommendations=[Recommendation(
+        key=bad, kind="category", reason="category_affinity", score=0.5)])
+    out = run_show(monkeypatch, capsys, stored(pred))
+    assert "RED" in out and "\\x1b[31mRED" in out
+    assert not any(c in out for c in ("\x1b", "\u202e", "\x00"))
