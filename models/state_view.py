@@ -33,6 +33,9 @@ class StateView:
     channels: dict[str, int] = field(default_factory=dict)
     #: distinct days of the kept counted orders after the compacted part's last day, sorted
     recent_days: tuple[int, ...] = ()
+    #: days of kept orders placed and then cancelled on which no order counts: the item
+    #: stats keep the days of every order placed, and the forecaster leaves these out
+    dead_days: frozenset[int] = frozenset()
 
     @classmethod
     def of(cls, book: OrderBook) -> StateView:
@@ -44,8 +47,11 @@ class StateView:
         first_ts, last_ts = (base.first_ts, base.last_ts) if base.orders else (0, 0)
         days: set[int] = set()
         n = 0
+        dead: set[int] = set()
         for rec in book.orders.values():
             if not rec.counted:
+                if rec.placed and rec.cancelled:
+                    dead.add(rec.ts // DAY)
                 continue
             if not (base.orders or n) or rec.ts < first_ts:
                 first_ts = rec.ts
@@ -56,12 +62,15 @@ class StateView:
             _add(spend, rec.currency, rec.net)
             _add(currencies, rec.currency, 1)
             _add(channels, rec.channel, 1)
+        dead -= days
         if base.orders:
             days.discard(base.last_ts // DAY)
+            dead.discard(base.last_ts // DAY)
         return cls(base.orders + n, base.days + len(days), first_ts, last_ts, quantity,
                    {c: v for c, v in sorted(spend.items()) if currencies.get(c)},
                    {c: v for c, v in sorted(currencies.items()) if v},
-                   {c: v for c, v in sorted(channels.items()) if v}, tuple(sorted(days)))
+                   {c: v for c, v in sorted(channels.items()) if v}, tuple(sorted(days)),
+                   frozenset(dead))
 
     def with_order(self, base: Compacted, rec: OrderRecord) -> StateView:
         """The view after one more counted order ``rec`` is kept (nothing else changed, the
@@ -84,7 +93,8 @@ class StateView:
         return StateView(
             self.purchases + 1, n_days, min(self.first_ts, ts) if self.purchases else ts,
             max(self.last_ts, ts), self.quantity + rec.quantity, dict(sorted(spend.items())),
-            dict(sorted(currencies.items())), dict(sorted(channels.items())), days)
+            dict(sorted(currencies.items())), dict(sorted(channels.items())), days,
+            self.dead_days - {day} if day in self.dead_days else self.dead_days)
 
     def days_through(self, base: Compacted, day: int) -> tuple[int, int]:
         """(distinct purchase days on or before ``day``, the latest such day); (0, 0) when

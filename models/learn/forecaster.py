@@ -234,23 +234,35 @@ class Forecaster:
         self.max_items = max_items
 
     def _next(
-        self, kind: str, key: str, stats: ItemStats, as_of_day: int
+        self, kind: str, key: str, stats: ItemStats, as_of_day: int, dead: frozenset[int]
     ) -> _Next | None:
         """The mean gap is over all the item's distinct days (``day_count``), its spread
         (coefficient of variation) over the gaps between the days kept one by one (those
         within the de-duplication horizon: all of them for most customers). Plain data:
-        :meth:`predict` builds :class:`NextPurchase` only for the ones it shows."""
+        :meth:`predict` builds :class:`NextPurchase` only for the ones it shows.
+
+        ``dead``: the customer's days of cancelled orders only
+        (:attr:`models.state_view.StateView.dead_days`): the item's stats keep the days of
+        every order placed; those do not count, as if the orders had never been placed."""
         if stats.orders <= 0:
             return None
-        mean = stats.mean_gap
+        days = stats.days
+        if not dead or dead.isdisjoint(days):
+            mean = stats.mean_gap
+            day_count = stats.day_count
+            last_day = stats.last_day
+        else:  # a cancelled order's day: as if it had never been placed
+            days = [d for d in days if d not in dead]
+            day_count = stats.early + len(days)
+            first_day = stats.first_day if stats.early else (days[0] if days else 0)
+            last_day = days[-1] if days else first_day
+            mean = (last_day - first_day) / (day_count - 1) if day_count >= 2 else None
         if mean is None:
             return None
-        day_count = stats.day_count
         n_gaps = day_count - 1
-        days = stats.days
         cv = _gap_spread(days) if n_gaps > 1 and mean > 0 and len(days) > 2 else 1.0
         confidence = round((1.0 - 1.0 / math.sqrt(n_gaps + 1)) / (1.0 + cv), 3)
-        expected = stats.last_day + mean
+        expected = last_day + mean
         status: Status
         if as_of_day >= expected:
             status = "due"
@@ -289,9 +301,10 @@ class Forecaster:
         alive, (e30, e90) = _memo_forecast(self.params, x, t_x, big_t, weeks_ahead)
         nexts = []
         next_of = self._next
+        dead = state.view.dead_days
         for kind, table in (("product", state.products), ("category", state.categories)):
             for key, stats in table.items():
-                if (n := next_of(kind, key, stats, as_of_day)) is not None:
+                if (n := next_of(kind, key, stats, as_of_day, dead)) is not None:
                     nexts.append(n)
         nexts.sort(key=_Next.order)
         max_items = self.max_items
