@@ -173,6 +173,9 @@ _REFUSED = {
                       "of an old event, never counted twice",
     "currency_mismatch": "the refund's or cancellation's currency is not its order's "
                          "currency (or that of a follow-up of the order seen before it)",
+    "event_id_reused": "an event with this event_id and another occurred_at was applied "
+                       "before: event ids must be unique (a redelivery carries the same "
+                       "event); this one is not applied",
 }
 
 

@@ -68,11 +68,19 @@ MAX_MINOR = 2**62
 #: the largest state item written (bytes; DynamoDB allows 400 KB)
 MAX_STATE_BYTES = 128_000
 ApplyStatus = Literal["applied", "duplicate", "duplicate_order", "beyond_horizon",
-                      "currency_mismatch"]
+                      "currency_mismatch", "event_id_reused"]
 
 
 def _lines(items: list[LineItem], currency: str) -> list[tuple[LineItem, int]]:
     return [(i, to_minor(i.unit_price, currency) * i.quantity) for i in items]
+
+
+def _again(seen_ts: int, ts: int) -> ApplyStatus:
+    """An event id applied before: a redelivery (``duplicate``) when it carries the time it
+    did, else ``event_id_reused`` (another event under the same id: a producer's bug, never
+    dropped silently). The state keeps each id's digest and time only, so another event
+    with the same id and time is taken for a redelivery."""
+    return "duplicate" if seen_ts == ts else "event_id_reused"
 
 
 @dataclass(slots=True)
@@ -206,7 +214,7 @@ class CustomerState:
             return "beyond_horizon"
         digest = event_digest(event.event_id)
         if digest in book.events:
-            return "duplicate"
+            return _again(book.events[digest], ts)
         order_digest = event_digest(event.order_id)
         new_order = order_digest not in book.orders
         rec = book.order(order_digest, ts)
@@ -248,7 +256,7 @@ class CustomerState:
     def _consent(self, event: ConsentEvent, ts: int) -> ApplyStatus:
         digest = event_digest(event.event_id)
         if digest in self.book.events:
-            return "duplicate"
+            return _again(self.book.events[digest], ts)
         if not self.book.beyond(ts):  # before the floor a statement is still idempotent
             self.book.events[digest] = ts
             self._compact()

@@ -336,3 +336,20 @@ def test_many_currencies_and_wide_names_stay_under_the_bound() -> None:
     s = fold(events)
     s.bound()
     assert s.size() <= MAX_STATE_BYTES
+
+
+def test_a_reused_event_id_with_another_time_is_a_dead_letter_not_a_duplicate() -> None:
+    """The same event id on another order at another time: not a redelivery, and the order
+    it carries must not vanish as one; a true redelivery (the same event) stays a
+    duplicate, and so does a consent statement's."""
+    first = buy(1, T0)
+    other = buy(2, T0 + timedelta(days=3), total="999.00").model_copy(
+        update={"event_id": first.event_id})
+    k = consent_event(4, T0 + timedelta(days=1))
+    k_again = k.model_copy(update={"occurred_at": T0 + timedelta(days=2)})
+    r = run([first, first, other, k, k, k_again])
+    assert [o.status for o in r.outcomes] == [
+        "applied", "duplicate", "rejected", "applied", "duplicate", "rejected"]
+    assert [d.kind for d in r.dead_letters] == ["event_id_reused", "event_id_reused"]
+    assert "event_id" in r.dead_letters[0].reason
+    assert r.states["c"].purchases == 1
