@@ -170,7 +170,9 @@ _REFUSED = {
     "beyond_horizon": "the event is dated before this customer's de-duplication horizon "
                       f"(the latest {ORDER_HORIZON} orders are kept one by one), so it cannot "
                       "be told from one applied long ago: most likely a redelivery or replay "
-                      "of an old event, never counted twice",
+                      "of an old event, never counted twice; or, dated in the second of the "
+                      f"newest orders, more than {2 * ORDER_HORIZON} orders in one second (the "
+                      "horizon then moves past that second)",
     "currency_mismatch": "the refund's or cancellation's currency is not its order's "
                          "currency (or that of a follow-up of the order seen before it)",
     "event_id_reused": "an event with this event_id and another occurred_at was applied "
