@@ -221,9 +221,10 @@ class Settings(BaseSettings):
     @field_validator("endpoint_url", "bedrock_endpoint_url")
     @classmethod
     def _endpoint(cls, v: str | None) -> str | None:
-        """An http(s) URL with a host, or unset."""
-        if v is None:
-            return v
+        """An http(s) URL with a host, or unset (also when set empty, as botocore takes
+        an empty ``AWS_ENDPOINT_URL``)."""
+        if not v:
+            return None
         try:
             parts = urlsplit(v)
             parts.port  # noqa: B018 - raises ValueError for a port out of range

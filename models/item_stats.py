@@ -66,6 +66,26 @@ class ItemStats:
             return None
         return (self.last_day - self.first_day) / (self.day_count - 1)
 
+    def counted(self, dead: frozenset[int]) -> tuple[list[int], int, int, float | None]:
+        """The item's purchase history without the ``dead`` days (those of cancelled orders
+        only: :attr:`models.state_view.StateView.dead_days`): the days kept one by one,
+        the distinct days in all, the last day and the mean gap in days (None below two
+        days, or when no kept day is left: the last day is then unknown, ``first_day``
+        stands in for it).
+
+        >>> s = ItemStats(orders=2, days=[0, 5, 9], first_day=0)
+        >>> s.counted(frozenset()), s.counted(frozenset({9}))
+        (([0, 5, 9], 3, 9, 4.5), ([0, 5], 2, 5, 5.0))
+        """
+        days = self.days
+        if dead and not dead.isdisjoint(days):
+            days = [d for d in days if d not in dead]
+        if not days:  # every kept day dead, or all compacted: no last day to go by
+            return days, self.early, self.first_day, None
+        count = self.early + len(days)
+        first = self.first_day if self.early else days[0]
+        return days, count, days[-1], (days[-1] - first) / (count - 1) if count > 1 else None
+
     def add_day(self, day: int) -> None:
         days = self.days
         i = bisect.bisect_left(days, day)

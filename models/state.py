@@ -75,12 +75,16 @@ def _lines(items: list[LineItem], currency: str) -> list[tuple[LineItem, int]]:
     return [(i, to_minor(i.unit_price, currency) * i.quantity) for i in items]
 
 
-def _again(seen_ts: int, ts: int) -> ApplyStatus:
+def _again(base: Compacted, seen_ts: int, ts: int) -> ApplyStatus:
     """An event id applied before: a redelivery (``duplicate``) when it carries the time it
     did, else ``event_id_reused`` (another event under the same id: a producer's bug, never
     dropped silently). The state keeps each id's digest and time only, so another event
-    with the same id and time is taken for a redelivery."""
-    return "duplicate" if seen_ts == ts else "event_id_reused"
+    with the same id and time is taken for a redelivery. A state migrated from version 1
+    (:func:`models.state_view.migrate`: its orders compacted at floor 0, its digests dated
+    at its last purchase) did not keep the times: there any time is a redelivery."""
+    if seen_ts == ts or (base.orders and not base.floor_ts and seen_ts == base.last_ts):
+        return "duplicate"
+    return "event_id_reused"
 
 
 @dataclass(slots=True)
@@ -214,7 +218,7 @@ class CustomerState:
             return "beyond_horizon"
         digest = event_digest(event.event_id)
         if digest in book.events:
-            return _again(book.events[digest], ts)
+            return _again(book.base, book.events[digest], ts)
         order_digest = event_digest(event.order_id)
         new_order = order_digest not in book.orders
         rec = book.order(order_digest, ts)
@@ -256,7 +260,7 @@ class CustomerState:
     def _consent(self, event: ConsentEvent, ts: int) -> ApplyStatus:
         digest = event_digest(event.event_id)
         if digest in self.book.events:
-            return _again(self.book.events[digest], ts)
+            return _again(self.book.base, self.book.events[digest], ts)
         if not self.book.beyond(ts):  # before the floor a statement is still idempotent
             self.book.events[digest] = ts
             self._compact()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import sys
+import unicodedata
 from collections.abc import Collection, Iterable, Sequence
 from typing import Annotated, Any, overload
 
@@ -28,7 +29,6 @@ from rich.table import Table
 from rich.text import Text
 
 from caa.progress import RichProgress
-from models.events import printable
 
 #: the ``--json`` flag of every command that prints a result
 JsonFlag = Annotated[bool, typer.Option(
@@ -51,20 +51,31 @@ def print_json(obj: Any, *, sort_keys: bool = False, indent: int | None = 2) -> 
     print(json.dumps(obj, indent=indent, sort_keys=sort_keys, default=str), flush=True)
 
 
+#: bidirectional controls (they reorder what follows on a terminal), with the line and
+#: paragraph separators; beside every character of categories Cc, Cs, Co and Cn
+_REORDERING = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
+                        "\u2066\u2067\u2068\u2069\u2028\u2029")
+
+
+def _unsafe(c: str) -> bool:
+    return c in _REORDERING or unicodedata.category(c) in ("Cc", "Cs", "Co", "Cn")
+
+
 def safe(value: str, *, lines: bool = False) -> str:
     """``value`` (text that may come from a record's payload: a category, a product, an
-    analysis) fit for a terminal: control and format characters (ANSI escapes, NUL, a
-    right-to-left override: Unicode category C) written as Python escapes
-    (:func:`models.events.printable`, uncut); line breaks kept with ``lines``.
+    analysis) fit for a terminal: control characters (ANSI escapes, NUL: Unicode category
+    Cc), bidirectional overrides and unassigned or private code points written as Python
+    escapes; other format and space characters (a zero-width joiner in an emoji, a
+    non-breaking space) are kept, and so are line breaks with ``lines``.
 
-    >>> safe("red \\x1b[31mX\\u202e"), safe("a\\nb", lines=True)
-    ('red \\\\x1b[31mX\\\\u202e', 'a\\nb')
+    >>> safe("red \\x1b[31mX\\u202e"), safe("a\\r\\nb", lines=True), safe("1\\u202f234 \\u20ac")
+    ('red \\\\x1b[31mX\\\\u202e', 'a\\nb', '1\\u202f234 €')
     """
     if value.isprintable():
         return value
     if lines:
-        return "\n".join(safe(part) for part in value.split("\n"))
-    return printable(value, limit=sys.maxsize - 1)
+        return "\n".join(safe(part) for part in value.replace("\r\n", "\n").split("\n"))
+    return "".join(repr(c)[1:-1] if _unsafe(c) else c for c in value)
 
 
 def _flat(value: str) -> str:

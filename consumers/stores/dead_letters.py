@@ -237,6 +237,8 @@ class DeadLetterStore:
         ids = {i["id"]["S"] for i in items if before is None or not _kept(i, *before)}
         if ids:
             await self.db.batch_delete(self.table, [{"id": {"S": i}} for i in sorted(ids)])
+            # deleted: a second erasure (a batch read again) neither deletes nor counts them
+            self._recent = deque(r for r in self._recent if r[2]["id"]["S"] not in ids)
         return len(ids)
 
     async def _indexed(self, customer_id: str) -> list[Item]:

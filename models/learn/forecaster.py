@@ -243,20 +243,12 @@ class Forecaster:
 
         ``dead``: the customer's days of cancelled orders only
         (:attr:`models.state_view.StateView.dead_days`): the item's stats keep the days of
-        every order placed; those do not count, as if the orders had never been placed."""
+        every order placed; those do not count, as if the orders had never been placed
+        (:meth:`ItemStats.counted`; an item none of whose kept days counts has no next
+        purchase: its last day is not known)."""
         if stats.orders <= 0:
             return None
-        days = stats.days
-        if not dead or dead.isdisjoint(days):
-            mean = stats.mean_gap
-            day_count = stats.day_count
-            last_day = stats.last_day
-        else:  # a cancelled order's day: as if it had never been placed
-            days = [d for d in days if d not in dead]
-            day_count = stats.early + len(days)
-            first_day = stats.first_day if stats.early else (days[0] if days else 0)
-            last_day = days[-1] if days else first_day
-            mean = (last_day - first_day) / (day_count - 1) if day_count >= 2 else None
+        days, day_count, last_day, mean = stats.counted(dead)
         if mean is None:
             return None
         n_gaps = day_count - 1

@@ -26,6 +26,7 @@ from models.learn.forecaster import DEFAULT_PRIOR, Forecaster
 from models.learn.segmentation import SegmentModel
 from models.money import NO_RATES, Rates
 from models.order_book import ORDER_HORIZON, PENDING_MAX
+from models.prediction import SegmentRef
 from models.state import DAY, MAX_STATE_BYTES, CustomerState
 
 T0 = datetime(2020, 1, 1, tzinfo=UTC)
@@ -353,3 +354,29 @@ def test_a_reused_event_id_with_another_time_is_a_dead_letter_not_a_duplicate() 
     assert [d.kind for d in r.dead_letters] == ["event_id_reused", "event_id_reused"]
     assert "event_id" in r.dead_letters[0].reason
     assert r.states["c"].purchases == 1
+
+
+def test_an_item_whose_kept_days_are_gone_has_no_next_purchase_and_no_gap() -> None:
+    """Milk bought 5 times long ago (those days compacted: only counted) and once lately,
+    that order cancelled: its last day is not known, so no "due every 0 days" alert, no
+    recommendation, and the AI analysis's input gives no gap either; likewise an item whose
+    days are all compacted."""
+    from models.item_stats import ItemStats
+    from models.prompt import build_input
+
+    orders = [buy(i, T0 + timedelta(days=i), lines=[("bread", 1, "2.00")]) for i in range(3)]
+    s = fold([*orders, buy(9, T0 + timedelta(days=40)), cancel(9, 9, T0 + timedelta(days=41))])
+    dead = int((T0 + timedelta(days=40)).timestamp()) // DAY
+    s.products["milk"] = ItemStats(orders=5, quantity=5, spend={"USD": 5000}, early=5,
+                                   first_day=s.first_day - 100, days=[dead])
+    s.products["tea"] = ItemStats(orders=3, quantity=3, spend={"USD": 900}, early=3,
+                                  first_day=s.first_day - 50, days=[])
+    assert s.view.dead_days == {dead}
+    at = int((T0 + timedelta(days=60)).timestamp())
+    p = Forecaster(DEFAULT_PRIOR).predict(s, SegmentRef(id=0, name="x"), at, NOW)
+    assert not {"milk", "tea"} & {n.key for n in p.next_purchases}
+    assert not {"milk", "tea"} & ({a.key for a in p.alerts} | {r.key for r in p.recommendations})
+    x = build_input(s, None, as_of_ts=at, key=b"k", reference_order_value=10.0)
+    items = {i.name: i for i in x.products}
+    assert items["milk"].avg_days_between is None and items["milk"].purchase_days == 5
+    assert items["tea"].avg_days_between is None

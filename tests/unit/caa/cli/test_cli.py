@@ -172,6 +172,16 @@ def test_the_run_summary_says_when_bedrock_answers_came_from_the_test_server(
     assert "test server" not in capsys.readouterr().out
 
 
+def test_an_empty_endpoint_variable_is_unset_as_botocore_takes_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from caa.settings import Settings
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", "")
+    s = Settings()
+    assert s.endpoint_url is None and s.bedrock_endpoint_url is None
+
+
 @pytest.mark.parametrize(("env", "line"), [
     ({"AWS_ENDPOINT_URL": "notaurl"}, "bad setting AWS_ENDPOINT_URL='notaurl'"),
     ({"AWS_ENDPOINT_URL": "http://[::1"}, "bad setting AWS_ENDPOINT_URL="),

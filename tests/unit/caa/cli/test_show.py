@@ -108,3 +108,16 @@ def test_show_writes_no_control_character_of_the_data_to_the_terminal(
     out = run_show(monkeypatch, capsys, stored(pred))
     assert "RED" in out and "\\x1b[31mRED" in out
     assert not any(c in out for c in ("\x1b", "\u202e", "\x00"))
+
+
+def test_show_keeps_joiners_and_non_breaking_spaces_of_real_names(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from caa.cli import output
+    from models.prediction import Recommendation
+
+    monkeypatch.setattr(output, "is_terminal", lambda: False)
+    name = ("\U0001f468\u200d\U0001f469\u200d\U0001f467 fam\u00a0ily "  # emoji ZWJ, NBSP
+            "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645")  # Persian, a ZWNJ
+    pred = prediction(recommendations=[Recommendation(
+        key=name, kind="category", reason="category_affinity", score=0.5)])
+    assert name in run_show(monkeypatch, capsys, stored(pred))

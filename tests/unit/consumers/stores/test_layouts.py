@@ -142,6 +142,10 @@ def test_a_state_written_before_the_bounded_layout_still_loads() -> None:
         items=[LineItem(product_id="milk", category="dairy", quantity=1,
                         unit_price=Decimal("1.00"))])
     assert s.apply(redelivered) == "duplicate"
+    # version 1 kept no times: e1, of day 1, redelivered is a duplicate too (not a reused id)
+    first = redelivered.model_copy(update={"event_id": "e1", "order_id": "o1",
+                                           "occurred_at": datetime(1970, 1, 2, tzinfo=UTC)})
+    assert s.apply(first) == "duplicate"
     assert s.apply(redelivered.model_copy(update={"event_id": "e3"})) == "applied"
     assert (s.purchases, s.purchase_days, s.spend_minor) == (3, 2, {"EUR": 3100})
 
