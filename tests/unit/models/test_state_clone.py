@@ -156,3 +156,28 @@ def test_a_purchase_on_the_compacted_part_s_last_day_is_not_a_new_day() -> None:
     days = s.purchase_days
     s.apply(late)
     assert s._view is not None and s.purchase_days == days == StateView.of(s.book).purchase_days
+
+
+def test_the_view_after_orders_are_folded_under_a_floor_moved_by_other_events() -> None:
+    """576 purchases, then 1,200 consent statements (their digests move the floor past every
+    order, folding none), then one more purchase: the orders beyond the horizon are folded
+    while the floor stays where the statements put it; the view kept across that purchase
+    must still be the one computed from scratch."""
+    from models.events import ConsentEvent
+    from models.order_book import ORDER_HORIZON
+
+    s = CustomerState.new("c")
+    n = ORDER_HORIZON + ORDER_HORIZON // 8
+    for i in range(n):
+        s.apply(purchase(i, i, "milk"))
+    t0 = T0 + timedelta(days=n + 30)
+    for i in range(1200):
+        s.apply(ConsentEvent(type="consent", event_id=f"k{i}", customer_id="c",
+                             occurred_at=t0 + timedelta(minutes=i), analysis=True))
+    floor, folded = s.book.base.floor_ts, s.book.base.orders
+    assert floor > 0 and folded == 0
+    s.view  # noqa: B018 - the view kept before the purchase
+    assert s.apply(purchase(n, n + 60, "milk", order=n)) == "applied"
+    assert s.book.base.floor_ts == floor and s.book.base.orders > 0  # folded, floor put
+    assert s._view is None or s._view == StateView.of(s.book)
+    assert s.view == StateView.of(s.book)
