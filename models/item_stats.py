@@ -61,10 +61,9 @@ class ItemStats:
 
     @property
     def mean_gap(self) -> float | None:
-        """Mean days between distinct purchase days, over all of them; None below two."""
-        if self.day_count < 2:
-            return None
-        return (self.last_day - self.first_day) / (self.day_count - 1)
+        """Mean days between distinct purchase days, over all of them; None below two, or
+        when every kept day is compacted (:meth:`counted`)."""
+        return self.counted(frozenset())[3]
 
     def counted(self, dead: frozenset[int]) -> tuple[list[int], int, int, float | None]:
         """The item's purchase history without the ``dead`` days (those of cancelled orders

@@ -34,7 +34,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from consumers.core import Position, Rejected, StreamRecord, arrival
-from consumers.stores.dynamo import Dynamo, Item, Rejection, from_attr, now_iso
+from consumers.stores.dynamo import Dynamo, Item, Rejection, error_code, from_attr, now_iso
 
 #: payload bytes kept in a dead letter; the rest of the 400 KB item is left for the others
 MAX_PAYLOAD_BYTES = 350_000
@@ -45,9 +45,12 @@ MAX_REASON_CHARS = 2_000
 #: :meth:`DeadLetterStore.erase` queries. Letters with an empty partition key lack the
 #: attribute (an index key cannot be empty) and are not in it
 BY_PARTITION_KEY = "by-partition-key"
-#: the attributes an erasure reads of each letter (``stream`` is a reserved word)
-_POSITION = "id, #stream, shard_id, sequence_number, sub_sequence_number"
+#: the attributes an erasure reads of each letter, and the projection that reads them
+#: (``stream`` is a reserved word)
 _POSITION_KEYS = ("id", "stream", "shard_id", "sequence_number", "sub_sequence_number")
+_POSITION: dict[str, Any] = {
+    "ProjectionExpression": ", ".join(f"#{k}" if k == "stream" else k for k in _POSITION_KEYS),
+    "ExpressionAttributeNames": {"#stream": "stream"}}
 #: seconds a store remembers the positions of the letters it wrote, for an erasure the same
 #: process applies (the index shows a letter within about a second), and at most how many
 RECENT_S = 60.0
@@ -232,7 +235,7 @@ class DeadLetterStore:
             items = await self.db.scan(
                 self.table, FilterExpression="partition_key = :c",
                 ExpressionAttributeValues={":c": {"S": customer_id}}, ConsistentRead=True,
-                ProjectionExpression=_POSITION, ExpressionAttributeNames={"#stream": "stream"})
+                **_POSITION)
         items += [i for _, key, i in self._recent if key == customer_id]
         ids = {i["id"]["S"] for i in items if before is None or not _kept(i, *before)}
         if ids:
@@ -244,15 +247,13 @@ class DeadLetterStore:
     async def _indexed(self, customer_id: str) -> list[Item]:
         return await self.db.query(
             self.table, IndexName=BY_PARTITION_KEY, KeyConditionExpression="partition_key = :c",
-            ExpressionAttributeValues={":c": {"S": customer_id}}, ProjectionExpression=_POSITION,
-            ExpressionAttributeNames={"#stream": "stream"})
+            ExpressionAttributeValues={":c": {"S": customer_id}}, **_POSITION)
 
 
 def _empty_index_key(exc: ClientError) -> bool:
     """Is this DynamoDB's refusal of an item whose index key is an empty string?"""
-    error = exc.response.get("Error", {})
-    message = str(error.get("Message", "")).lower()
-    return (error.get("Code") == "ValidationException" and "empty string" in message
+    message = str(exc.response.get("Error", {}).get("Message", "")).lower()
+    return (error_code(exc) == "ValidationException" and "empty string" in message
             and "index" in message)
 
 
@@ -261,6 +262,5 @@ def _no_index(exc: ClientError) -> bool:
     (DynamoDB: ValidationException, "The table does not have the specified index" or
     "Cannot read from backfilling global secondary index"; moto: ResourceNotFoundException,
     "Invalid index")"""
-    error = exc.response.get("Error", {})
-    return (error.get("Code") in ("ValidationException", "ResourceNotFoundException")
-            and "index" in str(error.get("Message", "")).lower())
+    return (error_code(exc) in ("ValidationException", "ResourceNotFoundException")
+            and "index" in str(exc.response.get("Error", {}).get("Message", "")).lower())
