@@ -56,6 +56,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     ValidationError,
     model_validator,
 )
@@ -98,6 +99,21 @@ def _date_time_text(value: object) -> object:
     return value
 
 
+def _not_boolean(value: object) -> object:
+    """A count or a version is a JSON number: ``true`` is refused (pydantic would read it
+    as 1, so ``"quantity": true`` became one item and ``"schema_version": true`` version
+    1). Numbers and digit texts go on to the field's own checks."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not a boolean")
+    return value
+
+
+#: the schema version an event declares (1; ``true`` is not 1)
+Version = Annotated[Literal[1], BeforeValidator(_not_boolean)]
+#: a line's quantity: a whole number of units, 1..100,000 (``true`` is not 1)
+Quantity = Annotated[int, Field(gt=0, le=100_000), BeforeValidator(_not_boolean)]
+
+
 #: when an event happened: ISO 8601 text with an offset (:func:`_date_time_text`)
 Timestamp = Annotated[AwareDatetime, BeforeValidator(_date_time_text)]
 
@@ -137,7 +153,7 @@ class LineItem(BaseModel):
 
     product_id: Identifier
     category: Label
-    quantity: Annotated[int, Field(gt=0, le=100_000)]
+    quantity: Quantity
     unit_price: Money
 
 
@@ -170,7 +186,7 @@ class PurchaseEvent(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    schema_version: Literal[1] = 1
+    schema_version: Version = 1
     event_id: Identifier
     order_id: Identifier
     customer_id: Identifier
@@ -179,7 +195,8 @@ class PurchaseEvent(BaseModel):
     items: Annotated[list[LineItem], Field(min_length=1, max_length=500)]
     total: Money
     channel: Channel = "web"
-    consent: bool | None = None
+    #: a JSON boolean only ("no", 0 or "off" are refused, as the API refuses them)
+    consent: StrictBool | None = None
     contact: Contact | None = None
 
     @model_validator(mode="after")
@@ -199,7 +216,7 @@ class _Statement(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    schema_version: Literal[1] = 1
+    schema_version: Version = 1
     event_id: Identifier
     customer_id: Identifier
     occurred_at: Timestamp
@@ -212,7 +229,8 @@ class ConsentEvent(_Statement):
     """The customer's statement on AI analysis of their features; the latest one wins."""
 
     type: Literal["consent"]
-    analysis: bool
+    #: a JSON boolean only ("no", 0 or "off" are refused, as the API refuses them)
+    analysis: StrictBool
 
 
 class ErasureEvent(_Statement):
@@ -226,7 +244,7 @@ class _OrderFollowUp(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    schema_version: Literal[1] = 1
+    schema_version: Version = 1
     event_id: Identifier
     order_id: Identifier
     customer_id: Identifier

@@ -11,9 +11,9 @@ from caa.aws import Aws
 from caa.cli import output
 from caa.cli.analyzer import Wait
 from caa.cli.context import current
-from caa.cli.customers import CustomerId, analysis_rows
+from caa.cli.customers import CustomerId, analysis_rows, check_customer_id
 from caa.cli.output import JsonFlag
-from caa.errors import BadInput, CaaError, NotFound
+from caa.errors import CaaError, NotFound
 from caa.settings import Settings
 from consumers.stores.dynamo import Dynamo
 from consumers.stores.usage import daily_usage, non_aws_endpoints, simulated_note
@@ -72,15 +72,10 @@ def costs(settings: Settings, aws: Aws, as_json: bool) -> int:
     return 0
 
 
-def _check_id(customer_id: str) -> None:
-    if not customer_id.strip():
-        raise BadInput("a customer id is needed, not an empty string")
-
-
 def history(settings: Settings, aws: Aws, customer_id: str, limit: int, as_json: bool) -> int:
     """``caa history``: a customer's last ``limit`` analyses, newest first (none yet: an
     empty list); :class:`NotFound` for a customer with no prediction."""
-    _check_id(customer_id)
+    check_customer_id(customer_id)
     recs, known = asyncio.run(_history(settings, aws, customer_id, limit))
     if not known:
         raise NotFound(f"no customer {customer_id!r} with a prediction")
@@ -136,7 +131,7 @@ def analyze(settings: Settings, aws: Aws, customer_id: str, as_json: bool = Fals
     the answer is waited for up to ``wait_s``; :data:`NOT_YET` when it did not come."""
     from caa.cli.analyzer import queued_analysis
 
-    _check_id(customer_id)
+    check_customer_id(customer_id)
     queued = settings.analysis_queue is not None and settings.analyzer == "bedrock"
     out = asyncio.run(queued_analysis(settings, aws, customer_id, wait_s) if queued
                       else analysis(settings, aws, customer_id))

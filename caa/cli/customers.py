@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
 import typer
+from pydantic import TypeAdapter, ValidationError
 
 from caa.aws import Aws
 from caa.cli import output
@@ -17,8 +18,25 @@ from caa.cli.output import JsonFlag
 from caa.errors import BadInput, NotFound
 from caa.settings import Settings
 from consumers.stores.dynamo import Dynamo
+from models.events import Identifier
 
 T = TypeVar("T")
+
+_IDENTIFIER: TypeAdapter[str] = TypeAdapter(Identifier)
+
+
+def check_customer_id(customer_id: str) -> None:
+    """Raise :class:`BadInput` unless ``customer_id`` is one the events can carry (the wire
+    schema's identifier rule): before anything is read, erased or published, so a wrong
+    argument (a pasted line, a 5,000-character text) is one short line, not echoed whole."""
+    if not customer_id.strip():
+        raise BadInput("a customer id is needed, not an empty string")
+    try:
+        _IDENTIFIER.validate_python(customer_id)
+    except ValidationError:
+        raise BadInput(f"not a customer id: {customer_id[:64]!r}"
+                       f"{'...' if len(customer_id) > 64 else ''} (1 to 64 of A-Z a-z 0-9 "
+                       "and . _ : @ -, as events carry it)") from None
 
 
 def _read(aws: Aws, read: Callable[[Dynamo], Awaitable[T]]) -> T:
@@ -124,8 +142,7 @@ def show(settings: Settings, aws: Aws, customer_id: str, as_json: bool) -> int:
     """``caa show``: :class:`NotFound` when the customer has no prediction."""
     from consumers.stores.predictions import PredictionStore
 
-    if not customer_id.strip():
-        raise BadInput("a customer id is needed, not an empty string")
+    check_customer_id(customer_id)
     pred = _read(aws, lambda db: PredictionStore(db, settings.tables.predictions).get(
         customer_id))
     if pred is None:

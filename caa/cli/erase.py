@@ -6,20 +6,15 @@ import asyncio
 from dataclasses import asdict
 
 import typer
-from pydantic import TypeAdapter, ValidationError
 
 from caa.aws import Aws
 from caa.cli import output
 from caa.cli.context import current
-from caa.cli.customers import CustomerId
+from caa.cli.customers import CustomerId, check_customer_id
 from caa.cli.output import JsonFlag
-from caa.errors import BadInput
 from caa.settings import Settings
 from consumers.ops import erasure
 from consumers.ops.erasure import ErasureReport
-from models.events import Identifier
-
-_IDENTIFIER: TypeAdapter[str] = TypeAdapter(Identifier)
 
 
 async def run(settings: Settings, aws: Aws, customer_id: str) -> ErasureReport:
@@ -28,19 +23,6 @@ async def run(settings: Settings, aws: Aws, customer_id: str) -> ErasureReport:
     async with aws.clients("kinesis", "dynamodb") as c:
         db = wiring.dynamo(settings, c["dynamodb"])
         return await erasure.erase(wiring.erasure_targets(settings), c["kinesis"], db, customer_id)
-
-
-def check_customer_id(customer_id: str) -> None:
-    """Raise :class:`BadInput` unless the erasure event can carry ``customer_id`` (the wire
-    schema's identifier rule), before anything is erased or published."""
-    if not customer_id.strip():
-        raise BadInput("a customer id is needed, not an empty string")
-    try:
-        _IDENTIFIER.validate_python(customer_id)
-    except ValidationError:
-        raise BadInput(f"not a customer id: {customer_id[:64]!r}"
-                       f"{'...' if len(customer_id) > 64 else ''} (1 to 64 of A-Z a-z 0-9 "
-                       "and . _ : @ -, as events carry it)") from None
 
 
 def erase(settings: Settings, aws: Aws, customer_id: str, as_json: bool) -> int:

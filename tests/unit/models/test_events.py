@@ -107,6 +107,46 @@ def test_consent_and_erasure_events_decode_and_bad_types_are_rejected():
         decode_event(enc(good(type="purchase")))
 
 
+_STATEMENT = {"event_id": "k1", "customer_id": "00042", "occurred_at": "2024-01-01T00:00:00Z"}
+_LINE = {"product_id": "p", "category": "k", "quantity": 1, "unit_price": "2.50"}
+_OF_EVERY_TYPE = [
+    good(), {**_STATEMENT, "type": "consent", "analysis": True},
+    {**_STATEMENT, "type": "erasure"},
+    {**_STATEMENT, "type": "refund", "order_id": "o1", "currency": "EUR", "amount": "2.50",
+     "items": [_LINE]},
+    {**_STATEMENT, "type": "cancellation", "order_id": "o1", "currency": "EUR",
+     "items": [_LINE]},
+]
+
+
+@pytest.mark.parametrize("event", _OF_EVERY_TYPE, ids=lambda e: e.get("type", "purchase"))
+def test_a_boolean_is_never_read_as_a_number(event: dict[str, Any]):
+    """JSON ``true`` is not the number 1: pydantic's lax mode took ``"schema_version": true``
+    for version 1 and ``"quantity": true`` for one unit."""
+    decode_event(enc(event))  # the event as given is good
+    with pytest.raises(EventRejected, match="unknown_version: schema_version true"):
+        decode_event(enc({**event, "schema_version": True}))
+    if "items" in event:
+        for flag in (True, False):
+            bad = {**event, "items": [{**_LINE, "quantity": flag}]}
+            with pytest.raises(EventRejected, match=r"items\.0\.quantity: .*not a boolean"):
+                decode_event(enc(bad))
+    assert decode_event(enc({**event, "schema_version": 1})).schema_version == 1
+
+
+@pytest.mark.parametrize("text", ['"yes"', '"no"', '"off"', '"true"', "1", "0", "0.0"])
+def test_consent_flags_are_json_booleans(text: str):
+    """A consent statement is a JSON ``true`` or ``false``: ``"no"``, ``0`` or ``"off"``
+    were read as consent refused (and ``"yes"``, ``1`` as granted), as the API never did."""
+    consent = json.dumps({**_STATEMENT, "type": "consent", "analysis": True})
+    with pytest.raises(EventRejected, match="schema: analysis: Input should be a valid boolean"):
+        decode_event(consent.replace("true", text).encode())
+    purchase = json.dumps(good(consent=True))
+    with pytest.raises(EventRejected, match="schema: consent: Input should be a valid boolean"):
+        decode_event(purchase.replace("true", text).encode())
+    assert decode_event(purchase.encode()).consent is True  # type: ignore[union-attr]
+
+
 def test_money_is_checked_against_the_currency_minor_unit():
     # JPY has no minor unit, KWD three decimals, ABC is no ISO 4217 currency
     line = {"product_id": "p", "category": "k", "quantity": 1}
