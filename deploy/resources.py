@@ -41,12 +41,13 @@ class Index:
                                "NonKeyAttributes": list(self.include)}}
 
 
-#: tables with a global secondary index: the dead letters by partition key, so an erasure
-#: queries one customer's letters instead of scanning them all
-#: (consumers.stores.dead_letters.BY_PARTITION_KEY)
-INDEXES = {"dead-letters": Index("by-partition-key", "partition_key", "id",
-                                 ("stream", "shard_id", "sequence_number",
-                                  "sub_sequence_number"))}
+_POSITION = ("stream", "shard_id", "sequence_number", "sub_sequence_number")
+#: tables' global secondary indexes: the dead letters by partition key and by the customer
+#: their payload names, so an erasure queries one customer's letters instead of scanning
+#: them all (consumers.stores.dead_letters.BY_PARTITION_KEY, BY_CUSTOMER_ID)
+INDEXES: dict[str, tuple[Index, ...]] = {"dead-letters": (
+    Index("by-partition-key", "partition_key", "id", _POSITION),
+    Index("by-customer-id", "customer_id", "id", _POSITION))}
 #: tables whose items expire (attribute holding the epoch second): the history, and the
 #: erasure tombstones among the latest analyses (consumers/stores/analyses.py)
 TTL = {"analyses": "expires_at", "analysis-history": "expires_at"}
@@ -134,12 +135,13 @@ def _attributes(*names: str | None) -> list[dict[str, str]]:
 
 
 def ensure_table(dynamodb: Any, name: str, hash_key: str, range_key: str | None,
-                 index: Index | None = None) -> bool:
+                 indexes: tuple[Index, ...] = ()) -> bool:
     schema = [{"AttributeName": hash_key, "KeyType": "HASH"}]
     if range_key:
         schema.append({"AttributeName": range_key, "KeyType": "RANGE"})
-    keys = (hash_key, range_key) + ((index.hash_key, index.range_key) if index else ())
-    extra: dict[str, Any] = {"GlobalSecondaryIndexes": [index.spec()]} if index else {}
+    keys = (hash_key, range_key, *(k for i in indexes for k in (i.hash_key, i.range_key)))
+    extra: dict[str, Any] = ({"GlobalSecondaryIndexes": [i.spec() for i in indexes]}
+                             if indexes else {})
     created = False
     try:
         dynamodb.create_table(
@@ -155,13 +157,21 @@ def ensure_table(dynamodb: Any, name: str, hash_key: str, range_key: str | None,
     return created
 
 
+class IndexPending(RuntimeError):
+    """DynamoDB builds one index of a table at a time: this one must wait for the other
+    (``caa setup`` again, minutes later, adds it)."""
+
+
 def ensure_index(dynamodb: Any, name: str, index: Index) -> bool:
     """Add ``index`` to the existing table ``name`` unless it has it; True if added now.
 
     Items whose index hash key is an empty string lose that attribute first (no item may
     have one once the index exists: DynamoDB would refuse every later write of it). The
     index is not waited for: DynamoDB builds it from the items already there (minutes on a
-    large table), and its readers fall back to what they did without it meanwhile."""
+    large table), and its readers fall back to what they did without it meanwhile.
+    :class:`IndexPending` when the table is building another index (DynamoDB creates one
+    at a time per table: ``LimitExceededException``, or ``ResourceInUseException`` while
+    the table is updating)."""
     table = dynamodb.describe_table(TableName=name)["Table"]
     if any(i["IndexName"] == index.name for i in table.get("GlobalSecondaryIndexes", [])):
         return False
@@ -174,9 +184,15 @@ def ensure_index(dynamodb: Any, name: str, index: Index) -> bool:
         dynamodb.update_item(TableName=name, Key={k: item[k] for k in keys.values()},
                              UpdateExpression="REMOVE #k",
                              ExpressionAttributeNames={"#k": index.hash_key})
-    dynamodb.update_table(
-        TableName=name, AttributeDefinitions=_attributes(index.hash_key, index.range_key),
-        GlobalSecondaryIndexUpdates=[{"Create": index.spec()}])
+    try:
+        dynamodb.update_table(
+            TableName=name, AttributeDefinitions=_attributes(index.hash_key, index.range_key),
+            GlobalSecondaryIndexUpdates=[{"Create": index.spec()}])
+    except (dynamodb.exceptions.LimitExceededException,
+            dynamodb.exceptions.ResourceInUseException) as exc:
+        raise IndexPending(f"index {index.name} on {name} not added yet: the table is "
+                           f"building another one ({exc.response['Error'].get('Code')}); "
+                           "run setup again when it is done") from None
     return True
 
 
@@ -202,22 +218,28 @@ def ensure_table_stream(dynamodb: Any, name: str, view_type: str) -> bool:
 
 def ensure_resources(kinesis: Any, dynamodb: Any, *, stream_name: str, shard_count: int,
                      tables: TableNames) -> list[str]:
-    """Everything the consumer and publisher need; returns what was created now."""
+    """Everything the consumer and publisher need; returns what was created now (and, for
+    an index DynamoDB cannot add yet, why: :class:`IndexPending`)."""
     created = []
     if ensure_stream(kinesis, stream_name, shard_count):
         created.append(f"stream {stream_name} ({shard_count} shards)")
     for table, (hk, rk) in KEYS.items():
         name = tables.name(table)
-        index = INDEXES.get(table)
-        if ensure_table(dynamodb, name, hk, rk, index):
+        indexes = INDEXES.get(table, ())
+        if ensure_table(dynamodb, name, hk, rk, indexes):
             created.append(f"table {name}")
             if table in TTL:
                 dynamodb.update_time_to_live(
                     TableName=name,
                     TimeToLiveSpecification={"Enabled": True, "AttributeName": TTL[table]},
                 )
-        elif index is not None and ensure_index(dynamodb, name, index):
-            created.append(f"index {index.name} on {name}")
+        else:
+            for index in indexes:
+                try:
+                    if ensure_index(dynamodb, name, index):
+                        created.append(f"index {index.name} on {name}")
+                except IndexPending as exc:  # the next setup adds it; the rest goes on
+                    created.append(str(exc))
         if table in STREAMS and ensure_table_stream(dynamodb, name, STREAMS[table]):
             created.append(f"stream on {name} ({STREAMS[table]})")
     return created

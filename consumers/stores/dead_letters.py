@@ -24,6 +24,7 @@ errors do raise :class:`~consumers.stores.dynamo.WriteFailed`, as for every writ
 from __future__ import annotations
 
 import hashlib
+import re
 import sys
 import time
 from collections import deque
@@ -45,6 +46,11 @@ MAX_REASON_CHARS = 2_000
 #: :meth:`DeadLetterStore.erase` queries. Letters with an empty partition key lack the
 #: attribute (an index key cannot be empty) and are not in it
 BY_PARTITION_KEY = "by-partition-key"
+#: the global secondary index by ``customer_id`` (hash) and ``id`` (range), same projection:
+#: the letters whose payload names a customer other than their partition key (a producer
+#: keying records by order id, say: every record a ``partition_key`` dead letter carrying
+#: the customer's data); sparse, only those letters have the attribute
+BY_CUSTOMER_ID = "by-customer-id"
 #: the attributes an erasure reads of each letter, and the projection that reads them
 #: (``stream`` is a reserved word)
 _POSITION_KEYS = ("id", "stream", "shard_id", "sequence_number", "sub_sequence_number")
@@ -55,6 +61,27 @@ _POSITION: dict[str, Any] = {
 #: process applies (the index shows a letter within about a second), and at most how many
 RECENT_S = 60.0
 RECENT_MAX = 10_000
+
+
+#: ``"customer_id": "..."`` in a payload, JSON or not (a broken record is the usual dead
+#: letter), with the wire schema's identifier rule: an id an erasure can name
+_NAMED = re.compile(rb'"customer_id"\s*:\s*"([A-Za-z0-9._:@-]{1,64})"')
+
+
+def named_customer(data: bytes, partition_key: str) -> str | None:
+    """The first customer id the payload names that is not its partition key (None: none,
+    or only the key): whose letter it is too, for an erasure.
+
+    >>> named_customer(b'{"customer_id": "c-9", "order_id": "o-1"', "o-1")
+    'c-9'
+    >>> named_customer(b'{"customer_id": "c-9"}', "c-9") is None
+    True
+    """
+    for match in _NAMED.finditer(data):
+        named = match.group(1).decode("ascii")
+        if named != partition_key:
+            return named
+    return None
 
 
 def _payload(data: bytes) -> Item:
@@ -108,6 +135,9 @@ def dead_letter_item(r: Rejected) -> Item:
            if rec.sub_sequence_number else {}),
         # absent when empty: it keys the table's index (a key attribute cannot be empty)
         **({"partition_key": {"S": rec.partition_key[:256]}} if rec.partition_key else {}),
+        # keys the second index: the customer the payload names, when not the key
+        **({"customer_id": {"S": named}}
+           if (named := named_customer(rec.data, rec.partition_key)) else {}),
         **_payload(rec.data),
         "kind": {"S": r.kind},
         "reason": {"S": _cut(r.reason)},
@@ -140,9 +170,11 @@ class DeadLetterStore:
     lost: int = 0
     #: seconds, for :data:`RECENT_S`
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)
-    #: (when, partition key, position attributes) of the letters written in the last
-    #: :data:`RECENT_S`, oldest first (no payload kept)
-    _recent: deque[tuple[float, str, Item]] = field(default_factory=deque, repr=False)
+    #: (when, customers, position attributes) of the letters written in the last
+    #: :data:`RECENT_S`, oldest first (no payload kept): customers are the partition key
+    #: and the customer the payload names (:func:`named_customer`)
+    _recent: deque[tuple[float, frozenset[str], Item]] = field(default_factory=deque,
+                                                                repr=False)
 
     async def save(self, rejected: Sequence[Rejected]) -> list[Rejection]:
         """Write the letters; the ones DynamoDB refused even bare (usually none). Never
@@ -162,8 +194,8 @@ class DeadLetterStore:
 
     def _remember(self, items: list[Item]) -> None:
         now, recent = self.clock(), self._recent
-        recent.extend((now, key, {k: i[k] for k in _POSITION_KEYS if k in i})
-                      for i in items if (key := i.get("partition_key", {}).get("S")))
+        recent.extend((now, keys, {k: i[k] for k in _POSITION_KEYS if k in i})
+                      for i in items if (keys := _customers(i)))
         while recent and (len(recent) > RECENT_MAX or recent[0][0] < now - RECENT_S):
             recent.popleft()
 
@@ -213,30 +245,35 @@ class DeadLetterStore:
 
     async def erase(self, customer_id: str, before: tuple[str, Position] | None = None
                     ) -> int:
-        """Delete the dead letters published under the customer's partition key: how many.
+        """Delete the customer's dead letters: those published under their partition key
+        and those whose payload names them under another key (:func:`named_customer`);
+        how many.
 
         ``before``: the stream and position of an erasure event the consumer applied; the
         letters of records after it on its shard (a new customer's, in the same batch) are
         kept, and so are other streams' (a table shared by several).
 
-        A Query of the index :data:`BY_PARTITION_KEY` (the customer's letters only: its
-        cost does not grow with the table). The index is eventually consistent (a letter
-        shows there within about a second), so the letters this store wrote in the last
+        A Query of each index, :data:`BY_PARTITION_KEY` and :data:`BY_CUSTOMER_ID` (the
+        customer's letters only: the cost does not grow with the table). The indexes are
+        eventually consistent (a letter shows there within about a second), so the letters
+        this store wrote in the last
         :data:`RECENT_S` seconds are deleted by key as well: an erasure applied by the
         process that wrote the customer's letters just before (its batch, the batches before
         it) misses none; a letter another process wrote under a second before can be missed
         (``caa erase`` again deletes it). A table without the index (made before it, or
         while it is being built) is read by a strongly consistent Scan of the whole table."""
         try:
-            items = await self._indexed(customer_id)
+            items = [i for index, key in ((BY_PARTITION_KEY, "partition_key"),
+                                          (BY_CUSTOMER_ID, "customer_id"))
+                     for i in await self._indexed(index, key, customer_id)]
         except ClientError as exc:
             if not _no_index(exc):
                 raise
             items = await self.db.scan(
-                self.table, FilterExpression="partition_key = :c",
+                self.table, FilterExpression="partition_key = :c OR customer_id = :c",
                 ExpressionAttributeValues={":c": {"S": customer_id}}, ConsistentRead=True,
                 **_POSITION)
-        items += [i for _, key, i in self._recent if key == customer_id]
+        items += [i for _, keys, i in self._recent if customer_id in keys]
         ids = {i["id"]["S"] for i in items if before is None or not _kept(i, *before)}
         if ids:
             await self.db.batch_delete(self.table, [{"id": {"S": i}} for i in sorted(ids)])
@@ -244,10 +281,15 @@ class DeadLetterStore:
             self._recent = deque(r for r in self._recent if r[2]["id"]["S"] not in ids)
         return len(ids)
 
-    async def _indexed(self, customer_id: str) -> list[Item]:
+    async def _indexed(self, index: str, key: str, customer_id: str) -> list[Item]:
         return await self.db.query(
-            self.table, IndexName=BY_PARTITION_KEY, KeyConditionExpression="partition_key = :c",
+            self.table, IndexName=index, KeyConditionExpression=f"{key} = :c",
             ExpressionAttributeValues={":c": {"S": customer_id}}, **_POSITION)
+
+
+def _customers(item: Item) -> frozenset[str]:
+    """Whose letter ``item`` is: its partition key, and the customer its payload names."""
+    return frozenset(v["S"] for k in ("partition_key", "customer_id") if (v := item.get(k)))
 
 
 def _empty_index_key(exc: ClientError) -> bool:

@@ -13,7 +13,7 @@ import pytest
 from caa.aws import Aws
 from caa.settings import Settings
 from consumers.core import Rejected, StreamRecord
-from consumers.stores.dead_letters import BY_PARTITION_KEY, DeadLetterStore
+from consumers.stores.dead_letters import BY_CUSTOMER_ID, BY_PARTITION_KEY, DeadLetterStore
 from consumers.stores.dynamo import Dynamo
 from deploy.resources import INDEXES, ensure_index, ensure_table
 
@@ -21,15 +21,19 @@ pytestmark = pytest.mark.integration
 
 
 def _letters(stream: str) -> list[Rejected]:
-    """c1's letters on two shards (one after its erasure at shard-0/5), c2's, and one
-    without a partition key (such a letter has no index key: it must still be stored)."""
-    def letter(key: str, shard: str, seq: int) -> Rejected:
-        return Rejected(StreamRecord(b"{oops " + key.encode(), str(seq), key, shard, stream),
-                        "not_json", "not JSON")
+    """c1's letters on two shards (one after its erasure at shard-0/5), c2's, one without a
+    partition key (such a letter has no index key: it must still be stored), and one keyed
+    by an order id whose payload is c1's (a producer keying by order: a ``partition_key``
+    dead letter carrying the customer's data)."""
+    def letter(key: str, shard: str, seq: int, data: bytes = b"") -> Rejected:
+        return Rejected(StreamRecord(data or b"{oops " + key.encode(), str(seq), key, shard,
+                                     stream), "not_json", "not JSON")
 
+    by_order = b'{"customer_id": "c1", "order_id": "o-7", "contact": {"email": "c1@x.org"}}'
     return [letter("c1", "shard-0", 1), letter("c1", "shard-0", 3),
             letter("c1", "shard-1", 2), letter("c1", "shard-0", 9),
-            letter("c2", "shard-0", 4), letter("c2", "shard-1", 6), letter("", "shard-0", 7)]
+            letter("c2", "shard-0", 4), letter("c2", "shard-1", 6), letter("", "shard-0", 7),
+            letter("o-7", "shard-1", 8, by_order)]
 
 
 async def _erase(s: Settings, table: str, customer_id: str, at: tuple[str, str, int]
@@ -60,7 +64,8 @@ def test_an_erasure_queries_the_customers_letters_only(
     s = fresh_settings()
     erased, calls, left = asyncio.run(_erase(s, s.table("dead-letters"), "c1",
                                              ("shard-0", "5", 0)))
-    assert erased == 3  # shard-0/1, shard-0/3 and shard-1/2; shard-0/9 came after it
+    # shard-0/1, shard-0/3, shard-1/2 and the one keyed o-7; shard-0/9 came after it
+    assert erased == 4
     assert "Query" in calls and "Scan" not in calls
     stream = s.stream_name
     assert left == sorted(f"{stream}/{x}" for x in ("shard-0/9", "shard-0/4", "shard-1/6",
@@ -75,20 +80,24 @@ def test_a_table_made_before_the_index_is_erased_by_a_scan_and_gets_the_index(
     assert ensure_table(ddb, old, "id", None)  # as every setup before the index made it
     erased, calls, left = asyncio.run(_erase(s, old, "c2", ("shard-9", "0", 0)))
     assert erased == 2 and "Scan" in calls
-    assert len(left) == 5
+    assert len(left) == 6
     # as the code before the index stored a letter without a partition key: no item may keep
     # an empty index key once the index exists (every later write of it would be refused)
     ddb.put_item(TableName=old, Item={"id": {"S": "old/letter"}, "partition_key": {"S": ""},
                                       "status": {"S": "open"}})
-    index = INDEXES["dead-letters"]
-    assert index.name == BY_PARTITION_KEY
-    assert ensure_index(ddb, old, index) and not ensure_index(ddb, old, index)
+    # with the first index only (as setup made it before the second): still a Scan
+    first, second = INDEXES["dead-letters"]
+    assert (first.name, second.name) == (BY_PARTITION_KEY, BY_CUSTOMER_ID)
+    assert ensure_index(ddb, old, first) and not ensure_index(ddb, old, first)
+    erased, calls, left = asyncio.run(_erase(s, old, "c1", ("shard-9", "0", 0)))
+    assert erased == 5 and "Scan" in calls  # every c1 letter: the erasure was elsewhere
+    assert ensure_index(ddb, old, second) and not ensure_index(ddb, old, second)
     described = ddb.describe_table(TableName=old)["Table"]["GlobalSecondaryIndexes"]
-    assert [i["IndexName"] for i in described] == [BY_PARTITION_KEY]
+    assert [i["IndexName"] for i in described] == [BY_PARTITION_KEY, BY_CUSTOMER_ID]
     item = ddb.get_item(TableName=old, Key={"id": {"S": "old/letter"}})["Item"]
     assert "partition_key" not in item
     erased, calls, left = asyncio.run(_erase(s, old, "c1", ("shard-9", "0", 0)))
-    assert erased == 4 and "Scan" not in calls  # every c1 letter: the erasure was elsewhere
+    assert erased == 5 and "Scan" not in calls and calls.count("Query") == 2
     assert len(left) == 4  # c2's two, saved again, the one without a key, the old one
 
     async def redrive_marks() -> None:  # the old letter can still be marked

@@ -9,7 +9,7 @@ from typing import Any
 
 from cfnlint.decode import decode
 
-from consumers.stores.dead_letters import _POSITION_KEYS, BY_PARTITION_KEY
+from consumers.stores.dead_letters import _POSITION_KEYS, BY_CUSTOMER_ID, BY_PARTITION_KEY
 from deploy.resources import INDEXES, KEYS, TTL
 
 TEMPLATE = Path(__file__).resolve().parents[3] / "deploy" / "template.yaml"
@@ -117,14 +117,14 @@ def test_dynamodb_actions_only_on_our_tables_and_every_table_as_the_code_expects
         assert p["SSESpecification"] == {"SSEEnabled": True}
         ttl = p.get("TimeToLiveSpecification")
         assert (ttl["AttributeName"] if ttl else None) == TTL.get(name)
-        index = INDEXES.get(name)
-        assert p.get("GlobalSecondaryIndexes", []) == ([index.spec()] if index else [])
+        declared = INDEXES.get(name, ())
+        assert p.get("GlobalSecondaryIndexes", []) == [i.spec() for i in declared]
         assert sorted(a["AttributeName"] for a in p["AttributeDefinitions"]) == sorted(
-            {hk, rk or hk, *((index.hash_key, index.range_key) if index else ())})
-    assert INDEXES["dead-letters"].name == BY_PARTITION_KEY
-    # the index projects what the erase reads of each letter
-    index = INDEXES["dead-letters"]
-    assert {index.range_key, *index.include} == set(_POSITION_KEYS)
+            {hk, rk or hk, *(k for i in declared for k in (i.hash_key, i.range_key))})
+    assert [i.name for i in INDEXES["dead-letters"]] == [BY_PARTITION_KEY, BY_CUSTOMER_ID]
+    # each index projects what the erase reads of each letter
+    for index in INDEXES["dead-letters"]:
+        assert {index.range_key, *index.include} == set(_POSITION_KEYS)
 
 
 def test_event_source_mapping_reports_item_failures_and_bounds_retries() -> None:

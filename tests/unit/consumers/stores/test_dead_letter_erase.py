@@ -11,7 +11,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from consumers.core import Rejected, StreamRecord
-from consumers.stores.dead_letters import RECENT_S, DeadLetterStore
+from consumers.stores.dead_letters import RECENT_S, DeadLetterStore, named_customer
 from consumers.stores.dynamo import Dynamo
 
 
@@ -73,6 +73,27 @@ def test_the_letters_this_store_wrote_go_even_before_the_index_shows_them() -> N
     asyncio.run(store.save([_letter("c3", 10)]))
     client.deleted.clear()
     assert asyncio.run(store.erase("c1")) == 1 and client.deleted == ["s/shard-0/8"]
+
+
+def test_a_letter_whose_payload_names_the_customer_under_another_key_goes_too() -> None:
+    client = _Lagging()
+    store = DeadLetterStore(Dynamo(client), "dl")
+    order_keyed = Rejected(StreamRecord(b'{"customer_id": "c1", "order_id": "o-7"', "4", "o-7",
+                                        "shard-0", "s"), "partition_key", "not its key")
+    asyncio.run(store.save([order_keyed, _letter("o-8", 6)]))
+    assert asyncio.run(store.erase("c1")) == 1 and client.deleted == ["s/shard-0/4"]
+
+
+@pytest.mark.parametrize(("data", "key", "named"), [
+    (b'{"customer_id": "c1", "order_id": "o-7"}', "o-7", "c1"),
+    (b'{"customer_id":"c1"', "c1", None),  # its own key: the first index has it
+    (b'{"customer_id": "c1", "customer_id": "c2"}', "c1", "c2"),  # a duplicate key
+    (b'{"customer_id": "' + b"x" * 65 + b'"}', "k", None),  # no id an erasure can name
+    (b'{"note": "\\"customer_id\\": \\"c9\\""}', "k", None),  # inside a text
+    (b"\xff\xfe{", "k", None),
+])
+def test_the_customer_a_payload_names(data: bytes, key: str, named: str | None) -> None:
+    assert named_customer(data, key) == named
 
 
 def test_a_missing_index_falls_back_to_a_scan_and_other_errors_raise() -> None:
