@@ -18,6 +18,7 @@ code  class                  meaning
 7     :class:`BadInput`      an argument the service or our checks refused
 8     :class:`NoTarget`      no AWS target chosen: refusing to fall back to a real account
 9     :class:`EmulatorError` the local emulator could not be started or is not ours
+10    :class:`Busy`          another live worker holds the consumer group (or took it)
 ====  =====================  ==========================================================
 
 :func:`explain` turns the botocore, aiobotocore and aiohttp exceptions behind these into the
@@ -37,7 +38,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-__all__ = ["BadInput", "CaaError", "EmulatorError", "NoCredentials", "NoTarget", "NotFound",
+__all__ = ["BadInput", "Busy", "CaaError", "EmulatorError", "NoCredentials", "NoTarget", "NotFound",
            "NotSetUp", "Unreachable", "explain"]
 
 
@@ -82,6 +83,10 @@ class NoTarget(CaaError):
 
 class EmulatorError(CaaError):
     exit_code = 9
+
+
+class Busy(CaaError):
+    exit_code = 10
 
 
 #: botocore / aiobotocore / aiohttp / SSO classes (matched by name anywhere in the class's
@@ -176,6 +181,8 @@ def _explain_one(exc: BaseException, endpoint: str | None) -> CaaError | None:
         return Unreachable(f"{url} {what}" if what else f"cannot reach {url}", hint)
     if "EmulatorError" in names:  # deploy.local.emulator's, which cannot import this module
         return EmulatorError(str(exc))
+    if "GroupBusy" in names:  # consumers.sources.lease's (LeaseLost too)
+        return Busy(str(exc))  # its message says what to do
     # the settings check AWS_ENDPOINT_URL and the region; botocore reads the per-service
     # endpoints (AWS_ENDPOINT_URL_<SERVICE>) and the shared config itself
     if isinstance(exc, ValueError) and str(exc).startswith("Invalid endpoint:"):

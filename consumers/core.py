@@ -181,6 +181,11 @@ _REFUSED = {
 }
 
 
+#: the kinds of dead letter the customer's state refused (the record decodes): putting one
+#: back on the stream cannot change the answer (the state refuses it again)
+STATE_REFUSED = frozenset(_REFUSED)
+
+
 @dataclass(slots=True)
 class _Fold:
     """The records of a batch folded into working copies of the states."""

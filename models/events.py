@@ -94,9 +94,17 @@ def _date_time_text(value: object) -> object:
         try:
             return datetime.fromtimestamp(value, UTC)
         except (OverflowError, OSError, ValueError):
-            raise ValueError(f"{value:g} seconds since the epoch is not a date between "
-                             "the years 1 and 9999") from None
+            raise ValueError(f"{_number_text(value)} seconds since the epoch is not a date "
+                             "between the years 1 and 9999") from None
     return value
+
+
+def _number_text(value: float) -> str:
+    """A number for an error line, however large: ``1e+30``, or ``a 400-digit number`` for
+    an integer no float holds (formatting one as a float would raise)."""
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"a {len(str(abs(value))) if value.bit_length() < 14_000 else 'many'}-digit number"
+    return f"{value:g}"
 
 
 def _not_boolean(value: object) -> object:
@@ -430,8 +438,12 @@ def _version_error(text: str) -> EventRejected:
         version = json.loads(text).get("schema_version")
     except (ValueError, AttributeError):
         version = None
+    kind = {bool: "a boolean", str: "a text", float: "a fraction"}.get(type(version))
+    if isinstance(version, float) and version.is_integer():
+        kind = None  # 1.0: JSON has one number type
     return EventRejected(
         "unknown_version",
         f"schema_version {json.dumps(version)[:40]} is not supported (this reader knows "
-        f"{', '.join(map(str, sorted(SUPPORTED_VERSIONS)))})",
+        f"{', '.join(map(str, sorted(SUPPORTED_VERSIONS)))}"
+        f"{f'; a version is a JSON whole number, not {kind}' if kind else ''})",
     )

@@ -5,10 +5,12 @@ built here and nowhere else, when the command first asks for them (``caa --help`
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 
 import typer
 from pydantic import AliasChoices, ValidationError
+from pydantic_settings import SettingsError
 
 from caa.aws import Aws
 from caa.errors import BadInput
@@ -40,6 +42,15 @@ def settings_error(exc: ValidationError) -> BadInput:
                     "fix the environment variable (see README, Configuration)")
 
 
+def unparsed_setting(exc: SettingsError) -> BadInput:
+    """A structured settings value (a JSON object or list, such as ``CAA_BEDROCK_PRICES``)
+    that pydantic-settings could not parse, as one line naming its environment variable."""
+    found = re.search(r'field "([^"]+)"', str(exc))
+    name = variable(found.group(1)) if found else "a CAA_ variable"
+    return BadInput(f"bad setting {name}={os.environ.get(name, '')[:80]!r}: not valid JSON",
+                    "fix the environment variable (see README, Configuration)")
+
+
 @dataclass
 class Invocation:
     """The one place where ``Settings()`` and ``Aws(settings)`` are built."""
@@ -55,6 +66,8 @@ class Invocation:
                 self._settings = Settings()
             except ValidationError as exc:
                 raise settings_error(exc) from None
+            except SettingsError as exc:  # a value of a structured field that is not JSON
+                raise unparsed_setting(exc) from None
         return self._settings
 
     def aws(self, quiet: bool = False) -> Aws:

@@ -108,13 +108,19 @@ def outlook_rows(pred: dict[str, Any]) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
     if value:
         months = int(value["months"])
+        # the money figures leave out the orders in currencies without a rate: say so
+        # beside each (all of them: $0.00 otherwise reads as a customer worth nothing)
+        left_out = pred.get("unconverted") or []
+        note = (f" (orders in {', '.join(map(str, left_out))} left out for want of a rate)"
+                if left_out else "")
         rows += [(f"customer value ({months} months)",
                   f"{money(float(value['clv']), cur)} expected (80% range "
                   f"{money(float(value['clv_low']), cur)} to "
                   f"{money(float(value['clv_high']), cur)}; future spend discounted "
-                  f"{100 * float(value['monthly_discount_rate']):g}% a month)"),
-                 ("expected order value", money(float(value["expected_order_value"]), cur)),
-                 ("spent so far", money(float(value["historic"]), cur))]
+                  f"{100 * float(value['monthly_discount_rate']):g}% a month){note}"),
+                 ("expected order value",
+                  money(float(value["expected_order_value"]), cur) + note),
+                 ("spent so far", money(float(value["historic"]), cur) + note)]
     if churn:
         rows += [("churn risk", f"{churn['band']}: {_pct(churn['p_no_purchase_90d'])} likely "
                                 "to buy nothing in the next 90 days"),

@@ -38,11 +38,9 @@ async def redrive_letters(settings: Settings, aws: Aws, dry_run: bool) -> dict[s
 
 
 def _shown(value: object) -> object:
-    """A dead letter's attribute as ``caa dlq list --json`` shows it: text as it is, the
-    payload as its size."""
-    if isinstance(value, bytes):
-        return len(value)
-    return value if isinstance(value, str) and value else 0
+    """A dead letter's attribute as ``caa dlq list --json`` shows it: the payload as its
+    size, every other value (text, numbers such as ``arrival_ts``, flags) as it is."""
+    return len(value) if isinstance(value, bytes) else value
 
 
 def dlq_redrive(settings: Settings, aws: Aws, dry_run: bool, as_json: bool = False) -> int:

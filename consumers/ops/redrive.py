@@ -10,7 +10,12 @@ time against the letter's stored arrival time, or now when the letter has none):
 - one that now decodes is put back on the stream under its original partition
   key, so it reaches its customer's single writer like any other event, and is
   marked ``redriven`` with the position it was re-sent to;
-- one still rejected stays ``open``, with the reason of this check.
+- one still rejected stays ``open``, with the reason of this check;
+- one the customer's state refused (``beyond_horizon``, ``event_id_reused``,
+  ``currency_mismatch``: it decodes, but the state would refuse it again) is not put back:
+  it stays ``open``, counted in ``kept``;
+- one of another stream (a dead-letters table shared by several) is left alone, counted
+  in ``other_streams``: it is put back on its own stream by a redrive configured for it.
 
 Counting once does not depend on this module: a redrive interrupted between the
 put and the mark re-sends the record next time, and the consumer's per-customer
@@ -30,6 +35,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from consumers.admission import FUTURE_TOLERANCE_S, admit
+from consumers.core import STATE_REFUSED
 from consumers.retry import Backoff, retry_until_done_async
 from consumers.stores.dead_letters import DeadLetterStore
 from consumers.stores.dynamo import Dynamo
@@ -49,6 +55,10 @@ class RedriveReport:
     checked: int = 0
     redriven: int = 0
     still_rejected: dict[str, int] = field(default_factory=dict)
+    #: refused by the customer's state (by kind): not put back, they would be refused again
+    kept: dict[str, int] = field(default_factory=dict)
+    #: open letters of other streams, left alone (not checked)
+    other_streams: int = 0
     dry_run: bool = False
 
     def as_dict(self) -> dict[str, Any]:
@@ -127,8 +137,18 @@ async def open_letters(db: Dynamo, table: str) -> list[dict[str, Any]]:
 async def redrive(db: Dynamo, table: str, kinesis: Any, stream: str, max_event_bytes: int,
                   dry_run: bool = False,
                   future_tolerance_s: float = FUTURE_TOLERANCE_S) -> RedriveReport:
-    letters = await open_letters(db, table)
-    report = RedriveReport(checked=len(letters), dry_run=dry_run)
+    """Re-check the open dead letters of ``stream`` (module docstring) and put back the
+    ones that now pass every check; what was done."""
+    mine, others = [], 0
+    for d in await open_letters(db, table):
+        if str(d.get("stream") or stream) == stream:  # a letter without one: this stream's
+            mine.append(d)
+        else:
+            others += 1
+    kept = Counter(str(d["kind"]) for d in mine if d.get("kind") in STATE_REFUSED)
+    letters = [d for d in mine if d.get("kind") not in STATE_REFUSED]
+    report = RedriveReport(checked=len(letters), kept=dict(kept), other_streams=others,
+                           dry_run=dry_run)
     fixed: list[dict[str, Any]] = []
     still: dict[str, EventRejected] = {}
     now_ts = datetime.now(UTC).timestamp()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
@@ -53,29 +54,47 @@ def test_redrive_after_a_fix_applies_the_record_once(
     Publisher(kinesis, s.stream_name).publish([*events, big])
     kinesis.put_record(StreamName=s.stream_name, Data=b"{oops", PartitionKey="bad-1")
 
+    # an event id used again for another order: the state refuses it, no fix can change that
+    reused = events[1].model_copy(update={
+        "order_id": "other-order", "occurred_at": events[1].occurred_at + timedelta(hours=1)})
+    kinesis.put_record(StreamName=s.stream_name, Data=reused.to_bytes(),
+                       PartitionKey=reused.customer_id)
+
     first = _run(capsys, "consume", "--until-idle", "--json", "--no-refit")
-    assert isinstance(first, dict) and first["rejected"] == 2
+    assert isinstance(first, dict) and first["rejected"] == 3
     assert _customer(s, cid) == (len(before), sum(int(e.total * 100) for e in before))
+    # a letter of another stream sharing the table (its own redrive puts it back there)
+    table = s.table("dead-letters")
+    Aws(s).client("dynamodb").put_item(TableName=table, Item={
+        "id": {"S": "elsewhere/shardId-0/1"}, "stream": {"S": "elsewhere"},
+        "shard_id": {"S": "shardId-0"}, "sequence_number": {"S": "1"},
+        "partition_key": {"S": cid}, "payload": {"B": big.to_bytes()},
+        "kind": {"S": "oversized"}, "reason": {"S": "oversized"},
+        "received_at": {"S": "2026-01-01T00:00:00.000+00:00"}, "status": {"S": "open"}})
 
     listed = _run(capsys, "dlq", "list", "--json")
     assert isinstance(listed, list)
-    assert sorted(d["kind"] for d in listed) == ["not_json", "oversized"]
+    assert sorted(d["kind"] for d in listed) == ["event_id_reused", "not_json", "oversized",
+                                                 "oversized"]
+    listed = [d for d in listed if d["stream"] == s.stream_name]
     for d in listed:
-        assert d["stream"] == s.stream_name and d["shard_id"].startswith("shardId-")
+        assert d["shard_id"].startswith("shardId-")
         assert d["sequence_number"] and d["received_at"] and d["status"] == "open"
         assert d["payload"] > 0  # its size: the raw payload is kept
+        assert d["arrival_ts"] > 1.7e9  # epoch seconds as stored (it was shown as 0)
     oversized = next(d for d in listed if d["kind"] == "oversized")
     assert "exceeds the limit of 2048" in oversized["reason"]
 
-    # Before the fix nothing decodes: nothing is re-sent.
+    # Before the fix nothing decodes: nothing is re-sent; the reused id is never re-sent
+    # (it would come back as a new letter on every redrive), the other stream's is left
     assert _run(capsys, "dlq", "redrive", "--json") == {
         "checked": 2, "redriven": 0, "still_rejected": {"not_json": 1, "oversized": 1},
-        "dry_run": False}
+        "dry_run": False, "kept": {"event_id_reused": 1}, "other_streams": 1}
 
     monkeypatch.setenv("CAA_MAX_EVENT_BYTES", "65536")  # the fix
     dry = _run(capsys, "dlq", "redrive", "--dry-run", "--json")
     assert dry == {"checked": 2, "redriven": 1, "still_rejected": {"not_json": 1},
-                   "dry_run": True}
+                   "dry_run": True, "kept": {"event_id_reused": 1}, "other_streams": 1}
     assert _run(capsys, "dlq", "redrive", "--json") == {**dry, "dry_run": False}
     # An interrupted redrive (put done, mark lost) re-sends it on the next redrive.
     Aws(s).client("dynamodb").update_item(
@@ -90,7 +109,10 @@ def test_redrive_after_a_fix_applies_the_record_once(
     assert _customer(s, cid) == (len(before) + 1,
                                  sum(int(e.total * 100) for e in before) + 7500)
     still = _run(capsys, "dlq", "list", "--json")
-    assert isinstance(still, list) and [d["kind"] for d in still] == ["not_json"]
+    assert isinstance(still, list)
+    assert sorted(d["kind"] for d in still) == ["event_id_reused", "not_json", "oversized"]
+    assert sorted(d["kind"] for d in still if d["stream"] == s.stream_name) == [
+        "event_id_reused", "not_json"]
     everything = _run(capsys, "dlq", "list", "--all", "--json")
     assert isinstance(everything, list)
     redriven = [d for d in everything if d["status"] == "redriven"]

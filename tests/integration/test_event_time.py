@@ -112,7 +112,8 @@ def test_a_future_and_a_year_zero_event_are_dead_lettered_and_the_stream_goes_on
     _assert_not_collapsed(s, datetime.now(UTC))
 
     # The redrive re-checks the time against the letter's arrival: still rejected, and why.
-    assert _redrive() == {"checked": 2, "redriven": 0, "dry_run": False,
+    assert _redrive() == {"checked": 2, "redriven": 0, "dry_run": False, "kept": {},
+                          "other_streams": 0,
                           "still_rejected": {"future_event": 1, "time_out_of_range": 1}}
     reasons = {d["kind"]["S"]: d["reason"]["S"] for d in _letters(s)}
     assert "after the record arrived" in reasons["future_event"]

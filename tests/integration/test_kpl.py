@@ -118,7 +118,8 @@ def test_redrive_recovers_an_aggregate_dead_lettered_before_de_aggregation(
                        "payload": {"B": corrupt(blob)}})
 
     assert _run(capsys, "dlq", "redrive", "--json") == {
-        "checked": 2, "redriven": 1, "still_rejected": {"bad_aggregate": 1}, "dry_run": False}
+        "checked": 2, "redriven": 1, "still_rejected": {"bad_aggregate": 1}, "dry_run": False,
+        "kept": {}, "other_streams": 0}
     letters = {i["id"]["S"]: i for i in dead_letters(s)}
     redriven_to = letters[old["id"]]["redriven_to"]["S"].split(",")
     assert len(redriven_to) == 3  # its user records, put back one by one as plain records

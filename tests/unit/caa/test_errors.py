@@ -17,6 +17,7 @@ from botocore.exceptions import (
 
 from caa.errors import (
     BadInput,
+    Busy,
     CaaError,
     EmulatorError,
     NoCredentials,
@@ -117,3 +118,14 @@ def test_bugs_stay_bugs() -> None:
     assert explain(_client_error("InternalServerError")) is None
     mixed = ExceptionGroup("g", [NoCredentialsError(), ValueError("bug")])
     assert explain(mixed) is None  # a bug among them keeps its traceback
+
+
+def test_a_busy_consumer_group_is_one_line_with_its_own_code() -> None:
+    """A second ``caa consume`` of the same group printed a traceback of GroupBusy."""
+    from consumers.sources.lease import GroupBusy, LeaseLost
+
+    for exc in (GroupBusy("consumer group 'g' is held by another live worker; stop it"),
+                LeaseLost("lease of 'g' lost")):
+        err = explain(exc, URL)
+        assert isinstance(err, Busy) and err.exit_code == 10
+        assert err.line() == str(exc)

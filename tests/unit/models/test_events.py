@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from decimal import Decimal
 from typing import Any
 
@@ -217,3 +218,29 @@ def test_a_boolean_or_an_impossible_epoch_for_occurred_at_is_refused(when: Any) 
     with pytest.raises(EventRejected) as info:
         decode_event(enc(good(occurred_at=when)))
     assert info.value.kind == "schema" and info.value.detail.startswith("occurred_at:")
+
+
+@pytest.mark.parametrize(("when", "said"), [
+    ("9" * 400, "a 400-digit number seconds since the epoch is not a date"),
+    ("-" + "9" * 30, "a 30-digit number seconds"),
+    ("1e400", "inf seconds since the epoch"),
+    ("99999999999999", "1e+14 seconds since the epoch"),
+])
+def test_an_epoch_time_no_float_holds_is_a_schema_letter(when: str, said: str):
+    """Formatting a 400-digit integer as a float raised in the error path itself (an
+    internal decoder error, not the schema's reason)."""
+    text = json.dumps(good())
+    text = text.replace(f'"occurred_at": {json.dumps(good()["occurred_at"])}',
+                        f'"occurred_at": {when}')
+    assert when in text
+    with pytest.raises(EventRejected, match=f"schema: occurred_at: .*{re.escape(said)}"):
+        decode_event(text.encode())
+
+
+@pytest.mark.parametrize(("version", "said"), [
+    ('"1"', "not a text"), ("true", "not a boolean"), ("1.5", "not a fraction")])
+def test_a_version_that_is_not_a_whole_number_says_so(version: str, said: str):
+    text = json.dumps({**good(), "schema_version": 1}).replace('"schema_version": 1',
+                                                               f'"schema_version": {version}')
+    with pytest.raises(EventRejected, match=f"unknown_version: .*JSON whole number, {said}"):
+        decode_event(text.encode())

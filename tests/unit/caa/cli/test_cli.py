@@ -193,6 +193,8 @@ def test_an_empty_endpoint_variable_is_unset_as_botocore_takes_it(
     ({"AWS_ENDPOINT_URL": "ftp://127.0.0.1:9"}, "not an http:// or https:// URL"),
     ({"AWS_ENDPOINT_URL_BEDROCK_RUNTIME": "x"}, "bad setting AWS_ENDPOINT_URL_BEDROCK_RUNTIME"),
     ({"AWS_REGION": "bad region!"}, "bad setting AWS_REGION='bad region!'"),
+    # a structured value that is not JSON (pydantic-settings' own error: a traceback before)
+    ({"CAA_BEDROCK_PRICES": "notjson"}, "bad setting CAA_BEDROCK_PRICES='notjson': not valid"),
     # read by botocore itself, not by the settings
     ({"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ENDPOINT_URL_DYNAMODB": "notaurl"},
      "bad endpoint URL (Invalid endpoint: notaurl)"),

@@ -45,6 +45,22 @@ def shown(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
     return dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
 
 
+def test_the_value_rows_name_the_currencies_left_out(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A customer whose orders are all in currencies without a rate showed a customer value
+    of $0.00 with no word of why (only the spend row named them)."""
+    value = {"clv": 0.0, "clv_low": 0.0, "clv_high": 0.0, "expected_order_value": 0.0,
+             "historic": 0.0, "months": 12, "monthly_discount_rate": 0.01}
+    rows = shown(monkeypatch, capsys, prediction(spend=0.0, unconverted=["JPY", "KWD"],
+                                                 value=value))
+    note = " (orders in JPY, KWD left out for want of a rate)"
+    assert rows["customer value (12 months)"].endswith("% a month)" + note)
+    assert rows["expected order value"] == "$0.00" + note
+    assert rows["spent so far"] == "$0.00" + note
+    rows = shown(monkeypatch, capsys, prediction(value=value))
+    assert rows["expected order value"] == "$0.00"
+
+
 def test_caa_show_prints_the_spend_with_its_currency(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     assert shown(monkeypatch, capsys, prediction())["spend"] == "$98.40"
