@@ -305,6 +305,9 @@ class BatchApplier:
                                future_tolerance_s=self.future_tolerance_s)
         if self.before_write is not None:
             await self.before_write()
+        # the stream's time as the models' snapshot knows it (a restart, a cold start, other
+        # workers): one batch of late, old purchases must not be forecast as of its own time
+        self.watermark = max(self.watermark, self.registry.watermark)
         result, decoded = await self._write_states(decoded, now)
         erasures = sorted(result.erasures.items())
         if erasures and self.analyses is not None:
@@ -334,7 +337,7 @@ class BatchApplier:
         flags = (distant_flags(self.registry.segmenter, result.learn)
                  if self.drift is not None and result.learn and self.registry.segmenter.is_ready
                  else None)
-        await self.registry.learn(result.learn)
+        await self.registry.learn(result.learn, result.watermark)
         if flags:
             await self._watch_drift(flags, result.watermark)
         if self.requests is not None:  # raises WriteFailed: not checkpointed, read again

@@ -1,7 +1,10 @@
 """The global models every worker shares: the segment model and the purchase model's
 parameters (BG/NBD or Pareto/NBD, ``CAA_FORECAST_MODEL``; each under its own name).
 
-Each is one versioned JSON snapshot in the models table. A worker scores with
+Each is one versioned JSON snapshot in the models table. The segment model's snapshot also
+carries the **watermark** (epoch seconds: the latest purchase time any worker has applied,
+:attr:`ModelRegistry.watermark`), so a worker that starts (a restart, a Lambda cold start)
+forecasts as of the stream's time, not as of its first batch's purchases. A worker scores with
 its local copy, and after a batch's effects are written it learns the batch's
 feature vectors and saves the snapshot with a compare-and-set on the version;
 when another worker got there first it reloads the newest snapshot, re-applies
@@ -74,6 +77,9 @@ class ModelRegistry:
         self.value_params: dict[str, GammaGammaParams] = {}
         self.refit_reasons: dict[str, str] = {}
         self.conflicts = 0
+        #: the latest purchase time (epoch seconds) applied by any worker, as of the last
+        #: load or learn: the floor of the next batch's watermark (0: none yet)
+        self.watermark = 0
         self.variants = config.variants
         self._loaded_at: float | None = None  # time.monotonic() of the last load
 
@@ -131,6 +137,7 @@ class ModelRegistry:
         if seg is not None:
             self.segments_version, body = seg
             self.segmenter = SegmentModel.from_dict(body)
+            self._see_watermark(body)
         bg = await self.store.load(BGNBD)
         if bg is not None:
             self.bgnbd_version, body = bg
@@ -142,17 +149,27 @@ class ModelRegistry:
             self.pareto_nbd = ParetoNbdParams.from_dict(body["params"])
             self._keep(PARETO_NBD, body)
 
-    async def learn(self, vectors: Sequence[dict[str, float]]) -> None:
-        """Learn ``vectors`` into the global segment model (compare-and-set, retried)."""
+    def _see_watermark(self, body: dict[str, Any]) -> None:
+        at = body.get("watermark")
+        if isinstance(at, int | float) and not isinstance(at, bool):
+            self.watermark = max(self.watermark, int(at))
+
+    def _segments_body(self, model: SegmentModel) -> dict[str, Any]:
+        return {**model.to_dict(), "watermark": self.watermark}
+
+    async def learn(self, vectors: Sequence[dict[str, float]], watermark: int = 0) -> None:
+        """Learn ``vectors`` into the global segment model, and raise the stored watermark
+        to ``watermark`` (epoch seconds) with it (compare-and-set, retried)."""
         if not vectors:
             return
         async with self._lock:
             for _ in range(self._max_conflicts):
                 for x in vectors:
                     self.segmenter.learn_one(x)
+                self.watermark = max(self.watermark, watermark)
                 try:
                     self.segments_version = await self.store.save(
-                        SEGMENTS, self.segments_version, self.segmenter.to_dict()
+                        SEGMENTS, self.segments_version, self._segments_body(self.segmenter)
                     )
                     return
                 except Conflict:
@@ -163,6 +180,7 @@ class ModelRegistry:
                     else:
                         self.segments_version = latest[0]
                         self.segmenter = SegmentModel.from_dict(latest[1])
+                        self._see_watermark(latest[1])
             raise Conflict(f"segment model still contended after {self._max_conflicts} tries")
 
     async def replace_segmenter(self, model: SegmentModel) -> None:
@@ -171,13 +189,15 @@ class ModelRegistry:
             while True:
                 try:
                     self.segments_version = await self.store.save(
-                        SEGMENTS, self.segments_version, model.to_dict()
+                        SEGMENTS, self.segments_version, self._segments_body(model)
                     )
                     self.segmenter = model
                     return
                 except Conflict:
                     latest = await self.store.load(SEGMENTS)
                     self.segments_version = latest[0] if latest else 0
+                    if latest is not None:
+                        self._see_watermark(latest[1])
 
     async def request_refit(self, reason: str, at: float) -> None:
         """Ask the next scheduled refit check (caa.entry.refit_lambda, ``when_due``) to refit

@@ -35,9 +35,9 @@ def _order(cid: str, n: int, at: datetime, event_id: str | None = None) -> Purch
         total=Decimal("4.50"))
 
 
-def _consume() -> dict[str, Any]:
+def _consume(*flags: str) -> dict[str, Any]:
     proc = subprocess.run([sys.executable, "-m", "caa.cli.main", "consume", "--until-idle",
-                           "--json"], env=os.environ.copy(), capture_output=True, text=True,
+                           "--json", *flags], env=os.environ.copy(), capture_output=True, text=True,
                           stdin=subprocess.DEVNULL, check=False, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out: dict[str, Any] = json.loads(proc.stdout)
@@ -133,3 +133,28 @@ def test_redrive_rejects_a_letter_whose_partition_key_is_not_its_customer(
     # the decoder alone would accept the first letter; the redrive checks what the consumer
     # checks, so it stays open with its reason
     assert _redrive()["still_rejected"] == {"not_json": 1, "partition_key": 1}
+
+
+def test_a_restarted_consumer_forecasts_late_purchases_as_of_the_streams_time(
+    fresh_settings: Callable[..., Settings],
+) -> None:
+    """A new process's first batch holds only a customer's old purchases (a producer's late
+    data): the watermark started at 0 in every process, so that batch forecast them as of
+    their own last purchase (P(alive) 1.0, churn low). The watermark is kept with the
+    models' snapshot: the restarted consumer forecasts as of the time the stream reached."""
+    s = fresh_settings(refit_interval_s="0")
+    kinesis = Aws(s).client("kinesis")
+    now, day = datetime.now(UTC), timedelta(days=1)
+    Publisher(kinesis, s.stream_name).publish(
+        [_order(f"c{c:03d}", n, now - (40 - 12 * n) * day) for n in range(4) for c in range(20)])
+    first = _consume()
+    assert first["applied"] == 80
+    reached = max(as_of for _, as_of in _predictions(s).values())
+    assert datetime.fromisoformat(reached) >= now - 5 * day
+    Publisher(kinesis, s.stream_name).publish(
+        [_order("late", n, now - (400 - 30 * n) * day) for n in range(2)])
+    second = _consume("--no-refit")  # a new process (a refit re-forecasts everyone)
+    assert second["applied"] == 2
+    alive, as_of = _predictions(s)["late"]
+    assert as_of == reached  # not its own last purchase, 370 days ago
+    assert alive < 0.9
