@@ -181,6 +181,8 @@ def _explain_one(exc: BaseException, endpoint: str | None) -> CaaError | None:
         return Unreachable(f"{url} {what}" if what else f"cannot reach {url}", hint)
     if "EmulatorError" in names:  # deploy.local.emulator's, which cannot import this module
         return EmulatorError(str(exc))
+    if "OtherStream" in names:  # consumers.stores.checkpoints': a group of another stream
+        return BadInput(str(exc))
     if "GroupBusy" in names:  # consumers.sources.lease's (LeaseLost too)
         return Busy(str(exc))  # its message says what to do
     # the settings check AWS_ENDPOINT_URL and the region; botocore reads the per-service

@@ -123,7 +123,8 @@ class Worker:
         self.registry = applier.registry
         self.enricher = enricher
         db = self.customers.db
-        self.checkpoints = CheckpointStore(db, s.checkpoints_table, s.consumer_group)
+        self.checkpoints = CheckpointStore(db, s.checkpoints_table, s.consumer_group,
+                                           stream=s.stream_name)
         common: dict[str, Any] = {
             "limit": s.get_records_limit, "poll_interval": s.poll_interval_s,
             "idle_polls": s.idle_polls, "on_batch": on_batch, "chaos": chaos,

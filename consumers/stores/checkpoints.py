@@ -9,7 +9,11 @@ there are three kinds of row, all laid out in this module.
   as numbers (sequence numbers are decimal strings below 2**128 without leading zeros,
   so a shorter one is smaller and equal lengths compare as text; rows written before
   this rule are compared the same way). A refused checkpoint (another worker is ahead)
-  is not an error: :meth:`CheckpointStore.save` returns False and counts it.
+  is not an error: :meth:`CheckpointStore.save` returns False and counts it. A store that
+  knows its stream writes it in ``stream`` and refuses to read a group whose checkpoints
+  are another stream's (:class:`OtherStream`: shard ids repeat from stream to stream, so
+  another stream's sequence numbers would silently skip this one's records); rows written
+  before they carried it are taken as this stream's.
 * the group's **lease** (:class:`Lease`; ``shard_id`` = :data:`OWNER_KEY`): which worker
   holds the group (``owner``, ``host:pid:token``) and until when (``expires``, epoch
   seconds). Taken, renewed and released with conditional writes by
@@ -39,6 +43,11 @@ OWNER_KEY = "__owner__"
 JOB_ROW = "__job__"
 
 RowKind = Literal["checkpoint", "lease", "job"]
+
+
+class OtherStream(ValueError):
+    """The consumer group's checkpoints belong to another stream (one group reads one
+    stream; two streams sharing the tables need a group each)."""
 
 
 @dataclass(frozen=True)
@@ -82,11 +91,13 @@ def row_kind(item: Item) -> RowKind:
     return "lease" if shard_id == OWNER_KEY else "job" if shard_id == JOB_ROW else "checkpoint"
 
 
-def checkpoint_item(group: str, cp: Checkpoint) -> Item:
+def checkpoint_item(group: str, cp: Checkpoint, stream: str | None = None) -> Item:
     item: Item = {**row_key(group, cp.shard_id), "ended": {"BOOL": cp.ended},
                   "updated_at": {"S": now_iso()}}
     if cp.sequence_number is not None:
         item["sequence_number"] = {"S": cp.sequence_number}
+    if stream:
+        item["stream"] = {"S": stream}
     return item
 
 
@@ -141,11 +152,14 @@ class CheckpointStore:
     db: Dynamo
     table: str
     group: str
+    #: the stream the group reads (None: not checked, not written)
+    stream: str | None = None
     #: checkpoints refused because the stored one was further along
     refused: int = 0
 
     async def all(self) -> dict[str, Checkpoint]:
-        """The group's shard checkpoints by shard id (not its lease or job row)."""
+        """The group's shard checkpoints by shard id (not its lease or job row).
+        :class:`OtherStream` when one of them is another stream's."""
         resp_items: list[Item] = []
         args: dict[str, Any] = {
             "TableName": self.table,
@@ -160,15 +174,23 @@ class CheckpointStore:
             if "LastEvaluatedKey" not in resp:
                 break
             args["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
-        cps = (checkpoint_from_item(i) for i in resp_items if row_kind(i) == "checkpoint")
-        return {cp.shard_id: cp for cp in cps}
+        rows = [i for i in resp_items if row_kind(i) == "checkpoint"]
+        other = {i["stream"]["S"] for i in rows if "stream" in i} - {self.stream or ""}
+        if self.stream and other:
+            raise OtherStream(
+                f"consumer group {self.group!r} holds the checkpoints of stream "
+                f"{sorted(other)[0]!r}, not of {self.stream!r} (shard ids repeat from stream "
+                "to stream: reading on would skip records): give each stream its own "
+                "CAA_CONSUMER_GROUP")
+        return {cp.shard_id: cp for cp in map(checkpoint_from_item, rows)}
 
     async def save(self, shard_id: str, sequence_number: str | None, ended: bool = False) -> bool:
         """Checkpoint ``shard_id`` at ``sequence_number`` (None: before the first record,
         only written while nothing is stored). False, counted in :attr:`refused`, when the
         stored checkpoint is further along (another worker is ahead); the same number again
         is accepted (to mark the shard ended)."""
-        item = checkpoint_item(self.group, Checkpoint(shard_id, sequence_number, ended))
+        item = checkpoint_item(self.group, Checkpoint(shard_id, sequence_number, ended),
+                               self.stream)
         if sequence_number is None:
             answer = await self.db.put_if(self.table, item,
                                           "attribute_not_exists(sequence_number)")
