@@ -24,6 +24,7 @@ errors do raise :class:`~consumers.stores.dynamo.WriteFailed`, as for every writ
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import sys
 import time
@@ -63,25 +64,56 @@ RECENT_S = 60.0
 RECENT_MAX = 10_000
 
 
-#: ``"customer_id": "..."`` in a payload, JSON or not (a broken record is the usual dead
-#: letter), with the wire schema's identifier rule: an id an erasure can name
-_NAMED = re.compile(rb'"customer_id"\s*:\s*"([A-Za-z0-9._:@-]{1,64})"')
+#: ``"customer_id": "<JSON text>"`` in a payload, JSON or not (a broken record is the usual
+#: dead letter; a KPL aggregate holds its user records' JSON as it is), the key's
+#: underscore possibly escaped
+_NAMED = re.compile(rb'"customer(?:_|\\u005[fF])id"\s*:\s*"((?:[^"\\]|\\.){1,400})"')
+_IDENTIFIER = re.compile(r"[A-Za-z0-9._:@-]{1,64}")
+#: at most this many customers are recorded of one letter (an aggregate holds many records)
+MAX_NAMED = 100
 
 
-def named_customer(data: bytes, partition_key: str) -> str | None:
-    """The first customer id the payload names that is not its partition key (None: none,
-    or only the key): whose letter it is too, for an erasure.
+def named_customers(data: bytes, partition_key: str) -> list[str]:
+    """The customer ids the payload names, other than its partition key, in order, each
+    once, at most :data:`MAX_NAMED`: whose letter it is too, for an erasure. JSON escapes
+    are read (``"cust\\u0050"`` is ``custP``); a value that is no identifier an erasure
+    can name (the wire schema's rule) is left out.
 
-    >>> named_customer(b'{"customer_id": "c-9", "order_id": "o-1"', "o-1")
-    'c-9'
-    >>> named_customer(b'{"customer_id": "c-9"}', "c-9") is None
-    True
+    >>> named_customers(b'{"customer_id": "c-9", "order_id": "o-1"', "o-1")
+    ['c-9']
+    >>> named_customers(b'{"customer_id": "c-9"}', "c-9")
+    []
     """
+    named: list[str] = []
     for match in _NAMED.finditer(data):
-        named = match.group(1).decode("ascii")
-        if named != partition_key:
-            return named
-    return None
+        try:
+            text = json.loads(b'"' + match.group(1) + b'"')
+        except ValueError:
+            continue
+        if (isinstance(text, str) and text != partition_key and text not in named
+                and _IDENTIFIER.fullmatch(text)):
+            named.append(text)
+            if len(named) == MAX_NAMED:
+                break
+    return named
+
+
+def alias_item(letter: Item, customer_id: str) -> Item:
+    """The index entry of a letter for one more customer its payload names (the index key
+    holds one value an item): id ``<letter id>#<customer id>``, the letter's position, no
+    payload; every reader of letters leaves it out (:func:`is_alias`)."""
+    return {"id": {"S": f"{letter['id']['S']}{ALIAS}{customer_id}"},
+            **{k: letter[k] for k in _POSITION_KEYS[1:] if k in letter},
+            "customer_id": {"S": customer_id}, "status": {"S": "alias"}}
+
+
+#: between a letter's id (stream/shard/sequence number: no ``#``) and the customer of an
+#: :func:`alias_item`
+ALIAS = "#"
+
+
+def is_alias(letter_id: str) -> bool:
+    return ALIAS in letter_id
 
 
 def _payload(data: bytes) -> Item:
@@ -124,6 +156,17 @@ def dead_letter_id(rec: StreamRecord) -> str:
     return f"{base}/{rec.sub_sequence_number}" if rec.sub_sequence_number else base
 
 
+def dead_letter_items(r: Rejected) -> list[Item]:
+    """The letter, keyed in the second index by the first customer its payload names other
+    than its partition key (:func:`named_customers`), and an :func:`alias_item` for each
+    further one."""
+    item = dead_letter_item(r)
+    named = named_customers(r.record.data, r.record.partition_key)
+    if named:
+        item["customer_id"] = {"S": named[0]}
+    return [item, *(alias_item(item, cid) for cid in named[1:])]
+
+
 def dead_letter_item(r: Rejected) -> Item:
     rec = r.record
     return {
@@ -135,9 +178,6 @@ def dead_letter_item(r: Rejected) -> Item:
            if rec.sub_sequence_number else {}),
         # absent when empty: it keys the table's index (a key attribute cannot be empty)
         **({"partition_key": {"S": rec.partition_key[:256]}} if rec.partition_key else {}),
-        # keys the second index: the customer the payload names, when not the key
-        **({"customer_id": {"S": named}}
-           if (named := named_customer(rec.data, rec.partition_key)) else {}),
         **_payload(rec.data),
         "kind": {"S": r.kind},
         "reason": {"S": _cut(r.reason)},
@@ -172,7 +212,7 @@ class DeadLetterStore:
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)
     #: (when, customers, position attributes) of the letters written in the last
     #: :data:`RECENT_S`, oldest first (no payload kept): customers are the partition key
-    #: and the customer the payload names (:func:`named_customer`)
+    #: and the customer the payload names (:func:`named_customers`)
     _recent: deque[tuple[float, frozenset[str], Item]] = field(default_factory=deque,
                                                                 repr=False)
 
@@ -180,7 +220,7 @@ class DeadLetterStore:
         """Write the letters; the ones DynamoDB refused even bare (usually none). Never
         raises for a refused letter (module docstring); transient errors outlasting the
         retries raise :class:`~consumers.stores.dynamo.WriteFailed`."""
-        items = [dead_letter_item(r) for r in rejected]
+        items = [i for r in rejected for i in dead_letter_items(r)]
         refused = await self.db.put_all(self.table, items)
         self._remember(items)
         if not refused:
@@ -200,7 +240,9 @@ class DeadLetterStore:
             recent.popleft()
 
     async def all(self, segments: int = 4) -> list[dict[str, Any]]:
-        return [from_attr({"M": i}) for i in await self.db.scan(self.table, segments=segments)]
+        """Every letter (not the index entries of :func:`alias_item`)."""
+        return [from_attr({"M": i}) for i in await self.db.scan(self.table, segments=segments)
+                if not is_alias(i["id"]["S"])]
 
     async def open(self) -> list[dict[str, Any]]:
         """The open dead letters, by id: what a redrive re-checks."""
@@ -246,7 +288,7 @@ class DeadLetterStore:
     async def erase(self, customer_id: str, before: tuple[str, Position] | None = None
                     ) -> int:
         """Delete the customer's dead letters: those published under their partition key
-        and those whose payload names them under another key (:func:`named_customer`);
+        and those whose payload names them under another key (:func:`named_customers`);
         how many.
 
         ``before``: the stream and position of an erasure event the consumer applied; the
@@ -275,11 +317,12 @@ class DeadLetterStore:
                 **_POSITION)
         items += [i for _, keys, i in self._recent if customer_id in keys]
         ids = {i["id"]["S"] for i in items if before is None or not _kept(i, *before)}
+        ids |= {i.split(ALIAS, 1)[0] for i in ids if is_alias(i)}  # and the letter itself
         if ids:
             await self.db.batch_delete(self.table, [{"id": {"S": i}} for i in sorted(ids)])
             # deleted: a second erasure (a batch read again) neither deletes nor counts them
             self._recent = deque(r for r in self._recent if r[2]["id"]["S"] not in ids)
-        return len(ids)
+        return sum(not is_alias(i) for i in ids)  # letters, not their index entries
 
     async def _indexed(self, index: str, key: str, customer_id: str) -> list[Item]:
         return await self.db.query(

@@ -108,3 +108,30 @@ def test_a_table_made_before_the_index_is_erased_by_a_scan_and_gets_the_index(
     asyncio.run(redrive_marks())
     item = ddb.get_item(TableName=old, Key={"id": {"S": "old/letter"}})["Item"]
     assert item["reason"]["S"] == "still not JSON"
+
+
+def test_a_letter_naming_several_customers_goes_with_any_of_them(
+        fresh_settings: Callable[..., Settings]) -> None:
+    """A corrupt KPL aggregate under cQ's key holds cQ's, cR's and cP's records (cP's with
+    an e-mail): erasing cP deletes it (only the first customer besides the key was indexed,
+    and an escaped id was not read at all)."""
+    s = fresh_settings()
+    table = s.table("dead-letters")
+    data = (b'\xf3\x89\x9a\xc2{"customer_id": "cQ"}{"customer_id": "cR"}'
+            b'{"customer_id": "cust\\u0050", "contact": {"email": "p@example.org"}}')
+    letter = Rejected(StreamRecord(data, "11", "cQ", "shard-0", s.stream_name),
+                      "bad_aggregate", "corrupt")
+
+    async def go() -> tuple[int, int, list[str]]:
+        async with Aws(s).clients("dynamodb") as c:
+            writer = DeadLetterStore(Dynamo(c["dynamodb"]), table)
+            assert await writer.save([letter]) == []
+            shown = len(await writer.all())
+            erased = await DeadLetterStore(Dynamo(c["dynamodb"]), table).erase("custP")
+            left = [i["id"]["S"] for i in await Dynamo(c["dynamodb"]).scan(table)]
+            return shown, erased, left
+
+    shown, erased, left = asyncio.run(go())
+    assert shown == 1  # the letter; its index entry for custP is no letter
+    assert erased == 1 and left == []
+

@@ -11,7 +11,12 @@ import pytest
 from botocore.exceptions import ClientError
 
 from consumers.core import Rejected, StreamRecord
-from consumers.stores.dead_letters import RECENT_S, DeadLetterStore, named_customer
+from consumers.stores.dead_letters import (
+    RECENT_S,
+    DeadLetterStore,
+    dead_letter_items,
+    named_customers,
+)
 from consumers.stores.dynamo import Dynamo
 
 
@@ -85,15 +90,39 @@ def test_a_letter_whose_payload_names_the_customer_under_another_key_goes_too() 
 
 
 @pytest.mark.parametrize(("data", "key", "named"), [
-    (b'{"customer_id": "c1", "order_id": "o-7"}', "o-7", "c1"),
-    (b'{"customer_id":"c1"', "c1", None),  # its own key: the first index has it
-    (b'{"customer_id": "c1", "customer_id": "c2"}', "c1", "c2"),  # a duplicate key
-    (b'{"customer_id": "' + b"x" * 65 + b'"}', "k", None),  # no id an erasure can name
-    (b'{"note": "\\"customer_id\\": \\"c9\\""}', "k", None),  # inside a text
-    (b"\xff\xfe{", "k", None),
+    (b'{"customer_id": "c1", "order_id": "o-7"}', "o-7", ["c1"]),
+    (b'{"customer_id":"c1"', "c1", []),  # its own key: the first index has it
+    (b'{"customer_id": "c1", "customer_id": "c2"}', "c1", ["c2"]),  # a duplicate key
+    (b'{"customer_id": "' + b"x" * 65 + b'"}', "k", []),  # no id an erasure can name
+    (b'{"note": "\\"customer_id\\": \\"c9\\""}', "k", []),  # inside a text
+    (b"\xff\xfe{", "k", []),
+    (b'{"customer_id": "cust\\u0050"}', "k", ["custP"]),  # a JSON escape
+    (b'{"customer\\u005fid": "c3"}', "k", ["c3"]),  # an escaped key
+    (b'{"customer_id": "c\\u0000"}', "k", []),  # escapes to no identifier
+    # a KPL aggregate (corrupt or nested): its user records' JSON, verbatim in it
+    (b"\xf3\x89\x9a\xc2\n\x02cQ" + b'{"customer_id":"cQ"}\x1a{"customer_id":"cR"}'
+     b'{"customer_id":"cP","contact":{"email":"p@x.org"}}{"customer_id":"cR"}', "cQ",
+     ["cR", "cP"]),
 ])
-def test_the_customer_a_payload_names(data: bytes, key: str, named: str | None) -> None:
-    assert named_customer(data, key) == named
+def test_the_customers_a_payload_names(data: bytes, key: str, named: list[str]) -> None:
+    assert named_customers(data, key) == named
+
+
+def test_a_letter_naming_several_customers_is_erased_for_each() -> None:
+    """One index entry per further customer (an item has one index key): erasing any of
+    them deletes the letter; readers of letters never see the entries."""
+    client = _Lagging()
+    store = DeadLetterStore(Dynamo(client), "dl")
+    aggregate = Rejected(StreamRecord(b'{"customer_id":"cQ"}{"customer_id":"cR"}'
+                                      b'{"customer_id":"cP"}', "4", "cQ", "shard-0", "s"),
+                         "bad_aggregate", "corrupt")
+    asyncio.run(store.save([aggregate]))
+    assert asyncio.run(store.erase("cP")) == 1  # one letter (and its entry for cP)
+    assert sorted(client.deleted) == ["s/shard-0/4", "s/shard-0/4#cP"]
+    items = [i for i in dead_letter_items(aggregate)]
+    assert [i["id"]["S"] for i in items] == ["s/shard-0/4", "s/shard-0/4#cP"]
+    assert items[0]["customer_id"] == {"S": "cR"} and "payload" not in items[1]
+    assert items[1]["shard_id"] == {"S": "shard-0"} and items[1]["status"] == {"S": "alias"}
 
 
 def test_a_missing_index_falls_back_to_a_scan_and_other_errors_raise() -> None:
