@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import math
 from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import dataclass
 from typing import IO, Any, Literal
@@ -111,6 +112,12 @@ class AudienceFilter:
         """What is wrong with the filter itself (empty: nothing), one phrase each."""
         out = [f"unknown churn band {b!r} (one of {', '.join(BANDS)})"
                for b in self.churn_bands if b not in BANDS]
+        odd = [f"{flag} {value:g} is not a finite number"  # DynamoDB takes no nan or inf
+               for flag, value in (("--clv-min", self.clv_min), ("--clv-max", self.clv_max),
+                                   ("--min-p-alive", self.min_p_alive))
+               if value is not None and not math.isfinite(value)]
+        if odd:  # the comparisons below mean nothing with them
+            return out + odd
         if self.clv_min is not None and self.clv_max is not None \
                 and self.clv_min > self.clv_max:
             out.append(f"--clv-min {self.clv_min:g} is above --clv-max {self.clv_max:g}")

@@ -136,6 +136,10 @@ def test_matches(flt: AudienceFilter, wanted: set[str]) -> None:
     (AudienceFilter(churn_bands=("hgih",)), "unknown churn band 'hgih'"),
     (AudienceFilter(clv_min=10, clv_max=1), "--clv-min 10 is above --clv-max 1"),
     (AudienceFilter(min_p_alive=1.5), "--min-p-alive 1.5 is not between 0 and 1"),
+    # DynamoDB refuses nan (moto answered HTTP 500, read as the endpoint's fault)
+    (AudienceFilter(clv_min=float("nan")), "--clv-min nan is not a finite number"),
+    (AudienceFilter(clv_max=float("inf")), "--clv-max inf is not a finite number"),
+    (AudienceFilter(min_p_alive=float("nan")), "--min-p-alive nan is not a finite number"),
 ])
 def test_problems(flt: AudienceFilter, says: str) -> None:
     assert len(flt.problems()) == 1 and says in flt.problems()[0]
