@@ -40,7 +40,7 @@ from consumers.sources import worker as workers
 from consumers.sources.worker import Worker, WorkerConfig, reference_order_value
 from consumers.stores.analyses import AnalysisStore
 from consumers.stores.customers import CustomerStore
-from consumers.stores.dead_letters import DeadLetterStore
+from consumers.stores.dead_letters import BY_CUSTOMER_ID, DeadLetterStore, index_stored_letters
 from consumers.stores.dynamo import Dynamo
 from consumers.stores.model_snapshots import ModelStore
 from consumers.stores.predictions import PredictionStore
@@ -68,6 +68,13 @@ def ensure_resources(settings: Settings, kinesis: Any, dynamodb: Any,
     created = resources.ensure_resources(kinesis, dynamodb, stream_name=settings.stream_name,
                                          shard_count=settings.shard_count,
                                          tables=tables(settings))
+    letters = tables(settings).dead_letters
+    # the index added now (or to be, once DynamoDB has built the other one): the letters
+    # stored before it name their customers too
+    if any(c.startswith(f"index {BY_CUSTOMER_ID} on {letters}") for c in created) and (
+            indexed := index_stored_letters(dynamodb, letters)):
+        created.append(f"{indexed} older dead letter(s) indexed by the customer(s) their "
+                       "payload names")
     if sqs is not None and settings.analysis_queue:
         created += resources.ensure_queue(sqs, settings.analysis_queue,
                                           max_receives=settings.analysis_max_receives,

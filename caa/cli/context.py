@@ -47,7 +47,8 @@ def unparsed_setting(exc: SettingsError) -> BadInput:
     that pydantic-settings could not parse, as one line naming its environment variable."""
     found = re.search(r'field "([^"]+)"', str(exc))
     name = variable(found.group(1)) if found else "a CAA_ variable"
-    return BadInput(f"bad setting {name}={os.environ.get(name, '')[:80]!r}: not valid JSON",
+    value = f"={os.environ[name][:80]!r}" if name in os.environ else " (from the .env file)"
+    return BadInput(f"bad setting {name}{value}: not valid JSON",
                     "fix the environment variable (see README, Configuration)")
 
 

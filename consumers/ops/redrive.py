@@ -14,8 +14,10 @@ time against the letter's stored arrival time, or now when the letter has none):
 - one the customer's state refused (``beyond_horizon``, ``event_id_reused``,
   ``currency_mismatch``: it decodes, but the state would refuse it again) is not put back:
   it stays ``open``, counted in ``kept``;
-- one of another stream (a dead-letters table shared by several) is left alone, counted
-  in ``other_streams``: it is put back on its own stream by a redrive configured for it.
+- one of another Kinesis stream that exists (a dead-letters table shared by several) is
+  left alone, counted in ``other_streams``: a redrive configured for that stream puts it
+  back there. A letter of no stream that exists (a ``caa replay`` straight from a file,
+  named ``replay`` or by its source; a stream deleted since) is this stream's to redrive.
 
 Counting once does not depend on this module: a redrive interrupted between the
 put and the mark re-sends the record next time, and the consumer's per-customer
@@ -34,11 +36,13 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from botocore.exceptions import ClientError, ParamValidationError
+
 from consumers.admission import FUTURE_TOLERANCE_S, admit
 from consumers.core import STATE_REFUSED
 from consumers.retry import Backoff, retry_until_done_async
 from consumers.stores.dead_letters import DeadLetterStore
-from consumers.stores.dynamo import Dynamo
+from consumers.stores.dynamo import Dynamo, error_code
 from models.events import EventRejected
 from models.kpl import BadAggregate, deaggregate
 
@@ -130,6 +134,20 @@ def user_records(letter: dict[str, Any]) -> list[tuple[str, bytes]]:
     return [(u.partition_key, u.data) for u in users]
 
 
+async def _is_stream(kinesis: Any, name: str) -> bool:
+    """Is ``name`` a Kinesis stream of this account and region (another consumer's)?"""
+    try:
+        await kinesis.describe_stream_summary(StreamName=name)
+    except ParamValidationError:  # longer than a stream name can be: a replayed file's path
+        return False
+    except ClientError as exc:
+        if error_code(exc) in ("ResourceNotFoundException", "ValidationException",
+                               "InvalidArgumentException"):
+            return False  # none, or no stream name at all (a replayed file's path)
+        raise
+    return True
+
+
 async def open_letters(db: Dynamo, table: str) -> list[dict[str, Any]]:
     return await DeadLetterStore(db, table).open()
 
@@ -140,11 +158,14 @@ async def redrive(db: Dynamo, table: str, kinesis: Any, stream: str, max_event_b
     """Re-check the open dead letters of ``stream`` (module docstring) and put back the
     ones that now pass every check; what was done."""
     mine, others = [], 0
-    for d in await open_letters(db, table):
-        if str(d.get("stream") or stream) == stream:  # a letter without one: this stream's
-            mine.append(d)
-        else:
+    letters = await open_letters(db, table)
+    streams = {str(d.get("stream") or stream) for d in letters} - {stream}
+    elsewhere = {name for name in streams if await _is_stream(kinesis, name)}
+    for d in letters:
+        if str(d.get("stream") or stream) in elsewhere:
             others += 1
+        else:
+            mine.append(d)
     kept = Counter(str(d["kind"]) for d in mine if d.get("kind") in STATE_REFUSED)
     letters = [d for d in mine if d.get("kind") not in STATE_REFUSED]
     report = RedriveReport(checked=len(letters), kept=dict(kept), other_streams=others,

@@ -13,7 +13,8 @@ there are three kinds of row, all laid out in this module.
   knows its stream writes it in ``stream`` and refuses to read a group whose checkpoints
   are another stream's (:class:`OtherStream`: shard ids repeat from stream to stream, so
   another stream's sequence numbers would silently skip this one's records); rows written
-  before they carried it are taken as this stream's.
+  before they carried it are taken as this stream's and tagged with it when first read
+  (also an ended parent's or an idle shard's, which are never written again).
 * the group's **lease** (:class:`Lease`; ``shard_id`` = :data:`OWNER_KEY`): which worker
   holds the group (``owner``, ``host:pid:token``) and until when (``expires``, epoch
   seconds). Taken, renewed and released with conditional writes by
@@ -182,7 +183,25 @@ class CheckpointStore:
                 f"{sorted(other)[0]!r}, not of {self.stream!r} (shard ids repeat from stream "
                 "to stream: reading on would skip records): give each stream its own "
                 "CAA_CONSUMER_GROUP")
+        untagged = [i for i in rows if "stream" not in i]
+        if self.stream and untagged:
+            await self._adopt(untagged)
         return {cp.shard_id: cp for cp in map(checkpoint_from_item, rows)}
+
+    async def _adopt(self, rows: list[Item]) -> None:
+        """Tag checkpoints written before they named their stream with this one (unless
+        another writer tagged them first)."""
+        client = self.db.client
+        for item in rows:
+            try:
+                await client.update_item(
+                    TableName=self.table, Key=row_key(self.group, item["shard_id"]["S"]),
+                    UpdateExpression="SET #st = :s", ConditionExpression=(
+                        "attribute_exists(#g) AND attribute_not_exists(#st)"),
+                    ExpressionAttributeNames={"#st": "stream", "#g": "group"},
+                    ExpressionAttributeValues={":s": {"S": str(self.stream)}})
+            except client.exceptions.ConditionalCheckFailedException:
+                continue
 
     async def save(self, shard_id: str, sequence_number: str | None, ended: bool = False) -> bool:
         """Checkpoint ``shard_id`` at ``sequence_number`` (None: before the first record,

@@ -64,10 +64,10 @@ RECENT_S = 60.0
 RECENT_MAX = 10_000
 
 
-#: ``"customer_id": "<JSON text>"`` in a payload, JSON or not (a broken record is the usual
-#: dead letter; a KPL aggregate holds its user records' JSON as it is), the key's
-#: underscore possibly escaped
-_NAMED = re.compile(rb'"customer(?:_|\\u005[fF])id"\s*:\s*"((?:[^"\\]|\\.){1,400})"')
+#: ``"<key>": "<text>"`` pairs of JSON texts in a payload, JSON or not (a broken record is
+#: the usual dead letter; a KPL aggregate holds its user records' JSON as it is); the key is
+#: unescaped and compared (``"\\u0063ustomer_id"`` is ``customer_id``)
+_PAIR = re.compile(rb'"((?:[^"\\]|\\.){1,80})"\s*:\s*"((?:[^"\\]|\\.){1,400})"')
 _IDENTIFIER = re.compile(r"[A-Za-z0-9._:@-]{1,64}")
 #: at most this many customers are recorded of one letter (an aggregate holds many records)
 MAX_NAMED = 100
@@ -85,11 +85,11 @@ def named_customers(data: bytes, partition_key: str) -> list[str]:
     []
     """
     named: list[str] = []
-    for match in _NAMED.finditer(data):
-        try:
-            text = json.loads(b'"' + match.group(1) + b'"')
-        except ValueError:
+    for match in _PAIR.finditer(data):
+        key = match.group(1)
+        if key != b"customer_id" and (b"\\" not in key or _text(key) != "customer_id"):
             continue
+        text = _text(match.group(2))
         if (isinstance(text, str) and text != partition_key and text not in named
                 and _IDENTIFIER.fullmatch(text)):
             named.append(text)
@@ -98,22 +98,67 @@ def named_customers(data: bytes, partition_key: str) -> list[str]:
     return named
 
 
+def _text(token: bytes) -> str | None:
+    """A JSON string's content (between its quotes), unescaped; None if it is no JSON."""
+    try:
+        text = json.loads(b'"' + token + b'"')
+    except ValueError:
+        return None
+    return text if isinstance(text, str) else None
+
+
 def alias_item(letter: Item, customer_id: str) -> Item:
     """The index entry of a letter for one more customer its payload names (the index key
     holds one value an item): id ``<letter id>#<customer id>``, the letter's position, no
-    payload; every reader of letters leaves it out (:func:`is_alias`)."""
+    payload, ``status`` alias: every reader of letters leaves it out (:func:`alias_of`)."""
     return {"id": {"S": f"{letter['id']['S']}{ALIAS}{customer_id}"},
             **{k: letter[k] for k in _POSITION_KEYS[1:] if k in letter},
             "customer_id": {"S": customer_id}, "status": {"S": "alias"}}
 
 
-#: between a letter's id (stream/shard/sequence number: no ``#``) and the customer of an
-#: :func:`alias_item`
+#: between a letter's id and the customer of an :func:`alias_item`
 ALIAS = "#"
 
 
-def is_alias(letter_id: str) -> bool:
-    return ALIAS in letter_id
+def alias_of(entry_id: str) -> str | None:
+    """The letter id of an :func:`alias_item`'s id, None for a letter's own id. A letter's
+    id ends in a sequence number or a replay's record number (``/<n>``: a ``#`` in a replayed
+    file's path is followed by a ``/``), an entry's in ``#<customer id>``.
+
+    >>> alias_of("s/shard-0/4#c1"), alias_of("replay//data/orders#2.csv/5")
+    ('s/shard-0/4', None)
+    """
+    letter, sep, customer = entry_id.rpartition(ALIAS)
+    return letter if sep and letter and _IDENTIFIER.fullmatch(customer) else None
+
+
+def index_stored_letters(client: Any, table: str) -> int:
+    """Give the letters stored before :data:`BY_CUSTOMER_ID` existed the customers their
+    payload names (``customer_id``, ``more_customers``, the :func:`alias_item` entries), so
+    an erasure finds them too; how many letters name one. ``client``: a boto3 DynamoDB
+    client (``caa setup`` runs this once, when it adds the index). Idempotent: a letter
+    that has ``customer_id`` is left as it is."""
+    pages = client.get_paginator("scan").paginate(
+        TableName=table, ConsistentRead=True, ExpressionAttributeNames={"#st": "status"},
+        FilterExpression="attribute_not_exists(customer_id) AND #st <> :alias",
+        ExpressionAttributeValues={":alias": {"S": "alias"}})
+    done = 0
+    for item in (i for page in pages for i in page.get("Items", [])):
+        named = named_customers(bytes(item.get("payload", {}).get("B", b"")),
+                                item.get("partition_key", {}).get("S", ""))
+        if not named:
+            continue
+        letter, *entries = with_named({**item}, named)
+        client.update_item(
+            TableName=table, Key={"id": item["id"]},
+            UpdateExpression="SET customer_id = :c" + (", more_customers = :m" if entries
+                                                      else ""),
+            ExpressionAttributeValues={":c": letter["customer_id"], **(
+                {":m": letter["more_customers"]} if entries else {})})
+        for entry in entries:
+            client.put_item(TableName=table, Item=entry)
+        done += 1
+    return done
 
 
 def _payload(data: bytes) -> Item:
@@ -160,10 +205,17 @@ def dead_letter_items(r: Rejected) -> list[Item]:
     """The letter, keyed in the second index by the first customer its payload names other
     than its partition key (:func:`named_customers`), and an :func:`alias_item` for each
     further one."""
-    item = dead_letter_item(r)
-    named = named_customers(r.record.data, r.record.partition_key)
+    return with_named(dead_letter_item(r), named_customers(r.record.data,
+                                                          r.record.partition_key))
+
+
+def with_named(item: Item, named: list[str]) -> list[Item]:
+    """``item`` keyed by the first of ``named`` (``customer_id``), naming the others
+    (``more_customers``: what deleting it deletes too), and their :func:`alias_item`."""
     if named:
         item["customer_id"] = {"S": named[0]}
+    if len(named) > 1:
+        item["more_customers"] = {"SS": named[1:]}
     return [item, *(alias_item(item, cid) for cid in named[1:])]
 
 
@@ -242,7 +294,7 @@ class DeadLetterStore:
     async def all(self, segments: int = 4) -> list[dict[str, Any]]:
         """Every letter (not the index entries of :func:`alias_item`)."""
         return [from_attr({"M": i}) for i in await self.db.scan(self.table, segments=segments)
-                if not is_alias(i["id"]["S"])]
+                if i.get("status", {}).get("S") != "alias"]
 
     async def open(self) -> list[dict[str, Any]]:
         """The open dead letters, by id: what a redrive re-checks."""
@@ -316,13 +368,21 @@ class DeadLetterStore:
                 ExpressionAttributeValues={":c": {"S": customer_id}}, ConsistentRead=True,
                 **_POSITION)
         items += [i for _, keys, i in self._recent if customer_id in keys]
-        ids = {i["id"]["S"] for i in items if before is None or not _kept(i, *before)}
-        ids |= {i.split(ALIAS, 1)[0] for i in ids if is_alias(i)}  # and the letter itself
+        found = {i["id"]["S"] for i in items if before is None or not _kept(i, *before)}
+        entries = {i for i in found if alias_of(i) is not None}
+        # the letters (also of the entries found), as stored: those gone are not counted,
+        # and each takes its other customers' entries with it
+        letters = await self.db.batch_get(
+            self.table, "id", (found - entries) | {str(alias_of(i)) for i in entries},
+            ProjectionExpression="id, more_customers")
+        ids = entries | {i["id"]["S"] for i in letters} | {
+            f"{i['id']['S']}{ALIAS}{c}" for i in letters
+            for c in i.get("more_customers", {}).get("SS", [])}
         if ids:
             await self.db.batch_delete(self.table, [{"id": {"S": i}} for i in sorted(ids)])
-            # deleted: a second erasure (a batch read again) neither deletes nor counts them
-            self._recent = deque(r for r in self._recent if r[2]["id"]["S"] not in ids)
-        return sum(not is_alias(i) for i in ids)  # letters, not their index entries
+        # deleted: a second erasure (a batch read again) neither deletes nor counts them
+        self._recent = deque(r for r in self._recent if r[2]["id"]["S"] not in found | ids)
+        return len(letters)
 
     async def _indexed(self, index: str, key: str, customer_id: str) -> list[Item]:
         return await self.db.query(

@@ -353,12 +353,15 @@ class Dynamo:
         parts = await asyncio.gather(*(one(c) for c in _chunks(writes, 25)))
         return [r for p in parts for r in p]
 
-    async def batch_get(self, table: str, key: str, ids: Iterable[str]) -> list[Item]:
+    async def batch_get(self, table: str, key: str, ids: Iterable[str], **read: Any
+                        ) -> list[Item]:
+        """The items of ``ids`` that exist (strongly consistent; ``read``: more of the
+        request's per-table arguments, such as a ``ProjectionExpression``)."""
         keys = [{key: {"S": i}} for i in sorted(ids)]
         out: list[Item] = []
         sem = asyncio.Semaphore(self.concurrency)
 
-        async def read(request: dict[str, Any]) -> dict[str, Any]:
+        async def read_some(request: dict[str, Any]) -> dict[str, Any]:
             resp = await self._unless_transient(self.client.batch_get_item,
                                                 RequestItems=request)
             if resp is None:
@@ -369,7 +372,8 @@ class Dynamo:
         async def one(chunk: Sequence[Item]) -> None:
             async with sem:
                 left = await retry_until_done_async(
-                    self.backoff, read, {table: {"Keys": list(chunk), "ConsistentRead": True}})
+                    self.backoff, read_some,
+                    {table: {"Keys": list(chunk), "ConsistentRead": True, **read}})
             if not left:
                 return
             raise WriteFailed(f"could not read {table} after {self.max_attempts} attempts")

@@ -13,7 +13,12 @@ import pytest
 from caa.aws import Aws
 from caa.settings import Settings
 from consumers.core import Rejected, StreamRecord
-from consumers.stores.dead_letters import BY_CUSTOMER_ID, BY_PARTITION_KEY, DeadLetterStore
+from consumers.stores.dead_letters import (
+    BY_CUSTOMER_ID,
+    BY_PARTITION_KEY,
+    DeadLetterStore,
+    index_stored_letters,
+)
 from consumers.stores.dynamo import Dynamo
 from deploy.resources import INDEXES, ensure_index, ensure_table
 
@@ -91,7 +96,18 @@ def test_a_table_made_before_the_index_is_erased_by_a_scan_and_gets_the_index(
     assert ensure_index(ddb, old, first) and not ensure_index(ddb, old, first)
     erased, calls, left = asyncio.run(_erase(s, old, "c1", ("shard-9", "0", 0)))
     assert erased == 5 and "Scan" in calls  # every c1 letter: the erasure was elsewhere
+    # a letter stored before the second index, naming c7 and c8 under an order id: named
+    # by setup when it adds the index (once: a second pass changes nothing)
+    ddb.put_item(TableName=old, Item={
+        "id": {"S": f"{s.stream_name}/shard-1/30"}, "stream": {"S": s.stream_name},
+        "shard_id": {"S": "shard-1"}, "sequence_number": {"S": "30"},
+        "partition_key": {"S": "o-9"}, "status": {"S": "open"},
+        "payload": {"B": b'{"customer_id": "c7"}{"customer_id": "c8"}'}})
     assert ensure_index(ddb, old, second) and not ensure_index(ddb, old, second)
+    assert index_stored_letters(ddb, old) == 1 and index_stored_letters(ddb, old) == 0
+    erased, calls, left = asyncio.run(_erase(s, old, "c8", ("shard-9", "0", 0)))
+    assert erased == 1 and "Scan" not in calls
+    assert f"{s.stream_name}/shard-1/30" not in left
     described = ddb.describe_table(TableName=old)["Table"]["GlobalSecondaryIndexes"]
     assert [i["IndexName"] for i in described] == [BY_PARTITION_KEY, BY_CUSTOMER_ID]
     item = ddb.get_item(TableName=old, Key={"id": {"S": "old/letter"}})["Item"]

@@ -63,19 +63,25 @@ def test_redrive_after_a_fix_applies_the_record_once(
     first = _run(capsys, "consume", "--until-idle", "--json", "--no-refit")
     assert isinstance(first, dict) and first["rejected"] == 3
     assert _customer(s, cid) == (len(before), sum(int(e.total * 100) for e in before))
-    # a letter of another stream sharing the table (its own redrive puts it back there)
+    # a letter of another stream sharing the table (its own redrive puts it back there), and
+    # one of a replay straight from a file (no stream: this stream's redrive takes it)
     table = s.table("dead-letters")
-    Aws(s).client("dynamodb").put_item(TableName=table, Item={
-        "id": {"S": "elsewhere/shardId-0/1"}, "stream": {"S": "elsewhere"},
-        "shard_id": {"S": "shardId-0"}, "sequence_number": {"S": "1"},
-        "partition_key": {"S": cid}, "payload": {"B": big.to_bytes()},
-        "kind": {"S": "oversized"}, "reason": {"S": "oversized"},
-        "received_at": {"S": "2026-01-01T00:00:00.000+00:00"}, "status": {"S": "open"}})
+    elsewhere = f"{s.stream_name}-elsewhere"
+    kinesis.create_stream(StreamName=elsewhere, ShardCount=1)
+    other = big.model_copy(update={"event_id": "big-order-2", "order_id": "big-order-2"})
+    for stream, shard, event in ((elsewhere, "shardId-0", big),
+                                 ("replay", "/data/orders#2.csv", other)):
+        Aws(s).client("dynamodb").put_item(TableName=table, Item={
+            "id": {"S": f"{stream}/{shard}/1"}, "stream": {"S": stream},
+            "shard_id": {"S": shard}, "sequence_number": {"S": "1"},
+            "partition_key": {"S": cid}, "payload": {"B": event.to_bytes()},
+            "kind": {"S": "oversized"}, "reason": {"S": "oversized"},
+            "received_at": {"S": "2026-01-01T00:00:00.000+00:00"}, "status": {"S": "open"}})
 
     listed = _run(capsys, "dlq", "list", "--json")
     assert isinstance(listed, list)
     assert sorted(d["kind"] for d in listed) == ["event_id_reused", "not_json", "oversized",
-                                                 "oversized"]
+                                                 "oversized", "oversized"]
     listed = [d for d in listed if d["stream"] == s.stream_name]
     for d in listed:
         assert d["shard_id"].startswith("shardId-")
@@ -88,12 +94,12 @@ def test_redrive_after_a_fix_applies_the_record_once(
     # Before the fix nothing decodes: nothing is re-sent; the reused id is never re-sent
     # (it would come back as a new letter on every redrive), the other stream's is left
     assert _run(capsys, "dlq", "redrive", "--json") == {
-        "checked": 2, "redriven": 0, "still_rejected": {"not_json": 1, "oversized": 1},
+        "checked": 3, "redriven": 0, "still_rejected": {"not_json": 1, "oversized": 2},
         "dry_run": False, "kept": {"event_id_reused": 1}, "other_streams": 1}
 
     monkeypatch.setenv("CAA_MAX_EVENT_BYTES", "65536")  # the fix
     dry = _run(capsys, "dlq", "redrive", "--dry-run", "--json")
-    assert dry == {"checked": 2, "redriven": 1, "still_rejected": {"not_json": 1},
+    assert dry == {"checked": 3, "redriven": 2, "still_rejected": {"not_json": 1},
                    "dry_run": True, "kept": {"event_id_reused": 1}, "other_streams": 1}
     assert _run(capsys, "dlq", "redrive", "--json") == {**dry, "dry_run": False}
     # An interrupted redrive (put done, mark lost) re-sends it on the next redrive.
@@ -105,9 +111,10 @@ def test_redrive_after_a_fix_applies_the_record_once(
 
     second = _run(capsys, "consume", "--until-idle", "--json", "--no-refit")
     assert isinstance(second, dict)
-    assert (second["applied"], second["duplicates"], second["rejected"]) == (1, 1, 0)
-    assert _customer(s, cid) == (len(before) + 1,
-                                 sum(int(e.total * 100) for e in before) + 7500)
+    # the oversized order (twice: once a duplicate) and the replayed file's
+    assert (second["applied"], second["duplicates"], second["rejected"]) == (2, 1, 0)
+    assert _customer(s, cid) == (len(before) + 2,
+                                 sum(int(e.total * 100) for e in before) + 2 * 7500)
     still = _run(capsys, "dlq", "list", "--json")
     assert isinstance(still, list)
     assert sorted(d["kind"] for d in still) == ["event_id_reused", "not_json", "oversized"]
@@ -116,5 +123,6 @@ def test_redrive_after_a_fix_applies_the_record_once(
     everything = _run(capsys, "dlq", "list", "--all", "--json")
     assert isinstance(everything, list)
     redriven = [d for d in everything if d["status"] == "redriven"]
-    assert [d["id"] for d in redriven] == [oversized["id"]]
+    assert sorted(d["id"] for d in redriven) == sorted(
+        [oversized["id"], "replay//data/orders#2.csv/1"])
     assert redriven[0]["redriven_to"].startswith("shardId-")

@@ -47,6 +47,20 @@ def test_a_group_reads_one_stream_and_says_so(
     run = _consume()
     assert run.returncode == 0, run.stderr[-2000:]
     assert json.loads(run.stdout)["applied"] == 40
+    # as rows were written before they named their stream (an ended parent's, an idle
+    # shard's, are never written again): the first reader of its group tags them
+    ddb = Aws(first).client("dynamodb")
+    table = first.table("checkpoints")
+    rows = ddb.scan(TableName=table)["Items"]
+    shards = [r for r in rows if r["shard_id"]["S"].startswith("shardId-")]
+    assert shards and all(r["stream"] == {"S": first.stream_name} for r in shards)
+    for r in shards:
+        ddb.update_item(TableName=table, Key={"group": r["group"], "shard_id": r["shard_id"]},
+                        UpdateExpression="REMOVE #st", ExpressionAttributeNames={"#st": "stream"})
+    assert _consume().returncode == 0  # nothing new; the rows are tagged again
+    rows = ddb.scan(TableName=table)["Items"]
+    assert all(r["stream"] == {"S": first.stream_name} for r in rows
+               if r["shard_id"]["S"].startswith("shardId-"))
 
     other = f"{first.stream_name}-2"
     monkeypatch.setenv("CAA_STREAM_NAME", other)  # the same tables, the same group

@@ -14,6 +14,7 @@ from consumers.core import Rejected, StreamRecord
 from consumers.stores.dead_letters import (
     RECENT_S,
     DeadLetterStore,
+    alias_of,
     dead_letter_items,
     named_customers,
 )
@@ -33,6 +34,7 @@ class _Lagging:
         self.deleted: list[str] = []
         self.updates: list[str] = []
         self.scanned = 0
+        self.stored: dict[str, dict[str, Any]] = {}
 
     async def query(self, **kw: Any) -> dict[str, Any]:
         if self.error is not None:
@@ -47,7 +49,18 @@ class _Lagging:
         for writes in RequestItems.values():
             self.deleted += [w["DeleteRequest"]["Key"]["id"]["S"] for w in writes
                              if "DeleteRequest" in w]
+            for w in writes:
+                if "PutRequest" in w:
+                    item = w["PutRequest"]["Item"]
+                    self.stored[item["id"]["S"]] = item
+                else:
+                    self.stored.pop(w["DeleteRequest"]["Key"]["id"]["S"], None)
         return {}
+
+    async def batch_get_item(self, RequestItems: dict[str, Any]) -> dict[str, Any]:
+        return {"Responses": {t: [self.stored[k["id"]["S"]] for k in r["Keys"]
+                                  if k["id"]["S"] in self.stored]
+                              for t, r in RequestItems.items()}}
 
     async def update_item(self, **kw: Any) -> dict[str, Any]:
         self.updates.append(kw["UpdateExpression"])
@@ -98,6 +111,7 @@ def test_a_letter_whose_payload_names_the_customer_under_another_key_goes_too() 
     (b"\xff\xfe{", "k", []),
     (b'{"customer_id": "cust\\u0050"}', "k", ["custP"]),  # a JSON escape
     (b'{"customer\\u005fid": "c3"}', "k", ["c3"]),  # an escaped key
+    (b'{"\\u0063ustomer_id": "c4"}', "k", ["c4"]),  # escaped anywhere
     (b'{"customer_id": "c\\u0000"}', "k", []),  # escapes to no identifier
     # a KPL aggregate (corrupt or nested): its user records' JSON, verbatim in it
     (b"\xf3\x89\x9a\xc2\n\x02cQ" + b'{"customer_id":"cQ"}\x1a{"customer_id":"cR"}'
@@ -122,7 +136,30 @@ def test_a_letter_naming_several_customers_is_erased_for_each() -> None:
     items = [i for i in dead_letter_items(aggregate)]
     assert [i["id"]["S"] for i in items] == ["s/shard-0/4", "s/shard-0/4#cP"]
     assert items[0]["customer_id"] == {"S": "cR"} and "payload" not in items[1]
+    assert items[0]["more_customers"] == {"SS": ["cP"]}
     assert items[1]["shard_id"] == {"S": "shard-0"} and items[1]["status"] == {"S": "alias"}
+
+
+@pytest.mark.parametrize("who", ["cQ", "cR", "cP", "cS"])
+def test_deleting_a_letter_takes_every_entry_of_it_and_counts_it_once(who: str) -> None:
+    """Erased through its key (cQ), its first customer (cR) or an entry (cP, cS): the letter
+    and all its entries go (an entry left would keep a customer's id and count a letter
+    already gone at the next erasure)."""
+    client = _Lagging()
+    store = DeadLetterStore(Dynamo(client), "dl")
+    aggregate = Rejected(StreamRecord(b'{"customer_id":"cQ"}{"customer_id":"cR"}'
+                                      b'{"customer_id":"cP"}{"customer_id":"cS"}', "4", "cQ",
+                                      "shard-0", "s"), "bad_aggregate", "corrupt")
+    asyncio.run(store.save([aggregate]))
+    assert len(client.stored) == 3
+    assert asyncio.run(store.erase(who)) == 1 and client.stored == {}
+    assert all(asyncio.run(store.erase(c)) == 0 for c in ("cQ", "cR", "cP", "cS"))
+
+
+def test_a_hash_in_a_replayed_files_path_is_no_index_entry() -> None:
+    assert alias_of("replay//data/orders#2.csv/5") is None
+    assert alias_of("replay//data/orders#2.csv/5#c1") == "replay//data/orders#2.csv/5"
+    assert alias_of("s/shard-0/49/2") is None and alias_of("#c1") is None
 
 
 def test_a_missing_index_falls_back_to_a_scan_and_other_errors_raise() -> None:
