@@ -157,6 +157,10 @@ def ensure_table(dynamodb: Any, name: str, hash_key: str, range_key: str | None,
     return created
 
 
+#: in the line of an index DynamoDB cannot add yet (:class:`IndexPending`)
+PENDING = "not added yet"
+
+
 class IndexPending(RuntimeError):
     """DynamoDB builds one index of a table at a time: this one must wait for the other
     (``caa setup`` again, minutes later, adds it)."""
@@ -190,7 +194,7 @@ def ensure_index(dynamodb: Any, name: str, index: Index) -> bool:
             GlobalSecondaryIndexUpdates=[{"Create": index.spec()}])
     except (dynamodb.exceptions.LimitExceededException,
             dynamodb.exceptions.ResourceInUseException) as exc:
-        raise IndexPending(f"index {index.name} on {name} not added yet: the table is "
+        raise IndexPending(f"index {index.name} on {name} {PENDING}: the table is "
                            f"building another one ({exc.response['Error'].get('Code')}); "
                            "run setup again when it is done") from None
     return True

@@ -226,13 +226,18 @@ def ensure_emulator(settings: Settings, how_to_stop: str) -> None:
 def setup(settings: Settings, aws: Aws, as_json: bool = False) -> int:
     """``caa setup``: create the stream and tables (idempotent)."""
     from caa.wiring import ensure_resources
+    from deploy.resources import PENDING
 
-    created = ensure_resources(settings, aws.client("kinesis"), aws.client("dynamodb"),
-                               aws.client("sqs") if settings.analysis_queue else None)
+    done = ensure_resources(settings, aws.client("kinesis"), aws.client("dynamodb"),
+                            aws.client("sqs") if settings.analysis_queue else None)
+    pending = [d for d in done if PENDING in d]  # deploy.resources.IndexPending's lines
+    created = [d for d in done if PENDING not in d]
     if as_json:
-        output.print_json({"created": list(created)})
+        output.print_json({"created": created, "pending": pending})
     else:
         print("created: " + ", ".join(created) if created else "resources already exist")
+        for line in pending:
+            output.note(line)
     return 0
 
 
