@@ -236,12 +236,20 @@ class _Tap:
         self.line += 1
         return text
 
-    def take(self) -> tuple[int, str]:
-        """(first line, raw text) of the row just read."""
-        raw = "".join(self.taken)
-        first = self.line - len(self.taken) + 1
-        self.taken = []
-        return first, raw
+    def take(self) -> tuple[int, list[str]]:
+        """(first line, its lines) of the row just read."""
+        taken, self.taken = self.taken, []
+        return self.line - len(taken) + 1, taken
+
+    def again(self, texts: list[str]) -> None:
+        """Read ``texts`` (lines taken) again, before the rest."""
+        self._source = itertools.chain(texts, self._source)
+        self.line -= len(texts)
+
+
+#: the only column whose text may run over several lines (a quoted category): a row whose
+#: other fields do was cut short by a stray quote
+_MULTILINE = frozenset({"category"})
 
 
 def _csv_header(row: list[str]) -> list[str]:
@@ -293,13 +301,50 @@ def _csv_event(rows: list[tuple[int, str, dict[str, str]]]) -> Framed:
     return Framed(line, json.dumps(obj, separators=(",", ":")).encode(), first["customer_id"])
 
 
-def csv_records(chunks: Iterable[str]) -> Iterator[Framed]:
-    tap = _Tap(lines(chunks))
+def _rows(tap: _Tap) -> Iterator[tuple[int, str, list[str] | str]]:
+    """(first line, raw text, fields) of each CSV row, or the reason it is none: a field
+    over the csv module's limit, or a stray quote (a row running over several lines where
+    only a quoted category may: it stops at its first line, and the lines after it are
+    read again, so one bad quote costs one row, not the rest of the file)."""
     reader = csv.reader(tap)
     header: list[str] | None = None
+    while True:
+        try:
+            row: list[str] | str = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            row = f"not CSV ({exc})"
+        line, texts = tap.take()
+        if len(texts) > 1 and not _spans_lines_rightly(row, header):
+            tap.again(texts[1:])
+            row, texts = ("an unclosed quote: the row ran into the lines after it (read on "
+                          "their own)"), texts[:1]
+        if header is None and isinstance(row, list) and any(c.strip() for c in row):
+            header = [c.strip() for c in row]
+        yield line, "".join(texts), row
+
+
+def _spans_lines_rightly(row: list[str] | str, header: list[str] | None) -> bool:
+    """May this row run over several lines: all its fields there, and a line break only in
+    a (quoted) column of :data:`_MULTILINE`?"""
+    if isinstance(row, str) or header is None or len(row) != len(header):
+        return False
+    return all(name in _MULTILINE or ("\n" not in f and "\r" not in f)
+               for name, f in zip(header, row, strict=True))
+
+
+def csv_records(chunks: Iterable[str]) -> Iterator[Framed]:
+    tap = _Tap(lines(chunks))
+    header: list[str] | None = None
     group: list[tuple[int, str, dict[str, str]]] = []
-    for row in reader:
-        line, raw = tap.take()
+    for line, raw, row in _rows(tap):
+        if isinstance(row, str):
+            if group:
+                yield _csv_event(group)
+                group = []
+            yield Framed(line, _raw(raw), "", ("csv", f"line {line}: {row}"))
+            continue
         if not row or (len(row) == 1 and not row[0].strip()):
             continue  # a blank line
         if header is None:

@@ -152,6 +152,45 @@ def test_csv_problems_are_records_and_a_foreign_header_is_an_error() -> None:
                   b"category,quantity\n"], "csv")
 
 
+def test_a_stray_quote_or_a_huge_field_costs_one_csv_row_not_the_rest_of_the_file() -> None:
+    """A row with an unclosed quote ran into every line after it (100 good rows merged into
+    one invalid record; with thousands, the csv module's field limit raised and the replay
+    ended in a traceback); a field over that limit did too. Each is one bad row now, and
+    a quoted category may still run over lines."""
+    one = next(e for e in EVENTS if len(e.items) == 1).model_copy(update={"contact": None})
+    events = [one.model_copy(update={"event_id": f"e{n}", "order_id": f"o{n}",
+                                     "items": [one.items[0].model_copy(
+                                         update={"product_id": f"sku-{n}"})]})
+              for n in range(20)]
+    text = to_csv(events).splitlines(keepends=True)
+    header, rows = text[0], text[1:]
+    fields = rows[0].rstrip("\r\n").split(",")
+    fields[8] = '"' + fields[8]  # the product id: one " opens it, nothing closes it
+    stray = ",".join(fields) + "\n"
+    huge = rows[1].replace(events[1].items[0].product_id, '"' + "p" * 200_000 + '"', 1)
+    wrapped = rows[2].replace(events[2].items[0].category,
+                              f'"{events[2].items[0].category}\nsecond line"', 1)
+    body = [header, stray, *rows[3:10], huge, *rows[10:], wrapped]
+    for chunks in ([("".join(body)).encode()], list(_cuts("".join(body).encode(), 7))):
+        got = _records(chunks, "csv")
+        bad = [(r.line, r.problem) for r in got if r.problem]
+        assert bad == [(2, ("csv", "line 2: an unclosed quote: the row ran into the lines "
+                                   "after it (read on their own)")),
+                       (10, ("csv", "line 10: not CSV (field larger than field limit "
+                                    "(131072))"))]
+        good = [decode_event(r.data) for r in got if not r.problem]
+        assert good[:-1] == events[3:]  # every row after the bad ones
+        # and the one whose quoted category runs over two lines, read whole
+        assert good[-1].event_id == "e2"
+        assert good[-1].items[0].category.endswith("\nsecond line")  # type: ignore[union-attr]
+
+
+def _cuts(data: bytes, n: int) -> Iterator[bytes]:
+    step = max(1, len(data) // n)
+    for i in range(0, len(data), step):
+        yield data[i:i + step]
+
+
 def test_cdnow_lines_get_the_ids_of_caa_publish() -> None:
     with dataset_path().open("rb") as fh:
         head = b"".join(fh.readline() for _ in range(301))  # header + 300 rows
