@@ -181,6 +181,10 @@ def _explain_one(exc: BaseException, endpoint: str | None) -> CaaError | None:
         return Unreachable(f"{url} {what}" if what else f"cannot reach {url}", hint)
     if "EmulatorError" in names:  # deploy.local.emulator's, which cannot import this module
         return EmulatorError(str(exc))
+    if isinstance(exc, OSError) and exc.filename and exc.strerror and not names & _UNREACHABLE:
+        # a file we were told to read or write: a directory, a missing folder, no permission
+        return BadInput(f"{exc.filename}: {exc.strerror}",
+                        "give a path to a file that can be read or written")
     if "OtherStream" in names:  # consumers.stores.checkpoints': a group of another stream
         return BadInput(str(exc))
     if "GroupBusy" in names:  # consumers.sources.lease's (LeaseLost too)

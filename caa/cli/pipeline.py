@@ -144,7 +144,9 @@ def print_summary(summary: dict[str, Any]) -> None:
         ]
     rows += [
         ("records read this run", f"{summary['records_read']:,}"),
-        ("  applied / duplicates", f"{summary['applied']:,} / {summary['duplicates']:,}"),
+        ("  applied / duplicates / duplicate orders",
+         f"{summary['applied']:,} / {summary['duplicates']:,} / "
+         f"{summary.get('duplicate_orders', 0):,}"),
         ("  rejected (dead letters)", f"{summary['rejected']:,}"),
         *([("  erasures (their dead letters deleted)",
             f"{summary['erasures']:,} ({summary['dead_letters_erased']:,})")]

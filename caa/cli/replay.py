@@ -243,7 +243,8 @@ async def _run(settings: Settings, aws: Aws, opts: Options,
         if out["rejected_log"]:
             rows.append(("invalid records (all)", str(out["rejected_log"])))
     else:
-        rows += [("applied / duplicates", f"{r.applied:,} / {r.duplicates:,}"),
+        rows += [("applied / duplicates / duplicate orders",
+                  f"{r.applied:,} / {r.duplicates:,} / {r.duplicate_orders:,}"),
                  ("dead-lettered", f"{r.dead_lettered:,} (caa dlq list)"),
                  ("this run", f"{outcome.sent:,} records, {outcome.records_per_s:,.0f}/s")]
         if outcome.refit is not None:

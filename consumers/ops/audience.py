@@ -24,6 +24,9 @@ clv_high
 expected_order_value   the Gamma-Gamma expected value of one order
 spend                  spend so far, net of refunds
 currency               the reporting currency (ISO 4217)
+unconverted            the currencies of orders left out of the money columns for want of an
+                       exchange rate, joined by ";" (empty: none; else a spend of 0 is not
+                       a customer who spent nothing)
 next_order_date        the date by which a next order has a 50% probability (ISO date)
 due_items              keys of the next purchases whose status is "due", joined by ";"
 =====================  ======================================================================
@@ -59,7 +62,8 @@ BANDS: tuple[str, ...] = ("low", "medium", "high")
 #: the exported columns, in order (the CSV header)
 COLUMNS: tuple[str, ...] = (
     "customer_id", "segment", "p_alive", "churn_band", "p_no_purchase_90d", "clv", "clv_low",
-    "clv_high", "expected_order_value", "spend", "currency", "next_order_date", "due_items")
+    "clv_high", "expected_order_value", "spend", "currency", "unconverted", "next_order_date",
+    "due_items")
 #: one exported customer: a value per :data:`COLUMNS` entry (None: not known)
 Row = dict[str, str | float | None]
 #: the predictions attributes a row is made from (what the Scan projects)
@@ -213,6 +217,7 @@ def audience_row(pred: Mapping[str, Any]) -> Row:
         "expected_order_value": _num(value.get("expected_order_value")),
         "spend": _num(pred.get("spend")),
         "currency": pred.get("currency"),
+        "unconverted": ";".join(map(str, pred.get("unconverted") or ())),
         "next_order_date": timing.get("next_order_50"),
         "due_items": ";".join(due_keys(pred)),
     }

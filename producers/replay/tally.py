@@ -17,11 +17,13 @@ whole job exactly, never a record twice.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC
 from typing import Any
 
+from consumers.admission import FUTURE_TOLERANCE_S, admit
 from models.events import (
     ConsentEvent,
     ErasureEvent,
@@ -29,7 +31,6 @@ from models.events import (
     PurchaseEvent,
     RefundEvent,
     StreamEvent,
-    decode_event,
 )
 from producers.replay.sources import SourceRecord
 
@@ -47,18 +48,20 @@ class Checked:
     reason: str = ""
 
 
-def check(record: SourceRecord, max_bytes: int) -> Checked:
-    """The consumer's verdict on a record (its decoder, its partition-key rule)."""
+def check(record: SourceRecord, max_bytes: int, now_ts: float | None = None,
+          future_tolerance_s: float = FUTURE_TOLERANCE_S) -> Checked:
+    """The consumer's verdict on a record (:func:`consumers.admission.admit`: its decoder,
+    its partition-key rule, and the event time against ``now_ts``, the wall clock when None:
+    a replayed record arrives now, so an event dated after that is a ``future_event`` in
+    the dry run as in the consumer)."""
     if record.problem is not None:
         return Checked(record, None, *record.problem)
     try:
-        event = decode_event(record.data, max_bytes)
+        event = admit(record.data, record.key, arrival_ts=None,
+                      now_ts=time.time() if now_ts is None else now_ts, max_bytes=max_bytes,
+                      future_tolerance_s=future_tolerance_s)
     except EventRejected as exc:
         return Checked(record, None, exc.kind, str(exc))
-    if record.key and record.key != event.customer_id:
-        return Checked(record, None, "partition_key",
-                       f"partition_key: {record.key!r} is not the event's customer_id "
-                       f"{event.customer_id!r}")
     return Checked(record, event)
 
 
@@ -98,10 +101,12 @@ class ReplayReport:
     first_at: str | None = None  # event time (occurred_at), ISO 8601
     last_at: str | None = None
     # what the target did: the stream acknowledged (published); the applier applied,
-    # found already applied (duplicates), dead-lettered
+    # found already applied (duplicates; an order already placed under another event id:
+    # duplicate orders), dead-lettered
     published: int = 0
     applied: int = 0
     duplicates: int = 0
+    duplicate_orders: int = 0
     dead_lettered: int = 0
     throttled: int = 0
     runs: int = 0

@@ -306,6 +306,7 @@ class DirectTarget(Target):
             result = await self.applier.apply([self._record(r) for r in batch])
             report.applied += result.counts["applied"]
             report.duplicates += result.counts["duplicate"]
+            report.duplicate_orders += result.counts["duplicate_order"]
             report.dead_lettered += result.counts["rejected"]
 
     @property

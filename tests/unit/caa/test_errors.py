@@ -129,3 +129,15 @@ def test_a_busy_consumer_group_is_one_line_with_its_own_code() -> None:
         err = explain(exc, URL)
         assert isinstance(err, Busy) and err.exit_code == 10
         assert err.line() == str(exc)
+
+
+@pytest.mark.parametrize("exc", [IsADirectoryError(21, "Is a directory", "/tmp/out"),
+                                 PermissionError(13, "Permission denied", "/root/x.html"),
+                                 FileNotFoundError(2, "No such file or directory", "/no/x")])
+def test_a_file_that_cannot_be_read_or_written_is_one_line(exc: OSError) -> None:
+    """`caa report --out DIR` printed the IsADirectoryError traceback."""
+    err = explain(exc, URL)
+    assert isinstance(err, BadInput) and err.exit_code == 7
+    assert err.line().startswith(f"{exc.filename}: {exc.strerror}")
+    assert explain(ConnectionRefusedError(111, "Connection refused"), URL) is not None
+

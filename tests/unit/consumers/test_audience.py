@@ -156,8 +156,12 @@ def test_row_has_every_column_from_the_flat_attributes_and_the_detail() -> None:
     assert row == {"customer_id": "00042", "segment": "Loyal", "p_alive": 0.9,
                    "churn_band": "medium", "p_no_purchase_90d": 0.1, "clv": 120.0,
                    "clv_low": 60.0, "clv_high": 180.0, "expected_order_value": 25.0,
-                   "spend": 80.0, "currency": "USD", "next_order_date": "2024-05-20",
-                   "due_items": "milk;dairy"}
+                   "spend": 80.0, "currency": "USD", "unconverted": "",
+                   "next_order_date": "2024-05-20", "due_items": "milk;dairy"}
+    # orders in currencies without a rate are named: a spend of 0 is not a customer who
+    # spent nothing (the export dropped it: only `caa show` said so)
+    left_out = p.model_copy(update={"unconverted": ["EUR", "JPY"], "spend": 0.0})
+    assert audience_row(stored(left_out))["unconverted"] == "EUR;JPY"
 
 
 def test_row_without_value_parts_has_nones() -> None:

@@ -298,3 +298,18 @@ def test_csv_columns_a_refund_must_not_have_are_named_by_the_decoder() -> None:
         reasons.append(str(info.value))
     assert "total" in reasons[0] and "Extra inputs" in reasons[0]
     assert "'chargeback' is not one of" in reasons[1]
+
+
+def test_the_dry_run_refuses_what_the_consumer_refuses_an_event_dated_after_now() -> None:
+    """A replayed record arrives now: an event dated 2030 passed the dry run ("valid") and
+    was then a future_event dead letter of the consumer (or of the direct replay)."""
+    from producers.replay.sources import SourceRecord
+    from producers.replay.tally import check
+
+    event = next(e for e in EVENTS if isinstance(e, PurchaseEvent))
+    later = event.model_copy(update={"occurred_at": event.occurred_at.replace(year=2030)})
+    at = event.occurred_at.timestamp() + 86_400  # "now": a day after the event
+    assert check(SourceRecord("f", "0", 1, event.to_bytes(), ""), 65_536, at).event == event
+    refused = check(SourceRecord("f", "0", 1, later.to_bytes(), ""), 65_536, at)
+    assert refused.event is None and refused.kind == "future_event"
+    assert check(SourceRecord("f", "0", 1, later.to_bytes(), ""), 65_536).kind == "future_event"
