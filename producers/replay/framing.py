@@ -13,8 +13,9 @@ members (as ``cat a.gz b.gz`` makes) are read as one stream.
 
 **json**: JSON objects one per line (JSON Lines), or back to back with no separator, as
 Kinesis Data Firehose writes records to S3, or any mix. A stretch that does not parse
-becomes one record up to the end of its line (the decoder rejects it as ``not_json``)
-and framing goes on with the next line; so does one nested too deep for Python's parser or
+becomes one record up to the end of its line, or to the next ``}{`` where objects are back
+to back (a Firehose object has no lines); the decoder rejects it as ``not_json``, and
+framing goes on with the next record; so does one nested too deep for Python's parser or
 holding an integer of more than 4,300 digits. Bytes that are not UTF-8 are kept as they are.
 
 **csv**: the wire schema flattened to one row per line item, under a header naming the
@@ -48,6 +49,7 @@ import codecs
 import csv
 import itertools
 import json
+import re
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -63,6 +65,8 @@ FORMATS = ("json", "csv", "cdnow")
 GZIP_MAGIC = b"\x1f\x8b"
 #: how far past a record that does not parse yet we read to find where it ends
 MAX_SPAN = 2 * 1024 * 1024
+#: where a JSON object ends and the next begins with nothing but blanks between (``}{``)
+_NEXT_OBJECT = re.compile(r"\}[ \t\r]*(?=\{)")
 
 CSV_EVENT = ("event_id", "order_id", "customer_id", "occurred_at", "currency", "total")
 CSV_ITEM = ("product_id", "category", "quantity", "unit_price")
@@ -188,13 +192,17 @@ def json_records(chunks: Iterable[str]) -> Iterator[Framed]:
             # parser (RecursionError) and an integer beyond int's digit limit (a plain
             # ValueError) do not: the record is bad up to the end of its line all the same
             at = exc.pos if isinstance(exc, json.JSONDecodeError) else pos
-            # no end of line after the failure: the record may go on in the next chunk
-            if not eof and buf.find("\n", at) < 0 and len(buf) - pos < MAX_SPAN:
+            nl = buf.find("\n", at)
+            # the next object back to back (a Firehose object has no lines to resume at)
+            after = _NEXT_OBJECT.search(buf, max(at, pos + 1), nl if nl >= 0 else len(buf))
+            # no end after the failure: the record may go on in the next chunk
+            if not eof and nl < 0 and after is None and len(buf) - pos < MAX_SPAN:
                 more()
                 continue
-            nl = buf.find("\n", pos)
-            end = nl if nl >= 0 else len(buf)
-            yield Framed(line, _raw(buf[pos:end]), "")
+            end = after.end() if after else (buf.find("\n", pos) if nl >= 0 else len(buf))
+            end = end if end >= 0 else len(buf)
+            yield Framed(line, _raw(buf[pos:end].rstrip()), "")
+            line += buf.count("\n", pos, end)
             pos = end
             continue
         if end == len(buf) and not eof and buf[end - 1] not in '}]"':

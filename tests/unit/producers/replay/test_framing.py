@@ -79,6 +79,26 @@ def test_a_stretch_that_does_not_parse_is_one_record_up_to_its_line_end() -> Non
     assert got[4].line == 4
 
 
+@pytest.mark.parametrize("cut", [None, 3, 5000])
+def test_a_broken_object_back_to_back_costs_one_record_not_the_rest(cut: int | None) -> None:
+    """A Firehose object has no lines: a broken record ran to the end of the object (up to
+    2 MiB at a time), 19,899 good events of 20,000 reported as 3 invalid records."""
+    events = [e.to_bytes() for e in EVENTS]
+    data = b"".join([*events[:3], b'{"event_id": "broken",}', *events[3:]])
+    chunks = [data] if cut is None else list(split(data, list(range(cut, len(data), cut))))
+    got = _records(chunks)
+    assert [r.data for r in got if not _decodes(r.data)] == [b'{"event_id": "broken",}']
+    assert [decode_event(r.data) for r in got if _decodes(r.data)] == EVENTS
+
+
+def _decodes(data: bytes) -> bool:
+    try:
+        decode_event(data)
+    except EventRejected:
+        return False
+    return True
+
+
 @pytest.mark.parametrize("bad", [b"[" * 5000, b'{"customer_id":"c1","x":' + b"9" * 5000 + b"}"],
                          ids=["nested too deep", "integer beyond the digit limit"])
 @pytest.mark.parametrize("cut", [None, 7, 2600])
