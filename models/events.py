@@ -412,8 +412,9 @@ def _encoding_hint(data: bytes) -> str:
     return ""
 
 
-def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    """``json.loads``'s object hook: :class:`EventRejected` on a key given twice."""
+def unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """``json.loads``'s object hook: :class:`EventRejected` (``duplicate_key``) on a key given
+    twice (the decoder's, and the API's for its bodies)."""
     out: dict[str, object] = dict(pairs)
     if len(out) == len(pairs):  # every key once (the common case, in C)
         return out
@@ -427,10 +428,10 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
     return out
 
 
-#: ``json.loads(text, object_pairs_hook=_unique_keys)`` built once (``json.loads`` with a
+#: ``json.loads(text, object_pairs_hook=unique_keys)`` built once (``json.loads`` with a
 #: hook builds a decoder and its scanner per call: half the parse's time); the byte order
 #: mark it would refuse is refused before
-_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys)
+_DECODER = json.JSONDecoder(object_pairs_hook=unique_keys)
 
 
 def _version_error(text: str) -> EventRejected:

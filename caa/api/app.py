@@ -53,7 +53,7 @@ from consumers.stores.dynamo import Dynamo
 from consumers.stores.model_snapshots import ModelStore
 from consumers.stores.predictions import PredictionStore
 from models.analysis import AnalysisRecord
-from models.events import ConsentEvent
+from models.events import ConsentEvent, EventRejected, unique_keys
 from models.learn.segmentation import SegmentModel
 from models.money import Rates
 from models.prediction import Prediction
@@ -81,6 +81,18 @@ class AnalysisAnswer(AnalysisRecord):
 class ConsentIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     analysis: StrictBool = Field(description="may the customer's features go to the AI model")
+
+
+async def _keys_once(request: Request) -> None:
+    """400 for a body whose JSON names a key twice (``{"analysis": false, "analysis":
+    true}``: parsers disagree on which counts; the stream's decoder refuses such events
+    as ``duplicate_key``, and a consent statement must not be ambiguous)."""
+    try:
+        json.loads(await request.body(), object_pairs_hook=unique_keys)
+    except EventRejected as exc:
+        raise HTTPException(400, f"body: {exc.detail}") from None
+    except ValueError:
+        pass  # not JSON: the body's own validation says so
 
 
 class ConsentOut(BaseModel):
@@ -239,7 +251,8 @@ async def analyze(customer_id: CustomerId, live: Live) -> Any:
 
 
 @router.put("/customers/{customer_id}/consent", response_model=ConsentOut, status_code=202,
-            responses={400: _COMMON[400], 401: _COMMON[401], 404: _COMMON[404]})
+            responses={400: _COMMON[400], 401: _COMMON[401], 404: _COMMON[404]},
+            dependencies=[Depends(_keys_once)])
 async def consent(customer_id: CustomerId, body: ConsentIn, live: Live) -> ConsentOut:
     """Whether the customer's features may be analysed by the AI model: published on the
     stream, it holds from the next analysis after the consumer applied it (on demand or

@@ -221,6 +221,10 @@ def test_consent_withdrawn_by_the_api_holds_for_the_next_analysis(
     assert calls_for(bedrock_server, cid) == granted + 1
     for bad in ({"analysis": "no"}, {}, {"analysis": True, "extra": 1}, [True]):
         assert world.put(f"/customers/{cid}/consent", json=bad).status_code == 400, bad
+    # a key twice: parsers disagree on which counts (it was taken as the last, true)
+    twice = world.put(f"/customers/{cid}/consent", content=b'{"analysis": false, '
+                      b'"analysis": true}', headers={**H, "Content-Type": "application/json"})
+    assert twice.status_code == 400 and "appears more than once" in twice.text
 
 
 def test_an_erased_customer_is_not_found(world: World) -> None:
