@@ -187,10 +187,13 @@ async def run(
         source = make_source(datetime.fromtimestamp(state.created_at, UTC))
         identity = digest(source.identity(), target.name)
         if state.identity and state.identity != identity:
+            what = ("its source changed since it started (a file's size or modification "
+                    "time, or the set of files or objects, is not what it was)"
+                    if state.summary == summary else
+                    f"it changed since it started (now: {summary})")
             raise JobMismatch(
-                f"job {job.name!r} replays {state.summary}, and it or its source changed "
-                f"since it started (now: {summary}); use another --job name, or --restart "
-                "to replay this job from the beginning")
+                f"job {job.name!r} replays {state.summary}, and {what}; use another --job "
+                "name, or --restart to replay this job from the beginning")
         state.identity, state.summary = identity, summary
         report = ReplayReport.from_tallies(state.tallies)
         if state.status == "complete":

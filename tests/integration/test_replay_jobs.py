@@ -102,6 +102,11 @@ def test_direct_backfill_interrupted_after_a_chunk_resumes_exactly(
     assert len(t.dead) == 1  # the garbage line, once, although its chunk was re-read
     again = replay(capsys, str(path), "--to", "direct", "--job", "resume-me")
     assert again["status"] == "already_complete" and again["sent_this_run"] == 0
+    # the same file, touched: the job says what changed (its "before" and "now" read alike)
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    assert cli.main(["replay", str(path), "--to", "direct", "--job", "resume-me"]) == 7
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("caa")]
+    assert "its source changed since it started (a file's size or modification time" in line
 
 
 def test_replay_killed_with_sigkill_resumes_and_the_consumer_counts_once(
