@@ -75,6 +75,19 @@ def split_price(cents: int, quantity: int) -> list[tuple[int, int]]:
 
 
 def to_event(row: CdnowRow) -> PurchaseEvent:
+    """The purchase event of one CDNOW row. ``ValueError`` in words for a row that makes
+    none: no CDs or a negative count, a date that is not YYYYMMDD, an amount that is not a
+    finite number of dollars and cents of at least 0."""
+    if row.cds <= 0:
+        raise ValueError(f"{row.cds} CDs: an order has at least one")
+    if not row.dollars.is_finite() or row.dollars < 0:
+        raise ValueError(f"{row.dollars} dollars: not an amount of at least 0")
+    if not (len(row.day) == 8 and row.day.isdigit()):
+        raise ValueError(f"date {row.day[:20]!r} is not YYYYMMDD")
+    try:
+        day = datetime.strptime(row.day, "%Y%m%d").replace(tzinfo=UTC)
+    except ValueError:
+        raise ValueError(f"date {row.day!r} is not a day of the calendar (YYYYMMDD)") from None
     cents = int(row.dollars * 100)
     items = [
         LineItem(
@@ -89,7 +102,7 @@ def to_event(row: CdnowRow) -> PurchaseEvent:
         event_id=f"cdnow-{row.row:05d}",
         order_id=f"cdnow-order-{row.row:05d}",
         customer_id=row.customer_id,
-        occurred_at=datetime.strptime(row.day, "%Y%m%d").replace(tzinfo=UTC),
+        occurred_at=day,
         currency="USD",
         items=items,
         total=row.dollars,

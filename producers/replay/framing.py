@@ -387,7 +387,8 @@ def cdnow_records(chunks: Iterable[str]) -> Iterator[Framed]:
             if len(parts) != 4:
                 raise ValueError(f"{len(parts)} field(s), expected 4: customer id, "
                                  "YYYYMMDD, CDs, dollars")
-            event = to_event(CdnowRow(n, parts[0], parts[1], int(parts[2]), Decimal(parts[3])))
+            event = to_event(CdnowRow(n, parts[0], parts[1], _cds(parts[2]),
+                                      _dollars(parts[3])))
         except ValidationError as exc:
             reason = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'event'}: {e['msg']}"
                                for e in exc.errors(include_url=False)[:3])
@@ -400,6 +401,19 @@ def cdnow_records(chunks: Iterable[str]) -> Iterator[Framed]:
                                                                            f"{reason}"))
             continue
         yield Framed(number, event.to_bytes(), event.customer_id)
+
+
+def _cds(text: str) -> int:
+    if not text.isdigit():
+        raise ValueError(f"CDs {text[:20]!r} is not a whole number")
+    return int(text)
+
+
+def _dollars(text: str) -> Decimal:
+    try:
+        return Decimal(text)
+    except ArithmeticError:  # decimal.InvalidOperation, whose text names a class
+        raise ValueError(f"dollars {text[:20]!r} is not a number") from None
 
 
 FRAMERS: dict[str, Callable[[Iterable[str]], Iterator[Framed]]] = {

@@ -333,3 +333,19 @@ def test_the_dry_run_refuses_what_the_consumer_refuses_an_event_dated_after_now(
     refused = check(SourceRecord("f", "0", 1, later.to_bytes(), ""), 65_536, at)
     assert refused.event is None and refused.kind == "future_event"
     assert check(SourceRecord("f", "0", 1, later.to_bytes(), ""), 65_536).kind == "future_event"
+
+
+@pytest.mark.parametrize(("row", "said"), [
+    ("00002 19970199 1 5.00", "date '19970199' is not a day of the calendar (YYYYMMDD)"),
+    ("00003 19970102 0 5.00", "0 CDs: an order has at least one"),
+    ("00004 1997010 1 5.00", "date '1997010' is not YYYYMMDD"),
+    ("00005 19970102 1 abc", "dollars 'abc' is not a number"),
+    ("00006 19970102 2 -1", "-1 dollars: not an amount of at least 0"),
+    ("00007 19970102 1 nan", "NaN dollars: not an amount of at least 0"),
+    ("00008 19970102 x 5.00", "CDs 'x' is not a whole number"),
+])
+def test_a_bad_cdnow_line_says_why_in_words(row: str, said: str) -> None:
+    """They said "integer division or modulo by zero", "unconverted data remains: 99" or
+    "[<class 'decimal.ConversionSyntax'>]"."""
+    (got,) = _records([f"{row}\n".encode()], "cdnow")
+    assert got.problem == ("cdnow", f"line 1: {said}")
