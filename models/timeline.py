@@ -121,6 +121,19 @@ class Timeline:
     step: str  # "weekly", "monthly" (see :func:`cutoffs`) or "given"
     customers: int  # customers with a purchase by the last cut-off
 
+    def by_name(self) -> tuple[list[str], list[list[int]]]:
+        """The names, each once, and the counts of centres that share a name added up (what
+        a reader can tell apart: two columns both called "Hibernating" cannot be)."""
+        names = list(dict.fromkeys(self.names))
+        column = {name: k for k, name in enumerate(names)}
+        merged = []
+        for row in self.counts:
+            out = [0] * len(names)
+            for name, n in zip(self.names, row, strict=True):
+                out[column[name]] += n
+            merged.append(out)
+        return names, merged
+
     def at(self, i: int) -> dict[str, int]:
         """Sizes by name at cut-off ``i`` (``-1``: the watermark); centres that share a name
         (models.learn.segment_names) are counted together."""

@@ -159,10 +159,11 @@ def _sizes(d: ReportData) -> str:
         "amounts, so this one figure is not as of the cut-off).")
     out = [_img(plots.timeline(tl), "customers per segment over time"),
            f'<p class="caption">{caption}</p>', _sizes_check(d, tl)]
+    names, merged = tl.by_name()
     rows = [[_day(t)[:10], *(f"{c:,}" for c in counts), f"{sum(counts):,}"]
-            for t, counts in zip(tl.cutoffs, tl.counts, strict=True)]
+            for t, counts in zip(tl.cutoffs, merged, strict=True)]
     out.append("<details><summary>sizes at every cut-off</summary>"
-               + _table(["cut-off", *tl.names, "customers"], rows) + "</details>")
+               + _table(["cut-off", *names, "customers"], rows) + "</details>")
     return "".join(out)
 
 

@@ -120,6 +120,18 @@ def test_segment_timeline_counts_each_customer_once_with_todays_model() -> None:
     assert tl.at(len(tl.cutoffs) // 2) == by_hand
 
 
+def test_centres_sharing_a_name_are_one_column_of_the_timeline() -> None:
+    """The report's "sizes at every cut-off" table and its chart had two columns (and two
+    areas) called "Hibernating" when two centres share that name; a reader cannot tell
+    them apart. By name, the counts add up, as the refit's stored sizes do."""
+    from models.timeline import Timeline
+
+    tl = Timeline(cutoffs=[1, 2], names=["Champions", "Hibernating", "Hibernating"],
+                  counts=[[1, 2, 3], [4, 5, 6]], step="given", customers=15)
+    assert tl.by_name() == (["Champions", "Hibernating"], [[1, 5], [4, 11]])
+    assert tl.at(1) == {"Champions": 4, "Hibernating": 11}  # as the refit's sizes are
+
+
 def test_segment_timeline_needs_purchases_and_a_ready_model() -> None:
     assert segment_timeline([], fitted(population())) is None
     assert segment_timeline(population(), SegmentModel()) is None
