@@ -132,6 +132,22 @@ def test_the_run_summary_converts_the_table_spend_and_names_what_it_left_out(
     assert s["table_spend_by_currency"] == {"EUR": 40.0, "JPY": 6000.0, "USD": 15.0}
 
 
+def test_a_fit_on_few_customers_is_flagged_in_the_summary(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """On 8 customers the fit collapsed (r 9e9) and every customer showed P(alive) 1.0, churn
+    low and the same CLV, with no word that the fit was thin."""
+    from caa.cli.pipeline import STABLE_FIT_CUSTOMERS, fit_caution
+
+    few = refit_summary(report({"USD": 1500}, RATES))
+    assert few["fit_caution"] and "fitted on 1 customers, fewer than" in few["fit_caution"]
+    print_summary({"records_read": 3, "applied": 3, "duplicates": 0, "rejected": 0,
+                   "predictions_written": 1, "consume_s": 1.0, "events_per_s": 3.0,
+                   "refit_s": 0.1, "elapsed_s": 1.2, **few})
+    assert "caution: the purchase and spend models were fitted on 1 customers" in (
+        capsys.readouterr().out)
+    assert fit_caution(STABLE_FIT_CUSTOMERS) is None
+
+
 def test_caa_segments_says_the_currency_of_the_order_values(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     from models.learn.segmentation import SegmentModel
