@@ -138,7 +138,11 @@ def test_every_customer_is_analysed_and_no_prompt_carries_personal_data(
 ) -> None:
     # a debounce longer than the run: every analysis is still pending when the consuming
     # ends, so the progress shows the "AI analyses" phase whatever the machine's speed
-    s = ai_settings(consent_mode="opt_in", analysis_debounce_s="600")
+    # and time enough for every call (the fixture's 2 s timeout, 3 s deadline are for the
+    # fault tests): on a loaded machine a call cut short by its timeout is retried, and the
+    # books below were found one call apart twice in four CI runs of one slow day
+    s = ai_settings(consent_mode="opt_in", analysis_debounce_s="600", bedrock_timeout_s="30",
+                    bedrock_deadline_s="60")
     assert s.bedrock_endpoint_url == bedrock_server.endpoint  # AWS_ENDPOINT_URL_BEDROCK_RUNTIME
     events = generate(customers=24, days=45, seed=11)
     out = run(s, events)
