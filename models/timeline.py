@@ -137,10 +137,8 @@ class Timeline:
     def at(self, i: int) -> dict[str, int]:
         """Sizes by name at cut-off ``i`` (``-1``: the watermark); centres that share a name
         (models.learn.segment_names) are counted together."""
-        out: dict[str, int] = {}
-        for name, n in zip(self.names, self.counts[i], strict=True):
-            out[name] = out.get(name, 0) + n
-        return out
+        names, counts = self.by_name()
+        return dict(zip(names, counts[i], strict=True))
 
 
 def segment_timeline(states: Sequence[CustomerState], model: SegmentModel,

@@ -53,14 +53,13 @@ from consumers.stores.dynamo import Dynamo
 from consumers.stores.model_snapshots import ModelStore
 from consumers.stores.predictions import PredictionStore
 from models.analysis import AnalysisRecord
-from models.events import ConsentEvent, EventRejected, unique_keys
+from models.events import ID_MAX_CHARS, ID_PATTERN, ConsentEvent, EventRejected, unique_keys
 from models.learn.segmentation import SegmentModel
 from models.money import Rates
 from models.prediction import Prediction
 
 #: the customer-id format of the wire schema (models.events.Identifier)
-ID_PATTERN = r"^[A-Za-z0-9._:@-]+$"
-CustomerId = Annotated[str, Path(min_length=1, max_length=64, pattern=ID_PATTERN,
+CustomerId = Annotated[str, Path(min_length=1, max_length=ID_MAX_CHARS, pattern=ID_PATTERN,
                                  description="customer id as in the purchase events",
                                  examples=["00001"])]
 #: fallback reasons that mean Bedrock (or our budget for it) could not answer: 503

@@ -159,10 +159,11 @@ async def redrive(db: Dynamo, table: str, kinesis: Any, stream: str, max_event_b
     ones that now pass every check; what was done."""
     mine, others = [], 0
     letters = await open_letters(db, table)
-    streams = {str(d.get("stream") or stream) for d in letters} - {stream}
-    elsewhere = {name for name in streams if await _is_stream(kinesis, name)}
+    home = {str(d["id"]): str(d.get("stream") or stream) for d in letters}
+    elsewhere = {name for name in set(home.values()) - {stream}
+                 if await _is_stream(kinesis, name)}
     for d in letters:
-        if str(d.get("stream") or stream) in elsewhere:
+        if home[str(d["id"])] in elsewhere:
             others += 1
         else:
             mine.append(d)

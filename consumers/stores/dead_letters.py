@@ -37,6 +37,7 @@ from botocore.exceptions import ClientError
 
 from consumers.core import Position, Rejected, StreamRecord, arrival
 from consumers.stores.dynamo import Dynamo, Item, Rejection, error_code, from_attr, now_iso
+from models.events import is_identifier
 
 #: payload bytes kept in a dead letter; the rest of the 400 KB item is left for the others
 MAX_PAYLOAD_BYTES = 350_000
@@ -68,7 +69,6 @@ RECENT_MAX = 10_000
 #: the usual dead letter; a KPL aggregate holds its user records' JSON as it is); the key is
 #: unescaped and compared (``"\\u0063ustomer_id"`` is ``customer_id``)
 _PAIR = re.compile(rb'"((?:[^"\\]|\\.){1,80})"\s*:\s*"((?:[^"\\]|\\.){1,400})"')
-_IDENTIFIER = re.compile(r"[A-Za-z0-9._:@-]{1,64}")
 #: at most this many customers are recorded of one letter (an aggregate holds many records)
 MAX_NAMED = 100
 
@@ -91,7 +91,7 @@ def named_customers(data: bytes, partition_key: str) -> list[str]:
             continue
         text = _text(match.group(2))
         if (isinstance(text, str) and text != partition_key and text not in named
-                and _IDENTIFIER.fullmatch(text)):
+                and is_identifier(text)):
             named.append(text)
             if len(named) == MAX_NAMED:
                 break
@@ -129,7 +129,7 @@ def alias_of(entry_id: str) -> str | None:
     ('s/shard-0/4', None)
     """
     letter, sep, customer = entry_id.rpartition(ALIAS)
-    return letter if sep and letter and _IDENTIFIER.fullmatch(customer) else None
+    return letter if sep and letter and is_identifier(customer) else None
 
 
 def index_stored_letters(client: Any, table: str) -> int:
