@@ -21,9 +21,8 @@ back, one row per day, for ``caa costs`` and ``caa report``; :func:`non_aws_endp
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from consumers.stores.dynamo import Dynamo, from_attr
@@ -89,20 +88,12 @@ async def daily_usage(db: Dynamo, table: str, budget_usd: float) -> list[dict[st
 
 @dataclass
 class UsageLedger:
-    """The day's Bedrock usage, by atomic UpdateItems on one item per day. One update at a
-    time per process (:meth:`_update`): DynamoDB applies concurrent ones atomically, but
-    the moto server (the local emulator) applies updates of one item without a lock, and
-    lost one of a run's concurrent reserve / settle / counter updates under load (a call
-    missing from the day, a reservation never settled). The ledger sees one update per
-    Bedrock call, so the wait costs nothing that matters."""
+    """The day's Bedrock usage, by atomic UpdateItems on one item per day: concurrent
+    analyses of any number of processes all count (DynamoDB applies each update of an item
+    atomically; the local emulator does too: :mod:`deploy.local.moto_server`)."""
 
     db: Dynamo
     table: str
-    _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
-
-    async def _update(self, **kw: Any) -> None:
-        async with self._lock:
-            await self.db.client.update_item(TableName=self.table, **kw)
 
     async def daily(self, budget_usd: float) -> list[dict[str, Any]]:
         """:func:`daily_usage` of this ledger."""
@@ -115,8 +106,8 @@ class UsageLedger:
             return False
         client = self.db.client
         try:
-            await self._update(
-                Key={"day": {"S": day}},
+            await client.update_item(
+                TableName=self.table, Key={"day": {"S": day}},
                 UpdateExpression="ADD committed_micros :r",
                 ConditionExpression="attribute_not_exists(committed_micros) OR "
                 "committed_micros <= :h",
@@ -150,8 +141,8 @@ class UsageLedger:
         if endpoint:
             names["#e"], values[":e"] = "endpoints", {"SS": [endpoint]}
             adds.append("#e :e")
-        await self._update(
-            Key={"day": {"S": day}},
+        await self.db.client.update_item(
+            TableName=self.table, Key={"day": {"S": day}},
             UpdateExpression="ADD " + ", ".join(adds),
             ExpressionAttributeNames=names, ExpressionAttributeValues=values,
         )

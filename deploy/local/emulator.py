@@ -1,4 +1,5 @@
-"""The embedded AWS: moto's server mode as a separate process on loopback.
+"""The embedded AWS: moto's server mode as a separate process on loopback, with DynamoDB's
+item atomicity (:mod:`deploy.local.moto_server`).
 
 ``caa emulator start`` launches it (or reuses the one already running), waits until it
 answers, and records its pid, host, port and endpoint in ``.caa/emulator.json``;
@@ -29,6 +30,9 @@ from pathlib import Path
 from typing import Literal
 
 from consumers.sources.lease import process_alive
+
+#: the module run as the emulator: moto's server with DynamoDB requests one at a time
+SERVER = "deploy.local.moto_server"
 
 
 class EmulatorError(RuntimeError):
@@ -120,7 +124,7 @@ def is_ours(pid: int, port: int) -> bool:
     args = _cmdline(pid)
     if args is None:
         return True
-    return "moto.server" in args and str(port) in args
+    return (SERVER in args or "moto.server" in args) and str(port) in args
 
 
 @dataclass
@@ -148,14 +152,15 @@ class Emulator:
 
 def launch(host: str = "127.0.0.1", port: int | None = None, log: Path | None = None,
            timeout: float = 30.0) -> Emulator:
-    """Start ``moto.server`` on ``host:port`` and wait until it answers and holds the port."""
+    """Start moto's server (:data:`SERVER`) on ``host:port`` and wait until it answers and
+    holds the port."""
     port = port or free_port(host)
     if port_in_use(host, port):
         raise EmulatorError(f"port {port} on {host} is in use by {port_holder(port)}")
     endpoint = f"http://{host}:{port}"
     out = log.open("ab") if log else subprocess.DEVNULL
     proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
+        [sys.executable, "-m", SERVER, "-H", host, "-p", str(port)],
         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
