@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 from pydantic.json_schema import SkipJsonSchema
 
 from caa import wiring
+from caa.api.body_limit import MAX_BODY_BYTES, BodyLimit
 from caa.api.ratelimit import SlidingWindow, take
 from caa.aws import Aws
 from caa.settings import Settings
@@ -250,7 +251,8 @@ async def analyze(customer_id: CustomerId, live: Live) -> Any:
 
 
 @router.put("/customers/{customer_id}/consent", response_model=ConsentOut, status_code=202,
-            responses={400: _COMMON[400], 401: _COMMON[401], 404: _COMMON[404]},
+            responses={400: _COMMON[400], 401: _COMMON[401], 404: _COMMON[404],
+                       413: _error(f"a body over {MAX_BODY_BYTES:,} bytes")},
             dependencies=[Depends(_keys_once)])
 async def consent(customer_id: CustomerId, body: ConsentIn, live: Live) -> ConsentOut:
     """Whether the customer's features may be analysed by the AI model: published on the
@@ -350,6 +352,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.monotonic,
     app = FastAPI(title="customer-ai-analytics", version="1", lifespan=lifespan,
                   description="Predictions, segments and AI analyses of customers.")
     app.state.caa = ctx
+    app.add_middleware(BodyLimit)
     app.include_router(router)
     app.include_router(health_router)
 

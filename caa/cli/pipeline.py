@@ -138,7 +138,8 @@ def fit_caution(customers: int) -> str | None:
     """A line for a fit on too few customers to trust (None: enough)."""
     if customers >= STABLE_FIT_CUSTOMERS:
         return None
-    return (f"the purchase and spend models were fitted on {customers:,} customers, fewer than "
+    noun = "customer" if customers == 1 else "customers"
+    return (f"the purchase and spend models were fitted on {customers:,} {noun}, fewer than "
             f"{STABLE_FIT_CUSTOMERS:,}: their population parameters are unstable and "
             "customers' forecasts (P(alive), churn, CLV) may barely differ; read them as "
             "provisional")

@@ -227,6 +227,30 @@ def test_consent_withdrawn_by_the_api_holds_for_the_next_analysis(
     assert twice.status_code == 400 and "appears more than once" in twice.text
 
 
+def test_a_body_over_the_limit_is_413_before_it_is_read(world: World) -> None:
+    """``caa serve`` read a 50 MB body whole before it answered 400; a declared length over
+    the limit is now refused unread, a chunked body once it passes the limit, and the
+    server goes on answering."""
+    from caa.api.body_limit import MAX_BODY_BYTES
+
+    path, json_type = "/customers/api-consent/consent", {**H, "Content-Type": "application/json"}
+    declared = world.put(path, content=b" " * (50 * 1024 * 1024), headers=json_type)
+    assert declared.status_code == 413
+    assert declared.json() == {"detail": f"request body over {MAX_BODY_BYTES:,} bytes"}
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"analysis": true, "pad": "'
+        for _ in range(64):
+            yield b"x" * 4096
+        yield b'"}'
+
+    chunked = world.put(path, content=chunks(), headers=json_type)
+    assert chunked.status_code == 413
+    ok = world.put(path, content=b'{"analysis": true}' + b" " * (MAX_BODY_BYTES - 18),
+                   headers=json_type)  # at the limit: read, and answered as before
+    assert ok.status_code == 202, ok.text
+
+
 def test_an_erased_customer_is_not_found(world: World) -> None:
     from caa.cli import main as cli
 

@@ -139,13 +139,14 @@ def test_a_fit_on_few_customers_is_flagged_in_the_summary(
     from caa.cli.pipeline import STABLE_FIT_CUSTOMERS, fit_caution
 
     few = refit_summary(report({"USD": 1500}, RATES))
-    assert few["fit_caution"] and "fitted on 1 customers, fewer than" in few["fit_caution"]
+    assert few["fit_caution"] and "fitted on 1 customer, fewer than" in few["fit_caution"]
     print_summary({"records_read": 3, "applied": 3, "duplicates": 0, "rejected": 0,
                    "predictions_written": 1, "consume_s": 1.0, "events_per_s": 3.0,
                    "refit_s": 0.1, "elapsed_s": 1.2, **few})
-    assert "caution: the purchase and spend models were fitted on 1 customers" in (
+    assert "caution: the purchase and spend models were fitted on 1 customer," in (
         capsys.readouterr().out)
     assert fit_caution(STABLE_FIT_CUSTOMERS) is None
+    assert "fitted on 2 customers," in (fit_caution(2) or "")
 
 
 def test_caa_segments_says_the_currency_of_the_order_values(
