@@ -63,7 +63,8 @@ from producers.datasets.cdnow import CdnowRow, to_event
 
 FORMATS = ("json", "csv", "cdnow")
 GZIP_MAGIC = b"\x1f\x8b"
-#: how far past a record that does not parse yet we read to find where it ends
+#: how far past a record that does not parse yet we read to find where it ends; a record
+#: with no end within it is cut there, and the rest of it passed over (still one record)
 MAX_SPAN = 2 * 1024 * 1024
 #: where a JSON object ends and the next begins with nothing but blanks between (``}{``)
 _NEXT_OBJECT = re.compile(r"\}[ \t\r]*(?=\{)")
@@ -162,10 +163,22 @@ def _key(obj: Any) -> str:
     return cid if isinstance(cid, str) and 0 < len(cid) <= 256 else ""
 
 
+def _passed_over(buf: str, pos: int) -> int | None:
+    """Where the rest of a record cut at :data:`MAX_SPAN` ends, from ``pos`` on: at its
+    line's end or the next object's start (None: not within ``buf``)."""
+    nl = buf.find("\n", pos)
+    after = _NEXT_OBJECT.search(buf, pos, nl if nl >= 0 else len(buf))
+    if after is not None:
+        return after.end()
+    return nl if nl >= 0 else None
+
+
 def json_records(chunks: Iterable[str]) -> Iterator[Framed]:
     decoder = json.JSONDecoder()
     it = iter(chunks)
     buf, pos, line, eof = "", 0, 1, False
+    #: the rest of a record cut at MAX_SPAN is being passed over (it is that one record)
+    skipping = False
 
     def more() -> None:
         nonlocal buf, pos, eof
@@ -176,6 +189,15 @@ def json_records(chunks: Iterable[str]) -> Iterator[Framed]:
             buf, pos = buf[pos:] + chunk, 0
 
     while True:
+        if skipping:
+            resume = _passed_over(buf, pos)
+            if resume is None:
+                if eof:
+                    return
+                pos = max(pos, len(buf) - 16)  # a "}" and its "{" may be in two chunks
+                more()
+                continue
+            pos, skipping = resume, False
         while pos < len(buf) and buf[pos] in " \t\r\n":
             if buf[pos] == "\n":
                 line += 1
@@ -199,8 +221,11 @@ def json_records(chunks: Iterable[str]) -> Iterator[Framed]:
             if not eof and nl < 0 and after is None and len(buf) - pos < MAX_SPAN:
                 more()
                 continue
-            end = after.end() if after else (buf.find("\n", pos) if nl >= 0 else len(buf))
-            end = end if end >= 0 else len(buf)
+            # no end within MAX_SPAN: the record is cut there, and what follows up to its end
+            # is passed over (one record, not one per MAX_SPAN)
+            skipping = not eof and nl < 0 and after is None
+            end = (pos + MAX_SPAN if skipping else after.end() if after
+                   else buf.find("\n", pos) if nl >= 0 else len(buf))
             yield Framed(line, _raw(buf[pos:end].rstrip()), "")
             line += buf.count("\n", pos, end)
             pos = end

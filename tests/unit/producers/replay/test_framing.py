@@ -91,6 +91,33 @@ def test_a_broken_object_back_to_back_costs_one_record_not_the_rest(cut: int | N
     assert [decode_event(r.data) for r in got if _decodes(r.data)] == EVENTS
 
 
+_PAD = b"x" * (5 * 1024 * 1024)
+
+
+@pytest.mark.parametrize(("huge", "then"), [
+    (b'{"customer_id": "c1", "pad": "' + _PAD + b'"}', b"\n"),
+    (b'{"customer_id": "c1", "pad": "' + _PAD + b'"}', b""),  # Firehose: objects back to back
+    (b'{"customer_id": "c1", "pad": "' + _PAD, b"\n"),
+    (b"y" * len(_PAD), b"\n")], ids=["an object", "back to back", "unfinished", "not json"])
+@pytest.mark.parametrize("chunk_kib", [64, 1000])
+def test_a_record_of_several_mib_is_one_record_and_the_next_ones_go_on(
+        huge: bytes, then: bytes, chunk_kib: int) -> None:
+    """A 5 MiB line came out as three records (one per MAX_SPAN read), so the counts of
+    records read and rejected did not match the file's lines. It is one record now, cut at
+    MAX_SPAN (over the stream's 1 MiB: the decoder refuses it), whatever the chunks."""
+    from producers.replay.framing import MAX_SPAN
+
+    data = JSONL + huge + then + b"".join(e.to_bytes() + then for e in EVENTS)
+    chunks = list(split(data, list(range(0, len(data), chunk_kib * 1024))))
+    got = _records(chunks)
+    assert [decode_event(r.data) for r in got[:12]] == EVENTS
+    assert len(got) == 25 and got[12].line == 13
+    assert got[12].data == huge[:MAX_SPAN]
+    with pytest.raises(EventRejected):
+        decode_event(got[12].data)
+    assert [decode_event(r.data) for r in got[13:]] == EVENTS
+
+
 def _decodes(data: bytes) -> bool:
     try:
         decode_event(data)
