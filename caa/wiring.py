@@ -61,25 +61,25 @@ def tables(settings: Settings) -> TableNames:
 
 
 def ensure_resources(settings: Settings, kinesis: Any, dynamodb: Any,
-                     sqs: Any = None) -> list[str]:
+                     sqs: Any = None) -> resources.Provisioned:
     """The stream (``CAA_STREAM_NAME``, ``CAA_SHARD_COUNT``) and every table, idempotently,
     and with ``sqs``, the analysis requests' queue and its DLQ when ``CAA_ANALYSIS_QUEUE``
-    names one; returns what was created now."""
-    created = resources.ensure_resources(kinesis, dynamodb, stream_name=settings.stream_name,
-                                         shard_count=settings.shard_count,
-                                         tables=tables(settings))
+    names one (:class:`deploy.resources.Provisioned`: what was created now, what waits)."""
+    done = resources.ensure_resources(kinesis, dynamodb, stream_name=settings.stream_name,
+                                      shard_count=settings.shard_count,
+                                      tables=tables(settings))
     letters = tables(settings).dead_letters
     # the index added now (or to be, once DynamoDB has built the other one): the letters
     # stored before it name their customers too
-    if any(c.startswith(f"index {BY_CUSTOMER_ID} on {letters}") for c in created) and (
+    if (letters, BY_CUSTOMER_ID) in done.indexes and (
             indexed := index_stored_letters(dynamodb, letters)):
-        created.append(f"{indexed} older dead letter(s) indexed by the customer(s) their "
-                       "payload names")
+        done.created.append(f"{indexed} older dead letter(s) indexed by the customer(s) "
+                            "their payload names")
     if sqs is not None and settings.analysis_queue:
-        created += resources.ensure_queue(sqs, settings.analysis_queue,
-                                          max_receives=settings.analysis_max_receives,
-                                          visibility_s=settings.analysis_visibility_s)
-    return created
+        done.created += resources.ensure_queue(sqs, settings.analysis_queue,
+                                               max_receives=settings.analysis_max_receives,
+                                               visibility_s=settings.analysis_visibility_s)
+    return done
 
 
 # -- stores and models ------------------------------------------------------------------

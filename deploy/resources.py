@@ -7,7 +7,7 @@ The catalogue of our tables (:data:`KEYS`) and their names in one deployment
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 #: the catalogue: table -> (hash key, range key or None)
@@ -220,11 +220,22 @@ def ensure_table_stream(dynamodb: Any, name: str, view_type: str) -> bool:
     return True
 
 
+@dataclass
+class Provisioned:
+    """What :func:`ensure_resources` did: one line per resource ``created`` now, one line
+    per index DynamoDB cannot add yet and why (``pending``: :class:`IndexPending`), and the
+    ``(table, index)`` pairs of the indexes added now or pending (``indexes``)."""
+
+    created: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)
+    indexes: list[tuple[str, str]] = field(default_factory=list)
+
+
 def ensure_resources(kinesis: Any, dynamodb: Any, *, stream_name: str, shard_count: int,
-                     tables: TableNames) -> list[str]:
-    """Everything the consumer and publisher need; returns what was created now (and, for
-    an index DynamoDB cannot add yet, why: :class:`IndexPending`)."""
-    created = []
+                     tables: TableNames) -> Provisioned:
+    """Everything the consumer and publisher need, idempotently: see :class:`Provisioned`."""
+    done = Provisioned()
+    created = done.created
     if ensure_stream(kinesis, stream_name, shard_count):
         created.append(f"stream {stream_name} ({shard_count} shards)")
     for table, (hk, rk) in KEYS.items():
@@ -242,11 +253,13 @@ def ensure_resources(kinesis: Any, dynamodb: Any, *, stream_name: str, shard_cou
                 try:
                     if ensure_index(dynamodb, name, index):
                         created.append(f"index {index.name} on {name}")
+                        done.indexes.append((name, index.name))
                 except IndexPending as exc:  # the next setup adds it; the rest goes on
-                    created.append(str(exc))
+                    done.pending.append(str(exc))
+                    done.indexes.append((name, index.name))
         if table in STREAMS and ensure_table_stream(dynamodb, name, STREAMS[table]):
             created.append(f"stream on {name} ({STREAMS[table]})")
-    return created
+    return done
 
 
 def ensure_queue(sqs: Any, name: str, *, max_receives: int, visibility_s: int) -> list[str]:

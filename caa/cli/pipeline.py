@@ -248,17 +248,15 @@ def ensure_emulator(settings: Settings, how_to_stop: str) -> None:
 def setup(settings: Settings, aws: Aws, as_json: bool = False) -> int:
     """``caa setup``: create the stream and tables (idempotent)."""
     from caa.wiring import ensure_resources
-    from deploy.resources import PENDING
 
     done = ensure_resources(settings, aws.client("kinesis"), aws.client("dynamodb"),
                             aws.client("sqs") if settings.analysis_queue else None)
-    pending = [d for d in done if PENDING in d]  # deploy.resources.IndexPending's lines
-    created = [d for d in done if PENDING not in d]
     if as_json:
-        output.print_json({"created": created, "pending": pending})
+        output.print_json({"created": done.created, "pending": done.pending})
     else:
-        print("created: " + ", ".join(created) if created else "resources already exist")
-        for line in pending:
+        print("created: " + ", ".join(done.created) if done.created
+              else "resources already exist")
+        for line in done.pending:
             output.note(line)
     return 0
 
@@ -296,8 +294,11 @@ def run(settings: Settings, connect: Callable[[], Aws], limit: int | None,
     aws = connect()
     from caa.wiring import ensure_resources
 
-    created = ensure_resources(settings, aws.client("kinesis"), aws.client("dynamodb"))
-    output.note("created: " + ", ".join(created) if created else "resources already exist")
+    done = ensure_resources(settings, aws.client("kinesis"), aws.client("dynamodb"))
+    output.note("created: " + ", ".join(done.created) if done.created
+                else "resources already exist")
+    for line in done.pending:
+        output.note(line)
     events = cdnow_events(limit)
     publish(settings, aws, events)
     summary = asyncio.run(consume(settings, aws, until_idle=True, expected=len(events)))

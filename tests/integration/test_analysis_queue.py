@@ -36,7 +36,7 @@ def _queued(ai_settings: Callable[..., Settings], **env: str) -> Settings:
     aws = Aws(s)
     created = wiring.ensure_resources(s, aws.client("kinesis"), aws.client("dynamodb"),
                                       aws.client("sqs"))
-    assert any(c.startswith(f"queue {s.analysis_queue}-dlq") for c in created), created
+    assert any(c.startswith(f"queue {s.analysis_queue}-dlq") for c in created.created), created
     return s
 
 

@@ -137,8 +137,8 @@ def test_setup_enables_the_stream_on_an_existing_table_once(aws_env: str) -> Non
     assert "StreamSpecification" not in ddb.describe_table(
         TableName=s.table("predictions"))["Table"]
     created = ensure_resources(s, Aws(s).client("kinesis"), ddb)
-    assert f"stream on {s.table('predictions')} (NEW_AND_OLD_IMAGES)" in created
-    assert ensure_resources(s, Aws(s).client("kinesis"), ddb) == []  # idempotent
+    assert f"stream on {s.table('predictions')} (NEW_AND_OLD_IMAGES)" in created.created
+    assert ensure_resources(s, Aws(s).client("kinesis"), ddb).created == []  # idempotent
     spec = ddb.describe_table(TableName=s.table("predictions"))["Table"]["StreamSpecification"]
     assert spec == {"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"}
     assert not any("StreamSpecification" in ddb.describe_table(TableName=s.table(t))["Table"]

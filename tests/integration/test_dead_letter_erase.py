@@ -151,3 +151,33 @@ def test_a_letter_naming_several_customers_goes_with_any_of_them(
     assert shown == 1  # the letter; its index entry for custP is no letter
     assert erased == 1 and left == []
 
+
+
+def test_setup_adds_the_index_to_an_older_table_and_names_its_letters_customers(
+        fresh_settings: Callable[..., Settings]) -> None:
+    """``caa setup`` on a dead-letter table made before the ``by-customer-id`` index: the
+    index is added, reported as created, and the letters stored before it are named (setup
+    found the index it added by the text of its line before)."""
+    from caa.wiring import ensure_resources
+
+    s = fresh_settings()
+    aws = Aws(s)
+    ddb = aws.client("dynamodb")
+    table = s.table("dead-letters")
+    ddb.delete_table(TableName=table)
+    ddb.get_waiter("table_not_exists").wait(TableName=table)
+    assert ensure_table(ddb, table, "id", None, INDEXES["dead-letters"][:1])  # the older setup
+    ddb.put_item(TableName=table, Item={
+        "id": {"S": f"{s.stream_name}/shard-0/1"}, "stream": {"S": s.stream_name},
+        "shard_id": {"S": "shard-0"}, "sequence_number": {"S": "1"},
+        "partition_key": {"S": "o-1"}, "status": {"S": "open"},
+        "payload": {"B": b'{"customer_id": "c9", "order_id": "o-1"}'}})
+    done = ensure_resources(s, aws.client("kinesis"), ddb)
+    assert done.indexes == [(table, BY_CUSTOMER_ID)] and done.pending == []
+    assert done.created == [f"index {BY_CUSTOMER_ID} on {table}",
+                            "1 older dead letter(s) indexed by the customer(s) their payload "
+                            "names"]
+    item = ddb.get_item(TableName=table, Key={"id": {"S": f"{s.stream_name}/shard-0/1"}})
+    assert item["Item"]["customer_id"] == {"S": "c9"}
+    again = ensure_resources(s, aws.client("kinesis"), ddb)
+    assert (again.created, again.pending, again.indexes) == ([], [], [])

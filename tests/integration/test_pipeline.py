@@ -16,6 +16,7 @@ from caa.aws import Aws
 from caa.settings import Settings
 from caa.wiring import ensure_resources
 from consumers.applier import Totals
+from deploy.resources import Provisioned
 from models.events import PurchaseEvent
 from models.state import CustomerState
 from producers.datasets.cdnow import dataset_path, load_events, time_ordered
@@ -159,6 +160,7 @@ def test_cli_show_and_segments_answer(
 
 def test_resources_are_idempotent(settings: Settings) -> None:
     aws = Aws(settings)
-    assert ensure_resources(settings, aws.client("kinesis"), aws.client("dynamodb")) == []
+    assert ensure_resources(settings, aws.client("kinesis"), aws.client("dynamodb")) == (
+        Provisioned())
     desc = aws.client("kinesis").describe_stream_summary(StreamName=settings.stream_name)
     assert desc["StreamDescriptionSummary"]["OpenShardCount"] == 4
