@@ -115,7 +115,7 @@ class NaiveConsumer:
         t2 = time.perf_counter()
         state = (state_from_item(resp["Item"]) if "Item" in resp
                  else CustomerState.new(event.customer_id))
-        if state.apply(event) != "applied":
+        if state.apply(event) not in ("applied", "applied_refund_dropped"):
             self._count("skipped")
             return
         state.version += 1  # as ours: the durable writes so far

@@ -181,6 +181,13 @@ _REFUSED = {
 }
 
 
+#: why an applied purchase is a dead letter too (the state's ``applied_refund_dropped``)
+_REFUND_DROPPED = ("this purchase was applied, but refunds of its order received before it "
+                   "were in another currency than the purchase's and no longer count (an "
+                   "order's money is in one currency: such a refund received after its "
+                   "purchase is refused the same way)")
+
+
 #: the kinds of dead letter the customer's state refused (the record decodes): putting one
 #: back on the stream cannot change the answer (the state refuses it again)
 STATE_REFUSED = frozenset(_REFUSED)
@@ -222,7 +229,10 @@ class _Fold:
             self.bought.discard(cid)
             return "applied"
         status = self.state(cid, states).apply(event)
-        if status != "applied":
+        if status == "applied_refund_dropped":  # applied; the dropped refund is a letter
+            self.refused.append(Rejected(rec, "currency_mismatch",
+                                         f"currency_mismatch: {_REFUND_DROPPED}"))
+        elif status != "applied":
             return status
         if isinstance(event, PurchaseEvent):
             self.bought.add(cid)

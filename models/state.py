@@ -68,7 +68,7 @@ MAX_MINOR = 2**62
 #: the largest state item written (bytes; DynamoDB allows 400 KB)
 MAX_STATE_BYTES = 128_000
 ApplyStatus = Literal["applied", "duplicate", "duplicate_order", "beyond_horizon",
-                      "currency_mismatch", "event_id_reused"]
+                      "currency_mismatch", "event_id_reused", "applied_refund_dropped"]
 
 
 def _lines(items: list[LineItem], currency: str) -> list[tuple[LineItem, int]]:
@@ -205,7 +205,11 @@ class CustomerState:
 
     # -- applying events ---------------------------------------------------------------
     def apply(self, event: StreamEvent) -> ApplyStatus:
-        """Fold one event in; a status other than ``applied`` means nothing changed.
+        """Fold one event in; a status other than ``applied`` means nothing changed, but
+        ``applied_refund_dropped``: a purchase applied whose order had refunds, received
+        before it, in another currency than the purchase's; they no longer count (an order's
+        money is in one currency), and the caller is to say so (the core: a
+        ``currency_mismatch`` dead letter, as when the refund comes after its purchase).
 
         Erasure events are not the state's to apply (the core starts a new state)."""
         if isinstance(event, ErasureEvent):
@@ -224,10 +228,11 @@ class CustomerState:
         rec = book.order(order_digest, ts)
         if not rec.placed:  # known from follow-ups only: dated by the earliest
             rec.ts = min(rec.ts, ts)
+        dropped = False
         if isinstance(event, PurchaseEvent):
             if rec.placed:
                 return "duplicate_order"
-            self._purchase(event, rec, ts)
+            dropped = self._purchase(event, rec, ts)
         elif isinstance(event, RefundEvent):
             # the order's currency, or that of a follow-up that came before it: one order's
             # money is in one currency, whatever the order its events arrive in
@@ -250,7 +255,7 @@ class CustomerState:
                 and book.base.floor_ts == floor and book.base.orders == folded
                 and rec.counted):
             self._view = old.with_order(book.base, rec)  # the common case, without a pass
-        return "applied"
+        return "applied_refund_dropped" if dropped else "applied"
 
     def _compact(self) -> None:
         floor = self.book.base.floor_ts
@@ -278,7 +283,10 @@ class CustomerState:
         elif ts == self.consent_ts:
             self.consent = self.consent and consent
 
-    def _purchase(self, event: PurchaseEvent, rec: OrderRecord, ts: int) -> None:
+    def _purchase(self, event: PurchaseEvent, rec: OrderRecord, ts: int) -> bool:
+        """Apply a purchase to its order's record; True when refunds received before it
+        (in another currency) were dropped."""
+        dropped = bool(rec.currency and rec.currency != event.currency and rec.refunded)
         if rec.currency and rec.currency != event.currency:
             rec.refunded = 0  # a refund in another currency than its order cannot apply
         rec.ts, rec.placed, rec.currency = ts, True, event.currency
@@ -290,6 +298,7 @@ class CustomerState:
         self.last_event_ts, self.last_event_id = max((self.last_event_ts, self.last_event_id),
                                                      (ts, event.event_id))
         self._lines(event.items, event.currency, ts // DAY, take_back=False)
+        return dropped
 
     def _refund(self, event: RefundEvent, rec: OrderRecord) -> None:
         rec.currency = rec.currency or event.currency

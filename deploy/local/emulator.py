@@ -127,6 +127,13 @@ def is_ours(pid: int, port: int) -> bool:
     return (SERVER in args or "moto.server" in args) and str(port) in args
 
 
+def atomic(pid: int) -> bool:
+    """Whether the emulator ``pid`` is :data:`SERVER` (DynamoDB requests one at a time), not
+    a plain ``moto.server`` an older version started; True where /proc is missing."""
+    args = _cmdline(pid)
+    return args is None or SERVER in args
+
+
 @dataclass
 class Emulator:
     pid: int
@@ -200,6 +207,11 @@ def start(state_file: Path, host: str, port: int, *, strict: bool = False,
     which and why), or, with ``strict``, :class:`EmulatorError` is raised."""
     running = recorded(state_file)
     if running is not None:
+        if not atomic(running.pid):
+            say(f"the emulator running (pid {running.pid}) is a plain moto server started by an "
+                "older version: its DynamoDB updates of one item are not atomic, and "
+                "concurrent ones can be lost; `caa emulator stop` and start it again (its "
+                "tables are in memory and go with it)")
         return running, False
     rec = _record(state_file)
     if rec is not None and is_ours(rec[0], rec[2]):  # ours, alive, but not answering

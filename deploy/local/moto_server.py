@@ -11,8 +11,9 @@ pattern: 8 threads, 3 ``ADD``s each on a new item): 1 to 3 rounds in 100 lost an
 the analysis tests' usage ledger lost a call or a settlement in 3 of 5 CI runs of a slow day.
 Production code cannot work around this (DynamoDB already is atomic), so the emulator
 does it: every DynamoDB request runs under one lock (:func:`atomic`), as one request at a
-time. moto's handlers hold the GIL throughout, so this costs the emulator's throughput
-next to nothing; other services are left as moto has them.
+time. moto's handlers are CPU-bound Python, which never ran in parallel anyway (one GIL),
+so this costs the emulator's throughput next to nothing; other services are left as moto
+has them.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ LOCK = threading.Lock()
 
 def atomic(handler: type[Any], lock: threading.Lock = LOCK) -> None:
     """Make every request of the moto response ``handler`` class run under ``lock``
-    (its ``call_action``: parsing, the backend's work and the response). Idempotent."""
+    (its ``call_action``: the backend's work and the response; moto parses the request
+    before). Idempotent."""
     original: Callable[[Any], Any] = handler.call_action
     if getattr(original, "__wrapped_by_lock__", None) is lock:
         return

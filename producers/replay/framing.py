@@ -63,8 +63,9 @@ from producers.datasets.cdnow import CdnowRow, to_event
 
 FORMATS = ("json", "csv", "cdnow")
 GZIP_MAGIC = b"\x1f\x8b"
-#: how far past a record that does not parse yet we read to find where it ends; a record
-#: with no end within it is cut there, and the rest of it passed over (still one record)
+#: how far (characters) past a record that does not parse yet we read to find where it ends;
+#: a record whose end is not in what was read by then is cut there, and the rest of it passed
+#: over (still one record; read in larger chunks, it may come whole: over 1 MiB all the same)
 MAX_SPAN = 2 * 1024 * 1024
 #: where a JSON object ends and the next begins with nothing but blanks between (``}{``)
 _NEXT_OBJECT = re.compile(r"\}[ \t\r]*(?=\{)")
@@ -163,6 +164,15 @@ def _key(obj: Any) -> str:
     return cid if isinstance(cid, str) and 0 < len(cid) <= 256 else ""
 
 
+def _open_end(buf: str, stop: int) -> int:
+    """Where a ``}`` followed by nothing but blanks up to ``stop`` is (an object's end, whose
+    next object may start past ``stop``); ``stop`` when there is none."""
+    j = stop
+    while j > 0 and buf[j - 1] in " \t\r":
+        j -= 1
+    return j - 1 if j > 0 and buf[j - 1] == "}" else stop
+
+
 def _passed_over(buf: str, pos: int) -> int | None:
     """Where the rest of a record cut at :data:`MAX_SPAN` ends, from ``pos`` on: at its
     line's end or the next object's start (None: not within ``buf``)."""
@@ -194,7 +204,7 @@ def json_records(chunks: Iterable[str]) -> Iterator[Framed]:
             if resume is None:
                 if eof:
                     return
-                pos = max(pos, len(buf) - 16)  # a "}" and its "{" may be in two chunks
+                pos = max(pos, _open_end(buf, len(buf)))  # its "{" may be in the next chunk
                 more()
                 continue
             pos, skipping = resume, False
@@ -228,7 +238,8 @@ def json_records(chunks: Iterable[str]) -> Iterator[Framed]:
                    else buf.find("\n", pos) if nl >= 0 else len(buf))
             yield Framed(line, _raw(buf[pos:end].rstrip()), "")
             line += buf.count("\n", pos, end)
-            pos = end
+            # passing over from the cut: from a "}" just before it, whose "{" may follow it
+            pos = max(pos + 1, _open_end(buf, end)) if skipping else end
             continue
         if end == len(buf) and not eof and buf[end - 1] not in '}]"':
             more()  # a bare number at the end of a chunk may go on in the next one

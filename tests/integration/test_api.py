@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -237,6 +238,13 @@ def test_a_body_over_the_limit_is_413_before_it_is_read(world: World) -> None:
     declared = world.put(path, content=b" " * (50 * 1024 * 1024), headers=json_type)
     assert declared.status_code == 413
     assert declared.json() == {"detail": f"request body over {MAX_BODY_BYTES:,} bytes"}
+    # the declared length alone: answered with no byte of the body sent
+    host, port = world.api.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(f"PUT {path} HTTP/1.1\r\nHost: {host}\r\nx-api-key: {H['x-api-key']}\r\n"
+                     "Content-Type: application/json\r\nContent-Length: 52428800\r\n\r\n"
+                     .encode())
+        assert conn.recv(4096).startswith(b"HTTP/1.1 413 ")
 
     def chunks() -> Iterator[bytes]:
         yield b'{"analysis": true, "pad": "'

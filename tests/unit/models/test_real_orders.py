@@ -380,3 +380,33 @@ def test_an_item_whose_kept_days_are_gone_has_no_next_purchase_and_no_gap() -> N
     items = {i.name: i for i in x.products}
     assert items["milk"].avg_days_between is None and items["milk"].purchase_days == 5
     assert items["tea"].avg_days_between is None
+
+
+def test_a_refund_before_its_purchase_in_another_currency_is_said_not_dropped() -> None:
+    """A JPY refund received before its EUR purchase was applied, then set to nothing when
+    the purchase came, with no word anywhere (after the purchase the same refund is a
+    ``currency_mismatch`` dead letter). The purchase still applies; the state says the
+    refund was dropped, and the core makes it a dead letter of the purchase's record."""
+    from consumers.core import ModelView, StreamRecord, decode_batch, process_batch
+    from models.learn.forecaster import DEFAULT_PRIOR, Forecaster
+    from models.learn.segmentation import SegmentModel
+
+    order = buy(1, T0, currency="EUR", lines=[("milk", 4, "2.50")])
+    jpy = refund(2, 1, T0 - timedelta(hours=1), "300", currency="JPY")
+    s = CustomerState.new("c")
+    assert [s.apply(jpy), s.apply(order)] == ["applied", "applied_refund_dropped"]
+    assert s.spend_minor == {"EUR": 1000} and s.purchases == 1
+    assert s.apply(order) == "duplicate"  # a redelivery: said once
+    assert s.apply(order.model_copy(update={"event_id": "e9"})) == "duplicate_order"
+    eur = refund(3, 1, T0 - timedelta(hours=1), "1.00", currency="EUR")
+    s = CustomerState.new("c")
+    assert [s.apply(eur), s.apply(order)] == ["applied", "applied"]  # same currency: kept
+    records = [StreamRecord(jpy.to_bytes(), "1", "c", "shard-0"),
+               StreamRecord(order.to_bytes(), "2", "c", "shard-0")]
+    models = ModelView(SegmentModel(), 0, Forecaster(DEFAULT_PRIOR))
+    r = process_batch(decode_batch(records, now=T0), {}, models, now=T0)
+    assert [o.status for o in r.outcomes] == ["applied", "applied"]
+    (letter,) = r.dead_letters
+    assert letter.record.sequence_number == "2" and letter.kind == "currency_mismatch"
+    assert "this purchase was applied, but refunds of its order" in letter.reason
+    assert r.states["c"].spend_minor == {"EUR": 1000} and len(r.predictions) == 1

@@ -118,6 +118,30 @@ def test_a_record_of_several_mib_is_one_record_and_the_next_ones_go_on(
     assert [decode_event(r.data) for r in got[13:]] == EVENTS
 
 
+@pytest.mark.parametrize("chunk_kib", [64, None])
+def test_an_object_right_after_a_cut_record_is_not_passed_over(chunk_kib: int | None) -> None:
+    """A broken object of exactly MAX_SPAN characters, its "}" the last one before the cut,
+    then objects back to back; and a broken object of several MiB whose "}" and the next
+    "{" are 20 blanks apart across a chunk boundary: the object after each was taken for
+    the rest of the cut record and lost (a review's find)."""
+    from producers.replay.framing import MAX_SPAN
+
+    events = b"".join(e.to_bytes() for e in EVENTS)
+    head = b'{"customer_id": "bad", "pad": "'
+    exact = head + b"x" * (MAX_SPAN - len(head) - 3) + b'",}'
+    assert len(exact) == MAX_SPAN
+    data = exact + events
+    chunks = ([data] if chunk_kib is None
+              else list(split(data, list(range(0, len(data), chunk_kib * 1024)))))
+    got = _records(chunks)
+    assert [decode_event(r.data) for r in got[1:]] == EVENTS and len(got) == 13
+    big = head + b"x" * (5 * 1024 * 1024) + b'",}' + b" " * 20
+    data = big + events
+    cut = len(big) - 2 if chunk_kib else len(data)  # 18 of the 20 blanks before the cut
+    got = _records(list(split(data, [*range(0, cut, 64 * 1024), cut])))
+    assert [decode_event(r.data) for r in got[1:]] == EVENTS and len(got) == 13
+
+
 def _decodes(data: bytes) -> bool:
     try:
         decode_event(data)
