@@ -175,9 +175,10 @@ _REFUSED = {
                       "horizon then moves past that second)",
     "currency_mismatch": "the refund's or cancellation's currency is not its order's "
                          "currency (or that of a follow-up of the order seen before it)",
-    "event_id_reused": "an event with this event_id and another occurred_at was applied "
-                       "before: event ids must be unique (a redelivery carries the same "
-                       "event); this one is not applied",
+    "event_id_reused": "an event with this event_id and another occurred_at (or, for a "
+                       "purchase, another order, currency or total) was applied before: "
+                       "event ids must be unique (a redelivery carries the same event); "
+                       "this one is not applied",
 }
 
 
@@ -315,7 +316,9 @@ def process_batch(
     follows it on the shard makes a new customer and what came before is gone. The
     watermark (the forecasts' "now") is the latest purchase time, never ahead of the batch's
     latest arrival time (``now`` when unknown); ``decode_batch`` already refused events
-    dated after their arrival, so one bad clock cannot age every customer.
+    dated after their arrival, so one bad clock cannot age every customer. A customer whose
+    last purchase is dated after the watermark (within the future tolerance) is predicted
+    as of that purchase, so no prediction's ``last_event`` is after its ``as_of``.
     """
     f = _fold(batch, states)
     watermark = min(max([watermark, *(s.last_ts for s in f.working.values())]),
@@ -333,9 +336,12 @@ def process_batch(
                 continue
             features = rfm(state, watermark, models.rates)
             seg = models.segmenter.predict_one(features)
+            # never as of a time before the customer's own last purchase (one dated within
+            # the future tolerance after the batch's latest arrival)
             prediction = models.forecaster.predict(
                 state, shared(SegmentRef, seg, names.get(seg, f"segment {seg}")),
-                watermark, now, models.segments_version, rates=models.rates)
+                max(watermark, state.last_event_ts), now, models.segments_version,
+                rates=models.rates)
         except Exception as exc:  # noqa: BLE001 - any defect is this customer's dead letter
             f.fail(cid, exc)
             continue

@@ -91,19 +91,45 @@ Label = Annotated[str, Field(min_length=1, max_length=128)]
 Channel = Literal["web", "app", "store", "phone", "marketplace", "other"]
 
 
+#: a time of day's seconds of 60 (a leap second, RFC 3339 section 5.7) or its hour 24
+_LEAP_OR_24 = re.compile(r"(?P<head>\d{4}-\d\d-\d\d[Tt ])(?P<hh>\d\d):(?P<mm>\d\d):"
+                         r"(?P<ss>\d\d)(?P<frac>[.,]\d+)?(?P<tail>.*)")
+
+
+def _leap_second(text: str) -> str:
+    """A date-time text with a leap second (``23:59:60Z``; RFC 3339 allows second 60, Python
+    and pydantic do not) as the last microsecond of the second before it (``23:59:59.999999``:
+    the same UTC day and minute, after every earlier instant, as POSIX time has no second
+    60). Hour 24 (``24:00:00``, ISO 8601's end of a day, not RFC 3339) is refused with that
+    reason. Other texts are returned as they are."""
+    m = _LEAP_OR_24.fullmatch(text)
+    if m is None:
+        return text
+    if m["hh"] == "24":
+        raise ValueError("hour 24 is not a time of day in RFC 3339: write 00:00:00 of the "
+                         "next day")
+    if m["ss"] != "60":
+        return text
+    return f"{m['head']}{m['hh']}:{m['mm']}:59.999999{m['tail']}"
+
+
 def _date_time_text(value: object) -> object:
     """``occurred_at``: RFC 3339 / ISO 8601 text with its offset, or a number (or a text
     of digits) of **seconds** since the epoch, UTC. Always seconds: pydantic alone would
     read a number above 2e10 as milliseconds, so a producer's epoch seconds far in the
     future (20000000001, the year 2603) would silently become 1970-08-20. A boolean is
-    refused."""
+    refused. A leap second is read as the instant before it (:func:`_leap_second`).
+
+    >>> _date_time_text("2016-12-31T23:59:60Z")
+    '2016-12-31T23:59:59.999999Z'
+    """
     if isinstance(value, bool):
         raise ValueError("must be an ISO 8601 date-time text with its UTC offset, such as "
                          "2024-05-01T10:00:00Z, or seconds since the epoch")
     if isinstance(value, str):
         text = value.strip()
         if not text.lstrip("+-").replace(".", "", 1).isdigit():
-            return value
+            return _leap_second(text) if ":60" in text or "24:" in text else value
         value = float(text)
     if isinstance(value, int | float):
         try:

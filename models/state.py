@@ -222,7 +222,10 @@ class CustomerState:
             return "beyond_horizon"
         digest = event_digest(event.event_id)
         if digest in book.events:
-            return _again(book.base, book.events[digest], ts)
+            again = _again(book.base, book.events[digest], ts)
+            if again == "duplicate" and isinstance(event, PurchaseEvent):
+                return self._purchase_again(event, ts)
+            return again
         order_digest = event_digest(event.order_id)
         new_order = order_digest not in book.orders
         rec = book.order(order_digest, ts)
@@ -256,6 +259,21 @@ class CustomerState:
                 and rec.counted):
             self._view = old.with_order(book.base, rec)  # the common case, without a pass
         return "applied_refund_dropped" if dropped else "applied"
+
+    def _purchase_again(self, event: PurchaseEvent, ts: int) -> ApplyStatus:
+        """A purchase whose event id and time were applied before: a redelivery
+        (``duplicate``) only if its order is the one applied under that id, at that time, in
+        that currency and for that total; else ``event_id_reused`` (a producer that reuses
+        ids would otherwise lose the other order without a word). A kept purchase's order is
+        always kept (its time is its order's, and both horizons cut by the same floor); a
+        state migrated from version 1 (orders compacted at floor 0) cannot tell."""
+        rec = self.book.orders.get(event_digest(event.order_id))
+        if rec is None:
+            base = self.book.base
+            return "duplicate" if base.orders and not base.floor_ts else "event_id_reused"
+        same = (rec.placed and rec.ts == ts and rec.currency == event.currency
+                and rec.amount == to_minor(event.total, event.currency))
+        return "duplicate" if same else "event_id_reused"
 
     def _compact(self) -> None:
         floor = self.book.base.floor_ts

@@ -121,10 +121,19 @@ def user_records(letter: dict[str, Any]) -> list[tuple[str, bytes]]:
     KPL aggregate dead-lettered before the consumers de-aggregated, its user records (a
     letter of one user record holds that record's payload and key: a plain record).
 
+    A ``bad_aggregate`` letter is re-checked whole, as the consumer judged it: since the
+    consumers de-aggregate, a valid aggregate gets such a letter only as a user record of
+    another aggregate (nested), which the consumer refuses; de-aggregating it here would
+    put back records the consumer never accepts from the stream in that form (letters
+    written before the consumers de-aggregated have the decoder's kinds, ``not_utf8`` or
+    ``not_json``).
+
     >>> user_records({"payload": b"{}", "partition_key": "c1"})
     [('c1', b'{}')]
     """
     payload, key = bytes(letter["payload"]), str(letter.get("partition_key", ""))
+    if letter.get("kind") == "bad_aggregate":
+        return [(key, payload)]
     try:
         users = deaggregate(payload)
     except BadAggregate:

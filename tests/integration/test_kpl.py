@@ -129,3 +129,28 @@ def test_redrive_recovers_an_aggregate_dead_lettered_before_de_aggregation(
     out = _run(capsys, "consume", "--until-idle", "--json", "--no-refit")
     assert isinstance(out, dict) and (out["applied"], out["rejected"]) == (3, 0)
     assert totals(s) == {"c1": (2, 375), "c2": (1, 1000)}
+
+
+def test_a_nested_aggregate_stays_a_dead_letter_through_redrive(
+    fresh_settings: Callable[..., Settings], capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An aggregate whose user record is itself an aggregate: the consumer refuses the inner
+    one (``bad_aggregate``, nested); redrive judges its letter the same way, so it stays
+    open and the next consume applies nothing from it (it used to de-aggregate the inner
+    aggregate and put its purchases back, which were then applied)."""
+    s = fresh_settings(shard_count="1", refit_interval_s="0")
+    inner_pk, inner = aggregate(PURCHASES)
+    pk, outer = aggregate([(inner_pk, inner), ("c2", purchase("e4", "c2", 300))])
+    Aws(s).client("kinesis").put_record(StreamName=s.stream_name, Data=outer, PartitionKey=pk)
+
+    out = _run(capsys, "consume", "--until-idle", "--json", "--no-refit")
+    assert isinstance(out, dict) and (out["applied"], out["rejected"]) == (1, 1)
+    (dead,) = dead_letters(s)
+    assert dead["kind"]["S"] == "bad_aggregate" and "nested" in dead["reason"]["S"]
+
+    assert _run(capsys, "dlq", "redrive", "--json") == {
+        "checked": 1, "redriven": 0, "still_rejected": {"bad_aggregate": 1}, "dry_run": False,
+        "kept": {}, "other_streams": 0}
+    out = _run(capsys, "consume", "--until-idle", "--json", "--no-refit")
+    assert isinstance(out, dict) and (out["applied"], out["rejected"]) == (0, 0)
+    assert totals(s) == {"c2": (1, 300)}

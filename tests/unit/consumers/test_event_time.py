@@ -71,6 +71,22 @@ def test_the_watermark_never_runs_ahead_of_the_latest_arrival() -> None:
     assert r.watermark == int(NOW.timestamp())
 
 
+def test_a_purchase_within_the_future_tolerance_is_never_after_its_predictions_as_of() -> None:
+    """A purchase dated 100 s after its arrival (a producer's clock a little ahead, within
+    the tolerance) is applied; the watermark stays at the arrival, and that customer's
+    prediction is as of the purchase, not before it; another customer's is as of the
+    watermark."""
+    ahead = _dated(event(1, "a", 0), (NOW + timedelta(seconds=100)).isoformat(), "e-a", "o-a")
+    other = _dated(event(2, "b", 0), (NOW - timedelta(hours=1)).isoformat(), "e-b", "o-b")
+    recs = [StreamRecord(ahead, "1", "a", "s", arrived_at=NOW),
+            StreamRecord(other, "2", "b", "s", arrived_at=NOW)]
+    r = process_batch(decode_batch(recs, now=NOW), {}, view(), now=NOW)
+    assert r.counts["applied"] == 2 and r.watermark == int(NOW.timestamp())
+    by = {p.customer_id: p for p in r.predictions}
+    assert by["a"].last_event.occurred_at == NOW + timedelta(seconds=100) == by["a"].as_of
+    assert by["b"].as_of == NOW > by["b"].last_event.occurred_at
+
+
 def test_tolerance_and_late_events() -> None:
     e = event(1, "a", 0)
     arrived = e.occurred_at.timestamp() - 200  # 200 s of producer clock skew: accepted

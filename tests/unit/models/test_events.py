@@ -213,6 +213,26 @@ def test_a_number_for_occurred_at_is_seconds_never_milliseconds(when: Any, read:
     assert decode_event(enc(good(occurred_at=when))).occurred_at.isoformat() == read
 
 
+@pytest.mark.parametrize(("when", "read"), [
+    ("2016-12-31T23:59:60Z", "2016-12-31T23:59:59.999999+00:00"),
+    ("2016-12-31t23:59:60.25z", "2016-12-31T23:59:59.999999+00:00"),
+    ("2017-01-01 00:59:60+01:00", "2017-01-01T00:59:59.999999+01:00"),
+    ("2016-12-31T12:24:00Z", "2016-12-31T12:24:00+00:00"),  # "24:" not an hour
+])
+def test_a_leap_second_is_the_instant_before_it(when: str, read: str) -> None:
+    """RFC 3339 allows second 60 (a leap second); pydantic refused it as "unexpected extra
+    characters". It is read as the last microsecond of the second before it: the same
+    minute and UTC day, after every earlier instant."""
+    assert decode_event(enc(good(occurred_at=when))).occurred_at.isoformat() == read
+
+
+@pytest.mark.parametrize("when", ["2016-12-31T24:00:00Z", "2016-12-31 24:00:00+00:00"])
+def test_hour_24_is_refused_with_its_reason(when: str) -> None:
+    with pytest.raises(EventRejected, match=r"schema: occurred_at: .*hour 24 is not a time of "
+                                            r"day in RFC 3339"):
+        decode_event(enc(good(occurred_at=when)))
+
+
 @pytest.mark.parametrize("when", [True, 1e20, "-1e400"])
 def test_a_boolean_or_an_impossible_epoch_for_occurred_at_is_refused(when: Any) -> None:
     with pytest.raises(EventRejected) as info:

@@ -356,6 +356,36 @@ def test_a_reused_event_id_with_another_time_is_a_dead_letter_not_a_duplicate() 
     assert r.states["c"].purchases == 1
 
 
+def test_a_reused_event_id_at_the_same_time_on_another_purchase_is_a_dead_letter() -> None:
+    """The same event id and occurred_at, but another order, total or currency (a producer
+    that reuses ids, e.g. one per second): not a redelivery. Each must be a letter, not a
+    silent duplicate that loses the order; the true redelivery stays a duplicate, also
+    after a refund and a cancellation of the order and after compaction has moved the
+    floor."""
+    first = buy(1, T0)
+    again = first.model_copy()
+    other_order = buy(2, T0).model_copy(update={"event_id": first.event_id})
+    other_total = buy(1, T0, total="11.00")
+    other_currency = first.model_copy(update={"currency": "EUR"})
+    r = run([first, again, other_order, other_total, other_currency,
+             refund(1, 1, T0 + timedelta(days=1), "2.00"), cancel(1, 1, T0 + timedelta(days=2)),
+             again])
+    assert [o.status for o in r.outcomes] == [
+        "applied", "duplicate", "rejected", "rejected", "rejected", "applied", "applied",
+        "duplicate"]
+    assert [d.kind for d in r.dead_letters] == ["event_id_reused"] * 3
+    assert "another order, currency or total" in r.dead_letters[0].reason
+
+    # past compaction: the latest purchase's redelivery is still a duplicate, and another
+    # order under its id still a letter
+    many = [buy(n, T0 + timedelta(hours=n)) for n in range(ORDER_HORIZON + ORDER_HORIZON // 8 + 2)]
+    last = many[-1]
+    r = run([*many, last, last.model_copy(update={"order_id": "elsewhere"})])
+    assert r.states["c"].book.base.floor_ts > 0
+    assert [o.status for o in r.outcomes[-2:]] == ["duplicate", "rejected"]
+    assert [d.kind for d in r.dead_letters] == ["event_id_reused"]
+
+
 def test_an_item_whose_kept_days_are_gone_has_no_next_purchase_and_no_gap() -> None:
     """Milk bought 5 times long ago (those days compacted: only counted) and once lately,
     that order cancelled: its last day is not known, so no "due every 0 days" alert, no
