@@ -14,7 +14,11 @@ from models.analysis import Analysis
 PREDICTION_SCHEMA_VERSION = 1
 
 Grade = Literal["A", "B", "C", "D"]
-Status = Literal["due", "upcoming", "later"]
+#: a next purchase's status as of the prediction: ``due`` (its expected date has come),
+#: ``upcoming`` (within max(2 days, a quarter of the mean gap) of it), ``later``, or
+#: ``lapsed`` (overdue by more than the mean gap and more than 14 days:
+#: :data:`models.learn.forecaster.LAPSE_MIN_DAYS`; no alert, no recommendation)
+Status = Literal["due", "upcoming", "later", "lapsed"]
 
 
 class _Frozen(BaseModel):

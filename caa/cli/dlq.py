@@ -43,6 +43,19 @@ def _shown(value: object) -> object:
     return len(value) if isinstance(value, bytes) else value
 
 
+def _position(letter: dict[str, Any]) -> str:
+    """A letter's sequence number, with ``/`` and its sub-sequence number when it is a user
+    record of a KPL aggregate after the first (as its id ends): the user records of one
+    aggregate share the sequence number.
+
+    >>> _position({"sequence_number": "49", "sub_sequence_number": 3}), _position(
+    ...     {"sequence_number": "49"})
+    ('49/3', '49')
+    """
+    sub = letter.get("sub_sequence_number")
+    return f"{letter['sequence_number']}/{sub}" if sub else str(letter["sequence_number"])
+
+
 def dlq_redrive(settings: Settings, aws: Aws, dry_run: bool, as_json: bool = False) -> int:
     """``caa dlq redrive``: prints the report."""
     report = asyncio.run(redrive_letters(settings, aws, dry_run))
@@ -63,7 +76,7 @@ def dlq_list(settings: Settings, aws: Aws, show_all: bool, as_json: bool) -> int
     output.table("dead letters, oldest first" + ("" if show_all else " (open)"),
                  ("received", "status", "stream", "shard", "sequence number", "bytes", "reason"),
                  [(str(d["received_at"]), str(d["status"]), str(d["stream"]), str(d["shard_id"]),
-                   str(d["sequence_number"]), f"{len(d['payload']):,}", str(d["reason"]))
+                   _position(d), f"{len(d['payload']):,}", str(d["reason"]))
                   for d in rows], right={"bytes"})
     output.note(f"{len(rows)} dead letter(s)" + ("" if show_all else " open"))
     return 0
@@ -74,7 +87,8 @@ dlq_app = typer.Typer(help="Dead letters: the records the consumer could not dec
 
 
 @dlq_app.command("list", help="The open dead letters, oldest first: time, stream, shard, "
-                              "sequence number, size, reason.")
+                              "sequence number (/sub-sequence number of a KPL user record), "
+                              "size, reason.")
 def _list(
     ctx: typer.Context,
     show_all: Annotated[bool, typer.Option("--all", help="Also the redriven ones.")] = False,

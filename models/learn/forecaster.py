@@ -148,6 +148,14 @@ def data_quality(n_days: int, tenure_days: int) -> tuple[Grade, str, float]:
 _data_quality = lru_cache(maxsize=1 << 12, typed=True)(data_quality)
 
 
+#: an item overdue by more than its mean gap between purchase days, and by more than this
+#: many days, is ``lapsed``, not ``due``: the customer has missed it at least twice over
+#: (a replenishment reminder for milk not bought for a year is not one a marketer sends);
+#: lapsed items make no alert and no recommendation
+LAPSE_MIN_DAYS = 14
+#: the statuses that make a replenishment alert and recommendation
+_REMINDED = frozenset({"due", "upcoming"})
+
 #: items with at most this many days kept have their gap spread memoised (a bounded memo:
 #: 4,096 tuples of at most 64 ints)
 _SPREAD_MEMO_DAYS = 64
@@ -239,7 +247,8 @@ class Forecaster:
         """The mean gap is over all the item's distinct days (``day_count``), its spread
         (coefficient of variation) over the gaps between the days kept one by one (those
         within the de-duplication horizon: all of them for most customers). Plain data:
-        :meth:`predict` builds :class:`NextPurchase` only for the ones it shows.
+        :meth:`predict` builds :class:`NextPurchase` only for the ones it shows. Its status:
+        :data:`models.prediction.Status` (``lapsed``: :data:`LAPSE_MIN_DAYS`).
 
         ``dead``: the customer's days of cancelled orders only
         (:attr:`models.state_view.StateView.dead_days`): the item's stats keep the days of
@@ -256,7 +265,9 @@ class Forecaster:
         confidence = round((1.0 - 1.0 / math.sqrt(n_gaps + 1)) / (1.0 + cv), 3)
         expected = last_day + mean
         status: Status
-        if as_of_day >= expected:
+        if as_of_day - expected > max(mean, LAPSE_MIN_DAYS):
+            status = "lapsed"
+        elif as_of_day >= expected:
             status = "due"
         elif expected - as_of_day <= max(2.0, 0.25 * mean):
             status = "upcoming"
@@ -307,7 +318,7 @@ class Forecaster:
         sure: list[_Next] = []
         if max_items > 0:
             for n in nexts:
-                if n.kind == "product" and n.status != "later":
+                if n.kind == "product" and n.status in _REMINDED:
                     if len(soon) < max_items:
                         soon.append(n)
                     if n.confidence >= 0.2:
