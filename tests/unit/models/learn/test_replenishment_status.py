@@ -8,14 +8,14 @@ from datetime import UTC, datetime
 import pytest
 
 from models.learn.forecaster import DEFAULT_PRIOR, LAPSE_MIN_DAYS, Forecaster
-from models.prediction import SegmentRef
+from models.prediction import Prediction, SegmentRef
 from models.state import DAY, CustomerState
 
 NOW = datetime(2024, 1, 1, tzinfo=UTC)
 SEGMENT = SegmentRef(id=0, name="Loyal")
 
 
-def predict(days: list[int], as_of_day: int):  # type: ignore[no-untyped-def]
+def predict(days: list[int], as_of_day: int) -> Prediction:
     s = CustomerState.sketch("c1", days, products={"milk": days})
     s.categories = s.products.clone()
     s.categories["dairy"] = s.categories.pop("milk")
