@@ -95,6 +95,12 @@ class Value(_Frozen):
     model's expected purchases per month times the Gamma-Gamma expected order value,
     discounted at ``monthly_discount_rate`` (models.learn.clv); ``clv_low``/``clv_high``
     bound it at 80%.  ``historic`` is the spend so far, net of refunds.
+
+    ``expected_order_value`` is the Gamma-Gamma expected value of one **purchase day** (a
+    day's orders together), not of one order: the BTYD models count purchase days (x is
+    repeat purchase days), so the CLV is expected purchase days times this (as Fader, Hardie
+    & Lee 2005 do with CDNOW's daily transactions). A customer placing three $2.50 orders a
+    day has one of about $7.50. The field keeps its name for the item's readers.
     """
 
     clv: float

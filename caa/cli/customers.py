@@ -74,6 +74,22 @@ def analysis_rows(analysis: dict[str, Any] | None, at: Any = None,
     return rows
 
 
+#: currencies named one by one in a "left out for want of a rate" note; the rest counted
+SHOWN_CURRENCIES = 5
+
+
+def currencies_text(codes: list[Any]) -> str:
+    """Currency codes for a note, the first :data:`SHOWN_CURRENCIES` named and the rest
+    counted (a customer buying in 165 currencies without a rate made each note a screen).
+
+    >>> currencies_text(["JPY", "CHF"]), currencies_text([f"C{i:02d}" for i in range(8)])
+    ('JPY, CHF', 'C00, C01, C02, C03, C04 and 3 more')
+    """
+    shown = ", ".join(map(str, codes[:SHOWN_CURRENCIES]))
+    more = len(codes) - SHOWN_CURRENCIES
+    return f"{shown} and {more} more" if more > 0 else shown
+
+
 def spend_text(pred: dict[str, Any]) -> str:
     """A prediction's spend with its (reporting) currency, naming the currencies left out
     for want of a rate; a prediction written before amounts were converted says so."""
@@ -86,7 +102,7 @@ def spend_text(pred: dict[str, Any]) -> str:
     line = money(spend, str(currency))
     left_out = pred.get("unconverted") or []
     if left_out:
-        line += f" (left out for want of a rate: {', '.join(map(str, left_out))})"
+        line += f" (left out for want of a rate: {currencies_text(left_out)})"
     return line
 
 
@@ -111,14 +127,14 @@ def outlook_rows(pred: dict[str, Any]) -> list[tuple[str, str]]:
         # the money figures leave out the orders in currencies without a rate: say so
         # beside each (all of them: $0.00 otherwise reads as a customer worth nothing)
         left_out = pred.get("unconverted") or []
-        note = (f" (orders in {', '.join(map(str, left_out))} left out for want of a rate)"
+        note = (f" (orders in {currencies_text(left_out)} left out for want of a rate)"
                 if left_out else "")
         rows += [(f"customer value ({months} months)",
                   f"{money(float(value['clv']), cur)} expected (80% range "
                   f"{money(float(value['clv_low']), cur)} to "
                   f"{money(float(value['clv_high']), cur)}; future spend discounted "
                   f"{100 * float(value['monthly_discount_rate']):g}% a month){note}"),
-                 ("expected order value",
+                 ("expected spend per purchase day",
                   money(float(value["expected_order_value"]), cur) + note),
                  ("spent so far", money(float(value["historic"]), cur) + note)]
     if churn:

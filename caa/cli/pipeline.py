@@ -109,12 +109,13 @@ async def consume(settings: Settings, aws: Aws, until_idle: bool,
 
 def refit_summary(report: RefitReport) -> dict[str, Any]:
     """The final refit's part of the run summary: the customer table's totals, its spend in
-    the reporting currency (``table_spend``, ``table_spend_currency``), per currency in major
-    units, the currencies left out for want of a rate and a note saying so."""
+    the reporting currency (``table_spend``, to the cent as predictions give it;
+    ``table_spend_currency``), per currency in major units, the currencies left out for want
+    of a rate and a note saying so."""
     return dict(
         forecast_model=report.forecast_model, forecast_params=report.params.to_dict(),
         table_customers=report.customers,
-        table_purchases=report.purchases, table_spend=report.spend,
+        table_purchases=report.purchases, table_spend=round(report.spend, 2),
         table_spend_currency=report.currency,
         table_spend_unconverted=list(report.unconverted),
         table_spend_by_currency={c: to_major(m, c) for c, m in report.spend_minor.items()},

@@ -207,10 +207,10 @@ def section(d: ReportData) -> str:
                 for v in due), numeric_from=2) if due else "",
     ]
     footnote = ("Technical: value is the purchase model's expected purchases per month times "
-                "the Gamma-Gamma expected order value, discounted monthly, with an 80% interval "
-                "per customer; churn risk is the model's probability of no purchase in the "
-                "next 90 days; \"likely by\" is the date the chance of a next order reaches "
-                "50%.")
+                "the Gamma-Gamma expected value of a purchase day, discounted monthly, with an "
+                "80% interval per customer; churn risk is the model's probability of no "
+                "purchase in the next 90 days; \"likely by\" is the date the chance of a next "
+                "order reaches 50%.")
     return (_p(intro)
             + _img(plots.value_and_churn(clv, [counts[b] for b in BANDS], BANDS, cur),
                    "customers by expected value, and by churn risk")

@@ -55,10 +55,32 @@ def test_the_value_rows_name_the_currencies_left_out(
                                                  value=value))
     note = " (orders in JPY, KWD left out for want of a rate)"
     assert rows["customer value (12 months)"].endswith("% a month)" + note)
-    assert rows["expected order value"] == "$0.00" + note
+    assert rows["expected spend per purchase day"] == "$0.00" + note
     assert rows["spent so far"] == "$0.00" + note
     rows = shown(monkeypatch, capsys, prediction(value=value))
-    assert rows["expected order value"] == "$0.00"
+    assert rows["expected spend per purchase day"] == "$0.00"
+
+
+def test_many_currencies_without_a_rate_are_counted_not_listed_in_every_row(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A customer who bought in 165 currencies without a rate: each of the four notes listed
+    all 165 codes (a screen of them per row)."""
+    codes = [f"Q{i // 26 % 26 + 65:c}{i % 26 + 65:c}" for i in range(165)]
+    value = {"clv": 0.0, "clv_low": 0.0, "clv_high": 0.0, "expected_order_value": 0.0,
+             "historic": 0.0, "months": 12, "monthly_discount_rate": 0.01}
+    rows = shown(monkeypatch, capsys, prediction(spend=0.0, unconverted=codes, value=value))
+    named = ", ".join(codes[:customers.SHOWN_CURRENCIES])
+    assert rows["spend"] == f"$0.00 (left out for want of a rate: {named} and 160 more)"
+    assert rows["spent so far"] == f"$0.00 (orders in {named} and 160 more left out for want "\
+                                   "of a rate)"
+    assert all(len(v) < 200 for v in rows.values())
+
+
+def test_the_run_summary_gives_the_table_spend_to_the_cent() -> None:
+    """``consume --json`` printed the converted sum as it came (98.39999999999999)."""
+    r = report({"EUR": 1, "JPY": 1, "USD": 1}, Rates("USD", {"EUR": 1.1, "JPY": 0.0067}))
+    assert r.spend != round(r.spend, 2)
+    assert refit_summary(r)["table_spend"] == round(r.spend, 2) == 0.03
 
 
 def test_caa_show_prints_the_spend_with_its_currency(

@@ -53,7 +53,7 @@ def test_show_says_value_churn_and_timing_in_words(monkeypatch: pytest.MonkeyPat
     rows = dict(line.split(": ", 1) for line in out.splitlines()[1:] if ": " in line)
     assert rows["customer value (12 months)"] == (
         "€123.46 expected (80% range €50.00 to €210.00; future spend discounted 1% a month)")
-    assert rows["expected order value"] == "€22.35"
+    assert rows["expected spend per purchase day"] == "€22.35"
     assert rows["spent so far"] == "€80.00"
     assert rows["churn risk"] == "medium: 68% likely to buy nothing in the next 90 days"
     assert rows["no purchase in 30 days"] == "35% likely"
