@@ -8,13 +8,14 @@ and ``AWS_ENDPOINT_URL_<SERVICE>`` (the last two are read by botocore itself).
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from botocore.exceptions import InvalidRegionError
 from botocore.utils import validate_region_name
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, AwareDatetime, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from deploy.resources import TABLES, TableNames
@@ -60,6 +61,9 @@ class Settings(BaseSettings):
     #: seconds an event's occurred_at may be ahead of its arrival in the stream; a later
     #: one is dead-lettered (``future_event``) and never becomes the watermark
     future_tolerance_s: float = Field(300.0, ge=0.0)
+    #: events dated before this are dead-lettered (``time_out_of_range``): a producer clock
+    #: that was never set dates them at the epoch (1970); an ISO 8601 time with its offset
+    earliest_event_time: AwareDatetime = datetime(1990, 1, 1, tzinfo=UTC)
     get_records_limit: int = Field(5000, ge=1, le=10_000)
     poll_interval_s: float = Field(0.25, ge=0.0)
     idle_polls: int = Field(3, ge=1)

@@ -21,6 +21,7 @@ from caa import rates as rates_file
 from caa import secrets
 from caa.aws import Aws
 from caa.settings import Settings
+from consumers.admission import TimeRule
 from consumers.analysis.analyzer import PriceTable
 from consumers.analysis.bedrock import BedrockAnalyzer
 from consumers.analysis.breaker import CircuitBreaker
@@ -138,6 +139,11 @@ def prices(settings: Settings) -> PriceTable:
     return PriceTable.parse(settings.bedrock_prices)
 
 
+def time_rule(settings: Settings) -> TimeRule:
+    """When events may be dated (``CAA_EARLIEST_EVENT_TIME``, ``CAA_FUTURE_TOLERANCE_S``)."""
+    return TimeRule(settings.earliest_event_time.timestamp(), settings.future_tolerance_s)
+
+
 def pseudonym_key(settings: Settings) -> bytes:
     """The key ``CAA_PSEUDONYM_KEY_PARAMETER`` names (SSM or Secrets Manager, read once per
     process: :mod:`caa.secrets`), else ``CAA_PSEUDONYM_KEY``, else the random key kept in
@@ -214,7 +220,8 @@ def applier_and_enricher(settings: Settings, dynamodb: Any, *, cache_size: int,
     applier = BatchApplier(CustomerStore(db, t.customers), PredictionStore(db, t.predictions),
                            DeadLetterStore(db, t.dead_letters), models, s.max_event_bytes,
                            cache_size=cache_size, enricher=ai,
-                           future_tolerance_s=s.future_tolerance_s)
+                           future_tolerance_s=s.future_tolerance_s,
+                           earliest_ts=time_rule(s).earliest_ts)
     applier.analyses = analysis_store(s, db)
     if s.drift_delta > 0:  # 0 turns drift detection off
         applier.drift = DriftMonitor("distant", delta=s.drift_delta, trigger="worse")

@@ -10,8 +10,11 @@ as the consumer will judge it. In order:
    (the watermark the forecasts are made as of):
 
    - ``time_out_of_range``: ``occurred_at`` not representable in UTC (e.g.
-     ``0001-01-01T00:00:00+14:00`` is UTC year 0) or before :data:`MIN_EVENT_TS`
-     (1970-01-01T00:00:00Z, the epoch); the upper end of the range is the next rule;
+     ``0001-01-01T00:00:00+14:00`` is UTC year 0) or before the earliest event time
+     (settings: ``CAA_EARLIEST_EVENT_TIME``, default :data:`EARLIEST_EVENT_TS`,
+     1990-01-01T00:00:00Z: a producer whose clock was reset dates its events at the epoch,
+     1970-01-01, or just after it, which would make every such customer decades old);
+     the upper end of the range is the next rule;
    - ``future_event``: ``occurred_at`` more than ``future_tolerance_s`` (settings:
      ``CAA_FUTURE_TOLERANCE_S``, default 300 s) after the record's arrival time in
      Kinesis, or after the batch's clock when the arrival time is unknown.
@@ -36,39 +39,54 @@ models.events.EventRejected: time_out_of_range: occurred_at 0001-01-01T00:00:00+
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from models.events import MAX_EVENT_BYTES, EventRejected, StreamEvent, decode_event
 
-#: Earliest accepted event time (epoch seconds): 1970-01-01T00:00:00Z.
-MIN_EVENT_TS = 0
+#: Default for ``CAA_EARLIEST_EVENT_TIME`` (epoch seconds): 1990-01-01T00:00:00Z, before any
+#: online order; events dated earlier are ``time_out_of_range`` (an unset or reset clock)
+EARLIEST_EVENT_TS = 631_152_000
 #: Default for ``CAA_FUTURE_TOLERANCE_S``: how far (seconds) an event may be dated after
 #: its arrival in the stream (clock skew between the producer and Kinesis).
 FUTURE_TOLERANCE_S = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class TimeRule:
+    """When an event may be dated: from ``earliest_ts`` (epoch seconds) to
+    ``future_tolerance_s`` seconds after its arrival (``CAA_EARLIEST_EVENT_TIME``,
+    ``CAA_FUTURE_TOLERANCE_S``), for callers that pass both along (replay)."""
+
+    earliest_ts: float = EARLIEST_EVENT_TS
+    future_tolerance_s: float = FUTURE_TOLERANCE_S
 
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat()
 
 
-def event_ts(event: StreamEvent) -> int:
-    """``occurred_at`` in epoch seconds, or :class:`EventRejected` (``time_out_of_range``)."""
+def event_ts(event: StreamEvent, earliest_ts: float = EARLIEST_EVENT_TS) -> int:
+    """``occurred_at`` in epoch seconds, or :class:`EventRejected` (``time_out_of_range``:
+    not representable, or before ``earliest_ts``)."""
     try:
         ts = event.occurred_at.timestamp()
     except (ValueError, OverflowError, OSError):
         ts = None
-    if ts is None or ts < MIN_EVENT_TS:
+    if ts is None or ts < earliest_ts:
         raise EventRejected(
             "time_out_of_range",
             f"occurred_at {event.occurred_at.isoformat()} is not between "
-            f"{_iso(MIN_EVENT_TS)} and the record's arrival time (in UTC)")
+            f"{_iso(earliest_ts)} (CAA_EARLIEST_EVENT_TIME) and the record's arrival time "
+            "(in UTC): a producer clock that was never set dates events at the epoch")
     return int(ts)
 
 
-def check_time(event: StreamEvent, arrival_ts: float, future_tolerance_s: float) -> None:
-    """Raise :class:`EventRejected` unless the event time is in range and not ahead of
-    ``arrival_ts`` by more than the tolerance."""
-    ts = event_ts(event)
+def check_time(event: StreamEvent, arrival_ts: float, future_tolerance_s: float,
+               earliest_ts: float = EARLIEST_EVENT_TS) -> None:
+    """Raise :class:`EventRejected` unless the event time is in range (from ``earliest_ts``)
+    and not ahead of ``arrival_ts`` by more than the tolerance."""
+    ts = event_ts(event, earliest_ts)
     if ts > arrival_ts + future_tolerance_s:
         raise EventRejected(
             "future_event",
@@ -79,7 +97,8 @@ def check_time(event: StreamEvent, arrival_ts: float, future_tolerance_s: float)
 
 def admit(data: bytes, partition_key: str, *, arrival_ts: float | None, now_ts: float,
           max_bytes: int = MAX_EVENT_BYTES,
-          future_tolerance_s: float = FUTURE_TOLERANCE_S) -> StreamEvent:
+          future_tolerance_s: float = FUTURE_TOLERANCE_S,
+          earliest_ts: float = EARLIEST_EVENT_TS) -> StreamEvent:
     """The event a record carries, or :class:`EventRejected` with the first check it fails.
 
     ``arrival_ts`` is the record's arrival in the stream (epoch seconds; None when
@@ -97,5 +116,6 @@ def admit(data: bytes, partition_key: str, *, arrival_ts: float | None, now_ts: 
             "partition_key",
             f"{partition_key!r} is not the event's customer_id {event.customer_id!r} "
             f"(per-customer order would not hold)")
-    check_time(event, now_ts if arrival_ts is None else arrival_ts, future_tolerance_s)
+    check_time(event, now_ts if arrival_ts is None else arrival_ts, future_tolerance_s,
+               earliest_ts)
     return event

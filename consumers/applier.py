@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from consumers.admission import FUTURE_TOLERANCE_S
+from consumers.admission import EARLIEST_EVENT_TS, FUTURE_TOLERANCE_S
 from consumers.core import (
     BatchResult,
     DecodedBatch,
@@ -186,6 +186,7 @@ class BatchApplier:
         cache_size: int = 0,
         enricher: AnalysisHook | None = None,
         future_tolerance_s: float = FUTURE_TOLERANCE_S,
+        earliest_ts: float = EARLIEST_EVENT_TS,
     ) -> None:
         self.customers = customers
         self.predictions = predictions
@@ -193,6 +194,7 @@ class BatchApplier:
         self.registry = registry
         self.max_event_bytes = max_event_bytes
         self.future_tolerance_s = future_tolerance_s
+        self.earliest_ts = earliest_ts
         self._clock = clock
         self.watermark = 0
         self.totals = Totals()
@@ -302,7 +304,8 @@ class BatchApplier:
         now = self._clock()
         await self.registry.refresh()  # a refit elsewhere, other workers' learning
         decoded = decode_batch(records, self.max_event_bytes, now=now,
-                               future_tolerance_s=self.future_tolerance_s)
+                               future_tolerance_s=self.future_tolerance_s,
+                               earliest_ts=self.earliest_ts)
         if self.before_write is not None:
             await self.before_write()
         # the stream's time as the models' snapshot knows it (a restart, a cold start, other

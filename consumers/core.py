@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
 
-from consumers.admission import FUTURE_TOLERANCE_S, admit
+from consumers.admission import EARLIEST_EVENT_TS, FUTURE_TOLERANCE_S, admit
 from models.events import (
     MAX_EVENT_BYTES,
     ErasureEvent,
@@ -142,6 +142,7 @@ def arrival(rec: StreamRecord) -> float | None:
 def decode_batch(
     records: Sequence[StreamRecord], max_bytes: int = MAX_EVENT_BYTES, *,
     now: datetime | None = None, future_tolerance_s: float = FUTURE_TOLERANCE_S,
+    earliest_ts: float = EARLIEST_EVENT_TS,
 ) -> DecodedBatch:
     """Every check of :func:`consumers.admission.admit` per record; ``now`` (the wall clock
     when None) stands in for an unknown arrival time."""
@@ -152,7 +153,8 @@ def decode_batch(
         try:
             events[rec.position] = admit(
                 rec.data, rec.partition_key, arrival_ts=arrival(rec), now_ts=now_ts,
-                max_bytes=max_bytes, future_tolerance_s=future_tolerance_s)
+                max_bytes=max_bytes, future_tolerance_s=future_tolerance_s,
+                earliest_ts=earliest_ts)
         except EventRejected as exc:
             rejected[rec.position] = Rejected(rec, exc.kind, str(exc))
     return DecodedBatch(list(records), events, rejected)

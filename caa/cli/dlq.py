@@ -26,6 +26,7 @@ async def letters(settings: Settings, aws: Aws, open_only: bool) -> list[dict[st
 
 
 async def redrive_letters(settings: Settings, aws: Aws, dry_run: bool) -> dict[str, Any]:
+    from caa import wiring
     from consumers.ops.redrive import redrive
     from consumers.stores.dynamo import Dynamo
 
@@ -33,7 +34,8 @@ async def redrive_letters(settings: Settings, aws: Aws, dry_run: bool) -> dict[s
         report = await redrive(Dynamo(c["dynamodb"]), settings.tables.dead_letters,
                                c["kinesis"], settings.stream_name, settings.max_event_bytes,
                                dry_run=dry_run,
-                               future_tolerance_s=settings.future_tolerance_s)
+                               future_tolerance_s=settings.future_tolerance_s,
+                               earliest_ts=wiring.time_rule(settings).earliest_ts)
     return report.as_dict()
 
 

@@ -144,6 +144,7 @@ def replay(settings: Settings, sources: Sequence[str], *, to: str, fmt: str,
 
 
 def _replay(settings: Settings, opts: Options, aws: Callable[[], Aws] | None = None) -> int:
+    from caa import wiring
     from consumers.sources.lease import GroupBusy
     from consumers.stores.dynamo import WriteFailed
     from producers.publisher import PublishError
@@ -160,7 +161,8 @@ def _replay(settings: Settings, opts: Options, aws: Callable[[], Aws] | None = N
             with output.progress() as progress:  # on stderr: `--json` stays parseable
                 meter = ProgressMeter(progress, "checking (bytes read)")
                 started = datetime.now(UTC)
-                report = dry_run(sp.make(started), settings.max_event_bytes, meter)
+                report = dry_run(sp.make(started), settings.max_event_bytes, meter,
+                                 wiring.time_rule(settings))
             out: dict[str, Any] = {"dry_run": True, "source": sp.summary,
                                    "report": report.as_dict()}
             if opts.json:
@@ -221,7 +223,7 @@ async def _run(settings: Settings, aws: Aws, opts: Options,
             outcome = await run(job, sp.make, target, summary=f"{sp.summary} -> {target.name}",
                                 max_event_bytes=s.max_event_bytes, restart=opts.restart,
                                 chunk_size=opts.chunk, meter=ProgressMeter(progress), log=log,
-                                progress=progress)
+                                progress=progress, times=wiring.time_rule(s))
     r = outcome.report
     out: dict[str, Any] = {"job": name, "status": outcome.status, "source": sp.summary,
                            "target": target.name, "report": r.as_dict(),

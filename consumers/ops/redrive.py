@@ -38,7 +38,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError, ParamValidationError
 
-from consumers.admission import FUTURE_TOLERANCE_S, admit
+from consumers.admission import EARLIEST_EVENT_TS, FUTURE_TOLERANCE_S, admit
 from consumers.core import STATE_REFUSED
 from consumers.retry import Backoff, retry_until_done_async
 from consumers.stores.dead_letters import DeadLetterStore
@@ -163,7 +163,8 @@ async def open_letters(db: Dynamo, table: str) -> list[dict[str, Any]]:
 
 async def redrive(db: Dynamo, table: str, kinesis: Any, stream: str, max_event_bytes: int,
                   dry_run: bool = False,
-                  future_tolerance_s: float = FUTURE_TOLERANCE_S) -> RedriveReport:
+                  future_tolerance_s: float = FUTURE_TOLERANCE_S,
+                  earliest_ts: float = EARLIEST_EVENT_TS) -> RedriveReport:
     """Re-check the open dead letters of ``stream`` (module docstring) and put back the
     ones that now pass every check; what was done."""
     mine, others = [], 0
@@ -190,7 +191,7 @@ async def redrive(db: Dynamo, table: str, kinesis: Any, stream: str, max_event_b
                 admit(data, key,
                       arrival_ts=float(arrived) if arrived is not None else None,
                       now_ts=now_ts, max_bytes=max_event_bytes,
-                      future_tolerance_s=future_tolerance_s)
+                      future_tolerance_s=future_tolerance_s, earliest_ts=earliest_ts)
             fixed.append(d)
         except EventRejected as exc:
             still[d["id"]] = exc

@@ -29,6 +29,7 @@ from typing import Literal, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from consumers.admission import TimeRule
 from consumers.progress import NO_PROGRESS, Progress
 from consumers.refit import RefitReport
 from producers.replay.job import JobMismatch, JobState, ReplayJob, digest
@@ -108,17 +109,28 @@ async def _renew(job: ReplayJob, target: Target, every_s: float) -> None:
             await target.renew(time.time())
 
 
+#: the consumer's defaults (1990 on, 300 s ahead of arrival)
+DEFAULT_TIMES = TimeRule()
+
+
+def _check(record: SourceRecord, max_event_bytes: int, times: TimeRule) -> Checked:
+    return check(record, max_event_bytes, future_tolerance_s=times.future_tolerance_s,
+                 earliest_ts=times.earliest_ts)
+
+
 def _take(records: Iterator[SourceRecord], n: int) -> list[SourceRecord]:
     return list(itertools.islice(records, n))
 
 
-def dry_run(source: Source, max_event_bytes: int, meter: Meter | None = None) -> ReplayReport:
-    """Read and check everything; write nothing anywhere."""
+def dry_run(source: Source, max_event_bytes: int, meter: Meter | None = None,
+            times: TimeRule = DEFAULT_TIMES) -> ReplayReport:
+    """Read and check everything (event times by ``times``, as the consumer's settings
+    have them); write nothing anywhere."""
     m = meter or NoMeter()
     report = ReplayReport(runs=1)
     m.total(_size(source))
     for record in source.records(None, m.read):
-        report.add(check(record, max_event_bytes))
+        report.add(_check(record, max_event_bytes, times))
         if report.records % 1000 == 0:
             m.sent(1000)
     m.sent(report.records % 1000)
@@ -127,12 +139,13 @@ def dry_run(source: Source, max_event_bytes: int, meter: Meter | None = None) ->
 
 async def _pump(records: Iterator[SourceRecord], target: Target, job: ReplayJob,
                 state: JobState, report: ReplayReport, m: Meter, log: RejectedLog | None,
-                max_event_bytes: int, chunk_size: int, renewing: asyncio.Task[None]) -> int:
+                max_event_bytes: int, chunk_size: int, renewing: asyncio.Task[None],
+                times: TimeRule) -> int:
     """Send chunk after chunk, committing each once acknowledged; returns records sent.
     Stops (raising its error) when the lock could not be kept."""
 
     def prepare() -> list[Checked]:
-        return [check(r, max_event_bytes) for r in _take(records, chunk_size)]
+        return [_check(r, max_event_bytes, times) for r in _take(records, chunk_size)]
 
     sent = 0
     ahead = asyncio.create_task(asyncio.to_thread(prepare))
@@ -170,6 +183,7 @@ async def run(
     log: RejectedLog | None = None,
     renew_every_s: float = 10.0,
     progress: Progress = NO_PROGRESS,
+    times: TimeRule = DEFAULT_TIMES,
 ) -> Outcome:
     """Run (or resume) ``job``: ``make_source(started)`` builds the source bounded by the
     job's start time; ``chunk_size`` records are committed at a time (by default the
@@ -208,7 +222,7 @@ async def run(
             m.total(_size(source))
             records = source.records(state.cursor, m.read)
             sent = await _pump(records, target, job, state, report, m, log,
-                               max_event_bytes, chunk_size or target.chunk, renewing)
+                               max_event_bytes, chunk_size or target.chunk, renewing, times)
             state.status = "finishing"
             await job.save(state)
         seconds = time.perf_counter() - started

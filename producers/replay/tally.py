@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC
 from typing import Any
 
-from consumers.admission import FUTURE_TOLERANCE_S, admit
+from consumers.admission import EARLIEST_EVENT_TS, FUTURE_TOLERANCE_S, admit
 from models.events import (
     ConsentEvent,
     ErasureEvent,
@@ -49,7 +49,8 @@ class Checked:
 
 
 def check(record: SourceRecord, max_bytes: int, now_ts: float | None = None,
-          future_tolerance_s: float = FUTURE_TOLERANCE_S) -> Checked:
+          future_tolerance_s: float = FUTURE_TOLERANCE_S,
+          earliest_ts: float = EARLIEST_EVENT_TS) -> Checked:
     """The consumer's verdict on a record (:func:`consumers.admission.admit`: its decoder,
     its partition-key rule, and the event time against ``now_ts``, the wall clock when None:
     a replayed record arrives now, so an event dated after that is a ``future_event`` in
@@ -59,7 +60,7 @@ def check(record: SourceRecord, max_bytes: int, now_ts: float | None = None,
     try:
         event = admit(record.data, record.key, arrival_ts=None,
                       now_ts=time.time() if now_ts is None else now_ts, max_bytes=max_bytes,
-                      future_tolerance_s=future_tolerance_s)
+                      future_tolerance_s=future_tolerance_s, earliest_ts=earliest_ts)
     except EventRejected as exc:
         return Checked(record, None, exc.kind, str(exc))
     return Checked(record, event)
