@@ -36,7 +36,15 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from consumers.core import Position, Rejected, StreamRecord, arrival
-from consumers.stores.dynamo import Dynamo, Item, Rejection, error_code, from_attr, now_iso
+from consumers.stores.dynamo import (
+    ConditionalPut,
+    Dynamo,
+    Item,
+    Rejection,
+    error_code,
+    from_attr,
+    now_iso,
+)
 from models.events import is_identifier
 
 #: payload bytes kept in a dead letter; the rest of the 400 KB item is left for the others
@@ -252,9 +260,16 @@ def _kept(item: Item, stream: str, at: Position) -> bool:
     return mine > (int(seq), sub)
 
 
+#: a letter is written unless one of the same record was redriven already
+_UNLESS_REDRIVEN = "attribute_not_exists(id) OR #s <> :r"
+
+
 @dataclass
 class DeadLetterStore:
-    """Poison records with their raw payload; keyed by position, so a re-read overwrites."""
+    """Poison records with their raw payload; keyed by position, so a re-read of an open
+    letter's record overwrites it, and one of a letter already redriven leaves it as it is
+    (its redrive stays on record, and it is not reopened: a replay of the stream, or a
+    consumer re-reading after a restart, meets the same records again)."""
 
     db: Dynamo
     table: str
@@ -273,7 +288,10 @@ class DeadLetterStore:
         raises for a refused letter (module docstring); transient errors outlasting the
         retries raise :class:`~consumers.stores.dynamo.WriteFailed`."""
         items = [i for r in rejected for i in dead_letter_items(r)]
-        refused = await self.db.put_all(self.table, items)
+        answers = await self.db.put_each_if(self.table, [
+            ConditionalPut(i, _UNLESS_REDRIVEN, {"#s": "status"}, {":r": {"S": "redriven"}})
+            for i in items]) if items else []
+        refused = [a for a in answers if isinstance(a, Rejection)]
         self._remember(items)
         if not refused:
             return []

@@ -3,7 +3,9 @@
 A source is a list of *parts* read one after another in a fixed order (files as given,
 directories expanded in name order; S3 objects in key order; shards in id order), and
 every record carries its *position* in its part: its ordinal (0, 1, ...) in a file or
-an object, its sequence number in a shard. A job's progress is therefore one cursor,
+an object, its sequence number in a shard (``sequence/sub-sequence number`` for a user record
+of a KPL aggregate, which the stream source de-aggregates as the consumers do, with the
+same library: one Kinesis record may hold many orders). A job's progress is therefore one cursor,
 (part, position of the last record the target acknowledged): the parts before it are
 done, and so are the records up to it. :meth:`Source.records` resumes after a cursor.
 
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from consumers.retry import Backoff, Jitter
+from models.kpl import BadAggregate, deaggregate
 from producers.replay.framing import detect_format, frame
 
 CHUNK_BYTES = 1024 * 1024
@@ -52,6 +55,13 @@ class SourceRecord:
     data: bytes
     key: str  # the partition key: the customer id when the source knows it
     problem: tuple[str, str] | None = None  # (kind, reason): not even a record
+    #: a KPL user record's sub-sequence number (0 for any other record)
+    sub_sequence_number: int = 0
+
+    @property
+    def sequence_number(self) -> str:
+        """The position without a KPL user record's ``/sub-sequence number``."""
+        return self.position.split("/", 1)[0]
 
     @property
     def where(self) -> str:
@@ -190,6 +200,29 @@ class S3Source(Archive):
             body.close()
 
 
+def user_records(shard: str, sequence_number: str, data: bytes,
+                 partition_key: str) -> list[SourceRecord]:
+    """One Kinesis record as the consumers see it (:func:`consumers.sources.records.expand`):
+    a valid KPL aggregate's user records, positioned ``sequence/sub``; any other record
+    (plain, or a corrupt aggregate, which the decoder refuses as ``bad_aggregate``) whole."""
+    try:
+        users = deaggregate(data)
+    except BadAggregate:
+        users = None
+    if users is None:
+        return [SourceRecord(shard, sequence_number, 0, data, partition_key)]
+    return [SourceRecord(shard, f"{sequence_number}/{i}", 0, u.data, u.partition_key,
+                         sub_sequence_number=i) for i, u in enumerate(users)]
+
+
+def _done(after: str | None) -> tuple[str, int]:
+    """(sequence number, last sub-sequence number done) of a cursor inside an aggregate."""
+    if after is None or "/" not in after:
+        return "", -1
+    seq, sub = after.split("/", 1)
+    return seq, int(sub)
+
+
 class KinesisSource(Source):
     """The records of every shard, open or closed, that arrived from ``since`` (AT_TIMESTAMP;
     the oldest kept when None) up to ``until``."""
@@ -224,8 +257,13 @@ class KinesisSource(Source):
             raise SourceError(f"stream {self.stream}: not found") from None
 
     def _iterator(self, shard: str, after: str | None) -> str:
+        """After a plain record's position; at an aggregate's sequence number after one of
+        its user records (``sequence/sub``: :meth:`read` passes over the ones done)."""
         kw: dict[str, Any] = {"StreamName": self.stream, "ShardId": shard}
-        if after is not None:
+        if after is not None and "/" in after:
+            kw.update(ShardIteratorType="AT_SEQUENCE_NUMBER",
+                      StartingSequenceNumber=after.split("/", 1)[0])
+        elif after is not None:
             kw.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER", StartingSequenceNumber=after)
         elif self.since is not None:
             kw.update(ShardIteratorType="AT_TIMESTAMP", Timestamp=self.since)
@@ -238,12 +276,13 @@ class KinesisSource(Source):
         the shard is caught up (nothing more, nothing behind)."""
         errors = self.kinesis.exceptions
         iterator: str | None = self._iterator(part.name, after)
+        done = _done(after)
         backoff = 0
         while iterator is not None:
             try:
                 resp = self.kinesis.get_records(ShardIterator=iterator, Limit=self.limit)
             except errors.ExpiredIteratorException:
-                iterator = self._iterator(part.name, after)
+                iterator, done = self._iterator(part.name, after), _done(after)
                 continue
             except errors.ProvisionedThroughputExceededException:
                 self.throttled += 1
@@ -255,9 +294,15 @@ class KinesisSource(Source):
                 arrived = r.get("ApproximateArrivalTimestamp")
                 if isinstance(arrived, datetime) and arrived > self.until:
                     return
-                after = str(r["SequenceNumber"])
                 on_bytes(len(r["Data"]))
-                yield SourceRecord(part.name, after, 0, r["Data"], r.get("PartitionKey", ""))
+                for rec in user_records(part.name, str(r["SequenceNumber"]), r["Data"],
+                                        r.get("PartitionKey", "")):
+                    if rec.position.split("/", 1)[0] == done[0] and (
+                            rec.sub_sequence_number <= done[1]):
+                        continue  # user records of the aggregate the cursor is in, done
+                    after = rec.position
+                    yield rec
+                done = ("", -1)
             iterator = resp.get("NextShardIterator")
             if not resp.get("Records") and resp.get("MillisBehindLatest", 0) == 0:
                 return

@@ -288,7 +288,8 @@ class DirectTarget(Target):
                 "consumer, or replay --to stream") from None
 
     def _record(self, r: SourceRecord) -> StreamRecord:
-        return StreamRecord(r.data, r.position, r.key, r.part, self.origin)
+        return StreamRecord(r.data, r.sequence_number, r.key, r.part, self.origin,
+                            sub_sequence_number=r.sub_sequence_number)
 
     async def send(self, chunk: list[Checked], report: ReplayReport) -> None:
         unframed = [Rejected(self._record(c.record), c.kind, c.reason)

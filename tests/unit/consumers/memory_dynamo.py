@@ -114,4 +114,6 @@ def _holds(condition: str, old: Item | None, values: Item) -> bool:
             return True
         have, new = old["sequence_number"]["S"], values[":s"]["S"]
         return int(have) <= int(new)
+    if condition == "attribute_not_exists(id) OR #s <> :r":  # the dead letters'
+        return old is None or old.get("status") != values[":r"]
     raise AssertionError(f"condition not modelled: {condition}")
