@@ -227,11 +227,18 @@ def customer_outlook(params: BgNbdParams | ParetoNbdParams, value_params: GammaG
     order value and ``monetary_repeat`` the mean value of their repeat purchase days (the
     Gamma-Gamma input), all in the reporting currency; days are UTC day numbers.
     ``value_params`` None (no Gamma-Gamma fit yet): the order value is the customer's own.
-    The purchase model's part is :func:`count_outlook` (memoised).
+    A customer who has kept nothing so far (``spend`` 0: free orders, every order refunded,
+    or no order in a currency with a rate) has an order value, CLV and interval of 0: the
+    Gamma-Gamma model describes positive spend (FHL 2005), and scored with ``mbar`` 0 its
+    posterior falls back on the population's mean, so a serial returner was valued like a
+    paying customer. The purchase model's part is :func:`count_outlook` (memoised).
     """
     months = config.clv_months
     c, per_unit, churn = _outlook_parts(params, x, t_x, big_t, config)
-    if value_params is not None:
+    kept_nothing = spend <= 0.0
+    if kept_nothing:
+        aov = 0.0
+    elif value_params is not None:
         aov = conditional_expected_order_value(value_params, x, monetary_repeat if x else 0.0)
     else:
         aov = order_value
@@ -241,7 +248,8 @@ def customer_outlook(params: BgNbdParams | ParetoNbdParams, value_params: GammaG
     if months:
         expected = c.cumulative[-1]
         lo_n, hi_n = c.count_interval
-        clv_lo, clv_hi = clv_interval(clv, expected, lo_n, hi_n, spend=value_params,
+        clv_lo, clv_hi = clv_interval(clv, expected, lo_n, hi_n,
+                                      spend=None if kept_nothing else value_params,
                                       frequency=x, monetary=monetary_repeat if x else 0.0)
     else:
         clv_lo = clv_hi = 0.0

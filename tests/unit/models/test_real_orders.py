@@ -440,3 +440,28 @@ def test_a_refund_before_its_purchase_in_another_currency_is_said_not_dropped() 
     assert letter.record.sequence_number == "2" and letter.kind == "currency_mismatch"
     assert "this purchase was applied, but refunds of its order" in letter.reason
     assert r.states["c"].spend_minor == {"EUR": 1000} and len(r.predictions) == 1
+
+
+def test_a_customer_who_kept_nothing_is_worth_nothing() -> None:
+    """Three free orders, or three orders each refunded in full: the Gamma-Gamma model
+    (positive spend only) scored with a mean of 0 fell back on the population's mean, and
+    such a customer showed a CLV near a paying one's. They are worth 0, interval too; a
+    customer who paid is not."""
+    from models.learn.gamma_gamma import GammaGammaParams
+
+    forecaster = Forecaster(DEFAULT_PRIOR, value_params=GammaGammaParams(6.2488, 3.7446, 15.4477))
+    days = [T0 + timedelta(days=d) for d in (0, 20, 40)]
+    free = fold([buy(i, at, "0.00") for i, at in enumerate(days)])
+    returned = fold([e for i, at in enumerate(days)
+                     for e in (buy(i, at, "10.00"), refund(i, i, at + timedelta(days=1), "10.00"))])
+    paying = fold([buy(i, at, "10.00") for i, at in enumerate(days)])
+    as_of = int((T0 + timedelta(days=45)).timestamp())
+    values = {}
+    for name, state in (("free", free), ("returned", returned), ("paying", paying)):
+        p = forecaster.predict(state, SegmentRef(id=0, name="s"), as_of, NOW)
+        assert p.value is not None
+        values[name] = (p.value.clv, p.value.clv_low, p.value.clv_high,
+                        p.value.expected_order_value, p.value.historic)
+    assert values["free"] == values["returned"] == (0.0, 0.0, 0.0, 0.0, 0.0)
+    clv, low, high, order_value, historic = values["paying"]
+    assert 0 <= low <= clv < high and clv > 0 and order_value > 0 and historic == 30.0
