@@ -31,8 +31,6 @@ one line on the command line, the exception's message in a Lambda function's log
 
 from __future__ import annotations
 
-import json
-import re
 import threading
 from typing import Any, Literal
 
@@ -40,7 +38,7 @@ from pydantic import SecretStr
 
 from caa.aws import Aws
 from caa.errors import BadInput, CaaError, NoCredentials, NotFound, explain
-from caa.settings import Settings
+from caa.settings import Settings, parse_api_keys
 
 __all__ = ["api_keys", "clear_cache", "parse", "parse_api_keys", "pseudonym_key", "read",
            "resolve"]
@@ -137,22 +135,6 @@ def clear_cache() -> None:
     """Forget what was read (tests; a process reads each secret once otherwise)."""
     with _lock:
         _cache.clear()
-
-
-def parse_api_keys(text: str) -> list[str]:
-    """The keys in a secret's value: a JSON list, a JSON object (its values) or keys
-    separated by commas or new lines; blanks are ignored. ValueError when the JSON is
-    malformed or holds something other than strings."""
-    raw = text.strip()
-    items: list[Any]
-    if raw.startswith(("{", "[")):
-        data = json.loads(raw)
-        items = list(data.values()) if isinstance(data, dict) else list(data)
-        if not all(isinstance(k, str) for k in items):
-            raise ValueError("every key must be a string")
-    else:
-        items = re.split(r"[,\n]", raw)
-    return [k.strip() for k in items if k.strip()]
 
 
 def api_keys(settings: Settings, aws: Aws | None = None) -> list[SecretStr]:

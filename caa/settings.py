@@ -8,6 +8,7 @@ and ``AWS_ENDPOINT_URL_<SERVICE>`` (the last two are read by botocore itself).
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -32,6 +33,26 @@ DEFAULT_PRICES: dict[str, tuple[float, float]] = {
     "global.anthropic.claude-haiku-4-5-20251001-v1:0": (1.00, 5.00),
     "anthropic.claude-haiku-4-5-20251001-v1:0": (1.00, 5.00),
 }
+
+
+def parse_api_keys(text: str) -> list[str]:
+    """The keys in ``CAA_API_KEYS`` or a secret's value: a JSON list, a JSON object (its
+    values) or keys separated by commas or new lines; blanks are ignored. ValueError when
+    the JSON is malformed or holds something other than strings.
+
+    >>> parse_api_keys('{"orders": "k1", "shop": "k2"}'), parse_api_keys("k1, k2\\nk3")
+    (['k1', 'k2'], ['k1', 'k2', 'k3'])
+    """
+    raw = text.strip()
+    items: list[Any]
+    if raw.startswith(("{", "[")):
+        data = json.loads(raw)
+        items = list(data.values()) if isinstance(data, dict) else list(data)
+        if not all(isinstance(k, str) for k in items):
+            raise ValueError("every key must be a string")
+    else:
+        items = re.split(r"[,\n]", raw)
+    return [k.strip() for k in items if k.strip()]
 
 
 class Settings(BaseSettings):
@@ -258,11 +279,9 @@ class Settings(BaseSettings):
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_api_keys(cls, v: Any) -> Any:
-        """``CAA_API_KEYS``: a JSON list, or keys separated by commas (blanks ignored)."""
-        if isinstance(v, str):
-            keys = json.loads(v) if v.lstrip().startswith("[") else v.split(",")
-            return [str(k).strip() for k in keys if str(k).strip()]
-        return v
+        """``CAA_API_KEYS``: read as the parameter's value is (:func:`parse_api_keys`): the
+        JSON object form was taken as one key, its text, so every request got 401."""
+        return parse_api_keys(v) if isinstance(v, str) else v
 
     @property
     def tables(self) -> TableNames:

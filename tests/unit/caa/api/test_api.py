@@ -59,6 +59,8 @@ def test_a_refused_request_costs_nothing_and_keys_are_bounded() -> None:
 
 @pytest.mark.parametrize(("raw", "keys"), [
     ("k1", ["k1"]), ("k1, k2,,", ["k1", "k2"]), ('["a,b", "c"]', ["a,b", "c"]), ("", []),
+    # the object form the README gives for the parameter: it was one key, its whole text
+    ('{"marketing": "k1", "shop": "k2"}', ["k1", "k2"]), ("k1\nk2", ["k1", "k2"]),
 ])
 def test_api_keys_from_the_environment(monkeypatch: pytest.MonkeyPatch, raw: str,
                                        keys: list[str]) -> None:
