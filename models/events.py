@@ -92,16 +92,21 @@ Channel = Literal["web", "app", "store", "phone", "marketplace", "other"]
 
 
 #: a time of day's seconds of 60 (a leap second, RFC 3339 section 5.7) or its hour 24
-_LEAP_OR_24 = re.compile(r"(?P<head>\d{4}-\d\d-\d\d[Tt ])(?P<hh>\d\d):(?P<mm>\d\d):"
-                         r"(?P<ss>\d\d)(?P<frac>[.,]\d+)?(?P<tail>.*)")
+_LEAP_OR_24 = re.compile(r"(?P<head>\d{4}-\d\d-\d\d[Tt ])(?P<hh>\d\d):(?P<mm>\d\d)"
+                         r"(?::(?P<ss>\d\d)(?P<frac>[.,]\d+)?)?(?P<tail>.*)")
 
 
 def _leap_second(text: str) -> str:
     """A date-time text with a leap second (``23:59:60Z``; RFC 3339 allows second 60, Python
     and pydantic do not) as the last microsecond of the second before it (``23:59:59.999999``:
     the same UTC day and minute, after every earlier instant, as POSIX time has no second
-    60). Hour 24 (``24:00:00``, ISO 8601's end of a day, not RFC 3339) is refused with that
-    reason. Other texts are returned as they are."""
+    60). A leap second ends a UTC day: second 60 at another time (``10:30:60Z``) is refused
+    with that reason, and so is hour 24 (``24:00:00``, ISO 8601's end of a day, not RFC
+    3339). Other texts are returned as they are.
+
+    >>> _leap_second("2017-01-01T00:59:60+01:00")
+    '2017-01-01T00:59:59.999999+01:00'
+    """
     m = _LEAP_OR_24.fullmatch(text)
     if m is None:
         return text
@@ -110,7 +115,15 @@ def _leap_second(text: str) -> str:
                          "next day")
     if m["ss"] != "60":
         return text
-    return f"{m['head']}{m['hh']}:{m['mm']}:59.999999{m['tail']}"
+    before = f"{m['head']}{m['hh']}:{m['mm']}:59.999999{m['tail']}"
+    try:
+        at = datetime.fromisoformat(before.upper())
+    except ValueError:
+        return before  # the rest is wrong: pydantic says what
+    if at.tzinfo is not None and at.astimezone(UTC).strftime("%H:%M") != "23:59":
+        raise ValueError("second 60 is a leap second, which only ends a UTC day "
+                         "(23:59:60Z); this is not one")
+    return before
 
 
 def _date_time_text(value: object) -> object:
@@ -127,9 +140,10 @@ def _date_time_text(value: object) -> object:
         raise ValueError("must be an ISO 8601 date-time text with its UTC offset, such as "
                          "2024-05-01T10:00:00Z, or seconds since the epoch")
     if isinstance(value, str):
-        text = value.strip()
-        if not text.lstrip("+-").replace(".", "", 1).isdigit():
-            return _leap_second(text) if ":60" in text or "24:" in text else value
+        text = value.strip()  # blanks around either form are no part of it
+        if not (text.isascii() and text.lstrip("+-").replace(".", "", 1).isdigit()):
+            # digits of other scripts (str.isdigit: "\uff11\uff17...") are no epoch time
+            return _leap_second(text) if ":60" in text or "24:" in text else text
         value = float(text)
     if isinstance(value, int | float):
         try:

@@ -218,6 +218,7 @@ def test_a_number_for_occurred_at_is_seconds_never_milliseconds(when: Any, read:
     ("2016-12-31t23:59:60.25z", "2016-12-31T23:59:59.999999+00:00"),
     ("2017-01-01 00:59:60+01:00", "2017-01-01T00:59:59.999999+01:00"),
     ("2016-12-31T12:24:00Z", "2016-12-31T12:24:00+00:00"),  # "24:" not an hour
+    (" 2024-05-01T00:00:00Z\n", "2024-05-01T00:00:00+00:00"),  # blanks, as around a number
 ])
 def test_a_leap_second_is_the_instant_before_it(when: str, read: str) -> None:
     """RFC 3339 allows second 60 (a leap second); pydantic refused it as "unexpected extra
@@ -226,10 +227,19 @@ def test_a_leap_second_is_the_instant_before_it(when: str, read: str) -> None:
     assert decode_event(enc(good(occurred_at=when))).occurred_at.isoformat() == read
 
 
-@pytest.mark.parametrize("when", ["2016-12-31T24:00:00Z", "2016-12-31 24:00:00+00:00"])
-def test_hour_24_is_refused_with_its_reason(when: str) -> None:
-    with pytest.raises(EventRejected, match=r"schema: occurred_at: .*hour 24 is not a time of "
-                                            r"day in RFC 3339"):
+@pytest.mark.parametrize(("when", "said"), [
+    ("2016-12-31T24:00:00Z", "hour 24 is not a time of day in RFC 3339"),
+    ("2016-12-31 24:00:00+00:00", "hour 24 is not a time of day in RFC 3339"),
+    ("2016-12-31T24:00Z", "hour 24 is not a time of day in RFC 3339"),
+    ("2016-12-31T10:30:60Z", "second 60 is a leap second, which only ends a UTC day"),
+    ("2016-12-31T23:59:60+01:00", "second 60 is a leap second, which only ends a UTC day"),
+    ("\uff11\uff17\uff11\uff14\uff15\uff15\uff17\uff16\uff10\uff10", "valid datetime"),
+])
+def test_times_of_day_that_are_not_are_refused_with_their_reason(when: str, said: str) -> None:
+    """Hour 24 and a second 60 that ends no UTC day got pydantic's "unexpected extra
+    characters" or were read as a leap second; full-width digits (``str.isdigit`` is true
+    of them) were read as epoch seconds."""
+    with pytest.raises(EventRejected, match=f"schema: occurred_at: .*{re.escape(said)}"):
         decode_event(enc(good(occurred_at=when)))
 
 
