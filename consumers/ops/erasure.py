@@ -63,6 +63,21 @@ class ErasureReport:
         return AuditEntry(self.request_id, "erase", self.at, self.sequence_number, self.deleted)
 
 
+async def erase_letters(targets: ErasureTargets, db: Dynamo, partition_key: str,
+                        now: datetime | None = None) -> ErasureReport:
+    """Erase the dead letters of a partition key no event can carry as its customer id
+    (``Ünï``, ``jane+shop@example.com``: every record under it is refused, its payload
+    kept in a letter). Nothing else can hold it: no state, prediction or analysis, and no
+    erasure event can name it (its ``sequence_number`` is empty). Audited like
+    :func:`erase`."""
+    at = now or datetime.now(UTC)
+    letters = await DeadLetterStore(db, targets.dead_letters).erase(partition_key)
+    report = ErasureReport(uuid.uuid4().hex, at.isoformat(timespec="seconds"), "",
+                           {"dead-letters": letters})
+    await AuditLog(db, targets.audit).record(report.audit_entry())
+    return report
+
+
 async def erase(targets: ErasureTargets, kinesis: Any, db: Dynamo, customer_id: str,
                 now: datetime | None = None) -> ErasureReport:
     """Erase ``customer_id``; returns what was deleted (the audit entry)."""

@@ -181,3 +181,35 @@ def test_setup_adds_the_index_to_an_older_table_and_names_its_letters_customers(
     assert item["Item"]["customer_id"] == {"S": "c9"}
     again = ensure_resources(s, aws.client("kinesis"), ddb)
     assert (again.created, again.pending, again.indexes) == ([], [], [])
+
+
+def test_caa_erase_takes_a_key_no_event_can_carry_and_erases_its_letters(
+    fresh_settings: Callable[..., Settings], capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A producer keying by e-mail (``jane+shop@example.com``: '+' is no customer id
+    character): every record is a dead letter holding the customer's data, and `caa erase`
+    refused the key ("not a customer id"), so none could be erased. It now erases them,
+    audited, with no erasure event (none can carry the key)."""
+    import json
+
+    from caa.cli import main as cli
+    from tests.unit.consumers.test_records import purchase
+
+    s = fresh_settings(shard_count="1", refit_interval_s="0")
+    key = "jane+shop@example.com"
+    data = purchase("e1", key, 250)
+    Aws(s).client("kinesis").put_record(StreamName=s.stream_name, Data=data, PartitionKey=key)
+    assert cli.main(["consume", "--until-idle", "--no-refit", "--json"]) == 0
+    ddb = Aws(s).client("dynamodb")
+    (letter,) = ddb.scan(TableName=s.table("dead-letters"))["Items"]
+    assert letter["kind"]["S"] == "schema" and letter["partition_key"]["S"] == key
+    capsys.readouterr()
+
+    assert cli.main(["erase", key, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["deleted"] == {"dead-letters": 1} and report["sequence_number"] == ""
+    assert ddb.scan(TableName=s.table("dead-letters"))["Items"] == []
+    (audit,) = ddb.scan(TableName=s.table("audit"))["Items"]
+    assert key not in json.dumps(audit)  # no personal data in the audit entry
+    assert cli.main(["erase", key]) == 0
+    assert "no customer id an event can carry" in capsys.readouterr().out
