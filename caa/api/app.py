@@ -319,8 +319,11 @@ def _seconds_to_utc_midnight() -> int:
 
 
 def _describe(exc: RequestValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
-                     for e in exc.errors()[:5]) or "malformed request"
+    """The first five distinct errors, ``where: what``; a path parameter checked by the route
+    and by a dependency (the rate limit's key) is one error, said once."""
+    said = dict.fromkeys(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                         for e in exc.errors())
+    return "; ".join(list(said)[:5]) or "malformed request"
 
 
 def create_app(settings: Settings, clock: Callable[[], float] = time.monotonic,
