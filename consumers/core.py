@@ -63,6 +63,8 @@ class StreamRecord:
     arrived_at: datetime | None = None  # ApproximateArrivalTimestamp
     #: a KPL aggregate's user records share its sequence number, numbered 0, 1, ... here
     sub_sequence_number: int = 0
+    #: a user record of a KPL aggregate (the first one's sub-sequence number is 0 too)
+    aggregated: bool = False
 
     @property
     def position(self) -> Position:

@@ -47,15 +47,16 @@ def _shown(value: object) -> object:
 
 def _position(letter: dict[str, Any]) -> str:
     """A letter's sequence number, with ``/`` and its sub-sequence number when it is a user
-    record of a KPL aggregate after the first (as its id ends): the user records of one
-    aggregate share the sequence number.
+    record of a KPL aggregate (the first one's ``/0`` included): the user records of one
+    aggregate share the sequence number, and a letter of the whole record has none.
 
-    >>> _position({"sequence_number": "49", "sub_sequence_number": 3}), _position(
+    >>> _position({"sequence_number": "49", "sub_sequence_number": 0}), _position(
     ...     {"sequence_number": "49"})
-    ('49/3', '49')
+    ('49/0', '49')
     """
     sub = letter.get("sub_sequence_number")
-    return f"{letter['sequence_number']}/{sub}" if sub else str(letter["sequence_number"])
+    return (str(letter["sequence_number"]) if sub is None
+            else f"{letter['sequence_number']}/{sub}")
 
 
 def dlq_redrive(settings: Settings, aws: Aws, dry_run: bool, as_json: bool = False) -> int:

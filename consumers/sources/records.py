@@ -55,7 +55,7 @@ def expand(data: bytes, sequence_number: str, partition_key: str, shard_id: str,
                              _at(arrival_ts))]
     return [
         StreamRecord(u.data, sequence_number, u.partition_key, shard_id, stream,
-                     _at(arrival_ts), sub_sequence_number=i)
+                     _at(arrival_ts), sub_sequence_number=i, aggregated=True)
         for i, u in enumerate(users)
     ]
 

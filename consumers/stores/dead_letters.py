@@ -234,8 +234,9 @@ def dead_letter_item(r: Rejected) -> Item:
         "stream": {"S": rec.stream},
         "shard_id": {"S": rec.shard_id},
         "sequence_number": {"S": rec.sequence_number},
+        # a KPL user record's, the first's (0) too: its letter is not the whole record's
         **({"sub_sequence_number": {"N": str(rec.sub_sequence_number)}}
-           if rec.sub_sequence_number else {}),
+           if rec.sub_sequence_number or rec.aggregated else {}),
         # absent when empty: it keys the table's index (a key attribute cannot be empty)
         **({"partition_key": {"S": rec.partition_key[:256]}} if rec.partition_key else {}),
         **_payload(rec.data),

@@ -289,7 +289,8 @@ class DirectTarget(Target):
 
     def _record(self, r: SourceRecord) -> StreamRecord:
         return StreamRecord(r.data, r.sequence_number, r.key, r.part, self.origin,
-                            sub_sequence_number=r.sub_sequence_number)
+                            sub_sequence_number=r.sub_sequence_number,
+                            aggregated="/" in r.position)
 
     async def send(self, chunk: list[Checked], report: ReplayReport) -> None:
         unframed = [Rejected(self._record(c.record), c.kind, c.reason)

@@ -24,7 +24,13 @@ from consumers.core import (
     process_batch,
 )
 from consumers.sources.kcl_processor import Processor
-from consumers.sources.records import epoch_seconds, from_kcl, from_kinesis, from_lambda
+from consumers.sources.records import (
+    epoch_seconds,
+    expand,
+    from_kcl,
+    from_kinesis,
+    from_lambda,
+)
 from consumers.stores.dead_letters import dead_letter_id, dead_letter_item
 from models.events import EventRejected, decode_event
 from models.kpl import MAGIC, BadAggregate, aggregate_defect, deaggregate
@@ -209,6 +215,15 @@ def test_dead_letter_ids_name_the_sub_sequence_number_only_when_it_is_not_zero()
     items = [dead_letter_item(r) for r in results]
     assert [i["id"]["S"] for i in items] == ["s/shard-0/49", "s/shard-0/49/2"]
     assert "sub_sequence_number" not in items[0] and items[1]["sub_sequence_number"] == {"N": "2"}
+
+
+def test_the_letter_of_an_aggregates_first_user_record_says_so() -> None:
+    """User record 0 of an aggregate kept the whole record's id (as before) but also looked
+    like it in `caa dlq list` (no sub-sequence number): its letter now records 0."""
+    pk, blob = aggregate([("c1", b"\xff"), ("c1", purchase("e9", "c1", 100))])
+    first, _ = expand(blob, "49", pk, "shard-0", "s", None)
+    (letter,) = [dead_letter_item(r) for r in run_core([first]).dead_letters]
+    assert letter["id"]["S"] == "s/shard-0/49" and letter["sub_sequence_number"] == {"N": "0"}
 
 
 class CoreApplier:
