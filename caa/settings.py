@@ -16,11 +16,19 @@ from urllib.parse import urlsplit
 
 from botocore.exceptions import InvalidRegionError
 from botocore.utils import validate_region_name
-from pydantic import AliasChoices, AwareDatetime, Field, SecretStr, field_validator
+from pydantic import (
+    AliasChoices,
+    AwareDatetime,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from deploy.resources import TABLES, TableNames
 from models.money import DEFAULT_REPORTING_CURRENCY, exponent
+from models.variant import VariantPlan
 
 __all__ = ["DEFAULT_PRICES", "HAIKU_45_EU", "TABLES", "Settings"]
 
@@ -230,6 +238,19 @@ class Settings(BaseSettings):
     #: this probability
     chaos_points: str = ""
     chaos_probability: float = Field(0.0, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        """Settings that are wrong only together, checked when they are read (one line at
+        the edge; they raised deep in a command, a traceback, or were taken silently)."""
+        if not self.churn_medium <= self.churn_high:
+            raise ValueError(f"CAA_CHURN_MEDIUM ({self.churn_medium:g}) must not be above "
+                             f"CAA_CHURN_HIGH ({self.churn_high:g})")
+        if self.ab_variants.strip() and not self.ab_experiment:
+            raise ValueError("CAA_AB_VARIANTS is set but CAA_AB_EXPERIMENT is empty: no "
+                             "experiment would run; name it, or unset the variants")
+        VariantPlan.parse(self.ab_experiment, self.ab_variants)  # its ValueError, said once
+        return self
 
     @field_validator("region", "bedrock_region")
     @classmethod

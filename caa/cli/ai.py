@@ -59,14 +59,15 @@ def costs(settings: Settings, aws: Aws, as_json: bool) -> int:
     for r in out:
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(r["fallback_reasons"].items()))
         rows.append((r["day"], f"{r['spend_usd']:.4f}", f"{r['calls']:,}",
+                     f"{r['failed_analyses']:,}",
                      f"{r['input_tokens']:,}", f"{r['output_tokens']:,}", f"{r['analyses']:,}",
                      f"{r['fallbacks']:,}" + (f" ({reasons})" if reasons else ""),
                      f"{r['cache_hits']:,}",
                      *([", ".join(r["endpoints"]) or "AWS"] if elsewhere else [])))
-    columns = ("day", "spend USD", "calls", "tokens in", "tokens out", "analyses",
+    columns = ("day", "spend USD", "calls", "failed", "tokens in", "tokens out", "analyses",
                "fallbacks", "cache hits", *(["answered by"] if elsewhere else []))
     output.table("Bedrock usage per day (UTC)", columns, rows,
-                 right=set(columns[1:8]), caption=simulated_note(elsewhere))
+                 right=set(columns[1:9]), caption=simulated_note(elsewhere))
     if not out:
         output.note("no usage recorded yet")
     return 0
@@ -150,10 +151,13 @@ def analyze(settings: Settings, aws: Aws, customer_id: str, as_json: bool = Fals
     if as_json:
         output.print_json(out)
         return 0
+    source = out.get("source")
+    if out.get("fallback_reason"):  # as caa show says it: why the model was not used
+        source = f"{source} (fallback: {out['fallback_reason']})"
     output.pairs(f"analysis of customer {customer_id} (now)",
                  [("trigger", str(out.get("trigger", "on_demand"))),
                   *analysis_rows(out.get("analysis"), out.get("at"), out.get("model"),
-                                 out.get("source"))])
+                                 source)])
     return 0
 
 

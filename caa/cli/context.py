@@ -36,7 +36,10 @@ def settings_error(exc: ValidationError) -> BadInput:
     parts = []
     for err in exc.errors(include_url=False)[:3]:
         loc = [str(p) for p in err["loc"]]
-        name = variable(loc[0]) + "".join(f"[{p}]" for p in loc[1:]) if loc else "?"
+        if not loc:  # several settings wrong together: the message names them
+            parts.append(str(err["msg"]).removeprefix("Value error, "))
+            continue
+        name = variable(loc[0]) + "".join(f"[{p}]" for p in loc[1:])
         parts.append(f"{name}={err.get('input')!r}: {err['msg']}")
     return BadInput("bad setting " + "; ".join(parts),
                     "fix the environment variable (see README, Configuration)")

@@ -11,7 +11,7 @@ counting ``maxTokens`` in full). Amounts are integer micro-dollars.
 
 One item per UTC day (key ``day``, ``YYYY-MM-DD``) of number attributes, each added to
 atomically: ``committed_micros``, ``spend_micros``, and the counters the enricher keeps
-(``calls``, ``failed_calls``, ``input_tokens``, ``output_tokens``, ``analyses``,
+(``calls``, ``failed_analyses``, ``input_tokens``, ``output_tokens``, ``analyses``,
 ``fallbacks``, ``fallback_<reason>``, ``cache_hits``, ...), and ``endpoints``, a string set
 of where calls went when that was not AWS (the local test server: its answers are canned and
 its "costs" are what AWS would charge for the same tokens). :func:`daily_usage` reads them
@@ -40,7 +40,9 @@ def day_from_item(item: dict[str, Any], budget_usd: float) -> dict[str, Any]:
         "spend_usd": round(int(r.get("spend_micros", 0)) / 1e6, 6),
         "budget_usd": budget_usd,
         "calls": int(r.get("calls", 0)),
-        "failed_calls": int(r.get("failed_calls", 0)),
+        # analyses whose calls failed (after their retries), as the enricher, the guard
+        # and the batch ingest count them: this read "failed_calls", which nothing wrote
+        "failed_analyses": int(r.get("failed_analyses", 0)),
         "input_tokens": int(r.get("input_tokens", 0)),
         "output_tokens": int(r.get("output_tokens", 0)),
         "analyses": int(r.get("analyses", 0)),

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
+from consumers import refit as refit_module
 from consumers.refit import fit_purchase_model, histories, refit
 from consumers.registry import ModelRegistry, RegistryConfig
 from models.learn import pareto_nbd
@@ -22,9 +24,12 @@ from tests.unit.consumers.test_refit_money import Customers, Models
 
 #: the heartbeat's period and the most it may be late while a refit runs. The thread hands
 #: the GIL back every 5 ms; on a 2-core box at load 3.5 the worst tick was 70 ms late (an
-#: idle box: under 10 ms), where the same refit on the loop stalled it for 0.3-0.5 s
+#: idle box: under 10 ms), where the same refit on the loop stalled it for 0.3-0.5 s. With
+#: a benchmark and another test run beside it (load about 4 besides the test's own), ticks
+#: were up to 283 ms late (2026-12-03): the limit allows for that, and the fits' threads are
+#: checked as well (``off_loop``), which no load changes
 TICK_S = 0.01
-MAX_LAG_S = 0.2
+MAX_LAG_S = 0.35
 
 
 class Predictions:
@@ -75,12 +80,24 @@ async def lag_during(work: Callable[[], Awaitable[Any]]) -> tuple[Any, list[floa
     return result, lags, seconds
 
 
-def test_the_event_loop_keeps_ticking_during_a_refit(states: list[CustomerState]) -> None:
+def test_the_event_loop_keeps_ticking_during_a_refit(
+        states: list[CustomerState], monkeypatch: pytest.MonkeyPatch) -> None:
     registry = ModelRegistry(Models(), RegistryConfig(  # type: ignore[arg-type]
         n_segments=5, segment_seed=1, segment_warmup=10, forecast_model="pareto_nbd"))
     predictions = Predictions()
+    on_loop: list[str] = []  # the fits that ran on the event loop's thread (none may)
+    for name in ("histories", "fit_purchase_model", "fit_spend_model"):
+        fit = getattr(refit_module, name)
+
+        def off_loop(*args: Any, _fit: Any = fit, _name: str = name) -> Any:
+            if threading.current_thread() is threading.main_thread():
+                on_loop.append(_name)
+            return _fit(*args)
+
+        monkeypatch.setattr(refit_module, name, off_loop)
     report, lags, seconds = asyncio.run(lag_during(lambda: refit(
         Customers(states), predictions, registry, rewrite=True)))  # type: ignore[arg-type]
+    assert on_loop == []
     assert report is not None and report.customers == len(states)
     assert registry.pareto_nbd_version == 1 and registry.segments_version == 1
     assert len(predictions.saved) == len(states)

@@ -200,6 +200,13 @@ def test_an_empty_endpoint_variable_is_unset_as_botocore_takes_it(
     ({"AWS_REGION": "bad region!"}, "bad setting AWS_REGION='bad region!'"),
     # a structured value that is not JSON (pydantic-settings' own error: a traceback before)
     ({"CAA_BEDROCK_PRICES": "notjson"}, "bad setting CAA_BEDROCK_PRICES='notjson': not valid"),
+    # wrong only together (a traceback deep in a command, or taken silently, before)
+    ({"CAA_CHURN_MEDIUM": "0.9"},
+     "bad setting CAA_CHURN_MEDIUM (0.9) must not be above CAA_CHURN_HIGH (0.8)"),
+    ({"CAA_AB_EXPERIMENT": "e", "CAA_AB_VARIANTS": "bedrock=abc"},
+     "bad setting variant weights must be positive integers: 'bedrock=abc'"),
+    ({"CAA_AB_VARIANTS": "statistical=100"},
+     "bad setting CAA_AB_VARIANTS is set but CAA_AB_EXPERIMENT is empty"),
     # read by botocore itself, not by the settings
     ({"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ENDPOINT_URL_DYNAMODB": "notaurl"},
      "bad endpoint URL (Invalid endpoint: notaurl)"),

@@ -186,3 +186,4 @@ def test_caa_segments_says_the_currency_of_the_order_values(
     lines = capsys.readouterr().out.splitlines()
     assert lines[1] == "# monetary: the average order value, in EUR"
     assert all(row.split("\t")[-1].startswith("EUR ") for row in lines[3:])
+

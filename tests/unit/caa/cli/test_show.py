@@ -121,3 +121,20 @@ def test_show_keeps_joiners_and_non_breaking_spaces_of_real_names(
     pred = prediction(recommendations=[Recommendation(
         key=name, kind="category", reason="category_affinity", score=0.5)])
     assert name in run_show(monkeypatch, capsys, stored(pred))
+
+
+def test_caa_analyze_says_why_the_model_was_not_used(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The table said "analysis source: statistical" with no reason (over budget, no
+    consent); `caa show` and `--json` said it."""
+    from caa.cli import ai
+
+    async def answer(*_: Any) -> dict[str, Any]:
+        return {"source": "statistical", "fallback_reason": "budget_exhausted",
+                "analysis": {"narrative": "n", "next_best_action": {"action": "a"}}}
+
+    monkeypatch.setattr(ai, "analysis", answer)
+    assert ai.analyze(Settings(), None, "c1") == 0  # type: ignore[arg-type]
+    rows = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines()
+                if ": " in line)
+    assert rows["analysis source"] == "statistical (fallback: budget_exhausted)"

@@ -177,10 +177,11 @@ def test_an_audit_entry_round_trips() -> None:
 def test_a_usage_day_reads_as_caa_costs_shows_it() -> None:
     item = {"day": {"S": "2024-01-02"}, "spend_micros": {"N": "1500"}, "calls": {"N": "3"},
             "committed_micros": {"N": "0"}, "fallback_timeout": {"N": "2"},
-            "fallbacks": {"N": "2"}}
+            "fallbacks": {"N": "2"}, "failed_analyses": {"N": "1"}}
+    # failed_analyses as the writers name it (caa costs read failed_calls, always 0)
     assert day_from_item(item, 5.0) == {
         "day": "2024-01-02", "spend_usd": 0.0015, "budget_usd": 5.0, "calls": 3,
-        "failed_calls": 0, "input_tokens": 0, "output_tokens": 0, "analyses": 0,
+        "failed_analyses": 1, "input_tokens": 0, "output_tokens": 0, "analyses": 0,
         "fallbacks": 2, "fallback_reasons": {"timeout": 2}, "cache_hits": 0, "endpoints": []}
     assert non_aws_endpoints([day_from_item(item, 5.0)]) == []
 
