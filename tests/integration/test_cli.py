@@ -212,6 +212,6 @@ def test_costs_say_nothing_of_a_test_server_when_there_was_none(
     assert cli.main(["costs"]) == 0
     captured = capsys.readouterr()
     assert captured.out.splitlines()[:2] == ["# Bedrock usage per day (UTC)",
-                                             "day\tspend USD\tcalls\ttokens in\ttokens out\t"
-                                             "analyses\tfallbacks\tcache hits"]
+                                             "day\tspend USD\tcalls\tfailed\ttokens in\t"
+                                             "tokens out\tanalyses\tfallbacks\tcache hits"]
     assert "test server" not in captured.out + captured.err
