@@ -113,6 +113,21 @@ def _text(value: str | bytes, what: str, i: int) -> str:
     return str(value)
 
 
+def valid_user_records(data: bytes) -> list[UserRecord] | None:
+    """A valid KPL aggregate's user records; None for a plain record **or a corrupt
+    aggregate**, which the caller keeps whole (the decoder then refuses it as
+    ``bad_aggregate``, with the reason): what the consumers, redrive and replay each do
+    with one Kinesis record.
+
+    >>> valid_user_records(b"plain") is None, valid_user_records(MAGIC + b"x") is None
+    (True, True)
+    """
+    try:
+        return deaggregate(data)
+    except BadAggregate:
+        return None
+
+
 def aggregate_defect(data: bytes) -> str | None:
     """Why this KPL aggregate cannot be de-aggregated; None when it can (or is plain)."""
     try:

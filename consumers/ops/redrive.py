@@ -44,7 +44,7 @@ from consumers.retry import Backoff, retry_until_done_async
 from consumers.stores.dead_letters import DeadLetterStore
 from consumers.stores.dynamo import Dynamo, error_code
 from models.events import EventRejected
-from models.kpl import BadAggregate, deaggregate
+from models.kpl import valid_user_records
 
 #: PutRecords limits: 500 records and 5 MiB a call (we stay under 4 MiB)
 _MAX_RECORDS, _MAX_BYTES = 500, 4 * 1024 * 1024
@@ -134,10 +134,7 @@ def user_records(letter: dict[str, Any]) -> list[tuple[str, bytes]]:
     payload, key = bytes(letter["payload"]), str(letter.get("partition_key", ""))
     if letter.get("kind") == "bad_aggregate":
         return [(key, payload)]
-    try:
-        users = deaggregate(payload)
-    except BadAggregate:
-        users = None  # corrupt: re-checked whole, still rejected as bad_aggregate
+    users = valid_user_records(payload)  # None: corrupt, re-checked whole and refused again
     if users is None:
         return [(key, payload)]
     return [(u.partition_key, u.data) for u in users]

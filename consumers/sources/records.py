@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from consumers.core import StreamRecord
-from models.kpl import BadAggregate, deaggregate
+from models.kpl import valid_user_records
 
 
 def _at(ts: float | None) -> datetime | None:
@@ -46,10 +46,7 @@ def _at(ts: float | None) -> datetime | None:
 def expand(data: bytes, sequence_number: str, partition_key: str, shard_id: str,
            stream: str, arrival_ts: float | None) -> list[StreamRecord]:
     """One Kinesis record: its user records if it is a valid KPL aggregate, else itself."""
-    try:
-        users = deaggregate(data)
-    except BadAggregate:
-        users = None  # kept whole: the decoder rejects it as bad_aggregate, with the reason
+    users = valid_user_records(data)  # None: kept whole (corrupt: the decoder says why)
     if users is None:
         return [StreamRecord(data, sequence_number, partition_key, shard_id, stream,
                              _at(arrival_ts))]

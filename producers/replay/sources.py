@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from consumers.retry import Backoff, Jitter
-from models.kpl import BadAggregate, deaggregate
+from models.kpl import valid_user_records
 from producers.replay.framing import detect_format, frame
 
 CHUNK_BYTES = 1024 * 1024
@@ -205,10 +205,7 @@ def user_records(shard: str, sequence_number: str, data: bytes,
     """One Kinesis record as the consumers see it (:func:`consumers.sources.records.expand`):
     a valid KPL aggregate's user records, positioned ``sequence/sub``; any other record
     (plain, or a corrupt aggregate, which the decoder refuses as ``bad_aggregate``) whole."""
-    try:
-        users = deaggregate(data)
-    except BadAggregate:
-        users = None
+    users = valid_user_records(data)
     if users is None:
         return [SourceRecord(shard, sequence_number, 0, data, partition_key)]
     return [SourceRecord(shard, f"{sequence_number}/{i}", 0, u.data, u.partition_key,
@@ -297,8 +294,7 @@ class KinesisSource(Source):
                 on_bytes(len(r["Data"]))
                 for rec in user_records(part.name, str(r["SequenceNumber"]), r["Data"],
                                         r.get("PartitionKey", "")):
-                    if rec.position.split("/", 1)[0] == done[0] and (
-                            rec.sub_sequence_number <= done[1]):
+                    if rec.sequence_number == done[0] and rec.sub_sequence_number <= done[1]:
                         continue  # user records of the aggregate the cursor is in, done
                     after = rec.position
                     yield rec
